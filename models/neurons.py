@@ -6,6 +6,12 @@ model kwarg (``neuron='lif'|'if'``, ``tau``, ``v_reset``...) reaches all of them
 Defaults reproduce the published neuron: LIF, tau=2, V_th=1, hard reset to 0,
 ``detach_reset=True``, Sigmoid surrogate with alpha=4 (``H = V + (X - V)/tau``,
 spike if ``H >= V_th``).
+
+Two interchangeable implementations of the same maths (``NeuronConfig.impl``):
+``'spikingjelly'`` (default) runs spikingjelly's registered kernels (CPU operator, CUDA/Triton);
+``'torch'`` runs a plain PyTorch time loop (:class:`TorchLIFNode`, :class:`TorchIFNode`) that
+``torch.compile`` can fuse with the surrounding layers. Spikes are bitwise identical on CPU;
+gradients agree to a few ulp (spikingjelly's CPU backward multiplies in a different order).
 """
 from __future__ import annotations
 
@@ -19,7 +25,16 @@ from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
-__all__ = ["NeuronConfig", "make_neuron", "reset_net", "neuron_implementation", "spiking_modules"]
+__all__ = [
+    "NeuronConfig",
+    "make_neuron",
+    "reset_net",
+    "neuron_implementation",
+    "spiking_modules",
+    "TorchLIFNode",
+    "TorchIFNode",
+    "convert_neurons",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -29,6 +44,7 @@ SURROGATES = {
     "piecewise_quadratic": sj_surrogate.PiecewiseQuadratic,
 }
 NEURON_KINDS = ("lif", "if")
+NEURON_IMPLS = ("spikingjelly", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +62,11 @@ class NeuronConfig:
     detach_reset: bool = True
     surrogate: str = "sigmoid"
     alpha: float = 4.0
+    impl: str = "spikingjelly"
 
     def __post_init__(self):
+        if self.impl not in NEURON_IMPLS:
+            raise ValueError(f"unknown neuron impl {self.impl!r}: choose one of {NEURON_IMPLS}")
         if self.kind not in NEURON_KINDS:
             raise ValueError(f"unknown neuron {self.kind!r}: choose one of {NEURON_KINDS}")
         if self.surrogate not in SURROGATES:
@@ -71,9 +90,86 @@ class NeuronConfig:
             detach_reset=self.detach_reset,
             step_mode="m",
         )
+        torch_impl = self.impl == "torch"
         if self.kind == "lif":
-            return sj_neuron.LIFNode(tau=self.tau, decay_input=True, **common)
-        return sj_neuron.IFNode(**common)
+            cls = TorchLIFNode if torch_impl else sj_neuron.LIFNode
+            return cls(tau=self.tau, decay_input=True, **common)
+        return (TorchIFNode if torch_impl else sj_neuron.IFNode)(**common)
+
+
+def _multi_step(node: sj_neuron.BaseNode, x_seq: torch.Tensor, tau: Optional[float]) -> torch.Tensor:
+    """Pure-PyTorch multi-step LIF (``tau``) / IF (``tau=None``) with spikingjelly's op order.
+
+    State and arithmetic stay in float32 whatever the input dtype (as spikingjelly's kernels);
+    spikes are returned in the input dtype.
+    """
+    v = node._memories["v"]
+    v_th, v_reset, detach = node.v_threshold, node.v_reset, node.detach_reset
+    reset_value = 0.0 if v_reset is None else v_reset
+    sg = node.surrogate_function
+    spikes = []
+    for x in x_seq.unbind(0):
+        x = x.float()
+        # charge: identical expression (and rounding) to spikingjelly's reference/CPU kernels
+        h = v + (x - (v - reset_value)) / tau if tau is not None else v + x
+        spike = sg(h - v_th)
+        s = spike.detach() if detach else spike
+        v = h - s * v_th if v_reset is None else s * v_reset + (1.0 - s) * h
+        spikes.append(spike)
+    node._memories["v"] = v
+    out = torch.stack(spikes)
+    return out if out.dtype == x_seq.dtype else out.to(x_seq.dtype)
+
+
+class TorchLIFNode(sj_neuron.LIFNode):
+    """spikingjelly ``LIFNode`` whose multi-step pass is a plain PyTorch loop.
+
+    Same constructor, state (``v``, cleared by ``reset_net``) and maths as the parent; the loop
+    is transparent to ``torch.compile`` (the parent's CPU operator is opaque to it).
+    """
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or self.store_v_seq or not self.decay_input:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        return _multi_step(self, x_seq, self.tau)
+
+
+class TorchIFNode(sj_neuron.IFNode):
+    """spikingjelly ``IFNode`` whose multi-step pass is a plain PyTorch loop (see :class:`TorchLIFNode`)."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or self.store_v_seq:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        return _multi_step(self, x_seq, None)
+
+
+_IMPL_CLASSES = {
+    "spikingjelly": {sj_neuron.LIFNode: sj_neuron.LIFNode, sj_neuron.IFNode: sj_neuron.IFNode},
+    "torch": {sj_neuron.LIFNode: TorchLIFNode, sj_neuron.IFNode: TorchIFNode},
+}
+
+
+_CONVERTIBLE = (sj_neuron.LIFNode, sj_neuron.IFNode, TorchLIFNode, TorchIFNode)
+
+
+def convert_neurons(model: nn.Module, impl: str = "torch") -> int:
+    """Switch every LIF/IF neuron of ``model`` to implementation ``impl`` in place.
+
+    Only the class changes (same hyper-parameters, same state), so it is cheap and reversible.
+    Returns the number of neurons switched.
+    """
+    if impl not in NEURON_IMPLS:
+        raise ValueError(f"unknown neuron impl {impl!r}: choose one of {NEURON_IMPLS}")
+    n = 0
+    for _, m in spiking_modules(model):
+        if type(m) not in _CONVERTIBLE:  # leave user subclasses alone
+            continue
+        base = sj_neuron.LIFNode if isinstance(m, sj_neuron.LIFNode) else sj_neuron.IFNode
+        target = _IMPL_CLASSES[impl][base]
+        if type(m) is not target:
+            m.__class__ = target
+            n += 1
+    return n
 
 
 def make_neuron(cfg: Optional[NeuronConfig] = None, v_threshold: Optional[float] = None) -> nn.Module:
