@@ -1,0 +1,405 @@
+"""Run configuration: YAML file -> defaults -> command-line overrides, with clear errors.
+
+``parse_config(argv)`` implements ``python train.py -c CONFIG [--key value ...]``:
+
+* every key of :data:`TRAIN_OPTIONS` and of ``utils.data.DATA_DEFAULTS`` is a YAML key and a flag
+  (``--weight-decay`` and ``--weight_decay`` both work);
+* a YAML file may start from another one with ``base: relative/path.yaml`` (mappings are merged,
+  the child wins), which is how the ablation configs add only their model changes;
+* values are coerced to the key's type, so ``6e-2`` (a *string* for PyYAML) becomes 0.06;
+* an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key, the value
+  and the closest valid keys; the entry points print it and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import yaml
+
+__all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "parse_config", "load_yaml", "all_options"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix (bad key, value, type or file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One configuration key: default, value type (``None`` = any YAML value) and help text."""
+
+    default: Any
+    type: Optional[type] = None
+    help: str = ""
+    choices: Optional[Sequence[Any]] = None
+    short: Optional[str] = None  # e.g. "-b"
+
+    @property
+    def kind(self):
+        if self.type is not None:
+            return self.type
+        if self.default is None:
+            return None
+        return type(self.default)
+
+
+def _o(default, type_=None, help="", choices=None, short=None):
+    return Option(default, type_, help, choices, short)
+
+
+# Keys owned by the training engine. Data keys come from utils.data.DATA_DEFAULTS.
+TRAIN_OPTIONS: Dict[str, Option] = {
+    # run / output
+    "experiment": _o("", str, "run name; outputs go to <output>/<experiment> (default: config file name)"),
+    "output": _o("output", str, "root folder of run folders"),
+    "resume": _o("", str, "checkpoint to resume from, or 'auto' (= <output>/<experiment>/last.pth.tar if present)"),
+    "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
+    "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
+    "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),
+    "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
+    # model
+    "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
+    "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ..."),
+    "num_classes": _o(None, int, "number of classes (default: from the dataset)"),
+    "T": _o(4, int, "time steps (model attribute .T)", short="-T"),
+    # schedule / optimisation
+    "epochs": _o(400, int, "epochs of the lr schedule (warmup included), cooldown epochs come on top"),
+    "cooldown_epochs": _o(0, int, "epochs at min_lr after the schedule"),
+    "warmup_epochs": _o(0, int, "linear warmup epochs"),
+    "warmup_lr": _o(1e-5, float, "lr at the start of warmup"),
+    "warmup_prefix": _o(False, bool, "cosine counts from the end of warmup (MAE style) instead of from epoch 0"),
+    "lr": _o(1e-3, float, "peak learning rate (ignored when blr is set)"),
+    "blr": _o(None, float, "base lr: lr = blr * effective_batch / 256 (ImageNet recipe)"),
+    "min_lr": _o(1e-5, float, "final lr of the cosine"),
+    "sched": _o("cosine", str, "timm scheduler name (cosine, step, constant, none, ...)"),
+    "sched_on_updates": _o(False, bool, "step the schedule every optimizer update instead of every epoch"),
+    "opt": _o("adamw", str, "timm optimizer name"),
+    "opt_eps": _o(None, float, "optimizer epsilon (default: optimizer default)"),
+    "opt_betas": _o(None, list, "optimizer betas, e.g. [0.9, 0.999]"),
+    "momentum": _o(0.9, float, "SGD momentum"),
+    "weight_decay": _o(0.05, float, "weight decay (not applied to 1-D parameters and biases)"),
+    "batch_size": _o(64, int, "batch size per process", short="-b"),
+    "val_batch_size": _o(None, int, "eval batch size per process (default: batch_size)"),
+    "accum_steps": _o(1, int, "gradient accumulation steps"),
+    "clip_grad": _o(None, float, "gradient clipping threshold (off when null)"),
+    "clip_mode": _o("norm", str, "norm | value | agc", choices=("norm", "value", "agc")),
+    "mixup_off_epoch": _o(0, int, "turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never"),
+    "reference_batch": _o(None, int, "effective batch of the published recipe (a warning if yours differs)"),
+    # engine switches
+    "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA)", choices=("none", "bf16", "fp16")),
+    "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
+    "compile": _o(False, bool, "torch.compile the model"),
+    "grad_checkpointing": _o(False, bool, "activation checkpointing (model must support it)"),
+    "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
+    "dist_backend": _o("auto", str, "auto | nccl | gloo"),
+    "model_ema": _o(False, bool, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"),
+    "model_ema_decay": _o(0.9998, float, "EMA decay"),
+    "model_ema_warmup": _o(False, bool, "EMA decay warmup"),
+    "eval_metric": _o("top1", str, "metric that selects best.pth.tar: top1 | ema_top1", choices=("top1", "ema_top1")),
+    # logging
+    "log_interval": _o(20, int, "steps between loss syncs / progress-bar and TensorBoard updates"),
+    "progress": _o(True, bool, "tqdm progress bar"),
+    "max_train_batches": _o(0, int, "cap on train batches per epoch (0 = all); for smoke tests"),
+    "max_eval_batches": _o(0, int, "cap on eval batches (0 = all); for smoke tests"),
+    "tensorboard": _o(True, bool, "write TensorBoard events to the run folder"),
+    "plot": _o(True, bool, "write learning_curve.png to the run folder"),
+    "log_wandb": _o(False, bool, "log to Weights & Biases (WANDB_MODE=offline works without network)"),
+    "wandb_project": _o("", str, "W&B project (default: $WANDB_PROJECT or 'maxformer')"),
+    "wandb_entity": _o("", str, "W&B entity (default: $WANDB_ENTITY or your default entity)"),
+}
+
+# Fallback data keys, used only until utils.data provides DATA_DEFAULTS.
+_DATA_FALLBACK: Dict[str, Any] = {
+    "dataset": "digits", "data_path": "data", "download": False, "img_size": 32,
+    "mean": None, "std": None, "aa": "", "reprob": 0.0, "remode": "const", "recount": 1, "hflip": 0.5,
+    "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "interpolation": "bicubic", "crop_pct": 1.0,
+    "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch",
+    "smoothing": 0.0, "workers": 0, "pin_memory": True,
+}
+
+
+def _data_options() -> Dict[str, Option]:
+    try:
+        from utils.data import DATA_DEFAULTS
+    except ImportError:
+        DATA_DEFAULTS = _DATA_FALLBACK
+    out = {}
+    for k, v in DATA_DEFAULTS.items():
+        if isinstance(v, Option):
+            out[k] = v
+        else:
+            out[k] = Option(v, None if v is None else type(v), "data option (utils/data.py)")
+    return out
+
+
+def all_options(extra: Optional[Dict[str, Option]] = None) -> Dict[str, Option]:
+    """Every valid key: training keys, data keys, and the caller's ``extra`` keys."""
+    opts = dict(_data_options())
+    opts.update(TRAIN_OPTIONS)
+    if extra:
+        opts.update(extra)
+    return opts
+
+
+class Config(argparse.Namespace):
+    """Resolved configuration: attribute access (``cfg.lr``) plus ``cfg["lr"]``/``get``/``to_dict``."""
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __contains__(self, key):
+        return hasattr(self, key)
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(vars(self))
+
+
+# ----------------------------------------------------------------------------------------------
+# value coercion
+_TRUE = {"true", "yes", "on", "1", "y", "t"}
+_FALSE = {"false", "no", "off", "0", "n", "f"}
+
+
+def _type_name(t) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _coerce_scalar(value, t, where: str):
+    def bad():
+        return ConfigError(f"{where}: expected {_type_name(t)}, got {value!r}")
+
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad()
+    if t is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.strip())
+            except ValueError:
+                raise bad() from None
+            if f.is_integer():
+                return int(f)
+        raise bad()
+    if t is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if t is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    return value
+
+
+def _parse_yaml_scalar(text: str):
+    """A CLI string as YAML would read it, with '6e-2'-style numbers as floats."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v.lower() for c in ".e") and not v.lower().startswith(("n", "i")) else v
+        except ValueError:
+            return v
+    return v
+
+
+def coerce(key: str, value, opt: Option, from_cli: bool = False):
+    """Return ``value`` converted to ``opt``'s type, or raise :class:`ConfigError`."""
+    where = f"config key '{key}'"
+    kind = opt.kind
+    if value is None:
+        if opt.default is None or kind is None:
+            return None
+        if kind is str:
+            return ""
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got null")
+    if kind is None:
+        return _parse_yaml_scalar(value) if from_cli and isinstance(value, str) else value
+    if kind in (list, tuple):
+        if from_cli and isinstance(value, str):
+            value = [value]
+        if isinstance(value, str):  # YAML "0.5, 0.5"
+            value = [v for v in value.replace(",", " ").split()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        elem_t = None
+        if opt.default:
+            elem_t = type(opt.default[0])
+        elif opt.type is list:
+            elem_t = float
+        out = []
+        for i, v in enumerate(value):
+            if isinstance(v, str) and elem_t is None:
+                v = _parse_yaml_scalar(v)
+            out.append(_coerce_scalar(v, elem_t, f"{where}[{i}]") if elem_t else v)
+        return out
+    if kind is dict:
+        if from_cli and isinstance(value, (list, str)):
+            items = [value] if isinstance(value, str) else value
+            out = {}
+            for item in items:
+                if "=" not in item:
+                    raise ConfigError(f"{where}: expected key=value pairs, got {item!r}")
+                k, v = item.split("=", 1)
+                out[k.strip().replace("-", "_")] = _parse_yaml_scalar(v)
+            return out
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if from_cli and kind is not str and isinstance(value, str):
+        value = value if kind in (bool, int, float) else _parse_yaml_scalar(value)
+    out = _coerce_scalar(value, kind, where)
+    if opt.choices is not None and out not in opt.choices:
+        raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, opt.choices))}")
+    return out
+
+
+def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " Run with --help to list the valid keys."
+    return ConfigError(f"unknown config key '{key}' ({where}).{hint}")
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML loading
+def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Read a YAML config (following ``base:`` chains); keys normalised to underscores."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    _seen = (_seen or []) + [path]
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    base = data.pop("base", None)
+    if base:
+        base_path = os.path.join(os.path.dirname(path), str(base))
+        if os.path.abspath(base_path) in _seen:
+            raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+        parent = load_yaml(base_path, _seen)
+        for k, v in data.items():
+            if isinstance(v, dict) and isinstance(parent.get(k), dict):
+                parent[k] = {**parent[k], **v}
+            else:
+                parent[k] = v
+        data = parent
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # never print usage + exit from deep inside; let the caller report
+        raise ConfigError(message)
+
+
+def build_arg_parser(options: Dict[str, Option], description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per key (dash and underscore spellings)."""
+    p = _Parser(description=description, allow_abbrev=False,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", default="", help="YAML config file")
+    for key, opt in sorted(options.items()):
+        flags = [f"--{key.replace('_', '-')}"]
+        if "_" in key:
+            flags.append(f"--{key}")
+        if opt.short:
+            flags.insert(0, opt.short)
+        kind = opt.kind
+        kw: Dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=opt.help or " ")
+        if kind is bool:
+            kw.update(nargs="?", const="true", metavar="BOOL")
+        elif kind in (list, tuple, dict):
+            kw.update(nargs="+", metavar="K=V" if kind is dict else "V")
+        p.add_argument(*flags, **kw)
+    return p
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str, Option]] = None,
+                 description: str = "") -> Config:
+    """Resolve ``-c CONFIG`` plus CLI overrides into a :class:`Config` (raises :class:`ConfigError`)."""
+    options = all_options(extra)
+    parser = build_arg_parser(options, description)
+    args, unknown = parser.parse_known_args(argv)
+    for tok in unknown:
+        if tok.startswith("-"):
+            name = tok.lstrip("-").split("=", 1)[0].replace("-", "_")
+            raise _unknown_key_error(name, options, "command line")
+        raise ConfigError(f"unexpected argument {tok!r} (values follow a --key)")
+    cli = {k: v for k, v in vars(args).items() if k != "config"}
+
+    values = {k: o.default for k, o in options.items()}
+    values = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+              for k, v in values.items()}
+    if args.config:
+        for k, v in load_yaml(args.config).items():
+            if k not in options:
+                raise _unknown_key_error(k, options, f"in {args.config}")
+            values[k] = coerce(k, v, options[k])
+    for k, v in cli.items():
+        new = coerce(k, v, options[k], from_cli=True)
+        if options[k].kind is dict and isinstance(values.get(k), dict):
+            new = {**values[k], **new}  # --model-kwargs adds to / overrides the YAML mapping
+        values[k] = new
+    cfg = Config(**values)
+    cfg.config = os.path.abspath(args.config) if args.config else ""
+    if "experiment" in values and not cfg.experiment:
+        cfg.experiment = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    positive = ["epochs", "batch_size", "accum_steps", "T", "log_interval"]
+    for k in positive:
+        if k in cfg and cfg[k] is not None and cfg[k] <= 0:
+            raise ConfigError(f"config key '{k}' must be > 0, got {cfg[k]}")
+    for k in ["lr", "blr", "min_lr", "weight_decay", "warmup_lr", "cooldown_epochs", "warmup_epochs"]:
+        if k in cfg and cfg[k] is not None and cfg[k] < 0:
+            raise ConfigError(f"config key '{k}' must be >= 0, got {cfg[k]}")
+    if "warmup_epochs" in cfg and "epochs" in cfg and cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) is larger than epochs ({cfg.epochs})")
+
+
+def dump_yaml(data: Dict[str, Any]) -> str:
+    """YAML text of a plain dict (tuples as lists), keys in insertion order."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+    return yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=None)

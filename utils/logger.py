@@ -1,0 +1,169 @@
+"""Run folder writers: ``summary.csv``, TensorBoard events, a PNG learning curve and optional W&B.
+
+Only the main process creates a :class:`RunLogger`; every method is cheap to call every epoch.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+__all__ = ["RunLogger", "SUMMARY_COLUMNS", "read_summary", "setup_console_logging"]
+
+SUMMARY_COLUMNS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5"]
+EMA_COLUMNS = ["ema_eval_loss", "ema_eval_top1", "ema_eval_top5"]
+TIME_COLUMNS = ["img_per_s", "epoch_seconds"]
+_FORMATS = {"lr": "{:.6g}", "train_loss": "{:.6f}", "eval_loss": "{:.6f}", "ema_eval_loss": "{:.6f}",
+            "img_per_s": "{:.1f}", "epoch_seconds": "{:.2f}"}
+
+_log = logging.getLogger("train")
+
+
+def setup_console_logging(main: bool) -> logging.Logger:
+    """Plain ``print``-like logging on the main process, warnings only elsewhere."""
+    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s", force=True)
+    return _log
+
+
+def read_summary(path: str) -> List[Dict[str, str]]:
+    """Rows of a ``summary.csv`` as dicts of strings ([] if the file does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return _FORMATS.get(key, "{:.4f}").format(v)
+    return str(v)
+
+
+class RunLogger:
+    """Writes the per-epoch outputs of one run folder.
+
+    ``start_epoch`` > 0 (a resumed run) drops any ``summary.csv`` rows of epochs that will be re-run,
+    so a run killed after logging an epoch but before its checkpoint still ends with one row per epoch.
+    """
+
+    def __init__(self, run_dir: str, cfg: Mapping[str, Any], ema: bool = False, start_epoch: int = 0):
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema else []) + TIME_COLUMNS
+        self.summary_path = os.path.join(run_dir, "summary.csv")
+        self.plot_path = os.path.join(run_dir, "learning_curve.png")
+        os.makedirs(run_dir, exist_ok=True)
+        rows = [r for r in read_summary(self.summary_path) if int(r["epoch"]) < start_epoch]
+        self.rows: List[Dict[str, Any]] = rows
+        self._rewrite()
+        self.tb = None
+        if cfg.get("tensorboard", True):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=start_epoch or None)
+            except Exception as err:  # tensorboard missing: warn, keep training
+                _log.warning(f"TensorBoard disabled ({err}); pip install tensorboard to enable it")
+        self.wandb = None
+        if cfg.get("log_wandb", False):
+            self.wandb = self._init_wandb(cfg, start_epoch)
+
+    # ------------------------------------------------------------------
+    def _init_wandb(self, cfg, start_epoch):
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError("log_wandb is true but wandb is not installed: pip install wandb "
+                               "(or set log_wandb: false)") from None
+        project = cfg.get("wandb_project") or os.environ.get("WANDB_PROJECT") or "maxformer"
+        entity = cfg.get("wandb_entity") or os.environ.get("WANDB_ENTITY") or None
+        run = wandb.init(project=project.replace("/", "-"), entity=entity, name=cfg.get("experiment"),
+                         dir=self.run_dir, config=dict(cfg), resume="allow" if start_epoch else None,
+                         id=self._wandb_id())
+        return run
+
+    def _wandb_id(self):
+        path = os.path.join(self.run_dir, "wandb_id.txt")
+        if os.path.isfile(path):
+            return open(path).read().strip()
+        import uuid
+
+        rid = uuid.uuid4().hex[:12]
+        with open(path, "w") as f:
+            f.write(rid)
+        return rid
+
+    def _rewrite(self):
+        tmp = self.summary_path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({k: r.get(k, "") for k in self.columns})
+        os.replace(tmp, self.summary_path)
+
+    # ------------------------------------------------------------------
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        """Per-step scalars (called every ``log_interval`` steps)."""
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss_step", loss, step)
+            self.tb.add_scalar("train/lr_step", lr, step)
+
+    def log_epoch(self, metrics: Dict[str, Any]) -> None:
+        """Append one ``summary.csv`` row and push the epoch to TensorBoard / W&B / the PNG."""
+        row = {k: _fmt(k, metrics.get(k)) for k in self.columns}
+        self.rows.append(row)
+        with open(self.summary_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        epoch = int(metrics["epoch"])
+        scalars = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and v is not None}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                group = "train" if k.startswith("train") or k == "lr" else "time" if k in TIME_COLUMNS else "eval"
+                self.tb.add_scalar(f"{group}/{k}", v, epoch)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=epoch)
+        if self.cfg.get("plot", True):
+            self.plot()
+
+    def plot(self) -> None:
+        """Loss and top-1 per epoch as ``learning_curve.png`` (written atomically)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception as err:
+            _log.warning(f"learning curve skipped ({err})")
+            return
+
+        def col(name):
+            return [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in self.rows]
+
+        ep = col("epoch")
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+        ax1.plot(ep, col("train_loss"), label="train (soft targets)" if self.cfg.get("mixup") else "train")
+        ax1.plot(ep, col("eval_loss"), label="eval")
+        ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+        ax2.plot(ep, col("eval_top1"), label="top-1")
+        if "ema_eval_top1" in self.columns:
+            ax2.plot(ep, col("ema_eval_top1"), label="EMA top-1")
+        ax2.set_xlabel("epoch"), ax2.set_ylabel("eval accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
+        fig.suptitle(f"{self.cfg.get('experiment', '')} ({self.cfg.get('model', '')})")
+        fig.tight_layout()
+        tmp = self.plot_path + ".tmp.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, self.plot_path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
