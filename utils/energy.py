@@ -1,0 +1,684 @@
+"""Firing rates, synaptic operations (SOPs) and energy of spiking networks (paper App. B).
+
+Method (the paper's Eq. 22-24, following Spikformer / Spike-driven Transformer):
+
+* every convolution, linear layer and matrix product is visited at the aten level (a spikingjelly
+  ``DispatchCounterMode`` with :class:`PaperOpCounter`), so attention products such as SSA's
+  ``q @ k^T`` and ``attn @ v`` are counted without hooks on any particular model;
+* ``FLOPs`` means multiply-accumulates (MACs) per image and time step, the convention of the energy
+  tables the paper compares with (PVT-Large: 9.8 GMACs x 4.6 pJ = 45.08 mJ in Table 3);
+* an operation whose data operand is a spike tensor (every value in {0, 1}, checked on the actual
+  tensor) costs ``SOPs = r x T x FLOPs`` accumulates (AC, 0.9 pJ), ``r`` being the firing rate of that
+  operand measured over the batch and all T steps; everything else costs MACs (4.6 pJ): the first
+  convolution on the image, Embed-Orig's first convolution, event-count inputs, products of two
+  real-valued tensors;
+* BatchNorm is taken as folded into the preceding convolution and costs nothing; so do neuron
+  updates, pooling, residual (membrane-shortcut) additions and the attention scale;
+* ``E_SNN = 4.6 pJ x MAC-FLOPs + 0.9 pJ x sum(SOPs)``; ``E_ANN = 4.6 pJ x all FLOPs of one time step``.
+
+Decisions for the cases the paper leaves open:
+
+* **Membrane-shortcut sums.** With the membrane shortcut every conv/linear still reads LIF output, so
+  the sums never reach a weight layer. A weight layer fed by a non-binary integer tensor (pre-spike
+  shortcut sums in {0, 1, 2}, event-frame counts) is counted as MAC by default; with
+  ``integer_inputs_as_ac=True`` it is counted as ``mean(value) x FLOPs`` accumulates instead (a
+  count k triggers k accumulates).
+* **Both operands binary** (e.g. ``k^T @ v`` of QKFormer-style attention): ``SOPs = r_left x FLOPs``,
+  i.e. every spike of the left operand triggers one accumulate per output column.
+
+Cross-check with spikingjelly 2.0 ``op_counter`` (``crosscheck=True`` runs its ``MACCounter`` and
+``SynOpCounter`` in the same forward pass, BatchNorm ignored): the MAC counts agree exactly. SynOps
+differ by convention: spikingjelly counts the weight uses that really happen — a spike near a
+zero-padded border reaches fewer outputs, and a product of two spike tensors costs only the
+coincidences (``out.sum()``) — while the paper's ``r x FLOPs`` spreads the mean rate uniformly over
+every output. For linear layers and for convolutions without padding the two are identical.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections import OrderedDict, defaultdict
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based.op_counter import BaseCounter, DispatchCounterMode, MACCounter, SynOpCounter
+
+aten = torch.ops.aten
+
+__all__ = [
+    "EnergyConfig",
+    "LayerOps",
+    "EnergyReport",
+    "PaperOpCounter",
+    "FiringRateMonitor",
+    "measure_energy",
+    "table9_group",
+    "TABLE9_COLUMNS",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig:
+    """Energy per operation (45 nm, Horowitz 2014, as in the paper) and counting options."""
+
+    e_mac_pj: float = 4.6
+    e_ac_pj: float = 0.9
+    integer_inputs_as_ac: bool = False
+
+    def __post_init__(self):
+        for name in ("e_mac_pj", "e_ac_pj"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number of pJ, got {v}")
+
+
+# ----------------------------------------------------------------------------- operand inspection
+def _binary_rate(x: torch.Tensor) -> Optional[float]:
+    """Firing rate of ``x`` if every value is 0 or 1, else ``None``."""
+    if x.dtype == torch.bool:
+        return float(x.float().mean().item()) if x.numel() else 0.0
+    if not x.is_floating_point() and x.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        return None
+    if x.numel() == 0:
+        return 0.0
+    nonzero = x != 0
+    if not bool((~nonzero | (x == 1)).all().item()):
+        return None
+    return float(nonzero.float().mean().item())
+
+
+def _count_mean(x: torch.Tensor) -> Optional[float]:
+    """Mean of ``x`` if it holds non-negative integers (spike counts), else ``None``."""
+    if x.numel() == 0 or not bool(((x >= 0) & (x == torch.round(x))).all().item()):
+        return None
+    return float(x.float().mean().item())
+
+
+@dataclasses.dataclass
+class LayerOps:
+    """Accumulated operation counts of one module (summed over the batch, all T and all calls)."""
+
+    name: str
+    kind: str  # conv / linear / matmul
+    macs: float = 0.0  # dense multiply-accumulates of all calls (the FLOPs of Eq. 22, times B)
+    mac_flops: float = 0.0  # part of ``macs`` charged at E_MAC (real-valued input)
+    sops: float = 0.0  # synaptic operations charged at E_AC
+    spike_elems: float = 0.0  # for the input firing rate: sum of r * numel over spike-input calls
+    spike_numel: float = 0.0
+    calls: int = 0
+    input: str = ""  # 'spike', 'real', 'count' or a combination
+
+    @property
+    def input_rate(self) -> Optional[float]:
+        return self.spike_elems / self.spike_numel if self.spike_numel else None
+
+    def add_input_kind(self, kind: str) -> None:
+        kinds = set(filter(None, self.input.split("+"))) | {kind}
+        self.input = "+".join(sorted(kinds))
+
+
+class PaperOpCounter(BaseCounter):
+    """spikingjelly ``BaseCounter`` that applies the paper's MAC/SOP rule per module.
+
+    Use inside ``DispatchCounterMode([counter])``. ``names`` maps module objects to their qualified
+    names so each op is attributed to the innermost module that ran it (e.g. an attention module for
+    its matrix products). :meth:`get_total` returns dense MACs; :attr:`layers` holds the split.
+    """
+
+    def __init__(self, names: Dict[nn.Module, str], config: EnergyConfig = EnergyConfig()):
+        super().__init__()
+        self.names = names
+        self.config = config
+        self.layers: "OrderedDict[str, LayerOps]" = OrderedDict()
+        self.rules = {
+            aten.convolution.default: self._conv,
+            aten.mm.default: self._mm,
+            aten.addmm.default: self._addmm,
+            aten.bmm.default: self._mm,
+            aten.baddbmm.default: self._addmm,
+        }
+        self.ignore_modules = []
+        self._scope = "<root>"
+        self._is_linear = False
+
+    # -- BaseCounter API
+    def count(self, func, args, kwargs, out, active_modules=None, parent_names=None) -> int:
+        best, depth, is_linear = "<root>", -1, False
+        for m in active_modules or ():
+            name = self.names.get(m)
+            if name is not None and name.count(".") + 1 > depth:
+                best, depth, is_linear = name, name.count(".") + 1, isinstance(m, nn.Linear)
+        self._scope = best or "<root>"
+        self._is_linear = is_linear
+        return int(self.rules[func](args, kwargs, out))
+
+    def reset(self) -> None:
+        super().reset()
+        self.layers.clear()
+
+    # -- rules
+    def _record(self, kind: str, macs: float, operands: Sequence[torch.Tensor]) -> float:
+        rec = self.layers.get(self._scope)
+        if rec is None:
+            rec = self.layers[self._scope] = LayerOps(self._scope, kind)
+        rec.macs += macs
+        rec.calls += 1
+        for x in operands:  # the first binary operand drives the accumulates
+            r = _binary_rate(x)
+            if r is not None:
+                rec.sops += r * macs
+                rec.spike_elems += r * x.numel()
+                rec.spike_numel += x.numel()
+                rec.add_input_kind("spike")
+                return macs
+        if self.config.integer_inputs_as_ac:
+            for x in operands:
+                m = _count_mean(x)
+                if m is not None:
+                    rec.sops += m * macs
+                    rec.add_input_kind("count")
+                    return macs
+        rec.mac_flops += macs
+        rec.add_input_kind("real")
+        return macs
+
+    def _conv(self, args, kwargs, out):
+        x, w, transposed, groups = args[0], args[1], args[6], args[8]
+        spatial = x.shape[2:] if transposed else out.shape[2:]
+        macs = x.shape[0] * w.shape[0] * w.shape[1] * math.prod(w.shape[2:]) * math.prod(spatial)
+        if transposed:  # weight is [C_in, C_out/g, k...]
+            macs = x.shape[0] * w.shape[0] * w.shape[1] * math.prod(w.shape[2:]) * math.prod(spatial)
+        return self._record("conv", float(macs), [x])
+
+    def _mm(self, args, kwargs, out):
+        a, b = args[0], args[1]
+        macs = float(out.numel()) * a.shape[-1]
+        return self._record("linear" if self._is_linear else "matmul", macs, [a, b])
+
+    def _addmm(self, args, kwargs, out):
+        return self._mm(args[1:], kwargs, out)
+
+
+# ----------------------------------------------------------------------------- firing rates
+class FiringRateMonitor:
+    """Mean firing rate of every spiking neuron layer, accumulated over any number of batches.
+
+    Registers forward hooks on the spikingjelly neurons of ``model`` (no change to its forward);
+    use as a context manager or call :meth:`remove`.
+    """
+
+    def __init__(self, model: nn.Module, neuron_types: Optional[tuple] = None):
+        from models.neurons import spiking_modules
+
+        self.spikes: Dict[str, float] = OrderedDict()
+        self.numel: Dict[str, float] = OrderedDict()
+        self.kinds: Dict[str, str] = {}
+        self._handles = []
+        mods = list(spiking_modules(model)) if neuron_types is None else [
+            (n, m) for n, m in model.named_modules() if isinstance(m, neuron_types)
+        ]
+        if not mods:
+            raise ValueError(f"{type(model).__name__} has no spiking neuron layers to monitor")
+        for name, m in mods:
+            self.spikes[name], self.numel[name], self.kinds[name] = 0.0, 0.0, type(m).__name__
+            self._handles.append(m.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def fn(module, inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.spikes[name] += float(out.detach().float().sum().item())
+            self.numel[name] += out.numel()
+
+        return fn
+
+    def rates(self) -> Dict[str, float]:
+        """``{layer name: spikes / (neurons x T x samples)}`` of the layers that ran."""
+        return OrderedDict((k, self.spikes[k] / self.numel[k]) for k in self.spikes if self.numel[k])
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+# ----------------------------------------------------------------------------- Table 9 grouping
+TABLE9_COLUMNS = ("embed", "mixer", "mlp", "conv")
+_CLASSIFIER_NAMES = ("head", "head_lif", "classifier", "fc", "fc_lif", "linear")
+_PART_PATTERNS = (
+    ("embed", re.compile(r"^(\w*embed\w*|sps|stem)$", re.I)),
+    ("mixer", re.compile(r"^(\w*mixer\w*|attn|attention|ssa)$", re.I)),
+    ("mlp", re.compile(r"^(\w*mlp\w*|ffn)$", re.I)),
+)
+
+
+def table9_group(name: str) -> str:
+    """Table 9 column of module ``name``: ``S<k> embed|mixer|mlp``, ``classifier`` or ``other``.
+
+    Read from module names: a top-level ``patch_embed<k>`` / ``stage<k>`` / ``layer<k>`` (or
+    ``stages.<k-1>``) gives the stage, the outermost part keyword gives the column (``*embed*`` /
+    ``sps`` / ``stem``; ``mixer`` / ``attn``; ``mlp``). A top-level ``head``/``fc`` (and its neuron) is
+    the classifier; a ResNet's top-level ``conv1``/``bn1`` is ``S1 embed`` and its residual blocks
+    are ``S<k> conv``. Non-hierarchical models (Spikformer) put everything in stage 1.
+    """
+    parts = [p for p in name.split(".") if p]
+    if not parts or name == "<root>":
+        return "other"
+    top = parts[0]
+    if top in _CLASSIFIER_NAMES:
+        return "classifier"
+    if top in ("conv1", "bn1", "lif1", "stem_conv", "stem_bn"):
+        return "S1 embed"
+    stage = 1
+    m = re.fullmatch(r"(?:patch_embed|stage|layer)(\d+)", top)
+    if m:
+        stage = int(m.group(1))
+    elif top in ("stages", "layers") and len(parts) > 1 and parts[1].isdigit():
+        stage = int(parts[1]) + 1
+    for p in parts:
+        for part, pat in _PART_PATTERNS:
+            if pat.match(p):
+                return f"S{stage} {part}"
+    return f"S{stage} conv" if m or top in ("stages", "layers") else "other"
+
+
+# ----------------------------------------------------------------------------- report
+@dataclasses.dataclass
+class EnergyReport:
+    """Per-image operation counts and energies of one measurement (all energies in mJ per image)."""
+
+    model: str
+    T: int
+    batch_size: int
+    input: str
+    config: EnergyConfig
+    layers: List[LayerOps]
+    firing_rates: Dict[str, float]
+    groups: Dict[str, str]
+    sj_crosscheck: Optional[dict] = None
+
+    def _per_image(self, v: float) -> float:
+        return v / self.batch_size
+
+    @property
+    def mac_flops(self) -> float:
+        return self._per_image(sum(l.mac_flops for l in self.layers))
+
+    @property
+    def sops(self) -> float:
+        return self._per_image(sum(l.sops for l in self.layers))
+
+    @property
+    def flops_per_step(self) -> float:
+        """Dense MACs of one image and one time step (the ANN-equivalent FLOPs)."""
+        return self._per_image(sum(l.macs for l in self.layers)) / self.T
+
+    def layer_energy_mj(self, l: LayerOps) -> float:
+        c = self.config
+        return self._per_image(c.e_mac_pj * l.mac_flops + c.e_ac_pj * l.sops) * 1e-9
+
+    @property
+    def energy_mj(self) -> float:
+        return sum(self.layer_energy_mj(l) for l in self.layers)
+
+    @property
+    def ann_energy_mj(self) -> float:
+        return self.config.e_mac_pj * self.flops_per_step * 1e-9
+
+    def per_group(self) -> "OrderedDict[str, float]":
+        """Energy (mJ/image) per Table 9 column, in the paper's order."""
+        acc: Dict[str, float] = defaultdict(float)
+        for l in self.layers:
+            acc[self.groups[l.name]] += self.layer_energy_mj(l)
+
+        def key(g):
+            m = re.match(r"S(\d+) (\w+)", g)
+            if m:
+                return (int(m.group(1)), TABLE9_COLUMNS.index(m.group(2)) if m.group(2) in TABLE9_COLUMNS else 9)
+            return (99, 0 if g == "classifier" else 1)
+
+        return OrderedDict((g, acc[g]) for g in sorted(acc, key=key))
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "T": self.T,
+            "batch_size": self.batch_size,
+            "input": self.input,
+            "config": dataclasses.asdict(self.config),
+            "energy_mj_per_image": self.energy_mj,
+            "ann_energy_mj_per_image": self.ann_energy_mj,
+            "mac_flops_per_image": self.mac_flops,
+            "sops_per_image": self.sops,
+            "flops_per_image_per_step": self.flops_per_step,
+            "per_group_mj": self.per_group(),
+            "layers": [
+                {
+                    "name": l.name,
+                    "group": self.groups[l.name],
+                    "kind": l.kind,
+                    "input": l.input,
+                    "input_rate": l.input_rate,
+                    "flops_per_step": self._per_image(l.macs) / self.T,
+                    "mac_flops": self._per_image(l.mac_flops),
+                    "sops": self._per_image(l.sops),
+                    "energy_mj": self.layer_energy_mj(l),
+                }
+                for l in self.layers
+            ],
+            "firing_rates": self.firing_rates,
+            "sj_crosscheck": self.sj_crosscheck,
+        }
+
+    def format_table(self, per_layer: bool = True) -> str:
+        lines = []
+        if per_layer:
+            lines.append(f"{'layer':58s} {'group':13s} {'input':6s} {'rate':>6s} {'GFLOPs/T':>9s} {'GSOPs':>8s} {'mJ':>8s}")
+            for l in self.layers:
+                r = l.input_rate
+                lines.append(
+                    f"{l.name[:58]:58s} {self.groups[l.name]:13s} {l.input[:6]:6s} "
+                    f"{'' if r is None else f'{r:.3f}':>6s} {self._per_image(l.macs) / self.T / 1e9:9.4f} "
+                    f"{self._per_image(l.sops) / 1e9:8.4f} {self.layer_energy_mj(l):8.4f}"
+                )
+            lines.append("")
+        lines.append("Table 9 breakdown (mJ / image): " + ", ".join(f"{g} {v:.3f}" for g, v in self.per_group().items()))
+        lines.append(
+            f"{self.model} T={self.T} [{self.input}]: E_SNN = {self.energy_mj:.3f} mJ/image "
+            f"(MAC-FLOPs {self.mac_flops / 1e9:.3f} G x {self.config.e_mac_pj} pJ + SOPs {self.sops / 1e9:.3f} G x "
+            f"{self.config.e_ac_pj} pJ); ANN equivalent {self.ann_energy_mj:.3f} mJ "
+            f"({self.flops_per_step / 1e9:.3f} GFLOPs x {self.config.e_mac_pj} pJ)"
+        )
+        if self.sj_crosscheck:
+            c = self.sj_crosscheck
+            lines.append(
+                f"spikingjelly op_counter cross-check: MACs {c['mac'] / 1e9:.4f} G (ours {self.mac_flops / 1e9:.4f} G), "
+                f"SynOps {c['synop'] / 1e9:.4f} G (ours {self.sops / 1e9:.4f} G, ratio {c['synop_ratio']:.4f}), "
+                f"compute energy {c['energy_compute_mj']:.4f} mJ"
+            )
+        return "\n".join(lines)
+
+    def write_csv(self, path: str) -> None:
+        d = self.as_dict()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(d["layers"][0]) if d["layers"] else ["name"])
+            w.writeheader()
+            w.writerows(d["layers"])
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches: Iterable) -> int:
+    """Set every BatchNorm's running statistics to the cumulative mean/variance over ``batches``.
+
+    A randomly initialised network in eval mode has identity BatchNorms, and its spikes die out
+    after a few layers; calibrating BN on the input (train-mode passes, no weight update) gives
+    the unit-variance pre-activations a trained network has, so a random-weight energy estimate
+    has plausible firing rates. Returns the number of batches used.
+    """
+    from models.neurons import reset_net
+
+    net = _unwrap(model)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = net.training
+    net.train()
+    n = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            net(x.to(next(net.parameters()).device))
+            reset_net(net)
+            n += 1
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        net.train(was_training)
+    return n
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _batch_size(x) -> int:
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    return int(x.shape[0])
+
+
+@torch.no_grad()
+def measure_energy(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    T: Optional[int] = None,
+    config: EnergyConfig = EnergyConfig(),
+    crosscheck: bool = False,
+    input_desc: str = "",
+    model_name: Optional[str] = None,
+    max_batches: Optional[int] = None,
+) -> EnergyReport:
+    """Count MACs/SOPs and firing rates of ``model`` over ``batches`` and return an :class:`EnergyReport`.
+
+    ``batches`` yields model inputs (``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames, or ``(input,
+    target)`` pairs). The model runs in eval mode; neuron state is reset after every batch. ``T``
+    defaults to ``model.T`` (needed only to express FLOPs per time step). ``crosscheck`` also runs
+    spikingjelly's ``MACCounter`` and ``SynOpCounter`` (BatchNorm ignored) in the same pass.
+    """
+    from models.neurons import reset_net
+
+    net = _unwrap(model)
+    T = int(T if T is not None else getattr(net, "T", 1))
+    names = {m: n for n, m in net.named_modules() if n}
+    counter = PaperOpCounter(names, config)
+    counters: list = [counter]
+    bn_types = [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d]
+    if crosscheck:
+        sj_mac, sj_syn = MACCounter(extra_ignore_modules=bn_types), SynOpCounter(extra_ignore_modules=bn_types)
+        counters += [sj_mac, sj_syn]
+    was_training = net.training
+    net.eval()
+    n_images = 0
+    try:
+        with FiringRateMonitor(net) as mon:
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                x = x.to(next(net.parameters()).device)
+                with DispatchCounterMode(counters):
+                    net(x)
+                reset_net(net)
+                n_images += _batch_size(x)
+            rates = mon.rates()
+    finally:
+        net.train(was_training)
+    if n_images == 0:
+        raise ValueError("measure_energy got no batches: pass at least one input batch")
+    layers = list(counter.layers.values())
+    report = EnergyReport(
+        model=model_name or type(net).__name__,
+        T=T,
+        batch_size=n_images,
+        input=input_desc,
+        config=config,
+        layers=layers,
+        firing_rates=rates,
+        groups={l.name: table9_group(l.name) for l in layers},
+    )
+    if crosscheck:
+        mac, syn = sj_mac.get_total() / n_images, sj_syn.get_total() / n_images
+        report.sj_crosscheck = {
+            "mac": mac,
+            "synop": syn,
+            "synop_ratio": syn / report.sops if report.sops else float("nan"),
+            "energy_compute_mj": (config.e_mac_pj * mac + config.e_ac_pj * syn) * 1e-9,
+        }
+    return report
+
+
+def firing_rate_rows(rates: Dict[str, float]) -> List[dict]:
+    """Rows ``{layer, group, stage, part, firing_rate}`` for the CSV / bar plot."""
+    rows = []
+    for name, r in rates.items():
+        g = table9_group(name)
+        stage, _, part = g.partition(" ")
+        rows.append({"layer": name, "group": g, "stage": stage if part else "", "part": part or g, "firing_rate": r})
+    return rows
+
+
+def write_firing_rates(rates: Dict[str, float], csv_path: str, png_path: Optional[str] = None, title: str = "") -> None:
+    """Write per-layer firing rates (with Table 9 group) to CSV and, optionally, a bar plot."""
+    rows = firing_rate_rows(rates)
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["layer", "group", "stage", "part", "firing_rate"])
+        w.writeheader()
+        w.writerows(rows)
+    if png_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        colors = {"embed": "tab:blue", "mixer": "tab:orange", "mlp": "tab:green", "classifier": "tab:red"}
+        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(rows) + 2), 3.2), dpi=90)
+        ax.bar(range(len(rows)), [r["firing_rate"] for r in rows], color=[colors.get(r["part"], "gray") for r in rows])
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=5)
+        ax.set_ylabel("firing rate")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+        ax.legend(handles, list(colors), fontsize=7, ncol=4)
+        ax.set_title(title or "firing rate per spiking layer", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(png_path)
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+def synthetic_batches(shape: Sequence[int], n: int, seed: int = 0, kind: str = "images"):
+    """``n`` batches of a fixed-seed synthetic input: ``images`` (ImageNet-normalised smooth noise
+    with natural-image-like 1/f spectrum) or ``randn``."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        if kind == "randn":
+            yield torch.randn(*shape, generator=g)
+            continue
+        x = torch.randn(*shape, generator=g)
+        H, W = shape[-2], shape[-1]
+        fy = torch.fft.fftfreq(H)[:, None]
+        fx = torch.fft.fftfreq(W)[None, :]
+        f = torch.sqrt(fy**2 + fx**2).clamp_min(1.0 / max(H, W))
+        x = torch.fft.ifft2(torch.fft.fft2(x) / f).real  # 1/f amplitude, like natural images
+        x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+        yield x
+
+
+def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` for a registered name, with a clear error and optional checkpoint."""
+    import timm
+
+    import models  # noqa: F401  (registers the models)
+
+    if not timm.is_model(name):
+        import difflib
+
+        known = [n for n in timm.list_models() if n in timm.list_models(module="models") or True]
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise SystemExit(f"unknown model {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
+                         + " `python -m utils.tables` lists the registered models.")
+    model = timm.create_model(name, **{k: v for k, v in kwargs.items() if v is not None})
+    if checkpoint:
+        from utils.checkpoint import load_checkpoint
+
+        if not os.path.exists(checkpoint):
+            raise SystemExit(f"checkpoint {checkpoint!r} does not exist")
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _default_img_size(name: str) -> int:
+    if "cifar" in name or "resnet" in name:
+        return 32
+    if "dvs" in name:
+        return 128
+    return 224
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m utils.energy",
+        description="Firing rates, SOPs and energy (paper App. B) of a registered model on synthetic or real input.",
+    )
+    p.add_argument("--model", required=True, help="registered model name, e.g. maxformer_10_768")
+    p.add_argument("--checkpoint", default=None, help="weights to load (ours or the authors')")
+    p.add_argument("--data", default=None, help="YAML config: measure on its validation data instead of synthetic input")
+    p.add_argument("--T", type=int, default=None, help="time steps (default: the model's)")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224 / 32 CIFAR / 128 DVS)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default 3, DVS 2)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batches", type=int, default=1, help="number of batches to average over")
+    p.add_argument("--input", choices=("images", "randn"), default="images", help="synthetic input kind")
+    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per MAC")
+    p.add_argument("--e-ac", type=float, default=0.9, help="pJ per AC")
+    p.add_argument("--integer-inputs-as-ac", action="store_true", help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
+    p.add_argument("--calibrate-bn", type=int, default=None,
+                   help="train-mode passes to calibrate BatchNorm statistics on the input first "
+                        "(default: 2 without --checkpoint, 0 with one)")
+    p.add_argument("--crosscheck", action="store_true", help="also run spikingjelly's MACCounter/SynOpCounter")
+    p.add_argument("--out", default="output/energy", help="folder for JSON / CSV / PNG")
+    p.add_argument("--quiet", action="store_true", help="print only the summary, not every layer")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = build_model(args.model, args.checkpoint, T=args.T, num_classes=args.num_classes)
+    T = int(getattr(model, "T", args.T or 1))
+    config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
+    if args.data:
+        from utils.energy_data import validation_batches  # pragma: no cover - optional, see validate.py --energy
+
+        batches, desc = validation_batches(args.data, args.batch_size)
+    else:
+        size = args.img_size or _default_img_size(args.model)
+        chans = args.in_chans or (2 if "dvs" in args.model else 3)
+        shape = (args.batch_size, T, chans, size, size) if "dvs" in args.model else (args.batch_size, chans, size, size)
+        batches = synthetic_batches(shape, args.batches, kind=args.input)
+        desc = f"synthetic {args.input} {list(shape)} x{args.batches}, " + ("checkpoint " + args.checkpoint if args.checkpoint else "random init")
+    n_cal = args.calibrate_bn if args.calibrate_bn is not None else (0 if args.checkpoint else 2)
+    if n_cal:
+        if args.data:
+            raise SystemExit("--calibrate-bn with --data is not supported; pass a trained --checkpoint")
+        calibrate_bn(model, synthetic_batches(shape, n_cal, seed=1, kind=args.input))
+        desc += f", BN calibrated on {n_cal} synthetic batches"
+    report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
+                            model_name=args.model, max_batches=args.batches)
+    print(report.format_table(per_layer=not args.quiet))
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{args.model}_T{T}")
+    with open(stem + "_energy.json", "w") as f:
+        json.dump(report.as_dict(), f, indent=1)
+    report.write_csv(stem + "_energy.csv")
+    write_firing_rates(report.firing_rates, stem + "_firing_rates.csv", stem + "_firing_rates.png", title=f"{args.model} T={T}: {desc}")
+    print(f"wrote {stem}_energy.json, _energy.csv, _firing_rates.csv, _firing_rates.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
