@@ -1,1 +1,327 @@
-"""(being written)"""
+"""Max-Former and MS-QKFormer: one hierarchical spiking transformer built from stage specs.
+
+``SpikingTransformer(embeds, mixers, depths, embed_dims, ...)`` stacks, per stage, a patch
+embedding (:mod:`models.embeddings`) and ``depth`` blocks of a token mixer (:mod:`mixer_hub`)
+plus a spiking MLP, then reads out with token mean -> LIF -> Linear. Every model of the paper,
+and every ablation row of its Tables 4 and 7, is a set of kwargs of this class::
+
+    SpikingTransformer(embeds=("orig", "max", "max"), mixers=("identity", "dwc3", "ssa"),
+                       depths=(1, 1, 2), embed_dims=384, num_classes=100, T=4)
+
+Registered timm variants: ``maxformer_cifar``, ``ms_qkformer_cifar``, ``maxformer_dvs``,
+``ms_qkformer_dvs``, ``maxformer_10_{384,512,768}``, ``ms_qkformer_10_{384,512,768}``.
+Module names reproduce the published state_dict keys (``patch_embed{i}``, ``stage{i}.{j}``,
+``head``), so the authors' checkpoints load by name.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models import register_model
+
+from mixer_hub import is_attention_mixer
+
+from .blocks import Block
+from .embeddings import DOWNSAMPLING, create_embedding
+from .neurons import NeuronConfig
+
+__all__ = ["SpikingTransformer", "REFERENCE_CTORS", "VARIANTS"]
+
+HEADS = ("mean_then_linear", "linear_then_mean")
+WEIGHT_INITS = ("cifar", "imagenet")
+NEURON_KWARGS = ("tau", "v_threshold", "v_reset", "detach_reset", "surrogate", "alpha")
+
+
+def _per_stage(name: str, value, n: int) -> tuple:
+    """Broadcast a scalar to ``n`` stages or check a sequence has ``n`` entries."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries but there are {n} stages "
+                             f"(embeds has {n}); give one value per stage or a single value")
+        return tuple(value)
+    return (value,) * n
+
+
+class SpikingTransformer(nn.Module):
+    """Hierarchical spiking transformer (Max-Former / MS-QKFormer family).
+
+    Args:
+        embeds: patch embedding name per stage (``orig``, ``max``, ``max_plus``, ``1max``, ...).
+        mixers: token mixer name per stage (``identity``, ``dwc3``, ``ssa``, ``qka``, ...).
+        depths: blocks per stage.
+        embed_dims: width of the last stage E; stage ``i`` of ``n`` has ``E / 2**(n-1-i)``
+            (E/4, E/2, E for 3 stages; E/2, E for 2), or a sequence of per-stage widths.
+        mlp_ratios: MLP hidden ratio (scalar or per stage). Ratio 1 enables the MLP's extra
+            hidden residual (the event models).
+        num_heads: attention heads (scalar or per stage); must divide the attention widths.
+        in_channels, num_classes: input channels and classes.
+        T: time steps. ``[B,C,H,W]`` inputs are repeated T times; ``[B,T,C,H,W]`` inputs must
+            carry T frames and are transposed to ``[T,B,C,H,W]``.
+        head: ``'mean_then_linear'`` (cifar/event: mean over T, then Linear) or
+            ``'linear_then_mean'`` (imagenet: Linear per step, then mean over T).
+        weight_init: ``'cifar'`` (trunc-normal Linear only, the cifar/event code) or
+            ``'imagenet'`` (trunc-normal Conv2d, BN 1/0; Linear/Conv1d keep PyTorch defaults).
+        neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: spiking neuron
+            settings reaching every neuron (see :class:`models.neurons.NeuronConfig`);
+            ``v_reset=None`` or ``'soft'`` selects the soft reset. Attention LIFs keep
+            threshold ``attn_v_threshold`` (0.5).
+    """
+
+    def __init__(self, embeds: Sequence[str] = ("orig", "max", "max"),
+                 mixers: Sequence[str] = ("identity", "dwc3", "ssa"),
+                 depths: Union[int, Sequence[int]] = (1, 1, 2),
+                 embed_dims: Union[int, Sequence[int]] = 384,
+                 mlp_ratios: Union[float, Sequence[float]] = 4.0,
+                 num_heads: Union[int, Sequence[int]] = 8,
+                 in_channels: int = 3, num_classes: int = 10, T: int = 4,
+                 head: str = "mean_then_linear", weight_init: str = "cifar",
+                 neuron: Union[str, NeuronConfig] = "lif", attn_v_threshold: float = 0.5,
+                 **neuron_kwargs):
+        super().__init__()
+        unknown = sorted(set(neuron_kwargs) - set(NEURON_KWARGS))
+        if unknown:
+            raise TypeError(f"SpikingTransformer got unexpected keyword argument(s) {unknown}; "
+                            f"neuron settings are {NEURON_KWARGS}")
+        if isinstance(embeds, str) or isinstance(mixers, str):
+            raise ValueError("embeds and mixers take one name per stage, e.g. embeds=('orig', 'max', 'max')")
+        n = len(embeds)
+        if n == 0:
+            raise ValueError("embeds must name at least one stage")
+        if len(mixers) != n:
+            raise ValueError(f"mixers has {len(mixers)} entries but embeds has {n}; give one mixer per stage")
+        depths = _per_stage("depths", depths, n)
+        mlp_ratios = _per_stage("mlp_ratios", mlp_ratios, n)
+        heads = _per_stage("num_heads", num_heads, n)
+        if isinstance(embed_dims, (list, tuple)):
+            dims = _per_stage("embed_dims", embed_dims, n)
+        else:
+            scale = 2 ** (n - 1)
+            if embed_dims % scale:
+                raise ValueError(f"embed_dims={embed_dims} must be divisible by {scale} for {n} stages "
+                                 f"(stage widths E/{scale} ... E)")
+            dims = tuple(embed_dims // 2 ** (n - 1 - i) for i in range(n))
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+        if int(T) < 1:
+            raise ValueError(f"T (time steps) must be >= 1, got {T}")
+        for i, (d, m, h) in enumerate(zip(dims, mixers, heads)):
+            if is_attention_mixer(m) and (h < 1 or d % h):
+                raise ValueError(f"stage {i + 1}: width {d} is not divisible by num_heads={h} "
+                                 f"(mixer {m!r}); choose embed_dims/num_heads so every attention "
+                                 f"stage width is a multiple of its head count")
+        for i, dep in enumerate(depths):
+            if int(dep) < 0:
+                raise ValueError(f"depths[{i}] must be >= 0, got {dep}")
+
+        if neuron_kwargs.get("v_reset") == "soft":
+            neuron_kwargs["v_reset"] = None
+        self.neuron_cfg = NeuronConfig.from_kwargs(neuron, **neuron_kwargs)
+        self.T = int(T)
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.head_order = head
+        self.embeds, self.mixers, self.depths, self.dims = tuple(embeds), tuple(mixers), depths, dims
+        self.num_stages = n
+
+        # all embeddings first, then all stages: the published registration (state_dict) order
+        for i, in_ch in enumerate((in_channels,) + dims[:-1]):
+            self.add_module(f"patch_embed{i + 1}",
+                            create_embedding(embeds[i], in_ch, dims[i], neuron_cfg=self.neuron_cfg))
+        for i in range(n):
+            self.add_module(f"stage{i + 1}", nn.ModuleList(
+                Block(dims[i], mixers[i], mlp_ratio=mlp_ratios[i], num_heads=heads[i],
+                      neuron_cfg=self.neuron_cfg, attn_v_threshold=attn_v_threshold)
+                for _ in range(int(depths[i]))))
+        self.head_lif = self.neuron_cfg.make()
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_cifar if weight_init == "cifar" else self._init_imagenet)
+
+    @staticmethod
+    def _init_cifar(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    @staticmethod
+    def _init_imagenet(m: nn.Module):
+        if isinstance(m, nn.Conv2d):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1.0)
+            nn.init.constant_(m.bias, 0)
+
+    @property
+    def downsampling(self) -> int:
+        """Total spatial downsampling of the embeddings (input side / last-stage side)."""
+        return math.prod(DOWNSAMPLING[e] for e in self.embeds)
+
+    def to_time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B,C,H,W]`` (repeated T times) or ``[B,T,C,H,W]`` (transposed) -> ``[T,B,C,H,W]``."""
+        if x.dim() == 4:
+            return x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        if x.dim() == 5:
+            if x.shape[1] != self.T:
+                raise ValueError(f"event input has {x.shape[1]} frames (x is [B,T,C,H,W] = {list(x.shape)}) "
+                                 f"but the model was built with T={self.T}; build it with T={x.shape[1]} "
+                                 f"or set model.T")
+            return x.transpose(0, 1).contiguous()
+        raise ValueError(f"expected [B,C,H,W] images or [B,T,C,H,W] event frames, got shape {list(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Membrane features of the last stage, ``[T, B, C, H', W']``."""
+        x = self.to_time_major(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"patch_embed{i + 1}")(x)
+            for blk in getattr(self, f"stage{i + 1}"):
+                x = blk(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Token mean -> LIF -> readout (order set by ``head``); returns ``[B, num_classes]``."""
+        s = self.head_lif(x.flatten(3).mean(3))
+        if self.head_order == "mean_then_linear":
+            return self.head(s.mean(0))
+        return self.head(s).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        """Replace the Linear head (timm API)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+# --------------------------------------------------------------------------------- variants
+_CIFAR = dict(in_channels=3, num_classes=10, T=4, head="mean_then_linear", weight_init="cifar",
+              embed_dims=384, mlp_ratios=4, num_heads=8, depths=(1, 1, 2))
+_DVS = dict(in_channels=2, num_classes=10, T=16, head="mean_then_linear", weight_init="cifar",
+            embed_dims=256, mlp_ratios=1, num_heads=16, depths=(1, 1))
+_IMAGENET = dict(in_channels=3, num_classes=1000, T=4, head="linear_then_mean", weight_init="imagenet",
+                 mlp_ratios=4, depths=(1, 2, 7))
+
+MAXFORMER_CIFAR = dict(_CIFAR, embeds=("orig", "max", "max"), mixers=("identity", "dwc3", "ssa"))
+MS_QKFORMER_CIFAR = dict(_CIFAR, embeds=("orig", "1max", "1max"), mixers=("qka", "qka", "ssa"))
+MAXFORMER_DVS = dict(_DVS, embeds=("max_plus", "max"), mixers=("dwc3", "ssa"))
+MS_QKFORMER_DVS = dict(_DVS, embeds=("max_plus", "1max"), mixers=("qka", "ssa"))
+MAXFORMER_IMAGENET = dict(_IMAGENET, embeds=("orig_imagenet", "max", "max"), mixers=("dwc7", "dwc5", "ssa"))
+MS_QKFORMER_IMAGENET = dict(_IMAGENET, embeds=("qk_init", "1max_imagenet", "1max_imagenet"),
+                            mixers=("qka", "qka", "ssa"))
+
+_DATA_CFG = {
+    "cifar": dict(input_size=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                  crop_pct=1.0, interpolation="bicubic"),
+    "dvs": dict(input_size=(2, 128, 128), mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="bilinear"),
+    "imagenet": dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                     crop_pct=0.875, interpolation="bicubic"),
+}
+
+VARIANTS: Dict[str, Dict[str, Any]] = {}
+
+
+def _imagenet(base: dict, width: int) -> dict:
+    return dict(base, embed_dims=width, num_heads=width // 64)
+
+
+def _build(name: str, config: dict, data: str, pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(k, None)
+    if pretrained:
+        raise ValueError(f"{name}: no weights are hosted for timm's pretrained=True; build the model, then load the "
+                         f"authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)")
+    for k in ("drop_rate", "drop_path_rate", "drop_block_rate"):  # accepted by training scripts, unused here
+        if kwargs.pop(k, 0.0):
+            raise ValueError(f"{name}: {k} is not supported (the published models use no dropout/DropPath)")
+    model = SpikingTransformer(**{**config, **kwargs})
+    cfg = dict(_DATA_CFG[data], num_classes=model.num_classes, first_conv="patch_embed1", classifier="head",
+               architecture=name)
+    model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
+def _variant(name: str, config: dict, data: str):
+    VARIANTS[name] = config
+
+    def create(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+        return _build(name, config, data, pretrained, **kwargs)
+
+    create.__name__ = name
+    create.__qualname__ = name
+    create.__doc__ = (f"``{name}``: embeds {config['embeds']}, mixers {config['mixers']}, depths "
+                      f"{config['depths']}, E={config['embed_dims']}, T={config['T']} (kwargs override).")
+    create.__module__ = __name__
+    globals()[name] = register_model(create)
+
+
+_variant("maxformer_cifar", MAXFORMER_CIFAR, "cifar")
+_variant("ms_qkformer_cifar", MS_QKFORMER_CIFAR, "cifar")
+_variant("maxformer_dvs", MAXFORMER_DVS, "dvs")
+_variant("ms_qkformer_dvs", MS_QKFORMER_DVS, "dvs")
+for _w in (384, 512, 768):
+    _variant(f"maxformer_10_{_w}", _imagenet(MAXFORMER_IMAGENET, _w), "imagenet")
+    _variant(f"ms_qkformer_10_{_w}", _imagenet(MS_QKFORMER_IMAGENET, _w), "imagenet")
+
+
+# ------------------------------------------------------------------ reference constructors
+def _reference_builder(config: dict, defaults: dict, fixed: Optional[dict] = None) -> Callable[[dict], nn.Module]:
+    """Map a published constructor's kwargs onto :class:`SpikingTransformer`.
+
+    ``defaults`` are the published defaults of the arguments that matter; ``drop_rate`` and
+    ``depths`` are accepted and ignored as in the published code (the depths are fixed per model).
+    """
+    allowed = {"in_channels", "num_classes", "embed_dims", "mlp_ratios", "T", "drop_rate", "depths",
+               "pretrained", "pretrained_cfg", "pretrained_cfg_overlay"}
+
+    def build(kwargs: dict) -> nn.Module:
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"unsupported reference kwargs {unknown}")
+        kw = {**defaults, **{k: v for k, v in kwargs.items() if k in ("in_channels", "num_classes",
+                                                                      "embed_dims", "mlp_ratios", "T")},
+              **(fixed or {})}
+        model_cfg = dict(config, **kw)
+        if "num_heads_rule" in model_cfg:
+            model_cfg.pop("num_heads_rule")
+            model_cfg["num_heads"] = max(1, model_cfg["embed_dims"] // 64)
+        return SpikingTransformer(**model_cfg)
+
+    return build
+
+
+_REF_CIFAR_DEFAULTS = dict(in_channels=2, num_classes=11, embed_dims=384, mlp_ratios=4, T=4)
+_REF_EVENT_DEFAULTS = dict(in_channels=2, num_classes=10, T=4)  # list defaults of embed_dims/mlp_ratios crash
+_REF_IMAGENET_DEFAULTS = dict(in_channels=2, num_classes=11, embed_dims=512, mlp_ratios=4, T=4)
+
+REFERENCE_CTORS: Dict[str, Callable[[dict], Any]] = {}
+for _ctor, _cfg, _dflt in (
+        ("cifar10-100/max_former.py::Max_Former", MAXFORMER_CIFAR, _REF_CIFAR_DEFAULTS),
+        ("cifar10-100/max_former.py::max_former", MAXFORMER_CIFAR, _REF_CIFAR_DEFAULTS),
+        ("cifar10-100/ms_qkformer.py::MS_QKformer", MS_QKFORMER_CIFAR, _REF_CIFAR_DEFAULTS),
+        ("cifar10-100/ms_qkformer.py::ms_qkformer", MS_QKFORMER_CIFAR, _REF_CIFAR_DEFAULTS),
+        ("event/max_former.py::Max_Former", MAXFORMER_DVS, _REF_EVENT_DEFAULTS),
+        ("event/max_former.py::max_former", MAXFORMER_DVS, _REF_EVENT_DEFAULTS),
+        ("event/ms_qkformer.py::MS_QKformer", MS_QKFORMER_DVS, _REF_EVENT_DEFAULTS),
+        ("event/ms_qkformer.py::ms_qkformer", MS_QKFORMER_DVS, _REF_EVENT_DEFAULTS),
+        ("imagenet/max_former.py::Max_Former", dict(MAXFORMER_IMAGENET, num_heads_rule=True), _REF_IMAGENET_DEFAULTS),
+        ("imagenet/max_former.py::maxformer", dict(MAXFORMER_IMAGENET, num_heads_rule=True), _REF_IMAGENET_DEFAULTS),
+        ("imagenet/ms_qkformer.py::MS_QKformer", dict(MS_QKFORMER_IMAGENET, num_heads_rule=True), _REF_IMAGENET_DEFAULTS),
+        ("imagenet/ms_qkformer.py::ms_qkformer", dict(MS_QKFORMER_IMAGENET, num_heads_rule=True), _REF_IMAGENET_DEFAULTS)):
+    REFERENCE_CTORS[_ctor] = _reference_builder(_cfg, _dflt)
+for _w in (384, 512, 768):
+    for _file, _base, _fn in (("max_former", MAXFORMER_IMAGENET, "maxformer"),
+                              ("ms_qkformer", MS_QKFORMER_IMAGENET, "ms_qkformer")):
+        REFERENCE_CTORS[f"imagenet/{_file}.py::{_fn}_10_{_w}"] = _reference_builder(
+            dict(_base, num_heads_rule=True), dict(_REF_IMAGENET_DEFAULTS, T=1),
+            fixed=dict(embed_dims=_w, mlp_ratios=4, in_channels=3, num_classes=1000))
