@@ -1,0 +1,191 @@
+"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --root DIR [--T 16] [--download]``.
+
+* cifar10dvs / dvsgesture: convert the raw recordings into spikingjelly frames
+  (``frames_number_<T>_split_by_number``, split by number of events) with spikingjelly's own dataset classes, then
+  check the sample counts (CIFAR10-DVS 10,000 = 1,000 per class; DVS128 Gesture 1,176 train / 288 test).
+  ``--download`` fetches CIFAR10-DVS from figshare; DVS128 Gesture must be downloaded by hand.
+* cifar10 / cifar100: ``--download`` fetches the python version with torchvision; ``--verify`` checks md5 sums.
+* imagenet: checks the train/val ImageFolder layout and counts.
+
+Exit status 0 when the dataset is complete, 1 when something is missing or wrong (the report says what).
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .data import (CIFAR10DVS_TRAIN_RATIO, DatasetError, _frames_dir, canonical_name, create_datasets, dataset_info,
+                   expected_tree)
+
+CIFAR10DVS_PER_CLASS = 1000
+GESTURE_COUNTS = {'train': 1176, 'test': 288}
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for _ in folder.glob('*.np[yz]')) if folder.is_dir() else 0
+
+
+def frame_counts(name: str, root: Path, T: int) -> dict:
+    """Number of frame files per class folder (CIFAR10-DVS) or per split and class (Gesture)."""
+    frames = _frames_dir(root, T)
+    if name == 'cifar10dvs':
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
+        return {c: _count_files(frames / c) for c in CIFAR10DVS_CLASS_NAMES}
+    return {f'{split}/{c}': _count_files(frames / split / str(c)) for split in ('train', 'test') for c in range(11)}
+
+
+def check_event_counts(name: str, root: Path, T: int) -> list:
+    """Problems with the frame counts (empty list = complete)."""
+    counts = frame_counts(name, root, T)
+    problems = []
+    if name == 'cifar10dvs':
+        for c, n in counts.items():
+            if n != CIFAR10DVS_PER_CLASS:
+                problems.append(f'class {c}: {n} samples, expected {CIFAR10DVS_PER_CLASS}')
+        total = sum(counts.values())
+        n_train = sum(math.ceil(n * CIFAR10DVS_TRAIN_RATIO) for n in counts.values())
+        print(f'CIFAR10-DVS frames: {total} samples (expected 10000); published 9:1 split -> '
+              f'{n_train} train / {total - n_train} test')
+    else:
+        for split, expected in GESTURE_COUNTS.items():
+            got = sum(n for k, n in counts.items() if k.startswith(split + '/'))
+            print(f'DVS128 Gesture {split}: {got} samples (expected {expected})')
+            if got != expected:
+                problems.append(f'{split}: {got} samples, expected {expected}')
+    return problems
+
+
+def _raw_available(name: str, root: Path) -> bool:
+    if (root / 'events_np').is_dir() or (root / 'extract').is_dir():
+        return True
+    if name == 'cifar10dvs':
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
+        return all((root / 'download' / f'{c}.zip').is_file() for c in CIFAR10DVS_CLASS_NAMES)
+    return (root / 'download' / 'DvsGesture.tar.gz').is_file()
+
+
+def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
+    frames = _frames_dir(root, T)
+    stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
+    if stale:
+        print(f'A previous conversion was interrupted (found {", ".join(str(p) for p in stale)}).\n'
+              f'Delete {frames}, {root / "events_np"} and the .building markers, then rerun this command.')
+        return 1
+    if not frames.is_dir():
+        if not _raw_available(name, root):
+            if name == 'cifar10dvs' and download:
+                print(f'Downloading CIFAR10-DVS (~7 GB of zips from figshare) into {root / "download"} ...')
+                root.mkdir(parents=True, exist_ok=True)
+            else:
+                print(f'{name}: no frames for T={T} and no raw recordings in {root}.\n\nExpected layout:\n'
+                      f'{expected_tree(name, root, T)}\n')
+                if name == 'cifar10dvs':
+                    print('Rerun with --download, or put airplane.zip ... truck.zip from '
+                          'https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 in '
+                          f'{root / "download"}.')
+                else:
+                    print('Download DvsGesture.tar.gz from https://research.ibm.com/interactive/dvsgesture/ '
+                          f'(IBM box) into {root / "download"} and rerun.')
+                return 1
+        print(f'Converting {name} events into {T} frames per sample (split by number) under {frames} ...')
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+        from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+        kw = dict(data_type='frame', frames_number=T, split_by='number')
+        try:
+            if name == 'cifar10dvs':
+                CIFAR10DVS(str(root), **kw)
+            else:
+                DVS128Gesture(str(root), train=True, **kw)
+        except Exception as e:  # network, corrupt archive, disk full: report it, not a traceback
+            print(f'\nspikingjelly failed while preparing {name}: {type(e).__name__}: {e}\n'
+                  f'Fix the cause, delete the partial folders it names (and any *.building markers in {root}), '
+                  f'then rerun this command.')
+            return 1
+    else:
+        print(f'Frames already present in {frames}; checking them.')
+    problems = check_event_counts(name, root, T)
+    if not problems:
+        try:  # the loader used by train.py must read them too
+            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False)
+            train_set, eval_set = create_datasets(cfg)
+            x, y = eval_set[0]
+            if tuple(x.shape) != (T, 2, 128, 128):
+                problems.append(f'frames have shape {tuple(x.shape)}, expected {(T, 2, 128, 128)}')
+        except DatasetError as e:
+            problems.append(str(e))
+    return _report(name, root, problems)
+
+
+def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import check_integrity
+    cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]
+    if download:
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # network or disk problem
+            print(f'Download of {name} into {root} failed: {type(e).__name__}: {e}')
+            return 1
+    problems = []
+    try:
+        train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
+        info = dataset_info(name)
+        print(f'{name}: {len(train_set)} train / {len(eval_set)} test samples '
+              f'(expected {info["train_size"]} / {info["eval_size"]})')
+        if (len(train_set), len(eval_set)) != (info['train_size'], info['eval_size']):
+            problems.append('sample counts differ from the official dataset')
+    except DatasetError as e:
+        problems.append(str(e))
+    if verify and not problems:
+        for fname, md5 in cls.train_list + cls.test_list + [[cls.meta['filename'], cls.meta['md5']]]:
+            if not check_integrity(str(root / cls.base_folder / fname), md5):
+                problems.append(f'{cls.base_folder}/{fname}: md5 differs from the official file')
+    return _report(name, root, problems)
+
+
+def prepare_imagenet(root: Path) -> int:
+    problems = []
+    try:
+        train_set, eval_set = create_datasets(argparse.Namespace(dataset='imagenet', data_path=str(root)))
+        print(f'imagenet: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} val images '
+              f'(expected 1000 classes, 1281167 / 50000)')
+        if len(train_set.classes) != 1000:
+            problems.append(f'{len(train_set.classes)} class folders, expected 1000')
+    except DatasetError as e:
+        problems.append(str(e))
+    return _report('imagenet', root, problems)
+
+
+def _report(name: str, root: Path, problems: list) -> int:
+    if problems:
+        print(f'\n{name} in {root} is NOT ready:')
+        for p in problems:
+            print('  - ' + p.replace('\n', '\n    '))
+        return 1
+    print(f'\n{name} in {root} is ready.')
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset', required=True,
+                        choices=['cifar10', 'cifar100', 'cifar10dvs', 'dvsgesture', 'imagenet'])
+    parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
+    parser.add_argument('--T', type=int, default=16, help='frames per event sample (= model time steps), default 16')
+    parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
+    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums')
+    args = parser.parse_args(argv)
+    name = canonical_name(args.dataset)
+    root = Path(args.root).expanduser().resolve()
+    if args.T < 1:
+        parser.error(f'--T must be a positive number of frames, got {args.T}')
+    if name in ('cifar10dvs', 'dvsgesture'):
+        return prepare_events(name, root, args.T, args.download)
+    if name in ('cifar10', 'cifar100'):
+        return prepare_cifar(name, root, args.download, args.verify)
+    return prepare_imagenet(root)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
