@@ -40,7 +40,9 @@ __all__ = [
     "ResNetLayer",
     "MSBasicBlock",
     "SpikingResNet",
+    "check_T",
     "neuron_config_from_kwargs",
+    "pop_timm_kwargs",
     "to_time_major",
     "max_resnet18",
     "max_resnet18_2222",
@@ -51,17 +53,39 @@ __all__ = [
 _NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
 # Passed by timm.create_model to every entry point; nothing here is hosted on a hub.
 _TIMM_IGNORED_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# Passed by timm-style training scripts; the published models have no dropout / DropPath.
+_DROP_KWARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 
 
 def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfig:
-    """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error."""
+    """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error.
+
+    ``v_reset='soft'`` is accepted for ``None`` (soft reset), because ``timm.create_model`` drops
+    kwargs whose value is None.
+    """
     unknown = sorted(set(kwargs) - set(_NEURON_KWARGS))
     if unknown:
         raise TypeError(
             f"{model} got unexpected keyword argument(s) {unknown}. Neuron kwargs are "
             f"neuron='lif'|'if', {', '.join(_NEURON_KWARGS)}."
         )
+    if kwargs.get("v_reset") == "soft":
+        kwargs["v_reset"] = None
     return NeuronConfig.from_kwargs(neuron, **kwargs)
+
+
+def pop_timm_kwargs(name: str, pretrained: bool, kwargs: dict) -> dict:
+    """``kwargs`` without what ``timm.create_model`` and training scripts add but these models do not use."""
+    if pretrained:
+        raise ValueError(
+            f"{name}: no weights are hosted for timm's pretrained=True; build the model, then load the "
+            "authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
+        )
+    kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_IGNORED_KWARGS}
+    for k in _DROP_KWARGS:
+        if kwargs.pop(k, 0.0):
+            raise ValueError(f"{name}: {k} is not supported (the published models use no dropout/DropPath)")
+    return kwargs
 
 
 def to_time_major(x: torch.Tensor, T: int, in_channels: int, model: str) -> torch.Tensor:
@@ -83,7 +107,8 @@ def to_time_major(x: torch.Tensor, T: int, in_channels: int, model: str) -> torc
     return x
 
 
-def _check_T(T, model: str) -> int:
+def check_T(T, model: str) -> int:
+    """``T`` as a positive int, or a clear error."""
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"{model}: T (number of time steps) must be a positive int, got {T!r}")
     return T
@@ -181,7 +206,7 @@ class SpikingResNet(nn.Module):
     ):
         super().__init__()
         name = type(self).__name__
-        self.T = _check_T(T, name)
+        self.T = check_T(T, name)
         if not layers:
             raise ValueError(f"{name} needs at least one layer spec")
         specs = [s if isinstance(s, ResNetLayer) else ResNetLayer(*s) for s in layers]
@@ -236,15 +261,8 @@ class SpikingResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(layers, pretrained: bool, kwargs: dict) -> SpikingResNet:
-    if pretrained:
-        raise ValueError(
-            "no pretrained weights are hosted for the spiking ResNets; build with pretrained=False and "
-            "load the authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
-        )
-    for k in _TIMM_IGNORED_KWARGS:
-        kwargs.pop(k, None)
-    return SpikingResNet(layers, **kwargs)
+def _create(name: str, layers, pretrained: bool, kwargs: dict) -> SpikingResNet:
+    return SpikingResNet(layers, **pop_timm_kwargs(name, pretrained, kwargs))
 
 
 # (width, depth, stride, max_pool)
@@ -256,19 +274,19 @@ _MAX_RESNET18_2222 = ((64, 2, 1, False), (128, 2, 2, True), (256, 2, 2, True), (
 @register_model
 def max_resnet18(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """Max-ResNet-18 [3,3,2] (Table 5: 12.50 M, 97.17 / 83.06 on CIFAR-10 / 100)."""
-    return _create(_MAX_RESNET18, pretrained, kwargs)
+    return _create("max_resnet18", _MAX_RESNET18, pretrained, kwargs)
 
 
 @register_model
 def ms_resnet18(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """MS-ResNet-18 [3,3,2], Max-ResNet-18 without its max-pools (Table 5: 12.50 M)."""
-    return _create(_MS_RESNET18, pretrained, kwargs)
+    return _create("ms_resnet18", _MS_RESNET18, pretrained, kwargs)
 
 
 @register_model
 def max_resnet18_2222(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """Max-ResNet-18 [2,2,2,2] (Table 5: 11.22 M, 96.81 / 81.54); our layout, see the module docstring."""
-    return _create(_MAX_RESNET18_2222, pretrained, kwargs)
+    return _create("max_resnet18_2222", _MAX_RESNET18_2222, pretrained, kwargs)
 
 
 def _reference_max_resnet18(kwargs: dict) -> SpikingResNet:

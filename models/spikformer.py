@@ -1,1 +1,324 @@
-"""(being written)"""
+"""Spikformer (Zhou et al., ICLR 2023), the baseline of the paper's Tables 2 and 3.
+
+``SPS`` patch embedding -> ``depths`` x (SSA + MLP, spike + spike residuals) -> token mean -> mean
+over T -> Linear. Unlike Max-Former there is no membrane shortcut: every branch ends in a LIF and
+its binary output is *added* to the stream (SEW "ADD"), so the stream holds integer spike counts
+(``{0, ..., 2 + 2L}`` after L blocks) that feed the next projections and the head (no head LIF).
+
+The published code comes in three folders that differ in layer types, pooling and scale
+(``../shared/spec/spikformer.md``); ``variant`` selects one, everything else is shared:
+
+========= =========================== ======================== ========= ===== =========
+variant   q/k/v/proj                  MLP fc1/fc2              SPS pools scale T
+========= =========================== ======================== ========= ===== =========
+cifar     Linear (q/k/v with bias)    Linear + BN1d            0011      0.125 repeat
+imagenet  Conv1d 1x1 (q/k/v no bias)  Conv2d 1x1 + BN2d        1111      0.125 repeat
+dvs       Conv1d 1x1 (q/k/v no bias)  Conv1d 1x1 + BN1d        1111      0.25  frames
+========= =========================== ======================== ========= ===== =========
+
+The attention is :class:`mixer_hub.SSA` (``input_lif=False``, ``proj_lif=True``, no inner residual).
+The LayerNorms (and, for DVS, ``pos_embed`` and ``norm``) that the published code builds but never
+calls are not built; :meth:`Spikformer.filter_reference_state_dict` drops their keys when an
+authors' state_dict is loaded. All other keys and shapes equal the published ones.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models import register_model
+
+from mixer_hub import SSA
+
+from .neurons import NeuronConfig
+from .resnet import check_T, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+
+__all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "REFERENCE_CTORS"]
+
+# Per-folder differences of the published code (spikformer.md §2).
+VARIANTS: Dict[str, dict] = {
+    "cifar": dict(layer="linear", mlp_layer="linear", qkv_bias=True, pools=(False, False, True, True), scale=0.125),
+    "imagenet": dict(layer="conv1d", mlp_layer="conv2d", qkv_bias=False, pools=(True, True, True, True), scale=0.125),
+    "dvs": dict(layer="conv1d", mlp_layer="conv1d", qkv_bias=False, pools=(True, True, True, True), scale=0.25),
+}
+# Keys of modules the published code builds but never uses in forward.
+_UNUSED_REFERENCE_KEYS = re.compile(r"(pos_embed|norm\.(weight|bias)|block\.\d+\.norm[12]\.(weight|bias))")
+
+
+def _fold(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(0, 1)
+
+
+def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
+    return y.reshape(T, -1, *y.shape[1:])
+
+
+class SPS(nn.Module):
+    """Spiking patch splitting: 4 x (conv3x3 -> BN -> LIF [-> MaxPool(3,2,1)]) plus the "rpe" branch.
+
+    Widths E/8, E/4, E/2, E; ``pools[i]`` adds the max-pool (on spikes) after stage ``i``. The
+    output is ``x + LIF(BN(conv3x3(x)))`` with x the last (pooled) spike map: values in {0, 1, 2},
+    ``[T,B,C,H,W] -> [T,B,E,H',W']``. ``(0,0,1,1)`` is the CIFAR layout (/4), ``(1,1,1,1)`` the
+    ImageNet and DVS layout (/16).
+    """
+
+    def __init__(self, in_channels: int, embed_dims: int, pools: Sequence[bool] = (False, False, True, True),
+                 neuron_cfg: Optional[NeuronConfig] = None):
+        super().__init__()
+        if len(pools) != 4:
+            raise ValueError(f"SPS has 4 conv stages; pools needs 4 flags, got {tuple(pools)}")
+        if embed_dims % 8:
+            raise ValueError(f"SPS widths are embed_dims/8, /4, /2, /1; embed_dims={embed_dims} is not a multiple of 8")
+        cfg = neuron_cfg or NeuronConfig()
+        self.pools = tuple(bool(p) for p in pools)
+        widths = (in_channels, embed_dims // 8, embed_dims // 4, embed_dims // 2, embed_dims)
+        for i, suffix in enumerate(("", "1", "2", "3")):  # published names proj_conv, proj_conv1, ...
+            self.add_module(f"proj_conv{suffix}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
+            self.add_module(f"proj_bn{suffix}", nn.BatchNorm2d(widths[i + 1]))
+            self.add_module(f"proj_lif{suffix}", cfg.make())
+            if self.pools[i]:
+                self.add_module(f"maxpool{suffix}", nn.MaxPool2d(3, 2, 1))
+        self.rpe_conv = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, bias=False)
+        self.rpe_bn = nn.BatchNorm2d(embed_dims)
+        self.rpe_lif = cfg.make()
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** sum(self.pools)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        x = _fold(x)
+        for i, suffix in enumerate(("", "1", "2", "3")):
+            x = getattr(self, f"proj_bn{suffix}")(getattr(self, f"proj_conv{suffix}")(x))
+            x = _fold(getattr(self, f"proj_lif{suffix}")(_unfold(x, T)))
+            if self.pools[i]:
+                x = getattr(self, f"maxpool{suffix}")(x)
+        r = _unfold(self.rpe_bn(self.rpe_conv(x)), T)
+        return self.rpe_lif(r) + _unfold(x, T)
+
+
+class SpikformerMLP(nn.Module):
+    """``fc1 -> BN -> LIF -> fc2 -> BN -> LIF`` on ``[T,B,C,H,W]`` (no leading LIF, no residual inside).
+
+    ``layer`` is the published layer type: ``'linear'`` (``fc1_linear``, token-major, BN1d),
+    ``'conv1d'`` (``fc1_conv`` Conv1d 1x1, BN1d) or ``'conv2d'`` (``fc1_conv`` Conv2d 1x1, BN2d).
+    """
+
+    LAYERS = ("linear", "conv1d", "conv2d")
+
+    def __init__(self, dim: int, hidden: int, layer: str = "linear", neuron_cfg: Optional[NeuronConfig] = None):
+        super().__init__()
+        if layer not in self.LAYERS:
+            raise ValueError(f"SpikformerMLP layer must be one of {self.LAYERS}, got {layer!r}")
+        cfg = neuron_cfg or NeuronConfig()
+        self.layer = layer
+        self._fc = "linear" if layer == "linear" else "conv"
+        for i, (cin, cout) in enumerate(((dim, hidden), (hidden, dim)), start=1):
+            if layer == "linear":
+                fc, bn = nn.Linear(cin, cout), nn.BatchNorm1d(cout)
+            elif layer == "conv1d":
+                fc, bn = nn.Conv1d(cin, cout, 1), nn.BatchNorm1d(cout)
+            else:
+                fc, bn = nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout)
+            self.add_module(f"fc{i}_{self._fc}", fc)
+            self.add_module(f"fc{i}_bn", bn)
+            self.add_module(f"fc{i}_lif", cfg.make())
+
+    def _fc_bn(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        T, spatial = x.shape[0], x.shape[3:]
+        fc, bn = getattr(self, f"fc{i}_{self._fc}"), getattr(self, f"fc{i}_bn")
+        z = _fold(x)
+        if self.layer == "linear":
+            # Token-major contiguous input as in the published code: [T*B, N, C] -> Linear -> [T*B, C', N].
+            z = bn(fc(z.flatten(2).transpose(1, 2).contiguous()).transpose(1, 2))
+        elif self.layer == "conv1d":
+            z = bn(fc(z.flatten(2)))
+        else:
+            z = bn(fc(z))
+        return _unfold(z, T).reshape(*x.shape[:2], -1, *spatial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1_lif(self._fc_bn(1, x))
+        return self.fc2_lif(self._fc_bn(2, x))
+
+
+class SpikformerBlock(nn.Module):
+    """``x = x + SSA(x); x = x + MLP(x)``: both branches end in a LIF, so spikes are added to the stream."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, layer: str = "linear",
+                 mlp_layer: str = "linear", qkv_bias: bool = True, scale: float = 0.125,
+                 neuron_cfg: Optional[NeuronConfig] = None, attn_v_threshold: float = 0.5):
+        super().__init__()
+        self.attn = SSA(dim, num_heads, neuron_cfg=neuron_cfg, scale=scale, qkv_bias=qkv_bias, input_lif=False,
+                        proj_lif=True, residual=False, layer=layer, attn_v_threshold=attn_v_threshold)
+        self.mlp = SpikformerMLP(dim, int(dim * mlp_ratio), mlp_layer, neuron_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+class Spikformer(nn.Module):
+    """Spikformer-L-D: SPS, ``depths`` blocks of width ``embed_dims``, token/time mean, Linear head.
+
+    Args:
+        variant: ``'cifar'``, ``'imagenet'`` or ``'dvs'``: the published folder whose layer types,
+            SPS pooling and attention scale to use (table in the module docstring).
+        embed_dims, depths, num_heads, mlp_ratios: width D, blocks L, heads (must divide D), MLP ratio.
+        in_channels, num_classes: input channels (3 images, 2 event frames) and classes.
+        T: time steps a ``[B,C,H,W]`` image is repeated over; ``[B,T,C,H,W]`` frames bring their own T.
+        pools, layer, mlp_layer, qkv_bias, scale: override single entries of the variant.
+        neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: neuron settings reaching
+            every neuron (``v_reset=None`` or ``'soft'``: soft reset); ``attn_v_threshold`` (0.5) is
+            the threshold of the attention LIF.
+    """
+
+    def __init__(self, variant: str = "cifar", embed_dims: int = 384, depths: int = 4, num_heads: int = 12,
+                 mlp_ratios: float = 4.0, in_channels: int = 3, num_classes: int = 10, T: int = 4,
+                 pools: Optional[Sequence[bool]] = None, layer: Optional[str] = None,
+                 mlp_layer: Optional[str] = None, qkv_bias: Optional[bool] = None, scale: Optional[float] = None,
+                 attn_v_threshold: float = 0.5, neuron="lif", **neuron_kwargs):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Spikformer variant {variant!r}; choose one of {tuple(VARIANTS)}")
+        for name, v in (("embed_dims", embed_dims), ("depths", depths), ("num_heads", num_heads),
+                        ("in_channels", in_channels), ("num_classes", num_classes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "depths" else 1):
+                raise ValueError(f"Spikformer: {name} must be a positive int, got {v!r}")
+        if embed_dims % num_heads:
+            raise ValueError(f"Spikformer: embed_dims={embed_dims} is not divisible by num_heads={num_heads}; "
+                             f"choose num_heads among the divisors of {embed_dims}")
+        if not mlp_ratios > 0:
+            raise ValueError(f"Spikformer: mlp_ratios must be > 0, got {mlp_ratios!r}")
+        overrides = dict(pools=pools, layer=layer, mlp_layer=mlp_layer, qkv_bias=qkv_bias, scale=scale)
+        cfg = dict(VARIANTS[variant], **{k: v for k, v in overrides.items() if v is not None})
+        self.variant, self.config = variant, cfg
+        self.T = check_T(T, "Spikformer")
+        self.in_channels, self.num_classes, self.num_features = in_channels, num_classes, embed_dims
+        self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, **neuron_kwargs)
+
+        self.patch_embed = SPS(in_channels, embed_dims, cfg["pools"], self.neuron_cfg)
+        self.block = nn.ModuleList(
+            SpikformerBlock(embed_dims, num_heads, mlp_ratios, cfg["layer"], cfg["mlp_layer"], cfg["qkv_bias"],
+                            cfg["scale"], self.neuron_cfg, attn_v_threshold)
+            for _ in range(depths))
+        self.head = nn.Linear(embed_dims, num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        # Published init: trunc-normal(0.02) Linear with zero bias; convs and BN keep PyTorch defaults.
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    def filter_reference_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Drop the keys of the published modules that never run (block LayerNorms, DVS ``pos_embed``/``norm``)."""
+        own = self.state_dict().keys()
+        return {k: v for k, v in state_dict.items()
+                if k in own or not _UNUSED_REFERENCE_KEYS.fullmatch(k)}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer-valued block stream ``[T,B,D,H',W']``."""
+        x = self.patch_embed(to_time_major(x, self.T, self.in_channels, "Spikformer"))
+        for blk in self.block:
+            x = blk(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(3).mean(3).mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B,num_classes]`` from ``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames."""
+        return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------ registered variants
+_DEFAULTS = {
+    "spikformer_4_384": dict(variant="cifar", embed_dims=384, depths=4, num_heads=12, in_channels=3,
+                             num_classes=10, T=4),
+    "spikformer_8_384": dict(variant="imagenet", embed_dims=384, depths=8, num_heads=6, in_channels=3,
+                             num_classes=1000, T=4),
+    "spikformer_8_512": dict(variant="imagenet", embed_dims=512, depths=8, num_heads=8, in_channels=3,
+                             num_classes=1000, T=4),
+    "spikformer_8_768": dict(variant="imagenet", embed_dims=768, depths=8, num_heads=12, in_channels=3,
+                             num_classes=1000, T=4),
+    "spikformer_2_256": dict(variant="dvs", embed_dims=256, depths=2, num_heads=16, in_channels=2,
+                             num_classes=10, T=16),
+}
+
+
+def _create(name: str, pretrained: bool, kwargs: dict) -> Spikformer:
+    kwargs = pop_timm_kwargs(name, pretrained, kwargs)
+    return Spikformer(**{**_DEFAULTS[name], **kwargs})
+
+
+@register_model
+def spikformer_4_384(pretrained: bool = False, **kwargs) -> Spikformer:
+    """Spikformer-4-384, CIFAR (Table 2: 9.32 M at 10 classes, T=4)."""
+    return _create("spikformer_4_384", pretrained, kwargs)
+
+
+@register_model
+def spikformer_8_384(pretrained: bool = False, **kwargs) -> Spikformer:
+    """Spikformer-8-384, ImageNet (Table 3: 16.81 M, T=4)."""
+    return _create("spikformer_8_384", pretrained, kwargs)
+
+
+@register_model
+def spikformer_8_512(pretrained: bool = False, **kwargs) -> Spikformer:
+    """Spikformer-8-512, ImageNet (29.68 M, T=4; the published registry's only ImageNet model)."""
+    return _create("spikformer_8_512", pretrained, kwargs)
+
+
+@register_model
+def spikformer_8_768(pretrained: bool = False, **kwargs) -> Spikformer:
+    """Spikformer-8-768, ImageNet (Table 3: 66.34 M, T=4)."""
+    return _create("spikformer_8_768", pretrained, kwargs)
+
+
+@register_model
+def spikformer_2_256(pretrained: bool = False, **kwargs) -> Spikformer:
+    """Spikformer-2-256, CIFAR10-DVS / DVS128 Gesture (Table 2: 2.57 M at 10 classes; T=16 frames)."""
+    return _create("spikformer_2_256", pretrained, kwargs)
+
+
+# ------------------------------------------------------------------ published constructors
+# Published kwargs that only set unused attributes (img size, patch size, dropout, sr ratio...).
+_IGNORED_REFERENCE_KWARGS = {"img_size_h", "img_size_w", "patch_size", "qkv_bias", "qk_scale", "drop_rate",
+                             "attn_drop_rate", "drop_path_rate", "norm_layer", "sr_ratios", "pretrained",
+                             "pretrained_cfg", "pretrained_cfg_overlay"}
+
+
+def _reference_builder(variant: str, T: Optional[int]):
+    """Builder of our model from a published ``<folder>/model.py::Spikformer`` kwargs dict.
+
+    ``qkv_bias`` is ignored as in the published code (the bias layout is fixed per folder);
+    ``T`` is forced to 4 for ImageNet (hard-coded in its forward).
+    """
+    defaults = dict(in_channels=2, num_classes=11, embed_dims=None, num_heads=None, mlp_ratios=None, depths=None)
+
+    def build(kwargs: dict) -> Spikformer:
+        unknown = sorted(set(kwargs) - _IGNORED_REFERENCE_KWARGS - set(defaults) - {"T"})
+        if unknown:
+            raise ValueError(f"unsupported Spikformer ({variant}) reference kwargs {unknown}")
+        kw = {**defaults, **{k: v for k, v in kwargs.items() if k in defaults}}
+        missing = [k for k, v in kw.items() if v is None]
+        if missing:
+            raise ValueError(f"the published Spikformer list defaults of {missing} do not work; pass ints")
+        model_T = T if T is not None else kwargs.get("T", 4)
+        return Spikformer(variant=variant, T=model_T, **kw)
+
+    return build
+
+
+REFERENCE_CTORS = {
+    "cifar10/model.py::Spikformer": _reference_builder("cifar", None),
+    "imagenet/model.py::Spikformer": _reference_builder("imagenet", 4),
+    "cifar10dvs/model.py::Spikformer": _reference_builder("dvs", None),
+}
