@@ -1,0 +1,261 @@
+"""Golden-vector conformance: do our models compute what the published code computes?
+
+Usage::
+
+    python -m utils.conformance tests/data/golden/case*.pt [--threads 2] [--verbose]
+
+Each FILE is a golden dict (format: ``tests/data/golden/README.md``). Its ``model_ctor``
+(``folder/module.py::Name`` of the published code) selects a builder from the
+``REFERENCE_CTORS`` tables of :mod:`models.maxformer`, :mod:`models.resnet` and
+:mod:`models.spikformer`; the builder turns the file's ``kwargs`` into our model. We then
+load the reference ``state_dict`` and repeat the published procedure: eval forward, reload,
+train forward, mean cross-entropy backward. Tolerances (golden README):
+
+* logits: ``allclose(atol=1e-5, rtol=1e-4)`` in eval and train mode;
+* gradients: per tensor ``allclose(rtol=1e-4, atol=1e-5 * G)``, ``G`` = max |ref grad|.
+
+One line per file with the max deviations and PASS/FAIL; exit status 0 only if all pass.
+
+Extending it (no edit here): a model module exposes ``REFERENCE_CTORS = {ctor: builder}``
+with ``builder(kwargs) -> model`` or ``-> (model, prepare)``. The global RNG is seeded with
+the file's ``seed`` before the builder runs. ``prepare(model, golden)`` puts the model into the
+reference state when the file holds no usable state_dict (e.g. weights regenerated from the
+seed) and returns a :class:`Prepared` (or None). A model's ``filter_reference_state_dict(sd)``
+(drop / rename published keys) is applied to the reference state_dict and gradients.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Prepared", "ConformanceResult", "reference_ctors", "build_reference_model", "check_file",
+           "LOGIT_ATOL", "LOGIT_RTOL", "GRAD_RTOL", "GRAD_ATOL_FRACTION", "main"]
+
+LOGIT_ATOL, LOGIT_RTOL = 1e-5, 1e-4
+GRAD_RTOL, GRAD_ATOL_FRACTION = 1e-4, 1e-5
+MODEL_MODULES = ("models.maxformer", "models.resnet", "models.spikformer")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a builder's ``prepare(model, golden)`` hands back.
+
+    ``state_dict``: reference weights loaded before the eval and the train pass (None: the
+    file's ``state_dict``; if that is None too, the model's current state is snapshotted).
+    ``checks``: extra named checks ``{name: (passed, detail)}``, e.g. sha256 of regenerated weights.
+    """
+
+    state_dict: Optional[Dict[str, torch.Tensor]] = None
+    checks: Dict[str, Tuple[bool, str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ConformanceResult:
+    """Outcome for one golden file."""
+
+    path: str
+    ctor: str = "?"
+    eval_dev: float = float("nan")
+    train_dev: float = float("nan")
+    grad_dev: float = float("nan")       # max |g - ref| over all compared tensors
+    grad_ratio: float = float("nan")     # worst |g - ref| / (atol + rtol |ref|); <= 1 passes
+    worst_grad: str = ""
+    n_grads: int = 0
+    loss: float = float("nan")
+    ref_loss: float = float("nan")
+    failures: List[str] = dataclasses.field(default_factory=list)
+    checks: Dict[str, Tuple[bool, str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and all(ok for ok, _ in self.checks.values())
+
+    def line(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        parts = [f"{status}  {os.path.basename(self.path)}  [{self.ctor}]",
+                 f"eval {self.eval_dev:.2e}", f"train {self.train_dev:.2e}",
+                 f"grad {self.grad_dev:.2e} ({self.grad_ratio:.3f} of tol, {self.n_grads} tensors)",
+                 f"loss {self.loss:.6f}/{self.ref_loss:.6f}"]
+        parts += [f"{name} {'ok' if ok else 'FAIL'}" + (f" ({detail})" if detail else "")
+                  for name, (ok, detail) in self.checks.items()]
+        if self.failures:
+            parts.append("| " + "; ".join(self.failures))
+        return "  ".join(parts)
+
+
+def reference_ctors() -> Dict[str, Callable]:
+    """``{published ctor: builder}`` collected from every model module's ``REFERENCE_CTORS``."""
+    table: Dict[str, Callable] = {}
+    for name in MODEL_MODULES:
+        module = importlib.import_module(name)
+        for ctor, builder in getattr(module, "REFERENCE_CTORS", {}).items():
+            if ctor in table:
+                raise RuntimeError(f"reference constructor {ctor!r} is claimed by two model modules")
+            table[ctor] = builder
+    return table
+
+
+def build_reference_model(ctor: str, kwargs: dict) -> Tuple[nn.Module, Optional[Callable]]:
+    """Our model (and optional ``prepare`` hook) for a published constructor and its kwargs."""
+    table = reference_ctors()
+    if ctor not in table:
+        import difflib
+        close = difflib.get_close_matches(ctor, list(table), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"no builder for reference constructor {ctor!r}.{hint} "
+                         f"Known: {', '.join(sorted(table))}")
+    out = table[ctor](dict(kwargs))
+    if isinstance(out, tuple):
+        model, prepare = out
+    else:
+        model, prepare = out, None
+    return model, prepare
+
+
+def _filter(model: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    hook = getattr(model, "filter_reference_state_dict", None)
+    return dict(hook(dict(sd))) if callable(hook) else dict(sd)
+
+
+def _reset(model: nn.Module):
+    from models.neurons import reset_net
+    reset_net(model)
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.detach().float() - b.float()).abs().max().item() if a.numel() else 0.0
+
+
+def check_file(path: str, verbose: bool = False) -> ConformanceResult:
+    """Run the published procedure of one golden file against our model."""
+    res = ConformanceResult(path)
+    golden = torch.load(path, map_location="cpu", weights_only=True)
+    res.ctor = golden["model_ctor"]
+    res.ref_loss = float(golden["loss"])
+
+    torch.manual_seed(int(golden.get("seed", 0)))
+    model, prepare = build_reference_model(golden["model_ctor"], golden.get("kwargs") or {})
+    prepared = prepare(model, golden) if prepare is not None else None
+    prepared = prepared or Prepared()
+    res.checks.update(prepared.checks)
+
+    ref_sd = prepared.state_dict if prepared.state_dict is not None else golden.get("state_dict")
+    if ref_sd is None:
+        if prepare is None:
+            res.failures.append("file has no state_dict and the builder supplies no prepare() hook")
+            return res
+        ref_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    ref_sd = _filter(model, ref_sd)
+    try:
+        model.load_state_dict(ref_sd, strict=True)
+    except RuntimeError as err:
+        res.failures.append(f"state_dict does not load: {str(err).splitlines()[0]} ...")
+        if verbose:
+            print(err, file=sys.stderr)
+        return res
+
+    x, targets = golden["x"], golden["targets"]
+    # eval pass
+    model.eval()
+    _reset(model)
+    with torch.no_grad():
+        y_eval = model(x)
+    _reset(model)
+    res.eval_dev = _max_abs(y_eval, golden["y_eval"])
+    if y_eval.shape != golden["y_eval"].shape or not torch.allclose(
+            y_eval.float(), golden["y_eval"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
+        res.failures.append("eval logits differ")
+
+    # train pass (BN batch statistics) and gradients
+    model.load_state_dict(ref_sd, strict=True)
+    model.train()
+    _reset(model)
+    model.zero_grad(set_to_none=True)
+    y_train = model(x)
+    loss = F.cross_entropy(y_train, targets)
+    loss.backward()
+    _reset(model)
+    res.loss = loss.item()
+    res.train_dev = _max_abs(y_train, golden["y_train"])
+    if y_train.shape != golden["y_train"].shape or not torch.allclose(
+            y_train.detach().float(), golden["y_train"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
+        res.failures.append("train logits differ")
+
+    _compare_grads(model, golden, res, verbose)
+    return res
+
+
+def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbose: bool):
+    all_ref = golden.get("grads") or {}
+    if not all_ref:
+        res.failures.append("file holds no gradients")
+        return
+    G = max(g.abs().max().item() for g in all_ref.values() if g.numel())
+    atol = GRAD_ATOL_FRACTION * G
+    ref = _filter(model, all_ref)
+    ours = dict(model.named_parameters())
+    partial = bool(golden.get("grads_partial"))
+    missing = [k for k in ours if k not in ref]
+    unexpected = [k for k in ref if k not in ours]
+    if unexpected or (missing and not partial):
+        res.failures.append(f"gradient names differ: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    res.grad_dev, res.grad_ratio, bad = 0.0, 0.0, []
+    for name, r in ref.items():
+        if name not in ours:
+            continue
+        p = ours[name]
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if g.shape != r.shape:
+            bad.append(f"{name} shape {tuple(g.shape)} vs {tuple(r.shape)}")
+            continue
+        diff = (g.float() - r.float()).abs()
+        ratio = (diff / (atol + GRAD_RTOL * r.float().abs())).max().item() if r.numel() else 0.0
+        res.n_grads += 1
+        if diff.numel() and diff.max().item() > res.grad_dev:
+            res.grad_dev = diff.max().item()
+        if ratio > res.grad_ratio:
+            res.grad_ratio, res.worst_grad = ratio, name
+        if ratio > 1.0:
+            bad.append(name)
+        if verbose:
+            print(f"    {name:60s} max|d| {diff.max().item() if diff.numel() else 0:.2e}  ratio {ratio:.3f}",
+                  file=sys.stderr)
+    if bad:
+        res.failures.append(f"{len(bad)} gradient(s) out of tolerance, worst {res.worst_grad} "
+                            f"({res.grad_ratio:.2f}x tol): {bad[:5]}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.conformance", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", metavar="FILE", help="golden .pt files")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (the golden files were made with 2)")
+    parser.add_argument("--verbose", action="store_true", help="per-tensor gradient deviations on stderr")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    all_ok = True
+    for path in args.files:
+        try:
+            res = check_file(path, verbose=args.verbose)
+        except Exception as err:  # one bad file must not hide the others
+            res = ConformanceResult(path)
+            res.failures.append(f"{type(err).__name__}: {err}")
+        print(res.line(), flush=True)
+        all_ok &= res.passed
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
