@@ -31,7 +31,9 @@ Cross-check with spikingjelly 2.0 ``op_counter`` (``crosscheck=True`` runs its `
 differ by convention: spikingjelly counts the weight uses that really happen — a spike near a
 zero-padded border reaches fewer outputs, and a product of two spike tensors costs only the
 coincidences (``out.sum()``) — while the paper's ``r x FLOPs`` spreads the mean rate uniformly over
-every output. For linear layers and for convolutions without padding the two are identical.
+every output. For linear layers and 1x1 convolutions the two are identical; for unpadded k x k
+convolutions they agree in expectation over spike positions, and with zero padding the paper's count
+is higher by the share of kernel taps that land on the padding (a few % at 8x8 feature maps).
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ class EnergyConfig:
 def _binary_rate(x: torch.Tensor) -> Optional[float]:
     """Firing rate of ``x`` if every value is 0 or 1, else ``None``."""
     if x.dtype == torch.bool:
-        return float(x.float().mean().item()) if x.numel() else 0.0
+        return int(x.count_nonzero().item()) / x.numel() if x.numel() else 0.0
     if not x.is_floating_point() and x.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
         return None
     if x.numel() == 0:
@@ -91,14 +93,14 @@ def _binary_rate(x: torch.Tensor) -> Optional[float]:
     nonzero = x != 0
     if not bool((~nonzero | (x == 1)).all().item()):
         return None
-    return float(nonzero.float().mean().item())
+    return int(nonzero.count_nonzero().item()) / x.numel()  # exact, unlike a float32 mean
 
 
 def _count_mean(x: torch.Tensor) -> Optional[float]:
     """Mean of ``x`` if it holds non-negative integers (spike counts), else ``None``."""
     if x.numel() == 0 or not bool(((x >= 0) & (x == torch.round(x))).all().item()):
         return None
-    return float(x.float().mean().item())
+    return float(x.double().mean().item())
 
 
 @dataclasses.dataclass
@@ -224,8 +226,6 @@ class FiringRateMonitor:
         mods = list(spiking_modules(model)) if neuron_types is None else [
             (n, m) for n, m in model.named_modules() if isinstance(m, neuron_types)
         ]
-        if not mods:
-            raise ValueError(f"{type(model).__name__} has no spiking neuron layers to monitor")
         for name, m in mods:
             self.spikes[name], self.numel[name], self.kinds[name] = 0.0, 0.0, type(m).__name__
             self._handles.append(m.register_forward_hook(self._hook(name)))
@@ -442,7 +442,7 @@ def calibrate_bn(model: nn.Module, batches: Iterable) -> int:
     try:
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            net(x.to(next(net.parameters()).device))
+            net(x.to(_device(net)))
             reset_net(net)
             n += 1
     finally:
@@ -454,6 +454,11 @@ def calibrate_bn(model: nn.Module, batches: Iterable) -> int:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+def _device(net: nn.Module) -> torch.device:
+    p = next(iter(net.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _batch_size(x) -> int:
@@ -501,7 +506,7 @@ def measure_energy(
                 if max_batches is not None and i >= max_batches:
                     break
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                x = x.to(next(net.parameters()).device)
+                x = x.to(_device(net))
                 with DispatchCounterMode(counters):
                     net(x)
                 reset_net(net)
