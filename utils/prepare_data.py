@@ -12,6 +12,7 @@ Exit status 0 when the dataset is complete, 1 when something is missing or wrong
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from .data import (CIFAR10DVS_TRAIN_RATIO, DatasetError, _frames_dir, canonical_name, create_datasets, dataset_info,
@@ -107,7 +108,9 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
     if not problems:
         try:  # the loader used by train.py must read them too
             cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False)
-            train_set, eval_set = create_datasets(cfg)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # counts were reported above
+                train_set, eval_set = create_datasets(cfg)
             x, y = eval_set[0]
             if tuple(x.shape) != (T, 2, 128, 128):
                 problems.append(f'frames have shape {tuple(x.shape)}, expected {(T, 2, 128, 128)}')
@@ -128,7 +131,9 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
             return 1
     problems = []
     try:
-        train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # counts are reported below
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
         info = dataset_info(name)
         print(f'{name}: {len(train_set)} train / {len(eval_set)} test samples '
               f'(expected {info["train_size"]} / {info["eval_size"]})')
@@ -146,7 +151,9 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
 def prepare_imagenet(root: Path) -> int:
     problems = []
     try:
-        train_set, eval_set = create_datasets(argparse.Namespace(dataset='imagenet', data_path=str(root)))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # counts are reported below
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset='imagenet', data_path=str(root)))
         print(f'imagenet: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} val images '
               f'(expected 1000 classes, 1281167 / 50000)')
         if len(train_set.classes) != 1000:
