@@ -8,7 +8,7 @@
   correct for event batches ``[B, T, C, H, W]`` (the published path cut the wrong dims).
 """
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

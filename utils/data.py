@@ -80,6 +80,9 @@ _ALIASES = {'torch/cifar10': 'cifar10', 'torch/cifar100': 'cifar100', 'cifar10-d
             'imagenet1k': 'imagenet', 'imagenet-1k': 'imagenet'}
 
 CIFAR10DVS_TRAIN_RATIO = 0.9
+CIFAR10DVS_URL = 'https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671'
+GESTURE_URL = 'https://ibm.ent.box.com/s/3hiq58ww1pbbjrinh367ykfdf60xsfm8/folder/50167556794'
+GESTURE_FILES = ('DvsGesture.tar.gz', 'gesture_mapping.csv', 'LICENSE.txt', 'README.txt')  # spikingjelly checks all
 
 
 class DatasetError(RuntimeError):
@@ -150,7 +153,7 @@ def expected_tree(name: str, root, T: int = 16) -> str:
         'dvsgesture': [f'{frames}/            <- frames used for training (T={T}), made by prepare_data',
                        '    train/0/ ... train/10/   (1176 files, key "frames": [T,2,128,128])',
                        '    test/0/  ... test/10/    (288 files)',
-                       'download/DvsGesture.tar.gz  <- manual download (IBM, see README)',
+                       'download/  DvsGesture.tar.gz gesture_mapping.csv LICENSE.txt README.txt  <- manual download',
                        'extract/, events_np/        <- intermediate files of spikingjelly'],
         'imagenet': ['train/',
                      '    n01440764/  n01440764_10026.JPEG ...   (1000 class folders, 1,281,167 images)',
@@ -177,8 +180,10 @@ def _missing_error(name: str, root: Path, problem: str, T: int = 16) -> DatasetE
                   '  ' + _prepare_cmd(name, root, T, download=True),
                   'or put the 10 class zips in download/ and drop --download.']
     elif name == 'dvsgesture':
-        lines += ['DVS128 Gesture cannot be downloaded automatically (IBM licence). Download DvsGesture.tar.gz from',
-                  '  https://research.ibm.com/interactive/dvsgesture/ into ' + str(root / 'download') + ', then run',
+        lines += ['DVS128 Gesture cannot be downloaded automatically (IBM licence). Download the four files',
+                  f'{", ".join(GESTURE_FILES)} from',
+                  f'  {GESTURE_URL}',
+                  f'into {root / "download"}, then run',
                   '  ' + _prepare_cmd(name, root, T)]
     elif name == 'imagenet':
         lines += ['Get ILSVRC2012 from https://image-net.org, extract train/ and val/ with one folder per class',

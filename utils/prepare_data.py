@@ -15,8 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .data import (CIFAR10DVS_TRAIN_RATIO, DatasetError, _frames_dir, canonical_name, create_datasets, dataset_info,
-                   expected_tree)
+from .data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, GESTURE_FILES, GESTURE_URL, DatasetError, _frames_dir,
+                   canonical_name, create_datasets, dataset_info, expected_tree)
 
 CIFAR10DVS_PER_CLASS = 1000
 GESTURE_COUNTS = {'train': 1176, 'test': 288}
@@ -62,7 +62,7 @@ def _raw_available(name: str, root: Path) -> bool:
     if name == 'cifar10dvs':
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
         return all((root / 'download' / f'{c}.zip').is_file() for c in CIFAR10DVS_CLASS_NAMES)
-    return (root / 'download' / 'DvsGesture.tar.gz').is_file()
+    return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
 
 def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
@@ -75,18 +75,18 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
     if not frames.is_dir():
         if not _raw_available(name, root):
             if name == 'cifar10dvs' and download:
-                print(f'Downloading CIFAR10-DVS (~7 GB of zips from figshare) into {root / "download"} ...')
+                print(f'Downloading CIFAR10-DVS (10 class zips, several GB, from figshare) '
+                      f'into {root / "download"} ...')
                 root.mkdir(parents=True, exist_ok=True)
             else:
                 print(f'{name}: no frames for T={T} and no raw recordings in {root}.\n\nExpected layout:\n'
                       f'{expected_tree(name, root, T)}\n')
                 if name == 'cifar10dvs':
-                    print('Rerun with --download, or put airplane.zip ... truck.zip from '
-                          'https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 in '
-                          f'{root / "download"}.')
+                    print(f'Rerun with --download, or put airplane.zip ... truck.zip from {CIFAR10DVS_URL} '
+                          f'in {root / "download"}.')
                 else:
-                    print('Download DvsGesture.tar.gz from https://research.ibm.com/interactive/dvsgesture/ '
-                          f'(IBM box) into {root / "download"} and rerun.')
+                    missing = [f for f in GESTURE_FILES if not (root / 'download' / f).is_file()]
+                    print(f'Download {", ".join(missing)} from {GESTURE_URL} into {root / "download"} and rerun.')
                 return 1
         print(f'Converting {name} events into {T} frames per sample (split by number) under {frames} ...')
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
