@@ -41,6 +41,7 @@ __all__ = [
     "MSBasicBlock",
     "SpikingResNet",
     "check_T",
+    "data_config",
     "neuron_config_from_kwargs",
     "pop_timm_kwargs",
     "to_time_major",
@@ -261,8 +262,18 @@ class SpikingResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def data_config(data: str, name: str, model: nn.Module, first_conv: str, classifier: str, **overrides) -> dict:
+    """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset."""
+    from .maxformer import _DATA_CFG  # one table of dataset settings for every model family
+
+    return dict(_DATA_CFG[data], num_classes=model.num_classes, first_conv=first_conv, classifier=classifier,
+                architecture=name, **overrides)
+
+
 def _create(name: str, layers, pretrained: bool, kwargs: dict) -> SpikingResNet:
-    return SpikingResNet(layers, **pop_timm_kwargs(name, pretrained, kwargs))
+    model = SpikingResNet(layers, **pop_timm_kwargs(name, pretrained, kwargs))
+    model.pretrained_cfg = model.default_cfg = data_config("cifar", name, model, "conv1", "fc1")
+    return model
 
 
 # (width, depth, stride, max_pool)

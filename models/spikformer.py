@@ -34,7 +34,7 @@ from timm.models import register_model
 from mixer_hub import SSA
 
 from .neurons import NeuronConfig
-from .resnet import check_T, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .resnet import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 
 __all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "REFERENCE_CTORS"]
 
@@ -255,7 +255,12 @@ _DEFAULTS = {
 
 def _create(name: str, pretrained: bool, kwargs: dict) -> Spikformer:
     kwargs = pop_timm_kwargs(name, pretrained, kwargs)
-    return Spikformer(**{**_DEFAULTS[name], **kwargs})
+    model = Spikformer(**{**_DEFAULTS[name], **kwargs})
+    data = model.variant
+    # The published ImageNet recipe evaluates full images (crop_pct 1.0).
+    extra = {"crop_pct": 1.0} if data == "imagenet" else {}
+    model.pretrained_cfg = model.default_cfg = data_config(data, name, model, "patch_embed.proj_conv", "head", **extra)
+    return model
 
 
 @register_model

@@ -84,6 +84,7 @@ def test_param_counts(name, classes, count):
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=classes)
     assert sum(p.numel() for p in model.parameters()) == count
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.pretrained_cfg["num_classes"] == classes
 
 
 @pytest.mark.parametrize("name, manifest, classes", [

@@ -73,6 +73,7 @@ def test_param_counts_and_published_keys(name, manifest, kwargs, count):
     with torch.device("meta"):
         model = timm.create_model(name, **kwargs)
     assert sum(p.numel() for p in model.parameters()) == count
+    assert model.pretrained_cfg["input_size"][0] == model.in_channels and model.pretrained_cfg["architecture"] == name
     published = _manifest(manifest)
     kept = model.filter_reference_state_dict(published)
     dropped = sorted(set(published) - set(kept))
