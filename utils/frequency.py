@@ -372,7 +372,7 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
         im = Image.fromarray(a)
         s = min(im.size)
         im = im.crop(((im.size[0] - s) // 2, (im.size[1] - s) // 2, (im.size[0] + s) // 2, (im.size[1] + s) // 2))
-        out.append(torch.from_numpy(np.asarray(im.resize((size, size), Image.BICUBIC))).permute(2, 0, 1).float() / 255)
+        out.append(torch.from_numpy(np.array(im.resize((size, size), Image.BICUBIC))).permute(2, 0, 1).float() / 255)
     x = torch.stack(out)
     if normalize:
         mean, std = normalize
