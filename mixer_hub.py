@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from models.neurons import NeuronConfig
+if TYPE_CHECKING:  # models/__init__ imports the model families, which import this hub
+    from models.neurons import NeuronConfig
 
 __all__ = ["register_mixer", "mixer_names", "create_mixer", "is_attention_mixer",
            "IdentityMixer", "PoolMixer", "DWCMixer", "SSA", "SSADWC", "TokenQKAttention", "SDSA"]
@@ -75,6 +76,14 @@ def is_attention_mixer(name: str) -> bool:
     """True if ``name`` splits channels into heads (``num_heads`` must divide the width)."""
     key, _ = _parse(str(name))
     return key is not None and getattr(_MIXERS[key], "uses_heads", False)
+
+
+def _neurons(cfg: Optional["NeuronConfig"]) -> "NeuronConfig":
+    """``cfg`` or the default (published) neuron settings."""
+    if cfg is not None:
+        return cfg
+    from models.neurons import NeuronConfig
+    return NeuronConfig()
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -140,10 +149,10 @@ def avg_mixer(dim: int, **kwargs) -> PoolMixer:
 class _SpikingDWC(nn.Module):
     """LIF -> depth-wise Conv2d k x k (bias) -> BN2d on ``[T, B, C, H, W]`` (Eq. 19)."""
 
-    def __init__(self, dim: int, kernel_size: int, conv_name: str, neuron_cfg: Optional[NeuronConfig]):
+    def __init__(self, dim: int, kernel_size: int, conv_name: str, neuron_cfg: Optional["NeuronConfig"]):
         super().__init__()
         _check_odd(kernel_size, "a DWC mixer")
-        self.lif = (neuron_cfg or NeuronConfig()).make()
+        self.lif = _neurons(neuron_cfg).make()
         self._conv, self._bn = conv_name, conv_name + "_bn"
         self.add_module(self._conv, nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, bias=True))
         self.add_module(self._bn, nn.BatchNorm2d(dim))
@@ -163,7 +172,7 @@ class DWCMixer(_SpikingDWC):
 
     block_attr = "mixer"
 
-    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional[NeuronConfig] = None, **_):
+    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional["NeuronConfig"] = None, **_):
         super().__init__(dim, kernel_size, "conv5" if kernel_size == 7 else "conv", neuron_cfg)
         self.kernel_size = kernel_size
 
@@ -216,7 +225,7 @@ class SSA(_PointwiseProjections):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronConfig] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
                  scale: float = 0.125, qkv_bias: bool = False, input_lif: bool = True,
                  proj_lif: bool = False, residual: bool = True, layer: str = "conv1d",
                  matmul_order: str = "kv_first", attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
@@ -224,7 +233,7 @@ class SSA(_PointwiseProjections):
         _check_heads(type(self).__name__, dim, num_heads)
         if matmul_order not in ("kv_first", "qk_first"):
             raise ValueError(f"matmul_order must be 'kv_first' or 'qk_first', got {matmul_order!r}")
-        cfg = neuron_cfg or NeuronConfig()
+        cfg = _neurons(neuron_cfg)
         self.num_heads, self.scale, self.matmul_order, self.residual = num_heads, scale, matmul_order, residual
         self.x_lif = cfg.make() if input_lif else None
         for p in ("q", "k", "v"):
@@ -269,7 +278,7 @@ class SSADWC(SSA):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, kernel_size: int = 5,
-                 neuron_cfg: Optional[NeuronConfig] = None, **kwargs):
+                 neuron_cfg: Optional["NeuronConfig"] = None, **kwargs):
         super().__init__(dim, num_heads, neuron_cfg=neuron_cfg, **kwargs)
         self.dwc = _SpikingDWC(dim, kernel_size, "conv", neuron_cfg)
 
@@ -289,11 +298,11 @@ class TokenQKAttention(_PointwiseProjections):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronConfig] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
                  attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
         super().__init__("conv1d")
         _check_heads(type(self).__name__, dim, num_heads)
-        cfg = neuron_cfg or NeuronConfig()
+        cfg = _neurons(neuron_cfg)
         self.num_heads = num_heads
         self.proj_lif = cfg.make()
         for p in ("q", "k"):
@@ -325,11 +334,11 @@ class SDSA(nn.Module):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronConfig] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
                  erode: bool = False, attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
         super().__init__()
         _check_heads(type(self).__name__, dim, num_heads)
-        cfg = neuron_cfg or NeuronConfig()
+        cfg = _neurons(neuron_cfg)
         self.num_heads = num_heads
         self.shortcut_lif = cfg.make()
         for p in ("q", "k", "v"):
