@@ -4,7 +4,6 @@ import os
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import neuron as sj_neuron
 
 import models
@@ -12,6 +11,7 @@ from models import reset_net
 from models.neurons import spiking_modules
 from models.spikformer import REFERENCE_CTORS, SPS, Spikformer
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.conformance import check_file
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 GOLDEN_FILES = ["spikformer_cifar", "spikformer_cifar_active", "spikformer_imagenet",
@@ -33,30 +33,15 @@ def _tiny(variant="cifar", **kw):
 @pytest.mark.parametrize("name", GOLDEN_FILES)
 def test_golden_conformance(name):
     """Authors' weights loaded by name: eval/train logits and every used parameter's grad match."""
-    g = torch.load(os.path.join(GOLDEN, name + ".pt"), weights_only=True)
+    path = os.path.join(GOLDEN, name + ".pt")
+    res = check_file(path)
+    assert res.passed, res.line()
+    g = torch.load(path, weights_only=True)
     model = REFERENCE_CTORS[g["model_ctor"]](dict(g["kwargs"]))
     unused = set(g["state_dict"]) - set(model.state_dict())
     assert unused and unused <= set(g["grads_none"])  # only never-used modules are left out
-    load_checkpoint(model, g["state_dict"])  # strict; applies filter_reference_state_dict
+    assert res.n_grads == len(g["grads"]) - len(unused)
     assert sum(p.numel() for p in model.parameters()) == g["n_params"] - sum(g["state_dict"][k].numel() for k in unused)
-
-    model.eval()
-    reset_net(model)
-    with torch.no_grad():
-        y_eval = model(g["x"])
-    torch.testing.assert_close(y_eval, g["y_eval"], atol=1e-5, rtol=1e-4)
-
-    load_checkpoint(model, g["state_dict"])
-    model.train()
-    reset_net(model)
-    y_train = model(g["x"])
-    F.cross_entropy(y_train, g["targets"]).backward()
-    reset_net(model)
-    torch.testing.assert_close(y_train, g["y_train"], atol=1e-5, rtol=1e-4)
-    G = max(v.abs().max().item() for v in g["grads"].values())
-    params = dict(model.named_parameters())
-    for k, p in params.items():
-        torch.testing.assert_close(p.grad, g["grads"][k], rtol=1e-4, atol=1e-5 * G, msg=k)
 
 
 @pytest.mark.parametrize("name, manifest, kwargs, count", [
