@@ -82,9 +82,10 @@ def _max_pool() -> nn.Module:
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)
 
 
-def _check_divisible(name: str, embed_dims: int, k: int):
-    if embed_dims % k:
-        raise ValueError(f"embedding {name!r} needs embed_dims divisible by {k} (it builds E/{k} channels), "
+def _check_width(name: str, embed_dims: int, k: int):
+    # internal widths are E // k (floor, as published); they must not vanish
+    if embed_dims // k < 1:
+        raise ValueError(f"embedding {name!r} builds E//{k} channels, so it needs embed_dims >= {k}, "
                          f"got {embed_dims}")
 
 
@@ -137,7 +138,7 @@ class EmbedOrig(_RawConvBN):
     ``Embed3x3(E/2 -> E) + Embed1x1(E/2 -> E)``. No downsampling."""
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):
-        _check_divisible("orig", embed_dims, 2)
+        _check_width("orig", embed_dims, 2)
         super().__init__(in_channels, embed_dims // 2)
         self.embed1 = SpikingConvBN(embed_dims // 2, embed_dims, 3, neuron_cfg=neuron_cfg)
         self.embed2 = SpikingConvBN(embed_dims // 2, embed_dims, 1, spiking_input=True)
@@ -190,7 +191,7 @@ class EmbedMaxPlus(_RawConvBN):
     second Max-Embed. Downsamples by 8."""
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):
-        _check_divisible("max_plus", embed_dims, 8)
+        _check_width("max_plus", embed_dims, 8)
         super().__init__(in_channels, embed_dims // 8)
         e = embed_dims
         self.max_embed1 = SpikingConvBN(e // 8, e // 4, 3, pool="max", neuron_cfg=neuron_cfg)
@@ -251,7 +252,7 @@ class EmbedOrigImageNet(nn.Module):
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):
         super().__init__()
-        _check_divisible("orig_imagenet", embed_dims, 2)
+        _check_width("orig_imagenet", embed_dims, 2)
         e = embed_dims
         self.embed1 = SpikingConvBN(in_channels, e // 2, 3, stride=2, spiking_input=True)  # raw image, no LIF
         self.embed2 = SpikingConvBN(e // 2, e, 3, stride=2, neuron_cfg=neuron_cfg)
@@ -298,7 +299,7 @@ class PatchEmbedInit(nn.Module):
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):
         super().__init__()
-        _check_divisible("qk_init", embed_dims, 2)
+        _check_width("qk_init", embed_dims, 2)
         cfg = neuron_cfg or NeuronConfig()
         e = embed_dims
         self.proj_conv = nn.Conv2d(in_channels, e // 2, 3, 1, 1, bias=False)

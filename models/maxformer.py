@@ -53,7 +53,7 @@ class SpikingTransformer(nn.Module):
         embeds: patch embedding name per stage (``orig``, ``max``, ``max_plus``, ``1max``, ...).
         mixers: token mixer name per stage (``identity``, ``dwc3``, ``ssa``, ``qka``, ...).
         depths: blocks per stage.
-        embed_dims: width of the last stage E; stage ``i`` of ``n`` has ``E / 2**(n-1-i)``
+        embed_dims: width of the last stage E; stage ``i`` of ``n`` has ``E // 2**(n-1-i)``
             (E/4, E/2, E for 3 stages; E/2, E for 2), or a sequence of per-stage widths.
         mlp_ratios: MLP hidden ratio (scalar or per stage). Ratio 1 enables the MLP's extra
             hidden residual (the event models).
@@ -100,10 +100,10 @@ class SpikingTransformer(nn.Module):
             dims = _per_stage("embed_dims", embed_dims, n)
         else:
             scale = 2 ** (n - 1)
-            if embed_dims % scale:
-                raise ValueError(f"embed_dims={embed_dims} must be divisible by {scale} for {n} stages "
-                                 f"(stage widths E/{scale} ... E)")
-            dims = tuple(embed_dims // 2 ** (n - 1 - i) for i in range(n))
+            if embed_dims < scale:
+                raise ValueError(f"embed_dims={embed_dims} is too small for {n} stages "
+                                 f"(stage widths E//{scale} ... E must be >= 1)")
+            dims = tuple(embed_dims // 2 ** (n - 1 - i) for i in range(n))  # floor, as published
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if weight_init not in WEIGHT_INITS:
