@@ -14,6 +14,7 @@ The class attribute ``block_attr`` is the attribute name a block stores the mixe
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from typing import TYPE_CHECKING, Callable, Dict, Optional
 
@@ -30,6 +31,8 @@ _MIXERS: Dict[str, Callable[..., nn.Module]] = {}
 _PATTERNS = {"dwc": r"dwc(\d+)", "ssa_dwc": r"ssa_dwc(\d+)"}
 
 ATTN_V_THRESHOLD = 0.5  # threshold of every attention LIF in the published code
+# model-wide settings a block hands to every mixer; dropped for mixers that do not take them
+_CONTEXT_KWARGS = ("num_heads", "neuron_cfg", "attn_v_threshold")
 
 
 def register_mixer(name: str):
@@ -61,15 +64,23 @@ def _parse(name: str):
 
 
 def create_mixer(name: str, dim: int, **kwargs) -> nn.Module:
-    """Build the token mixer called ``name`` for ``dim`` channels."""
+    """Build the token mixer called ``name`` for ``dim`` channels.
+
+    ``num_heads``, ``neuron_cfg`` and ``attn_v_threshold`` are passed only to mixers that take
+    them; any other unknown kwarg is an error.
+    """
     key, extra = _parse(str(name))
     if key is None:
-        known = [n for n in mixer_names() if n != "dwc"] + ["dwc3", "dwc5", "dwc7", "ssa_dwc5"]
-        close = difflib.get_close_matches(str(name), known, n=3)
+        plain = [n for n in mixer_names() if n not in _PATTERNS]
+        close = difflib.get_close_matches(str(name), plain + ["dwc3", "dwc5", "dwc7", "ssa_dwc5"], n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown token mixer {name!r}.{hint} Known: {', '.join(sorted(set(known) - {'dwc3', 'dwc5', 'dwc7', 'ssa_dwc5'}))}, "
+        raise ValueError(f"unknown token mixer {name!r}.{hint} Known: {', '.join(plain)}, "
                          f"dwc<odd k>, ssa_dwc<odd k>")
-    return _MIXERS[key](dim, **extra, **kwargs)
+    fn = _MIXERS[key]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k not in _CONTEXT_KWARGS or k in params}
+    return fn(dim, **extra, **kwargs)
 
 
 def is_attention_mixer(name: str) -> bool:
@@ -111,7 +122,7 @@ class IdentityMixer(nn.Module):
 
     block_attr = "mixer"
 
-    def __init__(self, dim: int, **_):
+    def __init__(self, dim: int):
         super().__init__()
 
     def forward(self, x):
@@ -123,7 +134,7 @@ class PoolMixer(nn.Module):
 
     block_attr = "mixer"
 
-    def __init__(self, dim: int, mode: str = "max", **_):
+    def __init__(self, dim: int, mode: str = "max"):
         super().__init__()
         if mode == "max":
             self.pool = nn.MaxPool2d(3, 1, 1)
@@ -135,15 +146,15 @@ class PoolMixer(nn.Module):
 
 
 @register_mixer("max")
-def max_mixer(dim: int, **kwargs) -> PoolMixer:
+def max_mixer(dim: int) -> PoolMixer:
     """Max-Pool token mixer (Table 7)."""
-    return PoolMixer(dim, mode="max", **kwargs)
+    return PoolMixer(dim, mode="max")
 
 
 @register_mixer("avg")
-def avg_mixer(dim: int, **kwargs) -> PoolMixer:
+def avg_mixer(dim: int) -> PoolMixer:
     """Avg-Pool token mixer (Table 7), ``count_include_pad=False``."""
-    return PoolMixer(dim, mode="avg", **kwargs)
+    return PoolMixer(dim, mode="avg")
 
 
 class _SpikingDWC(nn.Module):
@@ -172,7 +183,7 @@ class DWCMixer(_SpikingDWC):
 
     block_attr = "mixer"
 
-    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional["NeuronConfig"] = None, **_):
+    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional["NeuronConfig"] = None):
         super().__init__(dim, kernel_size, "conv5" if kernel_size == 7 else "conv", neuron_cfg)
         self.kernel_size = kernel_size
 
@@ -228,7 +239,7 @@ class SSA(_PointwiseProjections):
     def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
                  scale: float = 0.125, qkv_bias: bool = False, input_lif: bool = True,
                  proj_lif: bool = False, residual: bool = True, layer: str = "conv1d",
-                 matmul_order: str = "kv_first", attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
+                 matmul_order: str = "kv_first", attn_v_threshold: float = ATTN_V_THRESHOLD):
         super().__init__(layer)
         _check_heads(type(self).__name__, dim, num_heads)
         if matmul_order not in ("kv_first", "qk_first"):
@@ -299,7 +310,7 @@ class TokenQKAttention(_PointwiseProjections):
     uses_heads = True
 
     def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
-                 attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
+                 attn_v_threshold: float = ATTN_V_THRESHOLD):
         super().__init__("conv1d")
         _check_heads(type(self).__name__, dim, num_heads)
         cfg = _neurons(neuron_cfg)
@@ -335,7 +346,7 @@ class SDSA(nn.Module):
     uses_heads = True
 
     def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
-                 erode: bool = False, attn_v_threshold: float = ATTN_V_THRESHOLD, **_):
+                 erode: bool = False, attn_v_threshold: float = ATTN_V_THRESHOLD):
         super().__init__()
         _check_heads(type(self).__name__, dim, num_heads)
         cfg = _neurons(neuron_cfg)

@@ -217,4 +217,7 @@ def test_mixer_errors():
         create_mixer("ssa", C, num_heads=3)
     with pytest.raises(ValueError, match="matmul_order"):
         SSA(C, num_heads=4, matmul_order="vk")
+    with pytest.raises(TypeError, match="scal"):
+        create_mixer("ssa", C, num_heads=4, scal=0.25)  # a typo is never swallowed
+    assert isinstance(create_mixer("dwc3", C, num_heads=4, attn_v_threshold=0.5), nn.Module)  # model-wide kwargs
     assert is_attention_mixer("ssa_dwc5") and is_attention_mixer("sdsa") and not is_attention_mixer("dwc3")
