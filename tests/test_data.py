@@ -139,6 +139,7 @@ def test_cifar100_reads_python_files(tmp_path):
     files = write_cifar100(tmp_path)
     train, test = load(make_cfg(dataset='cifar100', data_path=str(tmp_path)))
     assert (len(train), len(test)) == (6, 4)
+    assert load(make_cfg(dataset='cifar100', data_path=str(tmp_path)), include_train=False)[0] is None
     assert test.targets == files['test'][1] and len(test.classes) == 100
     x, _ = test[0]
     assert x.shape == (3, 32, 32)
@@ -216,9 +217,9 @@ def test_cifar10dvs_spikingjelly_frames_and_published_per_class_split(tmp_path):
         n_train = -(-n * 9 // 10)
         assert [i for i in train.indices if full.targets[i] == c] == idx[:n_train]
         assert [i for i in test.indices if full.targets[i] == c] == idx[n_train:]
-    # deterministic
-    _, test2 = load(make_cfg(dataset='cifar10dvs', data_path=str(tmp_path), T=T))
-    assert test2.indices == test.indices
+    # deterministic, also when only the eval set is built (validate.py)
+    none, test2 = load(make_cfg(dataset='cifar10dvs', data_path=str(tmp_path), T=T), include_train=False)
+    assert none is None and test2.indices == test.indices
     # eval samples are the stored event counts, as float [T, 2, 128, 128]
     x, y = test[0]
     path = full.samples[test.indices[0]][0]
