@@ -16,6 +16,9 @@ imagenet  Conv1d 1x1 (q/k/v no bias)  Conv2d 1x1 + BN2d        1111      0.125 r
 dvs       Conv1d 1x1 (q/k/v no bias)  Conv1d 1x1 + BN1d        1111      0.25  frames
 ========= =========================== ======================== ========= ===== =========
 
+The published DVS code only runs 128x128 input (hard-coded reshapes); here every variant takes any
+size divisible by its SPS downsampling (4 or 16) and gives the published result at 128x128.
+
 The attention is :class:`mixer_hub.SSA` (``input_lif=False``, ``proj_lif=True``, no inner residual).
 The LayerNorms (and, for DVS, ``pos_embed`` and ``norm``) that the published code builds but never
 calls are not built; :meth:`Spikformer.filter_reference_state_dict` drops their keys when an

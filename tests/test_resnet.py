@@ -132,3 +132,20 @@ def test_clear_errors():
         model(torch.randn(1, 2, 16, 16))
     with pytest.raises(ValueError, match=r"\[B,C,H,W\]"):
         model(torch.randn(3, 16, 16))
+
+
+def test_batch_invariance():
+    """A sample's eval logits do not depend on the rest of the batch."""
+    torch.manual_seed(0)
+    model = _tiny().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.constant_(m.bias, 1.0)
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        batch = model(x)
+        reset_net(model)
+        alone = model(x[3:4])
+        reset_net(model)
+    assert batch.std(0).max() > 0
+    torch.testing.assert_close(alone[0], batch[3], atol=1e-6, rtol=0)

@@ -157,3 +157,30 @@ def test_clear_errors():
         REFERENCE_CTORS["cifar10/model.py::Spikformer"](dict(embed_dims=64, num_heads=4, mlp_ratios=4, depths=1, foo=1))
     with pytest.raises(ValueError, match="in_channels=2"):
         _tiny()(torch.randn(1, 2, 32, 32))
+
+
+@pytest.mark.parametrize("variant", ["cifar", "imagenet"])
+def test_batch_invariance(variant):
+    """A sample's eval logits do not depend on the rest of the batch (QKFormer issue #14 bug class)."""
+    torch.manual_seed(0)
+    model = _tiny(variant, depths=1).eval()
+    for m in model.modules():  # make the attention fire so the check means something
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.constant_(m.bias, 1.0)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        batch = model(x)
+        reset_net(model)
+        alone = model(x[3:4])
+        reset_net(model)
+    assert batch.std(0).max() > 0
+    torch.testing.assert_close(alone[0], batch[3], atol=1e-6, rtol=0)
+
+
+def test_authors_checkpoint_layout_loads():
+    """A ``.pth.tar``-style dict with every published key (LayerNorms, pos_embed, norm included) loads strictly."""
+    published = _manifest("spikformer_cifar10dvs_2_256")
+    ckpt = {"epoch": 95, "state_dict": {k: torch.full(s, 0.5) if s.numel() else torch.tensor(3) for k, s in published.items()}}
+    model = timm.create_model("spikformer_2_256")
+    load_checkpoint(model, ckpt)
+    assert torch.equal(model.block[1].mlp.fc2_conv.weight, torch.full((256, 1024, 1), 0.5))
