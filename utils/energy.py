@@ -595,6 +595,19 @@ def synthetic_batches(shape: Sequence[int], n: int, seed: int = 0, kind: str = "
         yield x
 
 
+def validation_batches(config_path: str, batch_size: int):
+    """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description."""
+    from torch.utils.data import DataLoader
+
+    from utils.config import parse_config
+    from utils.data import create_datasets
+
+    cfg = parse_config(["-c", config_path])
+    _, eval_set = create_datasets(cfg, include_train=False)
+    loader = DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=0)
+    return loader, f"{config_path} evaluation set"
+
+
 def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
     """``timm.create_model`` for a registered name, with a clear error and optional checkpoint."""
     import timm
@@ -604,7 +617,6 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
     if not timm.is_model(name):
         import difflib
 
-        known = [n for n in timm.list_models() if n in timm.list_models(module="models") or True]
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise SystemExit(f"unknown model {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
                          + " `python -m utils.tables` lists the registered models.")
@@ -657,8 +669,6 @@ def main(argv=None) -> int:
     T = int(getattr(model, "T", args.T or 1))
     config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     if args.data:
-        from utils.energy_data import validation_batches  # pragma: no cover - optional, see validate.py --energy
-
         batches, desc = validation_batches(args.data, args.batch_size)
     else:
         size = args.img_size or _default_img_size(args.model)
@@ -668,10 +678,11 @@ def main(argv=None) -> int:
         desc = f"synthetic {args.input} {list(shape)} x{args.batches}, " + ("checkpoint " + args.checkpoint if args.checkpoint else "random init")
     n_cal = args.calibrate_bn if args.calibrate_bn is not None else (0 if args.checkpoint else 2)
     if n_cal:
-        if args.data:
-            raise SystemExit("--calibrate-bn with --data is not supported; pass a trained --checkpoint")
-        calibrate_bn(model, synthetic_batches(shape, n_cal, seed=1, kind=args.input))
-        desc += f", BN calibrated on {n_cal} synthetic batches"
+        import itertools
+
+        cal = itertools.islice(iter(batches), n_cal) if args.data else synthetic_batches(shape, n_cal, seed=1, kind=args.input)
+        calibrate_bn(model, cal)
+        desc += f", random init, BN calibrated on {n_cal} {'data' if args.data else 'synthetic'} batches"
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))
