@@ -121,3 +121,120 @@ def load_checkpoint(
     loadable = {k: v for k, v in sd.items() if k in own and k not in bad}
     target.load_state_dict(loadable, strict=False)
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state: atomic saving, RNG capture and resume (training engine).
+__all__ += ["save_checkpoint", "copy_checkpoint", "capture_rng_state", "restore_rng_state",
+            "read_training_state", "auto_resume_path"]
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> str:
+    """Write ``state`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
+
+    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a torn one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(folder)
+    return path
+
+
+def copy_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> str:
+    """Atomically copy a checkpoint file (used for ``best.pth.tar``)."""
+    import shutil
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    return dst
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU + CUDA) in a ``weights_only``-loadable form."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype("int64")), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    import random
+
+    import numpy as np
+
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Load a checkpoint written by ``train.py`` for resuming; clear error for weights-only files."""
+    obj = read_checkpoint(path)
+    needed = ("state_dict", "optimizer", "epoch")
+    if not isinstance(obj, Mapping) or any(k not in obj for k in needed):
+        have = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{os.fspath(path)!r} is not a training checkpoint of this repo (needs {needed}, has {have}). "
+            "To start from its weights only, use --initial-checkpoint instead of --resume."
+        )
+    return dict(obj)
+
+
+def auto_resume_path(run_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """``<run_dir>/last.pth.tar`` if it exists, else None (``--resume auto``)."""
+    p = os.path.join(os.fspath(run_dir), "last.pth.tar")
+    return p if os.path.isfile(p) else None

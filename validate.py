@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint — ours (``last.pth.tar`` / ``best.pth.tar``) or the authors' released files.
+
+    python validate.py -c cifar10-100/cifar10.yaml --checkpoint output/cifar10/best.pth.tar
+    python validate.py -c imagenet/10_768_t4.yaml --checkpoint imagenet/checkpoints/10-768-T4.pth.tar
+    torchrun --nproc_per_node 8 validate.py -c imagenet/10_768_t4.yaml --checkpoint ... --results-file r.json
+
+The config supplies the model, T and dataset (any key can be overridden as in train.py). Prints top-1 /
+top-5 and optionally writes them as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from utils.config import ConfigError, Option, parse_config
+
+VALIDATE_OPTIONS = {
+    "checkpoint": Option("", str, "checkpoint to evaluate (ours or the authors' .pth.tar)"),
+    "use_ema": Option(False, bool, "evaluate the EMA weights stored in the checkpoint"),
+    "results_file": Option("", str, "write the results as JSON to this file"),
+    "trust_checkpoint": Option(False, bool, "allow arbitrary pickled objects in the checkpoint (trusted files only)"),
+}
+
+
+def build_eval(cfg):
+    """Model (with weights), eval loader and dist info for ``cfg``; reusable by analysis tools."""
+    from torch.utils.data import DataLoader
+
+    from train import build_model
+    from utils import data as data_lib
+    from utils.checkpoint import load_checkpoint
+    from utils.distributed import ShardSampler, init_distributed
+    from utils.engine import prepare_model, seed_everything
+
+    try:
+        dist_info = init_distributed(cfg.device, cfg.dist_backend)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+    seed_everything(cfg.seed)
+    _, eval_set = data_lib.create_datasets(cfg, include_train=False)
+    num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]
+    model = build_model(cfg, num_classes)
+    if not cfg.checkpoint:
+        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
+    key = "state_dict_ema" if cfg.use_ema else None
+    load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint)
+    model = prepare_model(model, dist_info.device, cfg.channels_last)
+    loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
+                        sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),
+                        num_workers=cfg.workers, pin_memory=bool(cfg.pin_memory) and dist_info.device.type == "cuda")
+    return model, loader, dist_info, num_classes
+
+
+def run(cfg) -> Dict[str, Any]:
+    from utils.engine import amp_context, evaluate
+
+    model, loader, dist_info, num_classes = build_eval(cfg)
+    try:
+        autocast = amp_context(cfg.amp, dist_info.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    t0 = time.perf_counter()
+    res = evaluate(model, loader, device=dist_info.device, autocast=autocast, channels_last=cfg.channels_last,
+                   max_batches=cfg.max_eval_batches, progress=cfg.progress and dist_info.is_main)
+    out = {"model": cfg.model, "checkpoint": os.path.abspath(cfg.checkpoint), "ema": cfg.use_ema,
+           "dataset": cfg.dataset, "T": cfg.T, "num_classes": num_classes, "samples": res["count"],
+           "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "amp": cfg.amp,
+           "seconds": time.perf_counter() - t0}
+    if dist_info.is_main:
+        print(f"{cfg.model} T={cfg.T} on {cfg.dataset} ({res['count']} samples): top-1 {res['top1']:.3f} %  "
+              f"top-5 {res['top5']:.3f} %  loss {res['loss']:.4f}")
+        if cfg.results_file:
+            with open(cfg.results_file, "w") as f:
+                json.dump(out, f, indent=2)
+            print(f"results written to {cfg.results_file}")
+    # --energy (utils/energy.py) plugs in here: it needs (model, loader, cfg), all built by build_eval().
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.checkpoint import CheckpointError
+    from utils.data import DatasetError
+    from utils.distributed import cleanup, is_main
+
+    try:
+        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0])
+        run(cfg)
+        return 0
+    except (ConfigError, DatasetError, CheckpointError) as err:
+        if is_main():
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
