@@ -131,11 +131,16 @@ def _reset(model: nn.Module):
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.detach().float() - b.float()).abs().max().item() if a.numel() else 0.0
+    return (a.detach().float().cpu() - b.float()).abs().max().item() if a.numel() else 0.0
 
 
-def check_file(path: str, verbose: bool = False) -> ConformanceResult:
-    """Run the published procedure of one golden file against our model."""
+def check_file(path: str, verbose: bool = False, transform: Optional[Callable] = None) -> ConformanceResult:
+    """Run the published procedure of one golden file against our model.
+
+    ``transform(model, mode, x) -> model`` (optional, e.g. :func:`utils.fastpath.prepare_model`)
+    runs each pass through a transformed model: ``mode`` is ``'infer'`` for the eval pass and
+    ``'train'`` for the train pass; gradients are read from the original model's parameters.
+    """
     res = ConformanceResult(path)
     golden = torch.load(path, map_location="cpu", weights_only=True)
     res.ctor = golden["model_ctor"]
@@ -166,12 +171,13 @@ def check_file(path: str, verbose: bool = False) -> ConformanceResult:
     # eval pass
     model.eval()
     _reset(model)
+    run = transform(model, "infer", x) if transform is not None else model
     with torch.no_grad():
-        y_eval = model(x)
-    _reset(model)
+        y_eval = run(x)
+    _reset(run)
     res.eval_dev = _max_abs(y_eval, golden["y_eval"])
     if y_eval.shape != golden["y_eval"].shape or not torch.allclose(
-            y_eval.float(), golden["y_eval"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
+            y_eval.float().cpu(), golden["y_eval"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
         res.failures.append("eval logits differ")
 
     # train pass (BN batch statistics) and gradients
@@ -179,14 +185,15 @@ def check_file(path: str, verbose: bool = False) -> ConformanceResult:
     model.train()
     _reset(model)
     model.zero_grad(set_to_none=True)
-    y_train = model(x)
+    run = transform(model, "train", x) if transform is not None else model
+    y_train = run(x)
     loss = F.cross_entropy(y_train, targets)
     loss.backward()
-    _reset(model)
+    _reset(run)
     res.loss = loss.item()
     res.train_dev = _max_abs(y_train, golden["y_train"])
     if y_train.shape != golden["y_train"].shape or not torch.allclose(
-            y_train.detach().float(), golden["y_train"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
+            y_train.detach().float().cpu(), golden["y_train"].float(), atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
         res.failures.append("train logits differ")
 
     _compare_grads(model, golden, res, verbose)
@@ -212,7 +219,7 @@ def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbo
         if name not in ours:
             continue
         p = ours[name]
-        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        g = (p.grad if p.grad is not None else torch.zeros_like(p)).cpu()
         if g.shape != r.shape:
             bad.append(f"{name} shape {tuple(g.shape)} vs {tuple(r.shape)}")
             continue

@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""Throughput, peak memory and FLOPs of any registered model (timm-style ``benchmark.py``).
+
+    python benchmark.py --model maxformer_cifar --mode train --batch-size 16 --T 4 --img-size 32
+    python benchmark.py --model maxformer_cifar --mode infer --batch-size 64 --amp bf16
+    python benchmark.py --model maxformer_10_384 --mode train --eager          # the plain path
+    python benchmark.py --model maxformer_cifar --sweep --sweep-batch-sizes 4,16   # T in {1,2,4,8}
+    python benchmark.py --peak                                                  # matmul peak only
+
+Each measurement: build the model, warm up (``--warmup`` steps, compilation included), then time
+``--steps`` steps one by one and report the median. One JSON line per measurement is printed
+(the last line starting with ``{`` is the result) and appended to ``--csv``.
+
+Defaults are ``utils.fastpath.DEFAULTS[mode]``: the fastest settings that stay within the golden
+tolerances in float32. ``--eager`` gives the plain path (spikingjelly neurons, no compile, NCHW).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the
+resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-up through
+``/proc/self/clear_refs`` (so compile-time memory is excluded); sweeps run every measurement in
+a fresh subprocess. ``gflop_per_img`` is one forward pass counted by ``torch.utils.flop_counter``
+(matmuls/convolutions; neurons, BN and pooling are not counted); a training step is counted as
+3x the forward. ``--peak`` adds the machine's measured fp32/bf16 matmul peak and the fraction
+of it achieved.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_per_step", "peak_mem_mb",
+              "gflop_per_img", "gflop_per_s", "peak_fraction", "ms_per_step_min", "amp", "compile",
+              "channels_last", "neuron_impl", "fold_bn", "grad_checkpointing", "device", "threads",
+              "steps", "mem_method", "model_kwargs", "torch", "host", "time"]
+
+
+def _parse_value(text: str) -> Any:
+    """``--model-kwargs`` value: int, float, bool, None, tuple (comma-separated) or string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if "," in text:
+        return tuple(_parse_value(t) for t in text.split(",") if t)
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _model_kwargs(items: List[str]) -> Dict[str, Any]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"benchmark.py: --model-kwargs takes key=value pairs, got {item!r} "
+                             f"(e.g. --model-kwargs embed_dims=64 neuron=if)")
+        k, v = item.split("=", 1)
+        out[k] = _parse_value(v)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="maxformer_cifar", help="registered model name (timm)")
+    p.add_argument("--mode", default="train", choices=("train", "infer"))
+    p.add_argument("-b", "--batch-size", type=int, default=16)
+    p.add_argument("--T", type=int, default=None, help="time steps (default: the model's)")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra model kwargs, e.g. embed_dims=64 neuron=if")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    bool_flag = argparse.BooleanOptionalAction
+    p.add_argument("--compile", default=None, choices=("model", "blocks", "none"), nargs="?", const="model",
+                   help="torch.compile scope: model (whole), blocks (each block/embedding), none")
+    p.add_argument("--channels-last", default=None, action=bool_flag)
+    p.add_argument("--fold-bn", default=None, action=bool_flag, help="fold BN into convs (infer only)")
+    p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch"))
+    p.add_argument("--grad-checkpointing", default=None, action=bool_flag, help="recompute blocks in backward")
+    p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="'' disables")
+    p.add_argument("--peak", action="store_true", help="measure the matmul peak (fp32, bf16) and report fractions")
+    p.add_argument("--sweep", action="store_true", help="sweep T in --sweep-T and batch sizes in --sweep-batch-sizes")
+    p.add_argument("--sweep-T", default="1,2,4,8")
+    p.add_argument("--sweep-batch-sizes", default="1,4,16")
+    p.add_argument("--smoke", action="store_true", help="tiny width, 1 warm-up + 1 step (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-subprocess", action="store_true", help="sweep in this process (peak memory is then cumulative)")
+    return p
+
+
+# ----------------------------------------------------------------------------- measurements
+def matmul_peak(device: str = "cpu", n: int = 1024, seconds: float = 1.0) -> Dict[str, float]:
+    """Best GFLOP/s of an n x n matmul in fp32 and bf16 (fp16 too on CUDA)."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if torch.device(device).type == "cuda":
+        dtypes["fp16"] = torch.float16
+        n = max(n, 4096)
+    out = {}
+    for name, dt in dtypes.items():
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        for i in range(1000):
+            _sync(device)
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+            if i >= 3 and time.perf_counter() > t_end:
+                break
+        out[name] = 2 * n ** 3 / best / 1e9
+    return out
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one eval-mode forward of ``x`` (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import reset_net
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    reset_net(model)
+    model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def fastpath_config(args) -> "FastPathConfig":
+    from utils.fastpath import DEFAULTS, EAGER
+    import dataclasses
+    cfg = EAGER if args.eager else DEFAULTS[args.mode]
+    over = {}
+    if args.compile is not None:
+        over["compile"] = False if args.compile == "none" else args.compile
+    for field in ("channels_last", "fold_bn", "neuron_impl", "grad_checkpointing"):
+        value = getattr(args, field)
+        if value is not None:
+            over[field] = value
+    return dataclasses.replace(cfg, **over)
+
+
+def measure(args) -> Dict[str, Any]:
+    """One measurement in this process; returns the result row."""
+    import timm
+    import torch.nn.functional as F
+
+    import models  # noqa: F401  (registers the models)
+    from models import reset_net
+    from utils.fastpath import autocast, prepare_input, prepare_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark.py: --device cuda but no CUDA device is visible; use --device cpu")
+    torch.manual_seed(args.seed)
+    kwargs = _model_kwargs(args.model_kwargs)
+    if args.smoke:
+        kwargs.setdefault("embed_dims", 32)
+        kwargs.setdefault("num_heads", 2)
+    if args.T is not None:
+        kwargs["T"] = args.T
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    try:
+        model = timm.create_model(args.model, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as err:
+        known = timm.list_models("*former*") + timm.list_models("*resnet18*")
+        raise SystemExit(f"benchmark.py: cannot build {args.model!r} with {kwargs}: {err}\n"
+                         f"registered spiking models include: {', '.join(sorted(set(known)))}")
+    cfg_in = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+    img = args.img_size or cfg_in[-1]
+    B = args.batch_size
+    T = getattr(model, "T", None)
+    x = torch.randn(B, cfg_in[0], img, img)
+    if "dvs" in args.model and not args.smoke:  # event models take [B,T,C,H,W] frame counts
+        x = torch.randint(0, 4, (B, T, cfg_in[0], img, img)).float()
+    num_classes = getattr(model, "num_classes", 1000)
+    y = torch.randint(0, max(num_classes, 1), (B,))
+
+    flops = forward_flops(model, x[:1])
+    model.to(device)
+    cfg = fastpath_config(args)
+    if args.mode == "train":
+        model.train()
+    prepare_model(model, args.mode, config=cfg, example_input=x.to(device))
+    x = prepare_input(x.to(device), cfg.channels_last)
+    y = y.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
+
+    def step():
+        if opt is not None:
+            with autocast(args.amp, device):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.inference_mode(), autocast(args.amp, device):
+                model(x)
+        reset_net(model)
+
+    for _ in range(max(args.warmup, 0)):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        mem_method = "cuda_max_allocated"
+    else:
+        mem_method = "rss_hwm_timed" if _reset_peak_rss() else "rss_hwm_process"
+    times = []
+    for _ in range(max(args.steps, 1)):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _peak_rss_mb())
+    ms = statistics.median(times) * 1e3
+    img_per_s = B / (ms / 1e3)
+    gflop_img = flops / 1e9
+    gflop_s = gflop_img * img_per_s * (3 if args.mode == "train" else 1)
+    return {
+        "model": args.model, "mode": args.mode, "batch_size": B, "T": T, "img_size": img,
+        "img_per_s": round(img_per_s, 3), "ms_per_step": round(ms, 2), "peak_mem_mb": round(peak, 1),
+        "gflop_per_img": round(gflop_img, 4), "gflop_per_s": round(gflop_s, 2),
+        "ms_per_step_min": round(min(times) * 1e3, 2), "amp": args.amp,
+        "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
+        "fold_bn": bool(cfg.fold_bn and args.mode == "infer"),
+        "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",
+        "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
+        "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
+        "torch": torch.__version__, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def append_csv(path: str, row: Dict[str, Any]):
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
+    """``argv`` without the sweep options, for one (T, batch) point."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--sweep", "--peak"):
+            continue
+        if a in ("--sweep-T", "--sweep-batch-sizes", "--T", "-b", "--batch-size", "--csv"):
+            skip = True
+            continue
+        if a.split("=")[0] in ("--sweep-T", "--sweep-batch-sizes", "--T", "--batch-size", "--csv"):
+            continue
+        out.append(a)
+    return out + ["--T", str(T), "--batch-size", str(b), "--csv", ""]
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        args.warmup, args.steps = min(args.warmup, 1), 1
+        args.img_size = args.img_size or 32
+        args.batch_size = min(args.batch_size, 2)
+        args.T = args.T or 1
+    peak = matmul_peak(args.device) if args.peak else None
+    if peak:
+        print(json.dumps({"matmul_peak_gflop_per_s": {k: round(v, 1) for k, v in peak.items()}}), flush=True)
+    rows = []
+    if args.sweep:
+        for T in [int(t) for t in args.sweep_T.split(",")]:
+            for b in [int(s) for s in args.sweep_batch_sizes.split(",")]:
+                child = _child_argv(argv, T, b)
+                if args.no_subprocess:
+                    row = measure(build_parser().parse_args(child))
+                else:
+                    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + child,
+                                          capture_output=True, text=True)
+                    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+                    if proc.returncode or not lines:
+                        print(json.dumps({"model": args.model, "T": T, "batch_size": b,
+                                          "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}), flush=True)
+                        continue
+                    row = json.loads(lines[-1])
+                rows.append(row)
+    else:
+        rows.append(measure(args))
+    for row in rows:
+        if peak:
+            ref = peak["bf16"] if args.amp == "bf16" else peak.get("fp16" if args.amp == "fp16" else "fp32")
+            row["peak_fraction"] = round(row["gflop_per_s"] / ref, 4)
+        append_csv(args.csv, row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

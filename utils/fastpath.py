@@ -1,0 +1,277 @@
+"""Fast execution paths for the spiking models: the same maths in less time and memory.
+
+``prepare_model(model, mode)`` applies, in place, the transformations that keep every golden
+conformance case within tolerance (``tests/test_fastpath.py`` runs them through the fast path):
+
+* ``neuron_impl='torch'``: spikingjelly's CPU neuron operator is opaque to ``torch.compile``;
+  the plain PyTorch loop of :mod:`models.neurons` (bitwise-identical spikes) lets the compiler
+  fuse charge/fire/reset with the BatchNorm and residual adds around it.
+* ``compile``: ``torch.compile`` of the whole model (``'model'``) or of each patch embedding and
+  block (``'blocks'``, shorter compile, recompiled per distinct shape).
+* ``channels_last``: NHWC convolutions (oneDNN's fast layout on CPU, tensor cores on GPU).
+* ``fold_bn`` (inference only): BatchNorm folded into the convolution that feeds it, found by
+  running one example batch with hooks (only pairs whose BN input *is* the conv output fold).
+* ``grad_checkpointing`` (training): recompute each block in backward instead of storing its
+  activations; neuron state and BatchNorm running statistics are handled so results match.
+
+``DEFAULTS`` hold the fastest settings that stay within the golden tolerances in float32;
+``benchmark.py`` and ``train.py`` use them unless told otherwise (``--eager`` = none of this).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from models.neurons import convert_neurons, spiking_modules
+
+__all__ = ["FastPathConfig", "DEFAULTS", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
+           "enable_grad_checkpointing", "block_modules", "AMP_DTYPES"]
+
+_logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("train", "infer")
+COMPILE_SCOPES = (False, "model", "blocks", "neurons")
+
+
+@dataclasses.dataclass
+class FastPathConfig:
+    """What :func:`prepare_model` does. ``compile``: ``False``, ``'model'``, ``'blocks'`` or ``'neurons'``."""
+
+    neuron_impl: str = "torch"
+    channels_last: bool = False
+    compile: object = "model"
+    fold_bn: bool = False
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.compile is True:
+            self.compile = "model"
+        if self.compile not in COMPILE_SCOPES:
+            raise ValueError(f"compile must be one of {COMPILE_SCOPES} (True = 'model'), got {self.compile!r}")
+
+
+# Measured on the 2-core CPU (docs/sections/speed.md); every entry passes the golden tests.
+DEFAULTS: Dict[str, FastPathConfig] = {
+    "train": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model"),
+    "infer": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model", fold_bn=True),
+}
+EAGER = FastPathConfig(neuron_impl="spikingjelly", channels_last=False, compile=False)
+
+
+def _check_mode(mode: str):
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+
+
+def block_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The units to compile or checkpoint one by one: patch embeddings and blocks.
+
+    Found structurally: every child of an ``nn.ModuleList``/``nn.Sequential`` that holds spiking
+    neurons, plus every other direct child of ``model`` that holds neurons (embeddings); the
+    head LIF alone is left out.
+    """
+    units = []
+    for name, child in model.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            for sub_name, sub in child.named_children():
+                if any(True for _ in spiking_modules(sub)):
+                    units.append((f"{name}.{sub_name}", sub))
+        elif any(True for _ in spiking_modules(child)) and next(child.children(), None) is not None:
+            units.append((name, child))
+    return units
+
+
+# ----------------------------------------------------------------------------- BN folding
+def _bn_pairs(model: nn.Module, example_input: torch.Tensor) -> List[Tuple[str, str]]:
+    """(conv name, bn name) pairs where the BN's input tensor is exactly the conv's output."""
+    convs = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))}
+    bns = {m: n for n, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
+    last_out: Dict[int, str] = {}
+    keep = []  # hold conv outputs so their ids stay unique during the pass
+    pairs: Dict[str, Optional[str]] = {}  # bn -> conv (None once a mismatch was seen)
+    handles = []
+
+    def conv_hook(mod, inp, out):
+        last_out[id(out)] = convs[mod]
+        keep.append(out)
+
+    def bn_hook(mod, inp):
+        src = last_out.get(id(inp[0]))
+        name = bns[mod]
+        if src is None or pairs.get(name, src) != src:
+            pairs[name] = None
+        else:
+            pairs[name] = src
+
+    for m in convs:
+        handles.append(m.register_forward_hook(conv_hook))
+    for m in bns:
+        handles.append(m.register_forward_pre_hook(bn_hook))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        from models.neurons import reset_net
+        reset_net(model)
+    # a conv feeding two BNs (or used twice) cannot be folded
+    users: Dict[str, int] = {}
+    for conv in pairs.values():
+        if conv is not None:
+            users[conv] = users.get(conv, 0) + 1
+    return [(c, b) for b, c in pairs.items() if c is not None and users[c] == 1]
+
+
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Fold eval-mode BatchNorm into the preceding convolution, in place; returns the count.
+
+    Pairs are verified on ``example_input`` (the BN must consume the conv output directly).
+    Only valid for inference: the model must be in eval mode and stay there.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs model.eval(): folding uses the BN running statistics")
+    modules = dict(model.named_modules())
+    n = 0
+    for conv_name, bn_name in _bn_pairs(model, example_input):
+        conv, bn = modules[conv_name], modules[bn_name]
+        if not bn.track_running_stats or bn.running_var is None:
+            continue
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+        conv.weight, conv.bias = fused.weight, fused.bias
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, attr, nn.Identity())
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------- gradient checkpointing
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Run train-mode BN without touching running stats (used for the recomputation pass)."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = running * 1 + batch * 0: bitwise unchanged
+    try:
+        yield
+    finally:
+        for m, momentum, nbt in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(nbt)
+
+
+def _checkpointed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not (block.training and torch.is_grad_enabled()):
+        return type(block).forward(block, x)
+    neurons = [m for _, m in spiking_modules(block)]
+    states = [m._memories["v"] for m in neurons]
+    first = [True]
+
+    def run(inp):
+        for m, v in zip(neurons, states):
+            m._memories["v"] = v
+        if first[0]:
+            first[0] = False
+            return type(block).forward(block, inp)
+        with _frozen_bn_stats(block):
+            return type(block).forward(block, inp)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> int:
+    """Recompute every block / patch embedding of ``model`` in backward; returns the count.
+
+    Uses ``torch.utils.checkpoint`` (non-reentrant) on each unit of :func:`block_modules`.
+    Spiking neurons carry state: the membrane state at entry is restored before the
+    recomputation, and BatchNorm running statistics are not updated a second time, so values
+    and gradients equal the plain model's. Modules and state-dict keys are unchanged.
+    """
+    n = 0
+    for _, unit in block_modules(model):
+        if getattr(unit, "_grad_checkpointing", False):
+            continue
+        unit.forward = functools.partial(_checkpointed_forward, unit)
+        unit._grad_checkpointing = True
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ entry point
+def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPathConfig] = None,
+                  example_input: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
+    """Apply the fast path to ``model`` in place and return it.
+
+    ``config`` defaults to ``DEFAULTS[mode]``; keyword ``overrides`` change single fields
+    (``channels_last=True``, ``compile=False``, ...). ``fold_bn`` needs ``example_input`` (one
+    batch of the shape the model will see) and eval mode; it is skipped with a log line otherwise.
+    The module keeps its class, parameters and state-dict keys.
+    """
+    _check_mode(mode)
+    cfg = dataclasses.replace(config or DEFAULTS[mode], **overrides)
+    convert_neurons(model, cfg.neuron_impl)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if mode == "infer":
+        model.eval()
+        if cfg.fold_bn:
+            if example_input is None:
+                _logger.info("fold_bn skipped: prepare_model got no example_input")
+            else:
+                x = prepare_input(example_input, cfg.channels_last)
+                n = fold_batchnorm(model, x)
+                _logger.info("folded %d BatchNorm layers into convolutions", n)
+    elif cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    if cfg.compile == "model":
+        model.compile()
+    elif cfg.compile == "blocks":
+        for _, unit in block_modules(model):
+            unit.compile()
+    elif cfg.compile == "neurons":
+        _compile_neurons(model)
+    model.fastpath_config = cfg
+    return model
+
+
+def _compile_neurons(model: nn.Module):
+    """Compile only the neuron loops: bitwise the eager torch neuron (fused charge/fire/reset
+    forward and surrogate backward), convolutions and BatchNorm stay in eager ATen."""
+    import torch._dynamo
+    neurons = [m for _, m in spiking_modules(model)]
+    # one graph per (shape, threshold) otherwise; dynamic shapes keep the count small
+    dcfg = torch._dynamo.config
+    dcfg.recompile_limit = max(dcfg.recompile_limit, 64)
+    for m in neurons:
+        m.compile()
+
+
+def prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Put a ``[B,C,H,W]`` batch in the layout the prepared model expects."""
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(amp: str, device: "torch.device | str" = "cpu"):
+    """``torch.autocast`` context for ``amp`` in {'none', 'bf16', 'fp16'} (fp16 on CUDA only)."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}")
+    device_type = torch.device(device).type
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device_type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device; on CPU use amp='bf16'")
+    return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[amp])
