@@ -27,13 +27,13 @@ from mixer_hub import is_attention_mixer
 
 from .blocks import Block
 from .embeddings import DOWNSAMPLING, create_embedding
+from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 from .neurons import NeuronConfig
 
 __all__ = ["SpikingTransformer", "REFERENCE_CTORS", "VARIANTS"]
 
 HEADS = ("mean_then_linear", "linear_then_mean")
 WEIGHT_INITS = ("cifar", "imagenet")
-NEURON_KWARGS = ("tau", "v_threshold", "v_reset", "detach_reset", "surrogate", "alpha")
 
 
 def _per_stage(name: str, value, n: int) -> tuple:
@@ -60,7 +60,7 @@ class SpikingTransformer(nn.Module):
         num_heads: attention heads (scalar or per stage); must divide the attention widths.
         in_channels, num_classes: input channels and classes.
         T: time steps. ``[B,C,H,W]`` inputs are repeated T times; ``[B,T,C,H,W]`` inputs must
-            carry T frames and are transposed to ``[T,B,C,H,W]``.
+            are transposed to ``[T,B,C,H,W]`` and bring their own number of steps.
         head: ``'mean_then_linear'`` (cifar/event: mean over T, then Linear) or
             ``'linear_then_mean'`` (imagenet: Linear per step, then mean over T).
         weight_init: ``'cifar'`` (trunc-normal Linear only, the cifar/event code) or
@@ -82,10 +82,6 @@ class SpikingTransformer(nn.Module):
                  neuron: Union[str, NeuronConfig] = "lif", attn_v_threshold: float = 0.5,
                  **neuron_kwargs):
         super().__init__()
-        unknown = sorted(set(neuron_kwargs) - set(NEURON_KWARGS))
-        if unknown:
-            raise TypeError(f"SpikingTransformer got unexpected keyword argument(s) {unknown}; "
-                            f"neuron settings are {NEURON_KWARGS}")
         if isinstance(embeds, str) or isinstance(mixers, str):
             raise ValueError("embeds and mixers take one name per stage, e.g. embeds=('orig', 'max', 'max')")
         n = len(embeds)
@@ -108,8 +104,6 @@ class SpikingTransformer(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
-        if int(T) < 1:
-            raise ValueError(f"T (time steps) must be >= 1, got {T}")
         for i, (d, m, h) in enumerate(zip(dims, mixers, heads)):
             if is_attention_mixer(m) and (h < 1 or d % h):
                 raise ValueError(f"stage {i + 1}: width {d} is not divisible by num_heads={h} "
@@ -119,10 +113,9 @@ class SpikingTransformer(nn.Module):
             if int(dep) < 0:
                 raise ValueError(f"depths[{i}] must be >= 0, got {dep}")
 
-        if neuron_kwargs.get("v_reset") == "soft":
-            neuron_kwargs["v_reset"] = None
-        self.neuron_cfg = NeuronConfig.from_kwargs(neuron, **neuron_kwargs)
-        self.T = int(T)
+        self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, **neuron_kwargs)
+        self.T = check_T(T, "SpikingTransformer")
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_features = dims[-1]
         self.head_order = head
@@ -164,21 +157,9 @@ class SpikingTransformer(nn.Module):
         """Total spatial downsampling of the embeddings (input side / last-stage side)."""
         return math.prod(DOWNSAMPLING[e] for e in self.embeds)
 
-    def to_time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B,C,H,W]`` (repeated T times) or ``[B,T,C,H,W]`` (transposed) -> ``[T,B,C,H,W]``."""
-        if x.dim() == 4:
-            return x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
-        if x.dim() == 5:
-            if x.shape[1] != self.T:
-                raise ValueError(f"event input has {x.shape[1]} frames (x is [B,T,C,H,W] = {list(x.shape)}) "
-                                 f"but the model was built with T={self.T}; build it with T={x.shape[1]} "
-                                 f"or set model.T")
-            return x.transpose(0, 1).contiguous()
-        raise ValueError(f"expected [B,C,H,W] images or [B,T,C,H,W] event frames, got shape {list(x.shape)}")
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Membrane features of the last stage, ``[T, B, C, H', W']``."""
-        x = self.to_time_major(x)
+        x = to_time_major(x, self.T, self.in_channels, "SpikingTransformer")
         for i in range(self.num_stages):
             x = getattr(self, f"patch_embed{i + 1}")(x)
             for blk in getattr(self, f"stage{i + 1}"):
@@ -220,14 +201,6 @@ MAXFORMER_IMAGENET = dict(_IMAGENET, embeds=("orig_imagenet", "max", "max"), mix
 MS_QKFORMER_IMAGENET = dict(_IMAGENET, embeds=("qk_init", "1max_imagenet", "1max_imagenet"),
                             mixers=("qka", "qka", "ssa"))
 
-_DATA_CFG = {
-    "cifar": dict(input_size=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                  crop_pct=1.0, interpolation="bicubic"),
-    "dvs": dict(input_size=(2, 128, 128), mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="bilinear"),
-    "imagenet": dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                     crop_pct=0.875, interpolation="bicubic"),
-}
-
 VARIANTS: Dict[str, Dict[str, Any]] = {}
 
 
@@ -236,18 +209,8 @@ def _imagenet(base: dict, width: int) -> dict:
 
 
 def _build(name: str, config: dict, data: str, pretrained: bool = False, **kwargs) -> SpikingTransformer:
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    if pretrained:
-        raise ValueError(f"{name}: no weights are hosted for timm's pretrained=True; build the model, then load the "
-                         f"authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)")
-    for k in ("drop_rate", "drop_path_rate", "drop_block_rate"):  # accepted by training scripts, unused here
-        if kwargs.pop(k, 0.0):
-            raise ValueError(f"{name}: {k} is not supported (the published models use no dropout/DropPath)")
-    model = SpikingTransformer(**{**config, **kwargs})
-    cfg = dict(_DATA_CFG[data], num_classes=model.num_classes, first_conv="patch_embed1", classifier="head",
-               architecture=name)
-    model.pretrained_cfg = model.default_cfg = cfg
+    model = SpikingTransformer(**{**config, **pop_timm_kwargs(name, pretrained, kwargs)})
+    model.pretrained_cfg = model.default_cfg = data_config(data, name, model, "patch_embed1", "head")
     return model
 
 

@@ -51,8 +51,9 @@ NEURON_IMPLS = ("spikingjelly", "torch")
 class NeuronConfig:
     """Hyper-parameters shared by every spiking neuron of a model.
 
-    ``v_reset=None`` selects the soft (subtractive) reset of the paper's Eq. 3;
-    a float selects a hard reset to that value (the published code: 0.0).
+    ``v_reset=None`` (or ``'soft'``, which survives ``timm.create_model``'s dropping of None
+    kwargs) selects the soft (subtractive) reset of the paper's Eq. 3; a float selects a hard
+    reset to that value (the published code: 0.0).
     """
 
     kind: str = "lif"
@@ -65,6 +66,8 @@ class NeuronConfig:
     impl: str = "spikingjelly"
 
     def __post_init__(self):
+        if self.v_reset == "soft":
+            object.__setattr__(self, "v_reset", None)
         if self.impl not in NEURON_IMPLS:
             raise ValueError(f"unknown neuron impl {self.impl!r}: choose one of {NEURON_IMPLS}")
         if self.kind not in NEURON_KINDS:

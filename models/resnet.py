@@ -35,86 +35,18 @@ import torch.nn as nn
 from spikingjelly.activation_based import layer as sj_layer
 from timm.models import register_model
 
+from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 from .neurons import NeuronConfig
 
 __all__ = [
     "ResNetLayer",
     "MSBasicBlock",
     "SpikingResNet",
-    "check_T",
-    "data_config",
-    "neuron_config_from_kwargs",
-    "pop_timm_kwargs",
-    "to_time_major",
     "max_resnet18",
     "max_resnet18_2222",
     "ms_resnet18",
     "REFERENCE_CTORS",
 ]
-
-_NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
-# Passed by timm.create_model to every entry point; nothing here is hosted on a hub.
-_TIMM_IGNORED_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-# Passed by timm-style training scripts; the published models have no dropout / DropPath.
-_DROP_KWARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
-
-
-def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfig:
-    """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error.
-
-    ``v_reset='soft'`` is accepted for ``None`` (soft reset), because ``timm.create_model`` drops
-    kwargs whose value is None.
-    """
-    unknown = sorted(set(kwargs) - set(_NEURON_KWARGS))
-    if unknown:
-        raise TypeError(
-            f"{model} got unexpected keyword argument(s) {unknown}. Neuron kwargs are "
-            f"neuron='lif'|'if', {', '.join(_NEURON_KWARGS)}."
-        )
-    if kwargs.get("v_reset") == "soft":
-        kwargs["v_reset"] = None
-    return NeuronConfig.from_kwargs(neuron, **kwargs)
-
-
-def pop_timm_kwargs(name: str, pretrained: bool, kwargs: dict) -> dict:
-    """``kwargs`` without what ``timm.create_model`` and training scripts add but these models do not use."""
-    if pretrained:
-        raise ValueError(
-            f"{name}: no weights are hosted for timm's pretrained=True; build the model, then load the "
-            "authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
-        )
-    kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_IGNORED_KWARGS}
-    for k in _DROP_KWARGS:
-        if kwargs.pop(k, 0.0):
-            raise ValueError(f"{name}: {k} is not supported (the published models use no dropout/DropPath)")
-    return kwargs
-
-
-def to_time_major(x: torch.Tensor, T: int, in_channels: int, model: str) -> torch.Tensor:
-    """``[B,C,H,W]`` images repeated over ``T`` steps, or ``[B,T,C,H,W]`` frames, as ``[T,B,C,H,W]``."""
-    if x.dim() == 4:
-        x = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
-    elif x.dim() == 5:
-        x = x.transpose(0, 1).contiguous()
-    else:
-        raise ValueError(
-            f"{model} expects [B,C,H,W] images or [B,T,C,H,W] frames, got a {x.dim()}-D tensor "
-            f"of shape {tuple(x.shape)}"
-        )
-    if x.shape[2] != in_channels:
-        raise ValueError(
-            f"{model} was built for {in_channels} input channels but got {x.shape[2]} "
-            f"(input shape {tuple(x.shape)}); pass in_channels={x.shape[2]} when creating it"
-        )
-    return x
-
-
-def check_T(T, model: str) -> int:
-    """``T`` as a positive int, or a clear error."""
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"{model}: T (number of time steps) must be a positive int, got {T!r}")
-    return T
-
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Module:
     return sj_layer.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False, step_mode="m")
@@ -261,14 +193,6 @@ class SpikingResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B,num_classes]`` from ``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames."""
         return self.forward_head(self.forward_features(x))
-
-
-def data_config(data: str, name: str, model: nn.Module, first_conv: str, classifier: str, **overrides) -> dict:
-    """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset."""
-    from .maxformer import _DATA_CFG  # one table of dataset settings for every model family
-
-    return dict(_DATA_CFG[data], num_classes=model.num_classes, first_conv=first_conv, classifier=classifier,
-                architecture=name, **overrides)
 
 
 def _create(name: str, layers, pretrained: bool, kwargs: dict) -> SpikingResNet:

@@ -37,7 +37,7 @@ from timm.models import register_model
 from mixer_hub import SSA
 
 from .neurons import NeuronConfig
-from .resnet import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 
 __all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "REFERENCE_CTORS"]
 
