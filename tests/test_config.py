@@ -1,0 +1,129 @@
+"""Config parsing (YAML -> defaults -> CLI), error messages, and the published lr schedules."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from utils.config import ConfigError, parse_config
+from utils.engine import build_optimizer, build_scheduler, resolve_lr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _yaml(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_yaml_then_cli_override_and_number_coercion(tmp_path):
+    path = _yaml(tmp_path, "lr: 1.5e-3\nweight_decay: 6e-2\nmin_lr: 1e-5\nbatch_size: 16\n"
+                           "model_kwargs: {embed_dims: 64}\n")
+    cfg = parse_config(["-c", path, "--batch-size", "8", "--weight_decay", "0.1", "--model-kwargs", "T_extra=2"])
+    assert cfg.lr == 1.5e-3 and cfg.min_lr == 1e-5 and isinstance(cfg.min_lr, float)
+    assert cfg.weight_decay == 0.1 and cfg.batch_size == 8
+    assert cfg.model_kwargs == {"embed_dims": 64, "T_extra": 2}
+    assert cfg.experiment == "c"  # defaults to the config file name
+    cfg = parse_config(["-c", path])
+    assert cfg.weight_decay == pytest.approx(0.06) and isinstance(cfg.weight_decay, float)
+
+
+def test_bool_list_and_choice_flags(tmp_path):
+    cfg = parse_config(["--channels-last", "--compile", "false", "--opt-betas", "0.9", "0.99", "--amp", "bf16"])
+    assert cfg.channels_last is True and cfg.compile is False
+    assert cfg.opt_betas == [0.9, 0.99] and cfg.amp == "bf16"
+    with pytest.raises(ConfigError, match="'amp'.*'fp32'"):
+        parse_config(["--amp", "fp32"])
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--wieght-decay", "0.1"], r"unknown config key 'wieght_decay'.*weight_decay"),
+    (["--lr", "fast"], r"config key 'lr': expected a number, got 'fast'"),
+    (["--epochs", "2.5"], r"config key 'epochs': expected an integer, got '2.5'"),
+    (["--batch-size", "0"], r"'batch_size' must be > 0"),
+])
+def test_cli_errors_name_the_problem(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_config(argv)
+
+
+def test_yaml_errors_name_key_value_and_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'warmup:epochs'.*Did you mean: warmup_epochs"):
+        parse_config(["-c", _yaml(tmp_path, "warmup:epochs: 5\n")])  # the published ImageNet typo
+    with pytest.raises(ConfigError, match=r"'seed': expected an integer, got 'abc'"):
+        parse_config(["-c", _yaml(tmp_path, "seed: abc\n")])
+    with pytest.raises(ConfigError, match=r"'model_kwargs': expected a mapping"):
+        parse_config(["-c", _yaml(tmp_path, "model_kwargs: 3\n")])
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_config(["-c", str(tmp_path / "missing.yaml")])
+
+
+def test_base_inheritance_merges_mappings(tmp_path):
+    _yaml(tmp_path, "lr: 0.1\nepochs: 7\nmodel_kwargs: {embed_dims: 64, num_heads: 2}\n", "parent.yaml")
+    child = _yaml(tmp_path, "base: parent.yaml\nepochs: 3\nmodel_kwargs: {mixers: [ssa, ssa, ssa]}\n")
+    cfg = parse_config(["-c", child])
+    assert cfg.lr == 0.1 and cfg.epochs == 3
+    assert cfg.model_kwargs == {"embed_dims": 64, "num_heads": 2, "mixers": ["ssa", "ssa", "ssa"]}
+
+
+def test_train_cli_exits_2_with_message_and_no_traceback(tmp_path):
+    bad = _yaml(tmp_path, "lr: 0.1\nbatch_sise: 8\n")
+    r = subprocess.run([sys.executable, "train.py", "-c", bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "unknown config key 'batch_sise'" in r.stderr and "batch_size" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _sched_lrs(cfg, updates_per_epoch=1, per_update=False):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched, total = build_scheduler(opt, cfg, updates_per_epoch)
+    out = []
+    for e in range(total):
+        if per_update:
+            sched.step_update(e * updates_per_epoch)
+        else:
+            sched.step(e)
+        out.append(opt.param_groups[0]["lr"])
+    return out, total, sched, opt
+
+
+def test_cifar10_schedule_matches_published_timm_0_6_cosine():
+    cfg = parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")])
+    lrs, total, _, _ = _sched_lrs(cfg)
+    assert total == 410
+    lr, wlr, mn = 1.5e-3, 8e-5, 1e-5
+    for t in (0, 1, 10, 19):
+        assert lrs[t] == pytest.approx(wlr + t * (lr - wlr) / 20)
+    for t in (20, 100, 250, 399):  # cosine over the absolute epoch (a small jump at 20)
+        assert lrs[t] == pytest.approx(mn + 0.5 * (lr - mn) * (1 + math.cos(math.pi * t / 400)))
+    assert lrs[400] == lrs[409] == pytest.approx(mn)
+
+
+def test_imagenet_schedule_matches_published_per_iteration_rule():
+    cfg = parse_config(["-c", os.path.join(ROOT, "imagenet", "10_768_t4.yaml")])
+    lr = resolve_lr(cfg, effective_batch=512)
+    assert lr == pytest.approx(2.7e-3)  # blr 1.35e-3 x 512 / 256
+    cfg.lr, cfg.blr = lr, None
+    upe = 10
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched, total = build_scheduler(opt, cfg, upe)
+    assert total == 200
+    for step in (0, 7, 33, 49, 50, 51, 700, 1999):
+        e = step / upe
+        want = lr * e / 5 if e < 5 else 1e-5 + (lr - 1e-5) * 0.5 * (1 + math.cos(math.pi * (e - 5) / 195))
+        sched.step_update(step)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9, abs=1e-12), step
+
+
+def test_adamw_has_no_weight_decay_on_1d_params_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    cfg = parse_config(["--weight-decay", "0.06", "--opt", "adamw"])
+    opt = build_optimizer(model, cfg, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    by_id = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert by_id[id(p)] == (0.0 if p.ndim <= 1 else 0.06), name

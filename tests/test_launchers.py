@@ -1,0 +1,60 @@
+"""Launchers: valid bash, callable from any directory, forward every extra argument to train.py/validate.py."""
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHERS = ["cifar10-100/run.sh", "event/run.sh", "imagenet/train.sh", "imagenet/test.sh",
+             "imagenet/checkpoints/download.sh"]
+
+
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_bash_syntax(script):
+    r = subprocess.run(["bash", "-n", os.path.join(ROOT, script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    """A stand-in interpreter that records its cwd and argv, one line per call."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fakepython"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$PWD|$*" >> "{log}"\n')
+    fake.chmod(0o755)
+    return str(fake), log
+
+
+def _run(script, fake, env_extra, *args, cwd="/"):
+    env = dict(os.environ, PYTHON=fake, **env_extra)
+    r = subprocess.run(["bash", os.path.join(ROOT, script), *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _calls(log):
+    return [line.split("|", 1) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("script,env,expect", [
+    ("cifar10-100/run.sh", {}, ["train.py -c {root}/cifar10-100/cifar100.yaml", "train.py -c {root}/cifar10-100/cifar10.yaml"]),
+    ("cifar10-100/run.sh", {"NPROC": "2", "DATASETS": "cifar10"},
+     ["-m torch.distributed.run --standalone --nproc_per_node 2 train.py -c {root}/cifar10-100/cifar10.yaml"]),
+    ("event/run.sh", {"CONFIG": "dvsgesture"}, ["train.py -c {root}/event/dvsgesture.yaml"]),
+    ("imagenet/train.sh", {"GPUS": "4", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.2.3"},
+     ["-m torch.distributed.run --nnodes 2 --node_rank 1 --nproc_per_node 4 --master_addr 10.1.2.3 "
+      "--master_port 29500 train.py -c {root}/imagenet/10_768_t4.yaml"]),
+    ("imagenet/test.sh", {"CONFIG": "10_512_t1", "CKPT": "/w/10-512-T1.pth.tar"},
+     ["validate.py -c {root}/imagenet/10_512_t1.yaml --checkpoint /w/10-512-T1.pth.tar"]),
+])
+def test_launcher_forwards_args_from_any_directory(fake_python, script, env, expect):
+    fake, log = fake_python
+    _run(script, fake, env, "--epochs", "3", "--model-kwargs", "embed_dims=64", cwd="/")
+    calls = _calls(log)
+    assert len(calls) == len(expect)
+    for (cwd, argv), want in zip(calls, expect):
+        assert cwd == ROOT  # runs from the repo root whatever the caller's directory
+        assert argv.startswith(want.format(root=ROOT)), argv
+        assert argv.endswith("--epochs 3 --model-kwargs embed_dims=64"), argv
+        config = argv.split(" -c ", 1)[1].split()[0]
+        assert os.path.isfile(config), config
