@@ -272,9 +272,9 @@ def measure(args) -> Dict[str, Any]:
     gflop_s = gflop_img * img_per_s * (3 if args.mode == "train" else 1)
     return {
         "model": args.model, "mode": args.mode, "batch_size": B, "T": T, "img_size": img,
-        "img_per_s": round(img_per_s, 3), "ms_per_step": round(ms, 2), "peak_mem_mb": round(peak, 1),
-        "gflop_per_img": round(gflop_img, 4), "gflop_per_s": round(gflop_s, 2),
-        "ms_per_step_min": round(min(times) * 1e3, 2), "amp": args.amp,
+        "img_per_s": _sig(img_per_s), "ms_per_step": _sig(ms), "peak_mem_mb": round(peak, 1),
+        "gflop_per_img": _sig(gflop_img), "gflop_per_s": _sig(gflop_s),
+        "ms_per_step_min": _sig(min(times) * 1e3), "amp": args.amp,
         "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
         "fold_bn": bool(cfg.fold_bn and args.mode == "infer"),
         "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
@@ -283,6 +283,11 @@ def measure(args) -> Dict[str, Any]:
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
         "torch": torch.__version__, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` rounded to ``digits`` significant digits (readable JSON/CSV)."""
+    return float(f"{x:.{digits}g}")
 
 
 def append_csv(path: str, row: Dict[str, Any]):
@@ -348,7 +353,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     for row in rows:
         if peak:
             ref = peak["bf16"] if args.amp == "bf16" else peak.get("fp16" if args.amp == "fp16" else "fp32")
-            row["peak_fraction"] = round(row["gflop_per_s"] / ref, 4)
+            row["peak_fraction"] = _sig(row["gflop_per_s"] / ref, 3)
         append_csv(args.csv, row)
         print(json.dumps(row), flush=True)
     return rows

@@ -1,0 +1,73 @@
+"""benchmark.py in smoke mode (tiny model, one step): output format, CSV, options, errors. No timing asserts."""
+import csv
+import json
+
+import pytest
+
+import benchmark
+
+KEYS = {"model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_per_step", "peak_mem_mb",
+        "gflop_per_img", "gflop_per_s"}
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "bench.csv"
+    rows = benchmark.main(["--smoke", "--csv", str(out), *args])
+    return rows, out
+
+
+def test_smoke_train_eager_prints_json_and_appends_csv(tmp_path, capsys):
+    rows, out = _run(tmp_path, "--model", "maxformer_cifar", "--eager")
+    last = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
+    row = json.loads(last)
+    assert KEYS <= set(row)
+    assert row == rows[0]
+    assert (row["model"], row["mode"], row["batch_size"], row["T"], row["img_size"]) == ("maxformer_cifar", "train", 2, 1, 32)
+    assert row["neuron_impl"] == "spikingjelly" and row["compile"] == "none"
+    assert row["img_per_s"] > 0 and row["peak_mem_mb"] > 0 and row["gflop_per_img"] > 0
+    # a train step counts 3 forward passes
+    assert row["gflop_per_s"] == pytest.approx(3 * row["gflop_per_img"] * row["img_per_s"], rel=0.02)
+    with open(out) as f:
+        saved = list(csv.DictReader(f))
+    assert len(saved) == 1 and saved[0]["model"] == "maxformer_cifar" and float(saved[0]["img_per_s"]) > 0
+    benchmark.main(["--smoke", "--csv", str(out), "--eager", "--mode", "infer"])
+    with open(out) as f:
+        assert [r["mode"] for r in csv.DictReader(f)] == ["train", "infer"]
+
+
+def test_smoke_infer_fast_path_without_compile(tmp_path):
+    rows, _ = _run(tmp_path, "--mode", "infer", "--compile", "none", "--channels-last",
+                   "--model-kwargs", "neuron=if", "tau=3.0")
+    row = rows[0]
+    assert row["fold_bn"] is True and row["channels_last"] is True and row["neuron_impl"] == "torch"
+    assert json.loads(row["model_kwargs"])["neuron"] == "if"
+    assert row["gflop_per_s"] == pytest.approx(row["gflop_per_img"] * row["img_per_s"], rel=0.02)
+
+
+def test_sweep_over_T_and_batch(tmp_path):
+    rows, out = _run(tmp_path, "--eager", "--mode", "infer", "--sweep", "--sweep-T", "1,2",
+                     "--sweep-batch-sizes", "1,2", "--no-subprocess")
+    assert [(r["T"], r["batch_size"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    with open(out) as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_sweep_child_argv_drops_sweep_options():
+    argv = ["--model", "m", "--sweep", "--sweep-T", "1,2", "--T", "4", "-b", "8", "--csv", "x.csv", "--peak"]
+    assert benchmark._child_argv(argv, 2, 16) == ["--model", "m", "--T", "2", "--batch-size", "16", "--csv", ""]
+
+
+def test_matmul_peak_and_fraction(tmp_path):
+    peak = benchmark.matmul_peak("cpu", n=128, seconds=0.05)
+    assert set(peak) >= {"fp32", "bf16"} and all(v > 0 for v in peak.values())
+
+
+def test_model_kwargs_parsing_and_errors(tmp_path):
+    assert benchmark._model_kwargs(["embed_dims=64", "v_reset=none", "depths=1,1,2", "neuron=lif", "tau=2.5"]) == {
+        "embed_dims": 64, "v_reset": None, "depths": (1, 1, 2), "neuron": "lif", "tau": 2.5}
+    with pytest.raises(SystemExit, match="key=value"):
+        benchmark._model_kwargs(["embed_dims"])
+    with pytest.raises(SystemExit, match="cannot build 'maxformer_cifr'"):
+        _run(tmp_path, "--eager", "--model", "maxformer_cifr")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--smoke", "--mode", "validate"])
