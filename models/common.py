@@ -5,11 +5,12 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 
 from .neurons import NeuronConfig
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "neuron_config_from_kwargs", "pop_timm_kwargs", "to_time_major",
-           "check_T", "data_config"]
+           "check_T", "data_config", "init_trunc_normal"]
 
 NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
 # Passed by timm.create_model to every entry point; nothing here is hosted on a hub.
@@ -86,3 +87,11 @@ def data_config(data: str, name: str, model: nn.Module, first_conv: str, classif
     """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset."""
     return dict(DATA_CFG[data], num_classes=model.num_classes, first_conv=first_conv, classifier=classifier,
                 architecture=name, **overrides)
+
+
+def init_trunc_normal(m: nn.Module, types=(nn.Linear,)) -> None:
+    """Published init for layers of ``types``: weight trunc-normal(std 0.02), bias 0 (use with ``model.apply``)."""
+    if isinstance(m, types):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)

@@ -20,14 +20,13 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 from timm.models import register_model
 
 from mixer_hub import is_attention_mixer
 
 from .blocks import Block
 from .embeddings import DOWNSAMPLING, create_embedding
-from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 from .neurons import NeuronConfig
 
 __all__ = ["SpikingTransformer", "REFERENCE_CTORS", "VARIANTS"]
@@ -137,18 +136,12 @@ class SpikingTransformer(nn.Module):
 
     @staticmethod
     def _init_cifar(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
+        init_trunc_normal(m, nn.Linear)
 
     @staticmethod
     def _init_imagenet(m: nn.Module):
-        if isinstance(m, nn.Conv2d):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.BatchNorm2d):
+        init_trunc_normal(m, nn.Conv2d)
+        if isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1.0)
             nn.init.constant_(m.bias, 0)
 

@@ -31,13 +31,12 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 from timm.models import register_model
 
 from mixer_hub import SSA
 
 from .neurons import NeuronConfig
-from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 
 __all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "REFERENCE_CTORS"]
 
@@ -210,15 +209,7 @@ class Spikformer(nn.Module):
                             cfg["scale"], self.neuron_cfg, attn_v_threshold)
             for _ in range(depths))
         self.head = nn.Linear(embed_dims, num_classes)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        # Published init: trunc-normal(0.02) Linear with zero bias; convs and BN keep PyTorch defaults.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
+        self.apply(init_trunc_normal)  # published init: Linear only; convs and BN keep PyTorch defaults
 
     def filter_reference_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Drop the keys of the published modules that never run (block LayerNorms, DVS ``pos_embed``/``norm``)."""

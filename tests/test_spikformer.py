@@ -10,6 +10,7 @@ import models
 from models import reset_net
 from models.neurons import spiking_modules
 from models.spikformer import REFERENCE_CTORS, SPS, Spikformer
+from tests.helpers import assert_batch_invariant
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.conformance import check_file
 
@@ -164,17 +165,7 @@ def test_batch_invariance(variant):
     """A sample's eval logits do not depend on the rest of the batch (QKFormer issue #14 bug class)."""
     torch.manual_seed(0)
     model = _tiny(variant, depths=1).eval()
-    for m in model.modules():  # make the attention fire so the check means something
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            torch.nn.init.constant_(m.bias, 1.0)
-    x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
-        batch = model(x)
-        reset_net(model)
-        alone = model(x[3:4])
-        reset_net(model)
-    assert batch.std(0).max() > 0
-    torch.testing.assert_close(alone[0], batch[3], atol=1e-6, rtol=0)
+    assert_batch_invariant(model, torch.randn(8, 3, 32, 32))
 
 
 def test_authors_checkpoint_layout_loads():
