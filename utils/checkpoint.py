@@ -161,6 +161,13 @@ def save_checkpoint(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> 
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(folder)
+    import glob
+
+    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a process killed mid-write
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
     return path
 
 

@@ -1,0 +1,133 @@
+"""train.py end to end on the bundled digits: it learns, writes a complete run folder, stops cleanly on
+NaN, and validate.py reproduces the logged accuracy from the saved checkpoint."""
+import json
+import math
+import os
+import sys
+import types
+
+import pytest
+import torch
+import yaml
+
+import train
+import validate
+from utils.checkpoint import read_training_state
+from utils.logger import read_summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
+TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--T", "1", "--batch-size", "16",
+        "--progress", "false", "--workers", "0"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    det = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(det)
+
+
+def test_short_digits_run_learns_and_writes_the_run_folder(tmp_path):
+    rc = train.main(["-c", DIGITS, "--epochs", "3", "--output", str(tmp_path), "--experiment", "learn",
+                     "--img-size", "16", "--progress", "false"])
+    assert rc == 0
+    run = tmp_path / "learn"
+    rows = read_summary(str(run / "summary.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s",
+                             "epoch_seconds"]
+    top1 = [float(r["eval_top1"]) for r in rows]
+    assert top1[-1] >= 60.0, top1  # chance is 10 %
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for f in ("args.yaml", "summary.csv", "last.pth.tar", "best.pth.tar", "learning_curve.png"):
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(run / "tensorboard"))
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    info = args["run_info"]
+    assert args["epochs"] == 3 and args["img_size"] == 16
+    assert info["world_size"] == 1 and info["effective_batch"] == args["batch_size"]
+    assert {"torch", "timm", "spikingjelly"} <= set(info["versions"]) and info["device"] == "cpu"
+    assert "lif" in info["neuron_implementation"]
+    best = read_training_state(run / "best.pth.tar")
+    assert best["best_metric"] == pytest.approx(max(top1), abs=1e-3)
+
+
+def test_engine_switches_ema_accum_clip_bf16_wandb_and_validate(tmp_path, monkeypatch):
+    calls = {"init": [], "log": [], "finish": 0}
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or fake
+    fake.log = lambda data, step=None: calls["log"].append((step, data))
+    fake.finish = lambda: calls.__setitem__("finish", calls["finish"] + 1)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+
+    rc = train.main(TINY + ["--epochs", "1", "--max-train-batches", "4", "--accum-steps", "2", "--clip-grad", "1.0",
+                            "--amp", "bf16", "--model-ema", "true", "--model-ema-decay", "0.5", "--log-wandb", "true",
+                            "--output", str(tmp_path), "--experiment", "sw"])
+    assert rc == 0
+    run = tmp_path / "sw"
+    row = read_summary(str(run / "summary.csv"))[0]
+    assert {"ema_eval_loss", "ema_eval_top1", "ema_eval_top5"} <= set(row)
+    state = read_training_state(run / "last.pth.tar")
+    assert state["num_updates"] == 2 and "state_dict_ema" in state  # 4 micro-batches / accum 2
+    assert calls["init"][0]["project"] == "from-env" and calls["log"][0][0] == 0 and calls["finish"] == 1
+    assert calls["log"][0][1]["eval_top1"] == pytest.approx(float(row["eval_top1"]), abs=1e-3)
+
+    for ema, col in ((False, "eval_top1"), (True, "ema_eval_top1")):
+        out = tmp_path / f"val_{ema}.json"
+        rc = validate.main(TINY + ["--amp", "bf16", "--checkpoint", str(run / "last.pth.tar"), "--use-ema", str(ema),
+                                   "--results-file", str(out)])
+        assert rc == 0
+        res = json.loads(out.read_text())
+        assert res["samples"] == 360
+        assert res["top1"] == pytest.approx(float(row[col]), abs=1e-3), col
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import utils.engine as engine
+
+    real = engine.build_train_loss
+
+    def poisoned(cfg, mixup_active):
+        loss, n = real(cfg, mixup_active), [0]
+
+        def fn(out, y):
+            n[0] += 1
+            return loss(out, y) * (math.nan if n[0] > 2 else 1.0)
+        return fn
+
+    monkeypatch.setattr(engine, "build_train_loss", poisoned)
+    rc = train.main(TINY + ["--epochs", "3", "--max-train-batches", "2", "--max-eval-batches", "1",
+                            "--output", str(tmp_path), "--experiment", "nan"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "training diverged: loss is nan at epoch 1" in err and "last.pth.tar" in err
+    assert read_training_state(tmp_path / "nan" / "last.pth.tar")["epoch"] == 0
+    assert len(read_summary(str(tmp_path / "nan" / "summary.csv"))) == 1
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--model", "maxformer_cifr"], "unknown model 'maxformer_cifr'. Did you mean: maxformer_cifar"),
+    (["--model-kwargs", "embed_dimz=8"], "rejected model_kwargs"),
+    (["--dataset", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--amp", "fp16", "--device", "cpu"], "amp fp16 needs a CUDA device"),
+    (["--resume", "/nonexistent/last.pth.tar"], "checkpoint not found"),
+])
+def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, extra, needle):
+    rc = train.main(TINY + ["--epochs", "1", "--output", str(tmp_path)] + extra)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_cuda_amp_fp16_path():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (fp16 autocast + GradScaler)")
+    from utils.engine import amp_context, make_scaler
+
+    dev = torch.device("cuda")
+    assert make_scaler("fp16", dev) is not None and make_scaler("bf16", dev) is None
+    with amp_context("fp16", dev)():
+        y = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device=dev))
+    assert y.dtype == torch.float16
