@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra model kwargs, e.g. embed_dims=64 neuron=if")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     bool_flag = argparse.BooleanOptionalAction
-    p.add_argument("--compile", default=None, choices=("model", "blocks", "none"), nargs="?", const="model",
-                   help="torch.compile scope: model (whole), blocks (each block/embedding), none")
+    p.add_argument("--compile", default=None, choices=("model", "blocks", "neurons", "none"), nargs="?",
+                   const="model", help="torch.compile scope: model (whole; bare --compile), blocks (each "
+                   "block/embedding), neurons (only the neuron loops; the training default), none")
     p.add_argument("--channels-last", default=None, action=bool_flag)
     p.add_argument("--fold-bn", default=None, action=bool_flag, help="fold BN into convs (infer only)")
     p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch"))

@@ -182,9 +182,15 @@ def run(cfg: Config) -> Dict[str, Any]:
 
     effective_batch = cfg.batch_size * cfg.accum_steps * dist_info.world_size
     lr = resolve_lr(cfg, effective_batch)
-    optimizer = build_optimizer(model, cfg, lr)
+    try:
+        optimizer = build_optimizer(model, cfg, lr)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer '{cfg.opt}': {err}") from None
     updates_per_epoch = -(-(min(len(train_loader), cfg.max_train_batches or len(train_loader))) // cfg.accum_steps)
-    sched, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
+    try:
+        sched, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
+    except (ValueError, AssertionError) as err:
+        raise ConfigError(f"scheduler '{cfg.sched}': {err}") from None
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
 
     # ---- resume
@@ -229,9 +235,9 @@ def run(cfg: Config) -> Dict[str, Any]:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     eval_model = getattr(model, "module", model)
-    if cfg.compile:
-        model = torch.compile(model)
-        eval_model = torch.compile(eval_model)
+    if cfg.compile:  # utils.fastpath: compile-friendly neurons, in place, within the golden tolerances
+        from utils.fastpath import prepare_model as fastpath_prepare
+        fastpath_prepare(eval_model, "train")
 
     mixup_fn = data_lib.create_mixup(cfg, num_classes)
     loss_fn = build_train_loss(cfg, mixup_fn is not None).to(device)

@@ -96,7 +96,10 @@ def test_golden_through_fast_path(case):
 
 @pytest.mark.parametrize("case", ["case1_cifar_max_former"])
 def test_golden_through_compiled_defaults(case):
-    """The benchmark/train defaults (torch.compile of the whole model) stay within tolerance."""
+    """The benchmark/train defaults (fastpath.DEFAULTS, with torch.compile) stay within tolerance.
+
+    Case 1 is the one whose gradients break under whole-model compilation of the train pass.
+    """
     res = check_file(os.path.join(GOLDEN, case + ".pt"), transform=_transform())
     assert res.passed, res.line()
 

@@ -81,10 +81,13 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     """Move to device and apply the memory-format, checkpointing and SyncBN switches."""
     if grad_checkpointing:
         fn = getattr(model, "set_grad_checkpointing", None)
-        if fn is None:
-            raise ValueError(f"{type(model).__name__} does not support grad_checkpointing "
-                             "(no set_grad_checkpointing method); set grad_checkpointing: false")
-        fn(True)
+        if fn is not None:
+            fn(True)
+        else:  # per-block recomputation that handles neuron state and BN statistics
+            from utils.fastpath import enable_grad_checkpointing
+            if enable_grad_checkpointing(model) == 0:
+                raise ValueError(f"{type(model).__name__} has no blocks to checkpoint "
+                                 "(no set_grad_checkpointing method either); set grad_checkpointing: false")
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

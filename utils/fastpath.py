@@ -60,8 +60,12 @@ class FastPathConfig:
 
 
 # Measured on the 2-core CPU (docs/sections/speed.md); every entry passes the golden tests.
+# Training compiles only the neurons: whole-model compilation lets the partitioner recompute
+# BN -> LIF chains in backward with differently rounded fused kernels, which flips near-threshold
+# spikes and puts golden case 1's gradients far outside tolerance (its logits stay exact).
+# Channels-last training flips spikes in case 3 (BN batch statistics round differently).
 DEFAULTS: Dict[str, FastPathConfig] = {
-    "train": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model"),
+    "train": FastPathConfig(neuron_impl="torch", channels_last=False, compile="neurons"),
     "infer": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model", fold_bn=True),
 }
 EAGER = FastPathConfig(neuron_impl="spikingjelly", channels_last=False, compile=False)
