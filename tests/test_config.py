@@ -29,6 +29,7 @@ def test_yaml_then_cli_override_and_number_coercion(tmp_path):
     assert cfg.experiment == "c"  # defaults to the config file name
     cfg = parse_config(["-c", path])
     assert cfg.weight_decay == pytest.approx(0.06) and isinstance(cfg.weight_decay, float)
+    assert parse_config(["-c", path, "--model-kwargs", "none", "width=8"]).model_kwargs == {"width": 8}
 
 
 def test_bool_list_and_choice_flags(tmp_path):

@@ -1,7 +1,7 @@
 """A tiny BatchNorm-free spiking classifier for engine tests (registered with timm on import).
 
 BatchNorm statistics depend on the per-process batch, and SyncBatchNorm needs CUDA, so the CPU DDP
-equality test uses this model: conv -> LIF -> conv -> LIF -> mean -> linear, averaged over T.
+equality test uses this model: conv -> LIF -> conv -> mean -> linear, averaged over T.
 """
 import torch
 import torch.nn as nn
@@ -15,16 +15,15 @@ class TinySpikingNet(nn.Module):
         super().__init__()
         self.T, self.num_classes = T, num_classes
         self.conv1 = nn.Conv2d(in_channels, width, 3, 2, 1)
-        self.lif1 = NeuronConfig().make()
+        self.lif1 = NeuronConfig().make(v_threshold=0.5)
         self.conv2 = nn.Conv2d(width, width, 3, 2, 1)
-        self.lif2 = NeuronConfig().make()
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
         x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [T, B, C, H, W]
         t, b = x.shape[:2]
         x = self.lif1(self.conv1(x.flatten(0, 1)).unflatten(0, (t, b)))
-        x = self.lif2(self.conv2(x.flatten(0, 1)).unflatten(0, (t, b)))
+        x = self.conv2(x.flatten(0, 1)).unflatten(0, (t, b))
         return self.head(x.mean((3, 4))).mean(0)
 
 

@@ -62,7 +62,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
     # model
     "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
-    "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ..."),
+    "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ... adds to "
+                        "the YAML's; start with 'none' to replace them"),
     "num_classes": _o(None, int, "number of classes (default: from the dataset)"),
     "T": _o(4, int, "time steps (model attribute .T)", short="-T"),
     # schedule / optimisation
@@ -111,21 +112,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "wandb_entity": _o("", str, "W&B entity (default: $WANDB_ENTITY or your default entity)"),
 }
 
-# Fallback data keys, used only until utils.data provides DATA_DEFAULTS.
-_DATA_FALLBACK: Dict[str, Any] = {
-    "dataset": "digits", "data_path": "data", "download": False, "img_size": 32,
-    "mean": None, "std": None, "aa": "", "reprob": 0.0, "remode": "const", "recount": 1, "hflip": 0.5,
-    "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "interpolation": "bicubic", "crop_pct": 1.0,
-    "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch",
-    "smoothing": 0.0, "workers": 0, "pin_memory": True,
-}
-
-
 def _data_options() -> Dict[str, Option]:
-    try:
-        from utils.data import DATA_DEFAULTS
-    except ImportError:
-        DATA_DEFAULTS = _DATA_FALLBACK
+    from utils.data import DATA_DEFAULTS
+
     out = {}
     for k, v in DATA_DEFAULTS.items():
         if isinstance(v, Option):
@@ -243,6 +232,9 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
             return ""
         raise ConfigError(f"{where}: expected {_type_name(kind)}, got null")
     if kind is None:
+        if from_cli and isinstance(value, list):  # nargs="+": one value or a list
+            vals = [_parse_yaml_scalar(v) for v in value]
+            return vals[0] if len(vals) == 1 else vals
         return _parse_yaml_scalar(value) if from_cli and isinstance(value, str) else value
     if kind in (list, tuple):
         if from_cli and isinstance(value, str):
@@ -266,6 +258,9 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
         if from_cli and isinstance(value, (list, str)):
             items = [value] if isinstance(value, str) else value
             out = {}
+            if items and str(items[0]).lower() in ("none", "null", "{}"):  # drop the YAML's mapping
+                out["__reset__"] = True
+                items = items[1:]
             for item in items:
                 if "=" not in item:
                     raise ConfigError(f"{where}: expected key=value pairs, got {item!r}")
@@ -342,7 +337,7 @@ def build_arg_parser(options: Dict[str, Option], description: str = "") -> argpa
         kw: Dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=opt.help or " ")
         if kind is bool:
             kw.update(nargs="?", const="true", metavar="BOOL")
-        elif kind in (list, tuple, dict):
+        elif kind in (list, tuple, dict, None):
             kw.update(nargs="+", metavar="K=V" if kind is dict else "V")
         p.add_argument(*flags, **kw)
     return p
@@ -371,7 +366,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
             values[k] = coerce(k, v, options[k])
     for k, v in cli.items():
         new = coerce(k, v, options[k], from_cli=True)
-        if options[k].kind is dict and isinstance(values.get(k), dict):
+        if options[k].kind is dict and isinstance(values.get(k), dict) and not new.pop("__reset__", False):
             new = {**values[k], **new}  # --model-kwargs adds to / overrides the YAML mapping
         values[k] = new
     cfg = Config(**values)
