@@ -45,7 +45,8 @@ if ROOT not in sys.path:
 CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_per_step", "peak_mem_mb",
               "gflop_per_img", "gflop_per_s", "peak_fraction", "ms_per_step_min", "amp", "compile",
               "channels_last", "neuron_impl", "fold_bn", "grad_checkpointing", "device", "threads",
-              "steps", "mem_method", "model_kwargs", "torch", "host", "time"]
+              "steps", "mem_method", "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
+              "model_kwargs", "torch", "host", "time"]
 
 
 def _parse_value(text: str) -> Any:
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny width, 1 warm-up + 1 step (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-subprocess", action="store_true", help="sweep in this process (peak memory is then cumulative)")
+    p.add_argument("--compare-eager", action="store_true",
+                   help="also time the plain eager float32 path, interleaved step by step in this process (robust "
+                        "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
+                        "then includes both models)")
     return p
 
 
@@ -194,11 +199,9 @@ def fastpath_config(args) -> "FastPathConfig":
 def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
     import timm
-    import torch.nn.functional as F
 
     import models  # noqa: F401  (registers the models)
-    from models import reset_net
-    from utils.fastpath import autocast, prepare_input, prepare_model
+    from utils.fastpath import prepare_input, prepare_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,38 +238,35 @@ def measure(args) -> Dict[str, Any]:
     cfg = fastpath_config(args)
     if args.mode == "train":
         model.train()
-    prepare_model(model, args.mode, config=cfg, example_input=x.to(device))
-    x = prepare_input(x.to(device), cfg.channels_last)
+    x = x.to(device)
     y = y.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
-
-    def step():
-        if opt is not None:
-            with autocast(args.amp, device):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            with torch.inference_mode(), autocast(args.amp, device):
-                model(x)
-        reset_net(model)
+    baseline = None
+    if args.compare_eager:  # the plain path, timed interleaved with this one (same load, same data)
+        import copy
+        from utils.fastpath import EAGER
+        plain = argparse.Namespace(**{**vars(args), "amp": "none"})  # the plain path is float32
+        baseline = _make_step(prepare_model(copy.deepcopy(model), args.mode, config=EAGER), x, y, plain, device)
+    prepare_model(model, args.mode, config=cfg, example_input=x)
+    step = _make_step(model, prepare_input(x, cfg.channels_last), y, args, device)
 
     for _ in range(max(args.warmup, 0)):
         step()
+        if baseline is not None:
+            baseline()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         mem_method = "cuda_max_allocated"
     else:
         mem_method = "rss_hwm_timed" if _reset_peak_rss() else "rss_hwm_process"
-    times = []
+    times, base_times = [], []
     for _ in range(max(args.steps, 1)):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+        times.append(_timed(step, device))
+        if baseline is not None:
+            base_times.append(_timed(baseline, device))
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _peak_rss_mb())
+    if baseline is not None:
+        mem_method += "+eager_model"
     ms = statistics.median(times) * 1e3
     img_per_s = B / (ms / 1e3)
     gflop_img = flops / 1e9
@@ -283,7 +283,40 @@ def measure(args) -> Dict[str, Any]:
         "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
         "torch": torch.__version__, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **({"eager_ms_per_step": _sig(statistics.median(base_times) * 1e3),
+            "speedup_vs_eager": _sig(statistics.median(base_times) / statistics.median(times), 3),
+            "speedup_vs_eager_min": _sig(min(base_times) / min(times), 3)} if base_times else {}),
     }
+
+
+def _make_step(model, x, y, args, device):
+    """One training step (AdamW) or one inference batch, followed by the neuron reset."""
+    import torch.nn.functional as F
+
+    from models import reset_net
+    from utils.fastpath import autocast
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
+
+    def step():
+        if opt is not None:
+            with autocast(args.amp, device):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.inference_mode(), autocast(args.amp, device):
+                model(x)
+        reset_net(model)
+
+    return step
+
+
+def _timed(fn, device) -> float:
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
 
 
 def _sig(x: float, digits: int = 4) -> float:

@@ -44,6 +44,13 @@ def test_smoke_infer_fast_path_without_compile(tmp_path):
     assert row["gflop_per_s"] == pytest.approx(row["gflop_per_img"] * row["img_per_s"], rel=0.02)
 
 
+def test_compare_eager_reports_ratio(tmp_path):
+    rows, _ = _run(tmp_path, "--mode", "infer", "--compile", "none", "--compare-eager", "--amp", "bf16")
+    row = rows[0]
+    assert row["eager_ms_per_step"] > 0
+    assert row["speedup_vs_eager"] == pytest.approx(row["eager_ms_per_step"] / row["ms_per_step"], rel=0.01)
+
+
 def test_sweep_over_T_and_batch(tmp_path):
     rows, out = _run(tmp_path, "--eager", "--mode", "infer", "--sweep", "--sweep-T", "1,2",
                      "--sweep-batch-sizes", "1,2", "--no-subprocess")
