@@ -22,30 +22,33 @@ TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    det = torch.are_deterministic_algorithms_enabled()
+def _torch_globals():
+    # one thread: robust to a busy CI machine (OpenMP threads spin when oversubscribed); restored after
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(det)
 
 
 def test_short_digits_run_learns_and_writes_the_run_folder(tmp_path):
-    rc = train.main(["-c", DIGITS, "--epochs", "3", "--output", str(tmp_path), "--experiment", "learn",
-                     "--img-size", "16", "--progress", "false"])
+    rc = train.main(["-c", DIGITS, "--epochs", "4", "--output", str(tmp_path), "--experiment", "learn",
+                     "--progress", "false"])
     assert rc == 0
     run = tmp_path / "learn"
     rows = read_summary(str(run / "summary.csv"))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s",
                              "epoch_seconds"]
     top1 = [float(r["eval_top1"]) for r in rows]
-    assert top1[-1] >= 60.0, top1  # chance is 10 %
+    assert top1[-1] >= 50.0, top1  # chance is 10 %
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     for f in ("args.yaml", "summary.csv", "last.pth.tar", "best.pth.tar", "learning_curve.png"):
         assert (run / f).is_file() and (run / f).stat().st_size > 0, f
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run / "tensorboard"))
     args = yaml.safe_load((run / "args.yaml").read_text())
     info = args["run_info"]
-    assert args["epochs"] == 3 and args["img_size"] == 16
+    assert args["epochs"] == 4 and args["model"] == "maxformer_cifar"
     assert info["world_size"] == 1 and info["effective_batch"] == args["batch_size"]
     assert {"torch", "timm", "spikingjelly"} <= set(info["versions"]) and info["device"] == "cpu"
     assert "lif" in info["neuron_implementation"]
@@ -89,13 +92,17 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
 
     real = engine.build_train_loss
 
-    def poisoned(cfg, mixup_active):
-        loss, n = real(cfg, mixup_active), [0]
+    class Poisoned(torch.nn.Module):  # the loss turns NaN from the 3rd step (epoch 1) on
+        def __init__(self, loss):
+            super().__init__()
+            self.loss, self.n = loss, 0
 
-        def fn(out, y):
-            n[0] += 1
-            return loss(out, y) * (math.nan if n[0] > 2 else 1.0)
-        return fn
+        def forward(self, out, y):
+            self.n += 1
+            return self.loss(out, y) * (math.nan if self.n > 2 else 1.0)
+
+    def poisoned(cfg, mixup_active):
+        return Poisoned(real(cfg, mixup_active))
 
     monkeypatch.setattr(engine, "build_train_loss", poisoned)
     rc = train.main(TINY + ["--epochs", "3", "--max-train-batches", "2", "--max-eval-batches", "1",

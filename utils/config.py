@@ -325,7 +325,7 @@ class _Parser(argparse.ArgumentParser):
 def build_arg_parser(options: Dict[str, Option], description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one flag per key (dash and underscore spellings)."""
     p = _Parser(description=description, allow_abbrev=False,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default="", help="YAML config file")
     for key, opt in sorted(options.items()):
         flags = [f"--{key.replace('_', '-')}"]
@@ -334,7 +334,8 @@ def build_arg_parser(options: Dict[str, Option], description: str = "") -> argpa
         if opt.short:
             flags.insert(0, opt.short)
         kind = opt.kind
-        kw: Dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=opt.help or " ")
+        text = f"{opt.help} (default: {opt.default!r})" if opt.help else f"default: {opt.default!r}"
+        kw: Dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
         if kind is bool:
             kw.update(nargs="?", const="true", metavar="BOOL")
         elif kind in (list, tuple, dict, None):
