@@ -53,10 +53,10 @@ def test_compare_eager_reports_ratio(tmp_path):
 
 def test_sweep_over_T_and_batch(tmp_path):
     rows, out = _run(tmp_path, "--eager", "--mode", "infer", "--sweep", "--sweep-T", "1,2",
-                     "--sweep-batch-sizes", "1,2", "--no-subprocess")
-    assert [(r["T"], r["batch_size"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+                     "--sweep-batch-sizes", "2", "--no-subprocess")
+    assert [(r["T"], r["batch_size"]) for r in rows] == [(1, 2), (2, 2)]
     with open(out) as f:
-        assert len(list(csv.DictReader(f))) == 4
+        assert len(list(csv.DictReader(f))) == 2
 
 
 def test_sweep_child_argv_drops_sweep_options():
