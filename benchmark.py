@@ -11,8 +11,8 @@ Each measurement: build the model, warm up (``--warmup`` steps, compilation incl
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
 (the last line starting with ``{`` is the result) and appended to ``--csv``.
 
-Defaults are ``utils.fastpath.DEFAULTS[mode]``: the fastest settings that stay within the golden
-tolerances in float32. ``--eager`` gives the plain path (spikingjelly neurons, no compile, NCHW).
+Defaults are ``utils.fastpath.default_config(mode, amp)``: in float32 the fastest settings that stay
+within the golden tolerances; under ``--amp`` the fastest settings outright. ``--eager`` gives the plain path (spikingjelly neurons, no compile, NCHW).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the
 resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-up through
@@ -183,9 +183,9 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def fastpath_config(args) -> "FastPathConfig":
-    from utils.fastpath import DEFAULTS, EAGER
+    from utils.fastpath import EAGER, default_config
     import dataclasses
-    cfg = EAGER if args.eager else DEFAULTS[args.mode]
+    cfg = EAGER if args.eager else default_config(args.mode, args.amp)
     over = {}
     if args.compile is not None:
         over["compile"] = False if args.compile == "none" else args.compile

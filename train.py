@@ -236,8 +236,8 @@ def run(cfg: Config) -> Dict[str, Any]:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     eval_model = getattr(model, "module", model)
     if cfg.compile:  # utils.fastpath: compile-friendly neurons, in place, within the golden tolerances
-        from utils.fastpath import prepare_model as fastpath_prepare
-        fastpath_prepare(eval_model, "train")
+        from utils.fastpath import default_config, prepare_model as fastpath_prepare
+        fastpath_prepare(eval_model, "train", default_config("train", cfg.amp), channels_last=cfg.channels_last)
 
     mixup_fn = data_lib.create_mixup(cfg, num_classes)
     loss_fn = build_train_loss(cfg, mixup_fn is not None).to(device)

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.neurons import convert_neurons, spiking_modules
 
-__all__ = ["FastPathConfig", "DEFAULTS", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
+__all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
            "enable_grad_checkpointing", "block_modules", "AMP_DTYPES"]
 
 _logger = logging.getLogger(__name__)
@@ -68,7 +68,21 @@ DEFAULTS: Dict[str, FastPathConfig] = {
     "train": FastPathConfig(neuron_impl="torch", channels_last=False, compile="neurons"),
     "infer": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model", fold_bn=True),
 }
+# Under bf16/fp16 autocast the results differ from float32 beyond the golden tolerances anyway,
+# so op-order faithfulness is moot: whole-model compile and channels-last are the fastest.
+DEFAULTS_AMP: Dict[str, FastPathConfig] = {
+    "train": FastPathConfig(neuron_impl="torch", channels_last=True, compile="model"),
+    "infer": FastPathConfig(neuron_impl="torch", channels_last=True, compile="model", fold_bn=True),
+}
 EAGER = FastPathConfig(neuron_impl="spikingjelly", channels_last=False, compile=False)
+
+
+def default_config(mode: str, amp: str = "none") -> FastPathConfig:
+    """The fast-path defaults for ``mode`` ('train'|'infer') and ``amp`` ('none'|'bf16'|'fp16')."""
+    _check_mode(mode)
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}")
+    return dataclasses.replace((DEFAULTS if amp == "none" else DEFAULTS_AMP)[mode])
 
 
 def _check_mode(mode: str):
