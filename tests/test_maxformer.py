@@ -163,9 +163,11 @@ def test_neuron_kwargs_reach_every_neuron():
 
 # ------------------------------------------------------------------------- ablation rows
 # Paper naming -> stage specs. "Orig" in stage 2/3 is the downsampling Embed-Orig ('orig_later',
-# the published cifar Embed_Orig_later) so every row keeps the /2 per-stage token grids.
-def _emb(row):
-    return tuple({"Orig": "orig" if i == 0 else "orig_later", "Max": "max", "1Max": "1max",
+# the published cifar Embed_Orig_later) so every row keeps the /2 per-stage token grids; "Orig" in
+# stage 1 of the event rows is 'orig_plus' (the /8 Max+ layout with strided convs).
+def _emb(row, event=False):
+    first = "orig_plus" if event else "orig"
+    return tuple({"Orig": first if i == 0 else "orig_later", "Max": "max", "1Max": "1max",
                   "Max+": "max_plus"}[e] for i, e in enumerate(row.split("/")))
 
 
@@ -208,7 +210,7 @@ ROWS = ([("table4-c100", e, m) for e, m in TABLE4_C100] + [("table4-dvs", e, m) 
 @torch.no_grad()
 @pytest.mark.parametrize("table,embeds,mixers", ROWS, ids=[f"{t}:{e}:{m}" for t, e, m in ROWS])
 def test_ablation_row_builds_and_runs(table, embeds, mixers):
-    embeds, mixers = _emb(embeds), _mix(mixers)
+    embeds, mixers = _emb(embeds, event=table == "table4-dvs"), _mix(mixers)
     if table == "table4-dvs":
         model = SpikingTransformer(embeds=embeds, mixers=mixers, depths=(1, 1), embed_dims=32, mlp_ratios=1,
                                    num_heads=2, in_channels=2, T=1, num_classes=10)
@@ -226,12 +228,12 @@ def test_ablation_row_builds_and_runs(table, embeds, mixers):
 
 # ------------------------------------------------------------------------- embeddings
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["orig", "orig_later", "orig_imagenet", "max", "max_plus", "1max", "1max_imagenet",
+@pytest.mark.parametrize("name", ["orig", "orig_later", "orig_plus", "orig_imagenet", "max", "max_plus", "1max", "1max_imagenet",
                                   "qk_init", "avg"])
 def test_embedding_downsampling(name):
     emb = create_embedding(name, 4, 16).eval()
     y = emb(torch.randn(2, 1, 4, 32, 32))
-    factor = {"orig": 1, "orig_later": 2, "max": 2, "1max": 2, "1max_imagenet": 2, "avg": 2, "orig_imagenet": 4,
+    factor = {"orig": 1, "orig_later": 2, "orig_plus": 8, "max": 2, "1max": 2, "1max_imagenet": 2, "avg": 2, "orig_imagenet": 4,
               "qk_init": 4, "max_plus": 8}[name]
     assert y.shape == (2, 1, 16, 32 // factor, 32 // factor)
 
