@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from spikingjelly.activation_based import base as sj_base
+
 from models.neurons import convert_neurons, spiking_modules
 
 __all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
@@ -103,7 +105,7 @@ def block_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
             for sub_name, sub in child.named_children():
                 if any(True for _ in spiking_modules(sub)):
                     units.append((f"{name}.{sub_name}", sub))
-        elif any(True for _ in spiking_modules(child)) and next(child.children(), None) is not None:
+        elif any(True for _ in spiking_modules(child)) and not isinstance(child, sj_base.MemoryModule):
             units.append((name, child))
     return units
 
