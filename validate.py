@@ -25,6 +25,9 @@ VALIDATE_OPTIONS = {
     "use_ema": Option(False, bool, "evaluate the EMA weights stored in the checkpoint"),
     "results_file": Option("", str, "write the results as JSON to this file"),
     "trust_checkpoint": Option(False, bool, "allow arbitrary pickled objects in the checkpoint (trusted files only)"),
+    "energy": Option(False, bool, "also measure firing rates, SOPs and energy (paper App. B) on the eval data"),
+    "energy_batches": Option(4, int, "eval batches the energy measurement averages over"),
+    "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)"),
 }
 
 
@@ -72,6 +75,8 @@ def run(cfg) -> Dict[str, Any]:
            "dataset": cfg.dataset, "T": cfg.T, "num_classes": num_classes, "samples": res["count"],
            "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "amp": cfg.amp,
            "seconds": time.perf_counter() - t0}
+    if cfg.energy:
+        out["energy"] = measure_eval_energy(cfg, model, loader, dist_info)
     if dist_info.is_main:
         print(f"{cfg.model} T={cfg.T} on {cfg.dataset} ({res['count']} samples): top-1 {res['top1']:.3f} %  "
               f"top-5 {res['top5']:.3f} %  loss {res['loss']:.4f}")
@@ -79,8 +84,20 @@ def run(cfg) -> Dict[str, Any]:
             with open(cfg.results_file, "w") as f:
                 json.dump(out, f, indent=2)
             print(f"results written to {cfg.results_file}")
-    # --energy (utils/energy.py) plugs in here: it needs (model, loader, cfg), all built by build_eval().
     return out
+
+
+def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
+    """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
+    from utils.energy import measure_energy, write_report
+
+    report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
+                            input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {cfg.checkpoint}")
+    if dist_info.is_main:
+        print(report.format_table(per_layer=False))
+        out_dir = cfg.energy_out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "energy")
+        write_report(report, out_dir, f"{cfg.model}_T{cfg.T}", title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
+    return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -686,14 +686,20 @@ def main(argv=None) -> int:
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{args.model}_T{T}")
+    write_report(report, args.out, f"{args.model}_T{T}", title=f"{args.model} T={T}: {desc}")
+    return 0
+
+
+def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "") -> str:
+    """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, stem)
     with open(stem + "_energy.json", "w") as f:
         json.dump(report.as_dict(), f, indent=1)
     report.write_csv(stem + "_energy.csv")
-    write_firing_rates(report.firing_rates, stem + "_firing_rates.csv", stem + "_firing_rates.png", title=f"{args.model} T={T}: {desc}")
+    write_firing_rates(report.firing_rates, stem + "_firing_rates.csv", stem + "_firing_rates.png", title=title)
     print(f"wrote {stem}_energy.json, _energy.csv, _firing_rates.csv, _firing_rates.png")
-    return 0
+    return stem
 
 
 if __name__ == "__main__":
