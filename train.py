@@ -243,8 +243,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     loss_fn = build_train_loss(cfg, mixup_fn is not None).to(device)
 
     # ---- banner and args.yaml
-    neuron_kind = (cfg.model_kwargs or {}).get("neuron", "lif")
-    neuron_impl = models.neuron_implementation(neuron_kind, device)
+    neuron_impl = models.describe_neurons(eval_model, device)
     run_info = {
         "versions": _versions(), "git_commit": _git_commit(), "device": str(device),
         "world_size": dist_info.world_size, "effective_batch": effective_batch, "lr": lr,

@@ -1,3 +1,3 @@
 """Spiking networks of the paper. ``import models`` registers every variant with timm."""
 from . import maxformer, resnet, spikformer  # noqa: F401  (registration side effects)
-from .neurons import NeuronConfig, make_neuron, neuron_implementation, reset_net  # noqa: F401
+from .neurons import NeuronConfig, describe_neurons, make_neuron, neuron_implementation, reset_net  # noqa: F401

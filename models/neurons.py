@@ -206,3 +206,16 @@ def neuron_implementation(kind: str = "lif", device: "torch.device | str" = "cpu
     except Exception as err:  # report, never crash a run over a log line
         return f"spikingjelly {kind} on {device}: selection failed ({err})"
     return f"spikingjelly {kind} {info['implementation']} ({torch.cuda.get_device_name(device)})"
+
+
+def describe_neurons(model: nn.Module, device: "torch.device | str" = "cpu") -> str:
+    """What actually runs the neurons of ``model`` on ``device``, e.g. ``'23 lif: spikingjelly cpu-op ...'``."""
+    counts: dict = {}
+    for _, m in spiking_modules(model):
+        kind = "lif" if isinstance(m, sj_neuron.LIFNode) else "if"
+        impl = "pure-PyTorch loop (impl='torch')" if isinstance(m, (TorchLIFNode, TorchIFNode)) else None
+        key = (kind, impl or neuron_implementation(kind, device))
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "no spiking neurons"
+    return "; ".join(f"{n} {kind}: {impl}" for (kind, impl), n in sorted(counts.items()))
