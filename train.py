@@ -132,7 +132,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     from timm.utils import ModelEmaV3
 
     from utils import data as data_lib
-    from utils.checkpoint import (CheckpointError, auto_resume_path, copy_checkpoint, load_checkpoint,
+    from utils.checkpoint import (auto_resume_path, copy_checkpoint, load_checkpoint,
                                   read_training_state, restore_rng_state, save_checkpoint)
     from utils.distributed import barrier, init_distributed
     from utils.engine import (amp_context, build_optimizer, build_scheduler, build_train_loss, epoch_seed,
@@ -342,8 +342,7 @@ def run(cfg: Config) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.checkpoint import CheckpointError
-    from utils.data import DatasetError
+    from utils.config import input_errors, report_input_error
     from utils.distributed import cleanup, is_main
     from utils.engine import NonFiniteLossError
 
@@ -352,10 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = parse_config(argv, description=__doc__.split("\n\n")[0])
         run(cfg)
         return 0
-    except (ConfigError, DatasetError, CheckpointError) as err:
-        if is_main():
-            print(f"error: {err}", file=sys.stderr)
-        return 2
+    except input_errors() as err:
+        return report_input_error(err)
     except NonFiniteLossError as err:
         if is_main():
             last = os.path.join(cfg.output, cfg.experiment, "last.pth.tar")

@@ -16,8 +16,6 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-import torch
-
 from utils.config import ConfigError, Option, parse_config
 
 VALIDATE_OPTIONS = {
@@ -101,18 +99,15 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.checkpoint import CheckpointError
-    from utils.data import DatasetError
-    from utils.distributed import cleanup, is_main
+    from utils.config import input_errors, report_input_error
+    from utils.distributed import cleanup
 
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0])
         run(cfg)
         return 0
-    except (ConfigError, DatasetError, CheckpointError) as err:
-        if is_main():
-            print(f"error: {err}", file=sys.stderr)
-        return 2
+    except input_errors() as err:
+        return report_input_error(err)
     finally:
         cleanup()
 

@@ -16,7 +16,7 @@ Module names reproduce the published state_dict keys (``patch_embed{i}``, ``stag
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn

@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 import difflib
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
@@ -399,3 +400,20 @@ def dump_yaml(data: Dict[str, Any]) -> str:
             return {str(k): plain(x) for k, x in v.items()}
         return v
     return yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=None)
+
+
+def input_errors() -> tuple:
+    """Exception types that mean bad input (config, dataset, checkpoint): one line on stderr, exit code 2."""
+    from utils.checkpoint import CheckpointError
+    from utils.data import DatasetError
+
+    return (ConfigError, DatasetError, CheckpointError)
+
+
+def report_input_error(err: Exception) -> int:
+    """Print ``error: <message>`` once (rank 0) and return the exit code 2."""
+    from utils.distributed import is_main
+
+    if is_main():
+        print(f"error: {err}", file=sys.stderr)
+    return 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 import torch.distributed as dist

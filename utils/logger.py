@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping
 
 __all__ = ["RunLogger", "SUMMARY_COLUMNS", "read_summary", "setup_console_logging"]
 
