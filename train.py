@@ -12,6 +12,7 @@ best.pth.tar.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -74,26 +75,38 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
 
 
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     from utils.distributed import ShardSampler
-    from utils.engine import seed_worker
+    from utils.engine import SampleSeededDataset, SeededDistributedSampler, seed_worker
 
     pin = bool(cfg.pin_memory) and dist_info.device.type == "cuda"
     per_rank = len(train_set) // dist_info.world_size
     if per_rank < cfg.batch_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training samples per process; "
                           f"lower --batch-size")
-    train_sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                       shuffle=True, seed=cfg.seed, drop_last=False)
-    generator = torch.Generator()
-    # persistent workers would carry RNG state across epochs and break exact resume; workers restart per epoch
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, num_workers=cfg.workers,
-                              pin_memory=pin, drop_last=True, worker_init_fn=seed_worker, generator=generator)
+    workers = cfg.workers
+    # Worker processes stay alive across epochs; each training sample seeds its worker's RNGs from
+    # (seed, epoch, index), so augmentations do not depend on worker state and a resumed run replays exactly.
+    seeded = workers > 0
+    train_sampler = SeededDistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                             shuffle=True, seed=cfg.seed, drop_last=False, with_seeds=seeded)
+    loader_kw = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, worker_init_fn=seed_worker)
+    train_loader = DataLoader(SampleSeededDataset(train_set) if seeded else train_set, batch_size=cfg.batch_size,
+                              sampler=train_sampler, drop_last=True, **loader_kw)
     eval_loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                              sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),
-                             num_workers=cfg.workers, pin_memory=pin, drop_last=False, worker_init_fn=seed_worker)
-    return train_loader, eval_loader, train_sampler, generator
+                             drop_last=False, **loader_kw)
+    return train_loader, eval_loader, train_sampler
+
+
+def _describe_fastpath(fp) -> str:
+    if fp is None:
+        return "off: plain eager path (spikingjelly neurons, no compile)"
+    compiled = {False: "no compile", "model": "whole model compiled (backward not bitwise-faithful)",
+                "blocks": "blocks compiled", "neurons": "neurons compiled"}[fp.compile]
+    extras = [name for name in ("channels_last", "grad_checkpointing") if getattr(fp, name)]
+    return f"{fp.neuron_impl} neurons, {compiled}" + "".join(f", {e}" for e in extras)
 
 
 def _training_state(model, optimizer, sched, scaler, ema, cfg, epoch, num_updates, best, dist_info) -> Dict[str, Any]:
@@ -137,7 +150,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     from utils.distributed import barrier, init_distributed
     from utils.engine import (amp_context, build_optimizer, build_scheduler, build_train_loss, epoch_seed,
                               evaluate, make_scaler, prepare_model, resolve_lr, seed_everything, set_epoch_lr,
-                              train_one_epoch, current_lr)
+                              train_fastpath_config, train_one_epoch, current_lr)
     from utils.logger import RunLogger, setup_console_logging
 
     try:
@@ -151,6 +164,9 @@ def run(cfg: Config) -> Dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.world_size))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # deterministic mode also NaN-fills every new tensor (a debugging aid for reads of uninitialised
+        # memory, ~3 % of a training step on CPU); the results do not depend on it
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     else:
@@ -166,7 +182,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     train_set, eval_set = data_lib.create_datasets(cfg)
     info = data_lib.dataset_info(cfg.dataset)
     num_classes = cfg.num_classes or info["num_classes"]
-    train_loader, eval_loader, train_sampler, loader_gen = _make_loaders(cfg, train_set, eval_set, dist_info)
+    train_loader, eval_loader, train_sampler = _make_loaders(cfg, train_set, eval_set, dist_info)
 
     # ---- model (same init on every rank)
     seed_everything(cfg.seed)
@@ -174,8 +190,18 @@ def run(cfg: Config) -> Dict[str, Any]:
     if cfg.initial_checkpoint:
         load_checkpoint(model, cfg.initial_checkpoint, strict=True)
     n_params = sum(p.numel() for p in model.parameters())
-    try:
-        model = prepare_model(model, device, cfg.channels_last, cfg.grad_checkpointing,
+    fastpath = None  # utils.fastpath.FastPathConfig, applied below (after the EMA copy and the resume)
+    if cfg.fastpath:
+        fastpath, compiler_warning = train_fastpath_config(cfg.amp, device, cfg.channels_last, cfg.grad_checkpointing,
+                                                           compile_model=cfg.compile)
+        if compiler_warning and main:
+            _log.warning(compiler_warning)
+    elif cfg.compile:
+        raise ConfigError("compile: true needs fastpath: true (spikingjelly's neuron operator is opaque to "
+                          "torch.compile); drop compile or set fastpath: true")
+    channels_last = fastpath.channels_last if fastpath else cfg.channels_last
+    try:  # under the fast path, utils.fastpath applies channels-last (checkpointing is applied once, here)
+        model = prepare_model(model, device, cfg.channels_last and not fastpath, cfg.grad_checkpointing,
                               cfg.sync_bn and dist_info.distributed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -230,14 +256,18 @@ def run(cfg: Config) -> Dict[str, Any]:
                 _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, "
                              f"now {dist_info.world_size}; the effective batch changed")
 
-    # ---- wrap
+    # ---- fast path (in place: same parameters, so the optimizer is unaffected), then wrap
+    if fastpath is not None:
+        import utils.fastpath
+
+        try:
+            utils.fastpath.prepare_model(model, "train", fastpath)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if dist_info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     eval_model = getattr(model, "module", model)
-    if cfg.compile:  # utils.fastpath: compile-friendly neurons, in place, within the golden tolerances
-        from utils.fastpath import default_config, prepare_model as fastpath_prepare
-        fastpath_prepare(eval_model, "train", default_config("train", cfg.amp), channels_last=cfg.channels_last)
 
     mixup_fn = data_lib.create_mixup(cfg, num_classes)
     loss_fn = build_train_loss(cfg, mixup_fn is not None).to(device)
@@ -248,7 +278,9 @@ def run(cfg: Config) -> Dict[str, Any]:
         "versions": _versions(), "git_commit": _git_commit(), "device": str(device),
         "world_size": dist_info.world_size, "effective_batch": effective_batch, "lr": lr,
         "num_classes": num_classes, "params": n_params, "T": getattr(eval_model, "T", cfg.T),
-        "neuron_implementation": neuron_impl, "total_epochs": total_epochs,
+        "neuron_implementation": neuron_impl,
+        "fastpath": dataclasses.asdict(fastpath) if fastpath is not None else "off (plain eager path)",
+        "total_epochs": total_epochs,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
     if main:
@@ -269,8 +301,8 @@ def run(cfg: Config) -> Dict[str, Any]:
             f"batch       {cfg.batch_size} x accum {cfg.accum_steps} x {dist_info.world_size} process(es) "
             f"= effective {effective_batch}",
             f"optimizer   {cfg.opt}, {lr_desc}, weight decay {cfg.weight_decay:g}; {sched_desc}",
-            f"device      {device}  amp {cfg.amp}  channels_last {cfg.channels_last}  compile {cfg.compile}"
-            f"  ema {cfg.model_ema}",
+            f"device      {device}  amp {cfg.amp}  channels_last {channels_last}  ema {cfg.model_ema}",
+            f"fast path   {_describe_fastpath(fastpath)}",
             f"neurons     {neuron_impl}",
             f"versions    torch {v['torch']}  timm {v['timm']}  spikingjelly {v['spikingjelly']}  cuda {v['cuda']}",
             f"run folder  {os.path.abspath(run_dir)}",
@@ -290,7 +322,6 @@ def run(cfg: Config) -> Dict[str, Any]:
             t_epoch = time.perf_counter()
             es = epoch_seed(cfg.seed, epoch, dist_info.rank)
             seed_everything(es)
-            loader_gen.manual_seed(es)
             train_sampler.set_epoch(epoch)
             if mixup_fn is not None and hasattr(mixup_fn, "mixup_enabled"):
                 mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
@@ -300,17 +331,17 @@ def run(cfg: Config) -> Dict[str, Any]:
                 model, train_loader, optimizer, loss_fn, device=device, epoch=epoch, autocast=autocast,
                 scaler=scaler, mixup_fn=mixup_fn, ema=ema, sched=sched, sched_on_updates=cfg.sched_on_updates,
                 num_updates=num_updates, accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad,
-                clip_mode=cfg.clip_mode, channels_last=cfg.channels_last, log_interval=cfg.log_interval,
+                clip_mode=cfg.clip_mode, channels_last=channels_last, log_interval=cfg.log_interval,
                 max_batches=cfg.max_train_batches, world_size=dist_info.world_size, progress=progress,
                 on_log=on_log)
             num_updates = stats["num_updates"]
             ev = evaluate(eval_model, eval_loader, device=device, autocast=autocast,
-                          channels_last=cfg.channels_last, max_batches=cfg.max_eval_batches)
+                          channels_last=channels_last, max_batches=cfg.max_eval_batches)
             row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], "eval_loss": ev["loss"],
                    "eval_top1": ev["top1"], "eval_top5": ev["top5"], "img_per_s": stats["img_per_s"]}
             if ema is not None:
                 ev_ema = evaluate(ema.module, eval_loader, device=device, autocast=autocast,
-                                  channels_last=cfg.channels_last, max_batches=cfg.max_eval_batches)
+                                  channels_last=channels_last, max_batches=cfg.max_eval_batches)
                 row.update(ema_eval_loss=ev_ema["loss"], ema_eval_top1=ev_ema["top1"], ema_eval_top5=ev_ema["top5"])
             metric = row[metric_key]
             improved = best["metric"] is None or metric > best["metric"]

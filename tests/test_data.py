@@ -12,8 +12,8 @@ from timm.data.random_erasing import RandomErasing
 
 from utils import prepare_data
 from utils.augment import SNN_RAND_AUGMENT_OPS, EventTrivialAugment, SpatialMixup
-from utils.data import (DATA_DEFAULTS, DatasetError, create_datasets, create_mixup, dataset_info, expected_tree,
-                        split_per_class)
+from utils.data import (DATA_DEFAULTS, DatasetError, SyntheticDataset, create_datasets, create_mixup, dataset_info,
+                        expected_tree, split_per_class)
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -55,11 +55,45 @@ def test_digits_split_is_fixed_stratified_and_normalised():
                                           img_size=32)
 
 
+def test_digits_without_augmentation_are_precomputed_with_the_same_maths():
+    train, _ = load(make_cfg(dataset='digits', img_size=16, mean=[0.2, 0.3, 0.4], std=[0.5, 0.6, 0.7]))
+    assert train.normalized is not None and train[7][0].shape == (3, 16, 16)
+    for i in (0, 7, len(train) - 1):  # the per-sample transform the augmented path still uses
+        assert torch.equal(train[i][0], train.normalize(train.images[i].expand(3, -1, -1)))
+    assert not torch.equal(train[0][0][0], train[0][0][1])  # per-channel statistics honoured
+
+
 def test_digits_light_augmentation_is_optional():
     train, _ = load(make_cfg(dataset='digits', digits_augment=True))
     torch.manual_seed(0)
     a, b = train[3][0], train[3][0]
     assert a.shape == (3, 32, 32) and not torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- synthetic (in memory)
+
+def test_synthetic_is_cifar_shaped_deterministic_and_sized_by_the_config(monkeypatch):
+    train, test = load(make_cfg(dataset='synthetic'))
+    assert (len(train), len(test)) == (5000, 1000) and dataset_info('synthetic')['num_classes'] == 10
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+    assert set(train.targets) == set(range(10)) and not torch.equal(train[0][0], test[0][0])
+    again, _ = load(make_cfg(dataset='synthetic'))
+    assert torch.equal(again.images, train.images) and again.targets == train.targets
+    assert 'in memory' in expected_tree('synthetic', '/x')
+
+    cfg = make_cfg(dataset='synthetic', synthetic_size=[40, 8], img_size=16)
+    cfg.num_classes = 3
+    train, test = load(cfg)
+    assert (len(train), len(test)) == (40, 8) and train[5][0].shape == (3, 16, 16)
+    assert set(train.targets) <= {0, 1, 2}
+    held = load(make_cfg(dataset='synthetic', synthetic_size=[4, 2], img_size=24))[0]
+    monkeypatch.setattr(SyntheticDataset, 'PRECOMPUTE_BYTES', 0)  # resized copy "too large": resized per sample
+    lazy = load(make_cfg(dataset='synthetic', synthetic_size=[4, 2], img_size=24))[0]
+    assert lazy.images.shape[-1] == 32 and held.images.shape[-1] == 24
+    assert torch.equal(lazy[3][0], held[3][0]) and lazy[3][0].shape == (3, 24, 24)
+    with pytest.raises(DatasetError, match='synthetic_size'):
+        load(make_cfg(dataset='synthetic', synthetic_size=[10]))
 
 
 # ---------------------------------------------------------------- CIFAR (python pickle batches)

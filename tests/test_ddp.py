@@ -16,7 +16,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 ARGS = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--model", "tiny_spiking_test", "--model-kwargs", "none", "width=8",
         "--img-size", "16", "--T", "2", "--epochs", "1", "--warmup-epochs", "0", "--sched", "none", "--opt", "momentum",
         "--momentum", "0", "--lr", "0.5", "--weight-decay", "0", "--max-train-batches", "2", "--progress", "false",
-        "--plot", "false", "--tensorboard", "false", "--workers", "0", "--seed", "3"]
+        "--plot", "false", "--tensorboard", "false", "--workers", "0", "--seed", "3", "--fastpath", "false"]
 
 
 def _launcher(tmp_path):

@@ -19,7 +19,7 @@ TIMING = ("img_per_s", "epoch_seconds")
 ARGS = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--img-size", "16", "--model-kwargs", "embed_dims=16",
         "--T", "1", "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "16", "--max-train-batches", "3",
         "--max-eval-batches", "1", "--progress", "false", "--plot", "false", "--tensorboard", "false",
-        "--log-interval", "2", "--model-ema", "true", "--model-ema-decay", "0.9"]
+        "--log-interval", "2", "--model-ema", "true", "--model-ema-decay", "0.9", "--fastpath", "false"]
 
 # Kill after the k-th neuron reset (one per train step and per eval batch, EMA eval included):
 # epoch 0 = 3 train + 1 eval + 1 EMA eval = 5 resets, so k = 7 is the 2nd step of epoch 1.

@@ -17,8 +17,9 @@ from utils.logger import read_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
+# the plain eager path: compiling the fast path's neurons costs seconds per run (tested once, below)
 TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--T", "1", "--batch-size", "16",
-        "--progress", "false", "--workers", "0"]
+        "--progress", "false", "--workers", "0", "--fastpath", "false"]
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def _torch_globals():
 
 def test_short_digits_run_learns_and_writes_the_run_folder(tmp_path):
     rc = train.main(["-c", DIGITS, "--epochs", "4", "--output", str(tmp_path), "--experiment", "learn",
-                     "--progress", "false"])
+                     "--progress", "false", "--fastpath", "false"])
     assert rc == 0
     run = tmp_path / "learn"
     rows = read_summary(str(run / "summary.csv"))
@@ -51,7 +52,7 @@ def test_short_digits_run_learns_and_writes_the_run_folder(tmp_path):
     assert args["epochs"] == 4 and args["model"] == "maxformer_cifar"
     assert info["world_size"] == 1 and info["effective_batch"] == args["batch_size"]
     assert {"torch", "timm", "spikingjelly"} <= set(info["versions"]) and info["device"] == "cpu"
-    assert "lif" in info["neuron_implementation"]
+    assert "lif" in info["neuron_implementation"] and info["fastpath"].startswith("off")
     best = read_training_state(run / "best.pth.tar")
     assert best["best_metric"] == pytest.approx(max(top1), abs=1e-3)
 
@@ -125,7 +126,75 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert len(read_summary(str(tmp_path / "nan" / "summary.csv"))) == 1
 
 
+def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
+    # the fast path (utils.fastpath train defaults: compiled PyTorch neurons) computes the eager maths up to
+    # float rounding: the first step's loss (before any update) is equal; after one update rounding may
+    # flip near-threshold spikes, so later losses are only close
+    common = ["-c", DIGITS, "--epochs", "2", "--max-train-batches", "1", "--max-eval-batches", "1", "--progress",
+              "false", "--plot", "false", "--tensorboard", "false", "--output", str(tmp_path)]
+    assert train.main(common + ["--experiment", "fast"]) == 0
+    assert train.main(common + ["--experiment", "eager", "--fastpath", "false"]) == 0
+    fast, eager = (read_summary(str(tmp_path / name / "summary.csv")) for name in ("fast", "eager"))
+    assert float(fast[0]["train_loss"]) == pytest.approx(float(eager[0]["train_loss"]), rel=1e-5)
+    assert float(fast[1]["train_loss"]) == pytest.approx(float(eager[1]["train_loss"]), rel=1e-3)
+    info = yaml.safe_load((tmp_path / "fast" / "args.yaml").read_text())["run_info"]
+    assert info["fastpath"]["neuron_impl"] == "torch" and info["fastpath"]["compile"] == "neurons"
+    assert "impl='torch'" in info["neuron_implementation"]
+    eager_info = yaml.safe_load((tmp_path / "eager" / "args.yaml").read_text())["run_info"]
+    assert eager_info["fastpath"].startswith("off") and "spikingjelly" in eager_info["neuron_implementation"]
+
+
+def test_synthetic_data_and_no_cpp_compiler_fallback(tmp_path, monkeypatch, capsys):
+    import utils.engine as engine
+
+    monkeypatch.setattr(engine, "cpp_compiler", lambda: None)
+    rc = train.main(TINY + ["--fastpath", "true", "--dataset", "synthetic", "--synthetic-size", "32", "16",
+                            "--epochs", "1", "--max-train-batches", "2", "--output", str(tmp_path),
+                            "--experiment", "syn"])
+    assert rc == 0
+    log = "".join(capsys.readouterr())
+    assert log.count("no C++ compiler found") == 1 and "fastpath: false" in log
+    args = yaml.safe_load((tmp_path / "syn" / "args.yaml").read_text())
+    assert args["dataset"] == "synthetic" and args["synthetic_size"] == [32, 16]
+    assert args["run_info"]["fastpath"]["compile"] is False and args["run_info"]["fastpath"]["neuron_impl"] == "torch"
+    row = read_summary(str(tmp_path / "syn" / "summary.csv"))[0]
+    assert float(row["img_per_s"]) > 0 and math.isfinite(float(row["train_loss"]))
+
+
+def test_persistent_workers_load_what_a_fresh_loader_loads(tmp_path):
+    # with workers, augmentation seeds come from (seed, epoch, sample): the same batches with 1 or 2 persistent
+    # workers, and a fresh loader at epoch 1 (a resumed run) replays epoch 1 exactly
+    from torch.utils.data import Subset
+
+    from utils.config import parse_config
+    from utils.data import create_datasets
+    from utils.distributed import init_distributed
+
+    def epochs(workers, first_epoch=0, n=2):
+        cfg = parse_config(["-c", DIGITS, "--digits-augment", "true", "--workers", str(workers), "--batch-size", "8"])
+        train_set, eval_set = create_datasets(cfg)
+        loader, _, sampler = train._make_loaders(cfg, Subset(train_set, range(24)), eval_set,
+                                                 init_distributed("cpu", "auto"))
+        assert loader.persistent_workers == (workers > 0)
+        out = []
+        for epoch in range(first_epoch, first_epoch + n):
+            sampler.set_epoch(epoch)
+            out.append([b for b in loader])
+        return out
+
+    one, two, resumed = epochs(1), epochs(2), epochs(2, first_epoch=1, n=1)
+    for a, b in [(one, two), (one[1:], resumed)]:
+        for ea, eb in zip(a, b):
+            assert len(ea) == len(eb) == 3
+            for (xa, ya), (xb, yb) in zip(ea, eb):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(one[0][0][0], one[1][0][0])  # epochs differ
+    plain = epochs(0, n=1)[0]  # in the main process the global RNG (seeded per epoch) augments instead
+    assert [torch.equal(x, y) for (x, _), (y, _) in zip(plain, one[0])] == [False] * 3
+
+
 @pytest.mark.parametrize("extra,needle", [
+    (["--compile", "true"], "compile: true needs fastpath: true"),
     (["--model", "maxformer_cifr"], "unknown model 'maxformer_cifr'. Did you mean: maxformer_cifar"),
     (["--model-kwargs", "embed_dimz=8"], "rejected model_kwargs"),
     (["--dataset", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),

@@ -93,7 +93,11 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     # engine switches
     "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA)", choices=("none", "bf16", "fp16")),
     "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
-    "compile": _o(False, bool, "torch.compile the model"),
+    "fastpath": _o(True, bool, "utils.fastpath train defaults, as benchmark.py: PyTorch neurons compiled "
+                   "(float32: within the golden tolerances; under amp also whole-model compile + channels-last); "
+                   "false = plain eager path (spikingjelly neurons, no compile)"),
+    "compile": _o(False, bool, "with fastpath: torch.compile the whole model (faster; backward not bitwise-faithful: "
+                  "near-threshold spikes may flip)"),
     "grad_checkpointing": _o(False, bool, "activation checkpointing (model must support it)"),
     "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
     "dist_backend": _o("auto", str, "auto | nccl | gloo"),

@@ -7,7 +7,8 @@
 * ``create_mixup(cfg, num_classes)``: mixup/cutmix callable (``SpatialMixup``) or ``None``.
 
 A missing or incomplete dataset raises ``DatasetError`` with the expected folder tree and the command that
-prepares it. Loaders are the libraries' own: sklearn digits, torchvision CIFAR and ImageFolder, spikingjelly
+prepares it. ``synthetic`` is random CIFAR-shaped data held in memory (throughput measurements, no I/O).
+Loaders are the libraries' own: sklearn digits, torchvision CIFAR and ImageFolder, spikingjelly
 CIFAR10-DVS and DVS128 Gesture.
 """
 import difflib
@@ -29,7 +30,7 @@ from .augment import EventTrivialAugment, SpatialMixup, snn_rand_augment
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DATA_DEFAULTS = {
-    'dataset': 'digits',          # digits | cifar10 | cifar100 | cifar10dvs | dvsgesture | imagenet
+    'dataset': 'digits',          # digits | synthetic | cifar10 | cifar100 | cifar10dvs | dvsgesture | imagenet
     'data_path': None,            # None -> <repo>/data/<dataset>
     'download': False,            # only CIFAR can be downloaded automatically (torchvision)
     'img_size': None,             # None -> native size (digits/CIFAR 32, events 128, ImageNet 224)
@@ -46,6 +47,7 @@ DATA_DEFAULTS = {
     'reprob': 0.0,                # random erasing probability (after normalisation)
     'remode': 'pixel',            # 'const' (published CIFAR) | 'pixel' (ImageNet) | 'rand'
     'recount': 1,
+    'synthetic_size': [5000, 1000],  # synthetic only: [train, eval] samples (random CIFAR-shaped images)
     'digits_augment': False,      # digits only: light random affine (+-10 deg, +-10% shift, 0.9-1.1 scale)
     'event_augment': True,        # events only: hflip + EventTrivialAugment on training samples
     'T': 4,                       # model time steps; for event datasets also the number of frames
@@ -64,6 +66,8 @@ DATA_DEFAULTS = {
 _DATASETS = {
     'digits': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
                    mean=(0.3053,) * 3, std=(0.3236,) * 3, train_size=1437, eval_size=360),
+    'synthetic': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
+                      mean=None, std=None, train_size=5000, eval_size=1000),
     'cifar10': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), train_size=50000, eval_size=10000),
     'cifar100': dict(num_classes=100, in_channels=3, kind='image', img_size=32,
@@ -163,7 +167,8 @@ def expected_tree(name: str, root, T: int = 16) -> str:
                      '    ...'],
     }
     if name not in trees:
-        return f'{root}  (nothing: {name} is bundled with scikit-learn)'
+        where = 'generated in memory' if name == 'synthetic' else 'bundled with scikit-learn'
+        return f'{root}  (nothing: {name} is {where})'
     return '\n'.join([f'{root}/'] + ['  ' + line for line in trees[name]])
 
 
@@ -228,15 +233,64 @@ class DigitsDataset(Dataset):
         info = _DATASETS['digits']
         self.normalize = T_.Normalize(mean or info['mean'], std or info['std'])
         self.augment = T_.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else None
+        # without augmentation a sample is pure indexing: normalised once here (the same elementwise maths)
+        self.normalized = None if augment else self.normalize(self.images.expand(-1, 3, -1, -1)).contiguous()
 
     def __len__(self):
         return len(self.targets)
 
     def __getitem__(self, index):
-        img = self.images[index].expand(3, -1, -1)
-        if self.augment is not None:
-            img = self.augment(img)
-        return self.normalize(img), self.targets[index]
+        if self.normalized is not None:
+            return self.normalized[index], self.targets[index]
+        return self.normalize(self.augment(self.images[index].expand(3, -1, -1))), self.targets[index]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# synthetic (no disk access)
+
+class SyntheticDataset(Dataset):
+    """Random CIFAR-shaped images for measuring the training loop without I/O (``dataset: synthetic``).
+
+    ``n`` images ``[C, img_size, img_size]`` drawn once from a fixed generator (standard normal at the
+    native 32x32, i.e. already normalised, then bilinearly resized to ``img_size``) and held as one
+    tensor, with uniformly random labels in ``[0, num_classes)``. Nothing to learn: for throughput
+    (``train.py`` img/s against ``benchmark.py``) and smoke tests only. ``seed`` 0 = train, 1 = eval.
+    """
+
+    NATIVE = 32
+    PRECOMPUTE_BYTES = 1 << 28  # resized copies up to 256 MiB are made once, larger ones per sample
+
+    def __init__(self, n: int, img_size: int = 32, num_classes: int = 10, in_channels: int = 3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, in_channels, self.NATIVE, self.NATIVE, generator=g)
+        self.targets = torch.randint(0, num_classes, (n,), generator=g).tolist()
+        self.img_size = img_size
+        if img_size != self.NATIVE and n * in_channels * img_size ** 2 * 4 <= self.PRECOMPUTE_BYTES:
+            self.images = self._resize(self.images)
+        self.resize_per_sample = self.images.shape[-1] != img_size
+
+    def _resize(self, x):
+        return F.interpolate(x, size=(self.img_size, self.img_size), mode='bilinear', align_corners=False)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        img = self.images[index]
+        if self.resize_per_sample:
+            img = self._resize(img[None])[0]
+        return img, self.targets[index]
+
+
+def _create_synthetic(cfg, include_train):
+    sizes = [int(v) for v in _get(cfg, 'synthetic_size')]
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise DatasetError(f'synthetic_size must be [train_samples, eval_samples] with both >= 1, got {sizes}')
+    info = _DATASETS['synthetic']
+    size = _get(cfg, 'img_size') or info['img_size']
+    classes = getattr(cfg, 'num_classes', None) or info['num_classes']
+    train = SyntheticDataset(sizes[0], size, classes, seed=0) if include_train else None
+    return train, SyntheticDataset(sizes[1], size, classes, seed=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -501,6 +555,8 @@ def create_datasets(cfg, include_train: bool = True):
         train = DigitsDataset(True, size, mean, std, augment=bool(_get(cfg, 'digits_augment'))) \
             if include_train else None
         return train, DigitsDataset(False, size, mean, std)
+    if name == 'synthetic':
+        return _create_synthetic(cfg, include_train)
     if name in ('cifar10', 'cifar100'):
         return _create_cifar(cfg, name, include_train)
     if name in ('cifar10dvs', 'dvsgesture'):

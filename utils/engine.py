@@ -1,8 +1,9 @@
 """Training engine shared by every dataset: optimizer/schedule/loss factories, one train epoch, eval.
 
-Engine switches (``amp``, ``channels_last``, ``compile``, ``grad_checkpointing``) are applied in
-:func:`prepare_model` and :func:`amp_context`, nowhere else. Every forward pass is followed by
-``models.reset_net`` so no membrane state leaks between batches.
+Engine switches (``amp``, ``channels_last``, ``compile``, ``grad_checkpointing``, ``fastpath``) are
+resolved in :func:`train_fastpath_config` and applied in :func:`prepare_model`,
+``utils.fastpath.prepare_model`` and :func:`amp_context`, nowhere else. Every forward pass is followed
+by ``models.reset_net`` so no membrane state leaks between batches.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import torch.nn as nn
 
 from utils.distributed import all_reduce_sum
 
-__all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "amp_context", "make_scaler",
-           "prepare_model", "build_optimizer", "build_scheduler", "set_epoch_lr", "build_train_loss",
+__all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
+           "SampleSeededDataset", "amp_context", "make_scaler",
+           "prepare_model", "train_fastpath_config", "cpp_compiler", "build_optimizer", "build_scheduler", "set_epoch_lr", "build_train_loss",
            "train_one_epoch", "evaluate", "current_lr", "resolve_lr"]
 
 
@@ -53,6 +55,43 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
+
+
+class SeededDistributedSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` that can also hand each index a seed drawn from (seed, epoch, index).
+
+    With ``with_seeds`` it yields ``(index, sample_seed)`` for :class:`SampleSeededDataset`: random
+    augmentations then depend only on the run seed, the epoch and the sample, not on which worker
+    process loads it or what that worker did before (persistent workers, exact resume).
+    """
+
+    def __init__(self, *args, with_seeds: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.with_seeds = with_seeds
+
+    def __iter__(self):
+        indices = super().__iter__()
+        if not self.with_seeds:
+            return indices
+        base = int(np.random.SeedSequence([int(self.seed) % (2**32), int(self.epoch), 0x5EED]).generate_state(1)[0])
+        return ((i, (base + i) % (2**32)) for i in indices)
+
+
+class SampleSeededDataset(torch.utils.data.Dataset):
+    """Wraps a dataset indexed by ``(index, seed)``: seeds torch, numpy and python RNGs, then loads."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        return self.dataset[index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,6 +133,45 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def cpp_compiler() -> Optional[str]:
+    """The C++ compiler torch inductor would use on CPU (``torch._inductor.config.cpp.cxx``), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or an inductor without this helper: fall back to PATH
+        import shutil
+
+        return next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def train_fastpath_config(amp: str, device: torch.device, channels_last: bool = False,
+                          grad_checkpointing: bool = False, compile_model: bool = False):
+    """``utils.fastpath.default_config('train', amp)`` (what ``benchmark.py`` runs) with train.py's switches.
+
+    ``channels_last``/``grad_checkpointing`` turn those on; ``compile_model`` compiles the whole model
+    (faster, but backward is not bitwise-faithful: near-threshold spikes may flip). Returns
+    ``(config, warning)``: on CPU without a C++ compiler, compilation is off (torch neurons run
+    uncompiled) and ``warning`` says so; otherwise ``warning`` is None.
+    """
+    import dataclasses
+
+    from utils.fastpath import default_config
+
+    fp = default_config("train", amp)
+    over: Dict[str, Any] = {"channels_last": fp.channels_last or channels_last,
+                            "grad_checkpointing": fp.grad_checkpointing or grad_checkpointing}
+    if compile_model:
+        over["compile"] = "model"
+    warning = None
+    if device.type == "cpu" and (over.get("compile") or fp.compile) and cpp_compiler() is None:
+        over["compile"] = False
+        warning = ("warning: no C++ compiler found (torch.compile on CPU needs g++ or clang++, see "
+                   "torch._inductor.config.cpp.cxx); the fast path runs its PyTorch neurons without compilation, "
+                   "which is slower. Install one (e.g. apt install g++) or set fastpath: false.")
+    return dataclasses.replace(fp, **over), warning
 
 
 def resolve_lr(cfg, effective_batch: int) -> float:
@@ -163,6 +241,11 @@ def build_train_loss(cfg, mixup_active: bool) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if channels_last and x.ndim == 4:
@@ -197,8 +280,11 @@ def train_one_epoch(
 ) -> Dict[str, float]:
     """One pass over ``loader``; returns ``train_loss`` (mean over processes), ``img_per_s``, ``num_updates``.
 
-    Checks the loss for NaN/inf every ``log_interval`` steps and at the end (one host sync each), and
-    raises :class:`NonFiniteLossError` before anything else is saved.
+    ``img_per_s`` counts the training steps after the first one of the epoch (which carries the loader
+    start-up and, in the first epoch, compilation), so it compares with ``benchmark.py``'s timed steps;
+    ``train_seconds`` is the whole pass. The loss is accumulated on the device and read (one host sync)
+    every ``log_interval`` steps and at the end, where NaN/inf raises :class:`NonFiniteLossError`
+    before anything else is saved.
     """
     from timm.utils import dispatch_clip_grad
 
@@ -217,6 +303,7 @@ def train_one_epoch(
 
         bar = tqdm(total=n, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, unit="batch")
 
+    t_steady, seen_first = 0.0, 0
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     window = torch.zeros((), device=device, dtype=torch.float64)
     window_steps = 0
@@ -264,13 +351,16 @@ def train_one_epoch(
         window += d
         window_steps += 1
         seen += x.shape[0]
+        if i == 0 and n > 1:  # steady-state rate: from the end of the first step (synchronised) on
+            _sync(device)
+            t_steady, seen_first = time.perf_counter(), seen
         if (i + 1) % log_interval == 0 or i + 1 == n:
             w = all_reduce_sum(window) / world_size  # one host sync per log interval
             value = float(w) / window_steps
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {i + 1}/{n}")
             lr = current_lr(optimizer)
-            rate = seen * world_size / max(time.perf_counter() - t0, 1e-9)
+            rate = (seen - seen_first) * world_size / max(time.perf_counter() - t_steady, 1e-9) if i else 0.0
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             if on_log is not None:
@@ -281,10 +371,12 @@ def train_one_epoch(
             bar.update(1)
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - t0
-    total = float(all_reduce_sum(loss_sum)) / world_size
-    return {"train_loss": total / n, "img_per_s": seen * world_size / max(seconds, 1e-9),
-            "num_updates": num_updates, "train_seconds": seconds}
+    total = float(all_reduce_sum(loss_sum)) / world_size  # syncs the device: the timings below are complete
+    t_end = time.perf_counter()
+    if n == 1:
+        t_steady, seen_first = t0, 0
+    return {"train_loss": total / n, "num_updates": num_updates, "train_seconds": t_end - t0,
+            "img_per_s": (seen - seen_first) * world_size / max(t_end - t_steady, 1e-9)}
 
 
 @torch.no_grad()
