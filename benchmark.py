@@ -44,8 +44,9 @@ if ROOT not in sys.path:
 
 CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_per_step", "peak_mem_mb",
               "gflop_per_img", "gflop_per_s", "peak_fraction", "ms_per_step_min", "amp", "compile",
-              "channels_last", "neuron_impl", "fold_bn", "grad_checkpointing", "device", "threads",
-              "steps", "mem_method", "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
+              "channels_last", "neuron_impl", "fold_bn", "grad_checkpointing", "fast_conv", "compact_spikes",
+              "fast_pool", "device", "threads",
+              "steps", "mem_method", "tensor_peak_mb", "eager_tensor_peak_mb", "tensor_peak_vs_eager", "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
               "model_kwargs", "torch", "host", "time"]
 
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-bn", default=None, action=bool_flag, help="fold BN into convs (infer only)")
     p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch"))
     p.add_argument("--grad-checkpointing", default=None, action=bool_flag, help="recompute blocks in backward")
+    p.add_argument("--fast-conv", default=None, action=bool_flag, help="matmul backward of large 1x1 convs (train)")
+    p.add_argument("--compact-spikes", default=None, action=bool_flag,
+                   help="save binary conv inputs as bool for backward (train, memory)")
+    p.add_argument("--fast-pool", default=None, action=bool_flag, help="max-pool in channels-last")
     p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -189,7 +194,8 @@ def fastpath_config(args) -> "FastPathConfig":
     over = {}
     if args.compile is not None:
         over["compile"] = False if args.compile == "none" else args.compile
-    for field in ("channels_last", "fold_bn", "neuron_impl", "grad_checkpointing"):
+    for field in ("channels_last", "fold_bn", "neuron_impl", "grad_checkpointing", "fast_conv", "compact_spikes",
+                  "fast_pool"):
         value = getattr(args, field)
         if value is not None:
             over[field] = value
@@ -267,6 +273,11 @@ def measure(args) -> Dict[str, Any]:
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _peak_rss_mb())
     if baseline is not None:
         mem_method += "+eager_model"
+    tensor_peak = base_tensor_peak = None
+    if device.type == "cpu":  # after the timed steps: the profiler slows the step it watches
+        tensor_peak = tensor_peak_mb(step, step.live_tensors)
+        if baseline is not None:
+            base_tensor_peak = tensor_peak_mb(baseline, baseline.live_tensors)
     ms = statistics.median(times) * 1e3
     img_per_s = B / (ms / 1e3)
     gflop_img = flops / 1e9
@@ -279,14 +290,44 @@ def measure(args) -> Dict[str, Any]:
         "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
         "fold_bn": bool(cfg.fold_bn and args.mode == "infer"),
         "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
+        "fast_conv": bool(cfg.fast_conv and args.mode == "train"),
+        "compact_spikes": bool(cfg.compact_spikes and args.mode == "train"),
+        "fast_pool": bool(cfg.fast_pool and not cfg.channels_last),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",
         "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
         "torch": torch.__version__, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "tensor_peak_mb": round(tensor_peak, 1) if tensor_peak is not None else "",
+        **({"eager_tensor_peak_mb": round(base_tensor_peak, 1),
+            "tensor_peak_vs_eager": _sig(tensor_peak / base_tensor_peak, 3)} if base_tensor_peak else {}),
         **({"eager_ms_per_step": _sig(statistics.median(base_times) * 1e3),
             "speedup_vs_eager": _sig(statistics.median(base_times) / statistics.median(times), 3),
             "speedup_vs_eager_min": _sig(min(base_times) / min(times), 3)} if base_times else {}),
     }
+
+
+def tensor_peak_mb(step, live_tensors) -> float:
+    """Peak MB held by tensors during one call of ``step`` on CPU, independent of the allocator.
+
+    The tensors alive before the call (``live_tensors()``: parameters, gradients, optimizer
+    state, inputs) plus the highest running sum of the allocations and frees that the profiler
+    records during the call -- what ``torch.cuda.max_memory_allocated`` reports on CUDA. (The
+    resident-set peak also counts what glibc keeps after frees.)
+    """
+    from torch.profiler import ProfilerActivity, profile
+    storages = {}
+    for t in live_tensors():
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return (sum(storages.values()) + peak) / 2 ** 20
 
 
 def _make_step(model, x, y, args, device):
@@ -309,6 +350,16 @@ def _make_step(model, x, y, args, device):
                 model(x)
         reset_net(model)
 
+    def live_tensors():
+        yield from (x, y)
+        yield from model.parameters()
+        yield from (p.grad for p in model.parameters() if p.grad is not None)
+        yield from model.buffers()
+        if opt is not None:
+            yield from (v for state in opt.state.values() for v in state.values() if torch.is_tensor(v))
+
+    step.live_tensors = live_tensors
+
     return step
 
 
@@ -325,10 +376,21 @@ def _sig(x: float, digits: int = 4) -> float:
 
 
 def append_csv(path: str, row: Dict[str, Any]):
+    """Append ``row``; a file written with an older column set is rewritten with the current one."""
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != CSV_FIELDS:
+                old_rows = list(reader)
+                with open(path + ".tmp", "w", newline="") as out:
+                    w = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(old_rows)
+                os.replace(path + ".tmp", path)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new:

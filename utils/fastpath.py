@@ -13,6 +13,12 @@ conformance case within tolerance (``tests/test_fastpath.py`` runs them through 
   running one example batch with hooks (only pairs whose BN input *is* the conv output fold).
 * ``grad_checkpointing`` (training): recompute each block in backward instead of storing its
   activations; neuron state and BatchNorm running statistics are handled so results match.
+* ``fast_conv`` (training): convolutions keep their eager forward (bitwise), but the backward of
+  large 1x1 convolutions runs as matrix products (oneDNN's NCHW 1x1 backward is slow on CPU).
+* ``compact_spikes`` (training): a convolution whose input is binary (spikes) saves it for
+  backward as ``bool`` instead of float (4x smaller, exact).
+* ``fast_pool``: max-pooling computed in channels-last (about 10x faster on CPU, bitwise equal
+  values and indices) and handed back in the original layout.
 
 ``DEFAULTS`` hold the fastest settings that stay within the golden tolerances in float32;
 ``benchmark.py`` and ``train.py`` use them unless told otherwise (``--eager`` = none of this).
@@ -27,6 +33,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from spikingjelly.activation_based import base as sj_base
@@ -34,7 +41,7 @@ from spikingjelly.activation_based import base as sj_base
 from models.neurons import convert_neurons, spiking_modules
 
 __all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
-           "enable_grad_checkpointing", "block_modules", "AMP_DTYPES"]
+           "enable_grad_checkpointing", "enable_fast_conv", "enable_fast_pool", "block_modules", "AMP_DTYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +59,9 @@ class FastPathConfig:
     compile: object = "model"
     fold_bn: bool = False
     grad_checkpointing: bool = False
+    fast_conv: bool = True
+    compact_spikes: bool = False
+    fast_pool: bool = True
 
     def __post_init__(self):
         if self.compile is True:
@@ -75,7 +85,8 @@ DEFAULTS_AMP: Dict[str, FastPathConfig] = {
     "train": FastPathConfig(neuron_impl="torch", channels_last=True, compile="model"),
     "infer": FastPathConfig(neuron_impl="torch", channels_last=True, compile="model", fold_bn=True),
 }
-EAGER = FastPathConfig(neuron_impl="spikingjelly", channels_last=False, compile=False)
+EAGER = FastPathConfig(neuron_impl="spikingjelly", channels_last=False, compile=False, fast_conv=False,
+                       fast_pool=False)
 
 
 def default_config(mode: str, amp: str = "none") -> FastPathConfig:
@@ -199,13 +210,21 @@ def _checkpointed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     first = [True]
 
     def run(inp):
+        after = [m._memories["v"] for m in neurons]
         for m, v in zip(neurons, states):
             m._memories["v"] = v
         if first[0]:
             first[0] = False
             return type(block).forward(block, inp)
-        with _frozen_bn_stats(block):
-            return type(block).forward(block, inp)
+        try:
+            with _frozen_bn_stats(block):
+                return type(block).forward(block, inp)
+        finally:
+            # the recomputation's membranes would keep its graph (every recomputed activation)
+            # alive until reset_net; keep the forward pass's values. ``finally``: torch stops
+            # the recomputation early, by an exception, once the saved tensors are recomputed
+            for m, v in zip(neurons, after):
+                m._memories["v"] = v
 
     return checkpoint(run, x, use_reentrant=False)
 
@@ -225,6 +244,139 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
         unit.forward = functools.partial(_checkpointed_forward, unit)
         unit._grad_checkpointing = True
         n += 1
+    return n
+
+
+# ------------------------------------------------------------- convolutions and pooling
+_MATMUL_MIN_POSITIONS = 256  # below this, oneDNN's own 1x1 backward is as fast (measured on CPU)
+_WGRAD_CHUNK_ELEMS = 1 << 22  # bound of the per-sample weight-gradient temporary (16 MB fp32)
+
+
+class _ConvFunction(torch.autograd.Function):
+    """``F.conv1d/conv2d`` with the eager forward and a faster, leaner backward.
+
+    The forward is the very call ``nn.Conv*d`` makes, so outputs (and spikes downstream) are
+    bitwise the eager ones. Backward: 1x1, stride-1, unpadded, ungrouped convolutions over
+    >= 256 positions use matrix products; everything else calls ATen's convolution_backward.
+    With ``compact`` a binary input is saved as ``bool``. Under autocast the backward computes
+    in the forward's dtype and returns gradients in the inputs' dtypes, as autocast does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, compact):
+        conv = F.conv2d if x.dim() == 4 else F.conv1d
+        out = conv(x, weight, bias, stride, padding, dilation, groups)
+        saved, ctx.packed = x, False
+        if compact and x.is_floating_point():
+            packed = x.bool()
+            if torch.equal(packed.to(x.dtype), x):
+                saved, ctx.packed = packed, True
+        ctx.save_for_backward(saved, weight)
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        ctx.conf = (stride, padding, dilation, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype = grad_out.dtype
+        x, w = x.to(dtype), weight.to(dtype)
+        n, c_out = grad_out.shape[:2]
+        positions = grad_out[0, 0].numel()
+        if (all(k == 1 for k in w.shape[2:]) and all(s == 1 for s in stride) and not any(padding)
+                and groups == 1 and positions >= _MATMUL_MIN_POSITIONS):
+            g = grad_out.reshape(n, c_out, positions)
+            xs = x.reshape(n, -1, positions)
+            gx = torch.matmul(w.reshape(c_out, -1).t(), g).view(x.shape) if need_x else None
+            gw = None
+            if need_w:
+                chunk = max(1, _WGRAD_CHUNK_ELEMS // w.numel())
+                for s in range(0, n, chunk):
+                    part = torch.bmm(g[s:s + chunk], xs[s:s + chunk].transpose(1, 2)).sum(0)
+                    gw = part if gw is None else gw.add_(part)
+                gw = gw.view(w.shape)
+            gb = g.sum((0, 2)) if need_b else None
+        else:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad_out, x, w, [c_out] if ctx.has_bias else None, list(stride), list(padding),
+                list(dilation), False, [0] * len(stride), groups, [need_x, need_w, need_b])
+        gx = gx.to(ctx.x_dtype) if gx is not None else None
+        gw = gw.to(weight.dtype) if gw is not None else None
+        gb = gb.to(weight.dtype) if gb is not None else None
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _fast_conv_forward(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    # replaces nn.Conv*d._conv_forward, so multi-step wrappers (spikingjelly layers) still apply
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        return type(conv)._conv_forward(conv, x, weight, bias)
+    return _ConvFunction.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                               conv.groups, conv._compact_spikes)
+
+
+def enable_fast_conv(model: nn.Module, compact_spikes: bool = False) -> int:
+    """Route the training backward of every zero-padded ``Conv1d``/``Conv2d`` through
+    :class:`_ConvFunction` (same forward; faster 1x1 backward; ``compact_spikes`` saves binary
+    inputs as bool). Returns the number of convolutions changed; state-dict keys are unchanged."""
+    n = 0
+    for m in model.modules():
+        if (isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode == "zeros"
+                and not isinstance(m.padding, str)):
+            m._compact_spikes = compact_spikes
+            m._conv_forward = functools.partial(_fast_conv_forward, m)
+            n += 1
+    return n
+
+
+class _MaxPoolFunction(torch.autograd.Function):
+    """2-D max-pooling computed in channels-last: the same values and arg-max indices (ties
+    included) as PyTorch's NCHW CPU kernel, which is several times slower. Saves only the
+    indices (not the input); backward scatters the gradient back onto them."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        y, idx = F.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), kernel_size,
+                                           stride, padding, dilation, ceil_mode)
+        idx = idx.contiguous()
+        ctx.save_for_backward(idx)
+        ctx.x_shape = x.shape
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        n, c, h, w = ctx.x_shape
+        grad_in = grad_out.new_zeros(n * c, h * w)
+        grad_in.scatter_add_(1, idx.view(n * c, -1), grad_out.contiguous().view(n * c, -1))
+        return grad_in.view(n, c, h, w), None, None, None, None, None
+
+
+class _ChannelsLastMaxPool(nn.MaxPool2d):
+    """``nn.MaxPool2d`` through :class:`_MaxPoolFunction` (4-D NCHW inputs without indices)."""
+
+    def forward(self, x):
+        if x.dim() != 4 or self.return_indices or not x.is_contiguous() or x.device.type != "cpu":
+            return super().forward(x)
+        return _MaxPoolFunction.apply(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                      self.ceil_mode)
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_pool_class(cls: type) -> type:
+    # placed after cls in the MRO, so a multi-step wrapper (spikingjelly's MaxPool2d calls
+    # super().forward per flattened batch) keeps working around the channels-last kernel
+    return type(f"ChannelsLast{cls.__name__}", (cls, _ChannelsLastMaxPool), {})
+
+
+def enable_fast_pool(model: nn.Module) -> int:
+    """Swap every ``nn.MaxPool2d`` (incl. spikingjelly's) to the channels-last kernel; returns the count."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.MaxPool2d) and not isinstance(m, _ChannelsLastMaxPool):
+            m.__class__ = _ChannelsLastMaxPool if type(m) is nn.MaxPool2d else _fast_pool_class(type(m))
+            n += 1
     return n
 
 
@@ -252,8 +404,13 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
                 x = prepare_input(example_input, cfg.channels_last)
                 n = fold_batchnorm(model, x)
                 _logger.info("folded %d BatchNorm layers into convolutions", n)
-    elif cfg.grad_checkpointing:
-        enable_grad_checkpointing(model)
+    else:
+        if cfg.fast_conv or cfg.compact_spikes:
+            enable_fast_conv(model, cfg.compact_spikes)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(model)
+    if cfg.fast_pool and not cfg.channels_last:
+        enable_fast_pool(model)
     if cfg.compile == "model":
         model.compile()
     elif cfg.compile == "blocks":
