@@ -78,3 +78,30 @@ def test_model_kwargs_parsing_and_errors(tmp_path):
         _run(tmp_path, "--eager", "--model", "maxformer_cifr")
     with pytest.raises(SystemExit):
         benchmark.main(["--smoke", "--mode", "validate"])
+
+
+def test_tensor_peak_counts_live_and_step_allocations():
+    import torch
+    held = torch.zeros(1024, 1024)  # 4 MiB alive before the step
+
+    def step():
+        a = torch.ones(2048, 1024)  # 8 MiB
+        b = a * 2  # +8 MiB -> 16 MiB held by the step at its peak
+        del a, b
+
+    assert benchmark.tensor_peak_mb(step, lambda: [held]) == pytest.approx(20.0, abs=0.5)
+
+
+def test_compare_eager_train_reports_tensor_peak_and_old_csv_is_upgraded(tmp_path):
+    out = tmp_path / "bench.csv"
+    out.write_text("model,mode,img_per_s\nold_model,train,1.0\n")  # a file from an older column set
+    rows = benchmark.main(["--smoke", "--csv", str(out), "--compile", "none", "--compare-eager",
+                           "--grad-checkpointing", "--compact-spikes"])
+    row = rows[0]
+    assert row["grad_checkpointing"] and row["compact_spikes"] and row["fast_conv"] and row["fast_pool"]
+    assert row["tensor_peak_mb"] > 0 and row["eager_tensor_peak_mb"] > 0
+    assert row["tensor_peak_vs_eager"] == pytest.approx(row["tensor_peak_mb"] / row["eager_tensor_peak_mb"], rel=0.01)
+    with open(out) as f:
+        saved = list(csv.DictReader(f))
+    assert [r["model"] for r in saved] == ["old_model", "maxformer_cifar"]
+    assert saved[0]["img_per_s"] == "1.0" and saved[1]["tensor_peak_mb"]

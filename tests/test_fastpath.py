@@ -83,14 +83,15 @@ def test_convert_neurons_round_trip():
 # -------------------------------------------------------------------------- golden cases
 @pytest.mark.parametrize("case", CASES)
 def test_golden_through_fast_path(case):
-    """Torch neurons; eval: channels-last + BN folding; train: gradient checkpointing.
+    """Torch neurons; eval: channels-last + BN folding; train: gradient checkpointing, bool spike
+    storage, matmul 1x1 backward and channels-last max-pool.
 
     (Channels-last *training* is not offered as a default: its BatchNorm batch statistics round
     differently and flip spikes in case 3, far outside the logit tolerance.)
     """
     res = check_file(os.path.join(GOLDEN, case + ".pt"),
                      transform=_transform(infer=dict(compile=False, channels_last=True, fold_bn=True),
-                                          train=dict(compile=False, grad_checkpointing=True)))
+                                          train=dict(compile=False, grad_checkpointing=True, compact_spikes=True)))
     assert res.passed, res.line()
 
 
@@ -219,3 +220,97 @@ class _OnCuda(torch.nn.Module):
 
 def _cuda_transform(model, mode, x):
     return _OnCuda(model.cuda())
+
+
+# ------------------------------------------------- convolutions, pooling, checkpoint memory
+def _train_grads(model, x, y):
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(_count_saved, lambda t: t):
+        out = model(x)
+    F.cross_entropy(out, y).backward()
+    reset_net(model)
+    return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+_SAVED_DTYPES = []
+
+
+def _count_saved(t):
+    _SAVED_DTYPES.append(t.dtype)
+    return t
+
+
+def test_fast_conv_compact_spikes_and_fast_pool_match_eager():
+    """Same forward bitwise (spikes unchanged); gradients within the golden tolerance; binary
+    conv inputs are saved as bool; the 1x1 matmul backward is exercised (32x32 = 1024 positions)."""
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([1, 7, 3, 0])
+    ref, fast = _tiny(), _tiny()
+    fastpath.prepare_model(ref, "train", compile=False, fast_conv=False, fast_pool=False)
+    fastpath.prepare_model(fast, "train", compile=False, compact_spikes=True)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    _SAVED_DTYPES.clear()
+    out_ref, g_ref = _train_grads(ref, x, y)
+    assert torch.bool not in _SAVED_DTYPES
+    _SAVED_DTYPES.clear()
+    out_fast, g_fast = _train_grads(fast, x, y)
+    assert _SAVED_DTYPES.count(torch.bool) >= 10
+    assert torch.equal(out_ref, out_fast)
+    scale = max(g.abs().max().item() for g in g_ref.values())
+    for name, g in g_ref.items():
+        assert torch.allclose(g_fast[name], g, rtol=1e-4, atol=1e-5 * scale), name
+
+
+def test_conv_function_matmul_and_aten_branches_and_non_binary_input():
+    torch.manual_seed(0)
+    for shape, k, binary in [((4, 8, 16, 16), 1, True), ((4, 8, 16, 16), 3, True), ((4, 8, 20), 1, False)]:
+        x = (torch.rand(shape) < 0.3).float() if binary else torch.randn(shape)
+        conv = (torch.nn.Conv2d if len(shape) == 4 else torch.nn.Conv1d)(8, 12, k, padding=k // 2)
+        fast = copy.deepcopy(conv)
+        assert fastpath.enable_fast_conv(fast, compact_spikes=True) == 1
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        out = [m(t) for m, t in zip((conv, fast), xs)]
+        assert torch.equal(out[0], out[1])
+        g = torch.randn_like(out[0])
+        for o in out:
+            o.backward(g)
+        assert torch.allclose(xs[1].grad, xs[0].grad, atol=1e-5)
+        for p, q in zip(conv.parameters(), fast.parameters()):
+            assert torch.allclose(q.grad, p.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_pool_is_bitwise_with_ties_and_keeps_spikingjelly_multistep():
+    from spikingjelly.activation_based import layer as sj_layer
+    x = torch.randn(2, 3, 9, 9).round()  # many exact ties
+    for pool in (torch.nn.MaxPool2d(3, 2, 1), sj_layer.MaxPool2d(3, 2, 1, step_mode="m")):
+        inp = x.unsqueeze(0).repeat(2, 1, 1, 1, 1) if isinstance(pool, sj_layer.MaxPool2d) else x
+        fast = copy.deepcopy(pool)
+        assert fastpath.enable_fast_pool(fast) == 1 and isinstance(fast, type(pool))
+        a, b = inp.clone().requires_grad_(), inp.clone().requires_grad_()
+        ya, yb = pool(a), fast(b)
+        assert torch.equal(ya, yb)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_grad_checkpointing_peak_tensor_memory_is_lower():
+    """Recomputed activations are freed after use (the neurons' recomputed membranes used to
+    keep every recomputed graph alive until reset_net)."""
+    import benchmark
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    peaks = {}
+    for ckpt in (False, True):
+        m = _tiny()
+        fastpath.prepare_model(m, "train", compile=False, grad_checkpointing=ckpt)
+        m.train()
+
+        def step():
+            F.cross_entropy(m(x), y).backward()
+            reset_net(m)
+
+        step()
+        peaks[ckpt] = benchmark.tensor_peak_mb(step, lambda: [x, *m.parameters()])
+    assert peaks[True] < 0.75 * peaks[False], peaks
