@@ -292,7 +292,7 @@ def measure(args) -> Dict[str, Any]:
         "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
         "fast_conv": bool(cfg.fast_conv and args.mode == "train"),
         "compact_spikes": bool(cfg.compact_spikes and args.mode == "train"),
-        "fast_pool": bool(cfg.fast_pool and not cfg.channels_last),
+        "fast_pool": bool(cfg.fast_pool and not cfg.channels_last and cfg.compile != "model"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",
         "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
