@@ -40,6 +40,7 @@ for mode in train infer; do
   bench 240 --model maxformer_10_768 --T 1 -b 32 --img-size 224 --mode $mode
 done
 bench 120 --model maxformer_10_768 --T 1 -b 32 --img-size 224 --mode train --eager --grad-checkpointing
+bench 240 --model maxformer_10_768 --T 1 -b 32 --img-size 224 --mode train --grad-checkpointing --compact-spikes
 
 say "maxformer_cifar T=4 batch 128 and maxformer_dvs T=16 batch 16"
 for mode in train infer; do
