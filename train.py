@@ -193,12 +193,15 @@ def run(cfg: Config) -> Dict[str, Any]:
     fastpath = None  # utils.fastpath.FastPathConfig, applied below (after the EMA copy and the resume)
     if cfg.fastpath:
         fastpath, compiler_warning = train_fastpath_config(cfg.amp, device, cfg.channels_last, cfg.grad_checkpointing,
-                                                           compile_model=cfg.compile)
+                                                           compile_model=cfg.compile, compact_spikes=cfg.compact_spikes)
         if compiler_warning and main:
             _log.warning(compiler_warning)
     elif cfg.compile:
         raise ConfigError("compile: true needs fastpath: true (spikingjelly's neuron operator is opaque to "
                           "torch.compile); drop compile or set fastpath: true")
+    elif cfg.compact_spikes:
+        raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.fastpath); "
+                          "drop compact_spikes or set fastpath: true")
     channels_last = fastpath.channels_last if fastpath else cfg.channels_last
     try:  # under the fast path, utils.fastpath applies channels-last (checkpointing is applied once, here)
         model = prepare_model(model, device, cfg.channels_last and not fastpath, cfg.grad_checkpointing,

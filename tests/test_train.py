@@ -150,13 +150,14 @@ def test_synthetic_data_and_no_cpp_compiler_fallback(tmp_path, monkeypatch, caps
     monkeypatch.setattr(engine, "cpp_compiler", lambda: None)
     rc = train.main(TINY + ["--fastpath", "true", "--dataset", "synthetic", "--synthetic-size", "32", "16",
                             "--epochs", "1", "--max-train-batches", "2", "--output", str(tmp_path),
-                            "--experiment", "syn"])
+                            "--experiment", "syn", "--grad-checkpointing", "true", "--compact-spikes", "true"])
     assert rc == 0
     log = "".join(capsys.readouterr())
     assert log.count("no C++ compiler found") == 1 and "fastpath: false" in log
     args = yaml.safe_load((tmp_path / "syn" / "args.yaml").read_text())
     assert args["dataset"] == "synthetic" and args["synthetic_size"] == [32, 16]
     assert args["run_info"]["fastpath"]["compile"] is False and args["run_info"]["fastpath"]["neuron_impl"] == "torch"
+    assert args["run_info"]["fastpath"]["compact_spikes"] is True and args["run_info"]["fastpath"]["grad_checkpointing"]
     row = read_summary(str(tmp_path / "syn" / "summary.csv"))[0]
     assert float(row["img_per_s"]) > 0 and math.isfinite(float(row["train_loss"]))
 
@@ -195,6 +196,7 @@ def test_persistent_workers_load_what_a_fresh_loader_loads(tmp_path):
 
 @pytest.mark.parametrize("extra,needle", [
     (["--compile", "true"], "compile: true needs fastpath: true"),
+    (["--compact-spikes", "true"], "compact_spikes: true needs fastpath: true"),
     (["--model", "maxformer_cifr"], "unknown model 'maxformer_cifr'. Did you mean: maxformer_cifar"),
     (["--model-kwargs", "embed_dimz=8"], "rejected model_kwargs"),
     (["--dataset", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),

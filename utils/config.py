@@ -99,6 +99,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "compile": _o(False, bool, "with fastpath: torch.compile the whole model (faster; backward not bitwise-faithful: "
                   "near-threshold spikes may flip)"),
     "grad_checkpointing": _o(False, bool, "activation checkpointing (model must support it)"),
+    "compact_spikes": _o(False, bool, "with fastpath: convolutions save binary (spike) inputs for backward as bool, "
+                         "4x smaller, exact (a memory option, see README 'Memory options')"),
     "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
     "dist_backend": _o("auto", str, "auto | nccl | gloo"),
     "model_ema": _o(False, bool, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"),

@@ -148,10 +148,11 @@ def cpp_compiler() -> Optional[str]:
 
 
 def train_fastpath_config(amp: str, device: torch.device, channels_last: bool = False,
-                          grad_checkpointing: bool = False, compile_model: bool = False):
+                          grad_checkpointing: bool = False, compile_model: bool = False,
+                          compact_spikes: bool = False):
     """``utils.fastpath.default_config('train', amp)`` (what ``benchmark.py`` runs) with train.py's switches.
 
-    ``channels_last``/``grad_checkpointing`` turn those on; ``compile_model`` compiles the whole model
+    ``channels_last``/``grad_checkpointing``/``compact_spikes`` turn those on; ``compile_model`` compiles the whole model
     (faster, but backward is not bitwise-faithful: near-threshold spikes may flip). Returns
     ``(config, warning)``: on CPU without a C++ compiler, compilation is off (torch neurons run
     uncompiled) and ``warning`` says so; otherwise ``warning`` is None.
@@ -162,7 +163,8 @@ def train_fastpath_config(amp: str, device: torch.device, channels_last: bool = 
 
     fp = default_config("train", amp)
     over: Dict[str, Any] = {"channels_last": fp.channels_last or channels_last,
-                            "grad_checkpointing": fp.grad_checkpointing or grad_checkpointing}
+                            "grad_checkpointing": fp.grad_checkpointing or grad_checkpointing,
+                            "compact_spikes": fp.compact_spikes or compact_spikes}
     if compile_model:
         over["compile"] = "model"
     warning = None
