@@ -75,10 +75,11 @@ class FastPathConfig:
 # Training compiles only the neurons: whole-model compilation lets the partitioner recompute
 # BN -> LIF chains in backward with differently rounded fused kernels, which flips near-threshold
 # spikes and puts golden case 1's gradients far outside tolerance (its logits stay exact).
-# Channels-last training flips spikes in case 3 (BN batch statistics round differently).
+# Channels-last training flips spikes in case 3 (BN batch statistics round differently); in
+# inference (BN folded, no batch statistics) it passes every case and is 1.4x faster under compile.
 DEFAULTS: Dict[str, FastPathConfig] = {
     "train": FastPathConfig(neuron_impl="torch", channels_last=False, compile="neurons"),
-    "infer": FastPathConfig(neuron_impl="torch", channels_last=False, compile="model", fold_bn=True),
+    "infer": FastPathConfig(neuron_impl="torch", channels_last=True, compile="model", fold_bn=True),
 }
 # Under bf16/fp16 autocast the results differ from float32 beyond the golden tolerances anyway,
 # so op-order faithfulness is moot: whole-model compile and channels-last are the fastest.
