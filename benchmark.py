@@ -290,7 +290,7 @@ def measure(args) -> Dict[str, Any]:
         "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
         "fold_bn": bool(cfg.fold_bn and args.mode == "infer"),
         "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
-        "fast_conv": bool(cfg.fast_conv and args.mode == "train"),
+        "fast_conv": bool((cfg.fast_conv and cfg.compile != "model" or cfg.compact_spikes) and args.mode == "train"),
         "compact_spikes": bool(cfg.compact_spikes and args.mode == "train"),
         "fast_pool": bool(cfg.fast_pool and not cfg.channels_last and cfg.compile != "model"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",

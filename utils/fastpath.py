@@ -13,7 +13,7 @@ conformance case within tolerance (``tests/test_fastpath.py`` runs them through 
   running one example batch with hooks (only pairs whose BN input *is* the conv output fold).
 * ``grad_checkpointing`` (training): recompute each block in backward instead of storing its
   activations; neuron state and BatchNorm running statistics are handled so results match.
-* ``fast_conv`` (training): convolutions keep their eager forward (bitwise), but the backward of
+* ``fast_conv`` (training, without whole-model compile): convolutions keep their eager forward (bitwise), but the backward of
   large 1x1 convolutions runs as matrix products (oneDNN's NCHW 1x1 backward is slow on CPU).
 * ``compact_spikes`` (training): a convolution whose input is binary (spikes) saves it for
   backward as ``bool`` instead of float (4x smaller, exact).
@@ -407,7 +407,8 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
                 n = fold_batchnorm(model, x)
                 _logger.info("folded %d BatchNorm layers into convolutions", n)
     else:
-        if cfg.fast_conv or cfg.compact_spikes:
+        # under whole-model compile inductor derives the convolution backward itself
+        if (cfg.fast_conv and cfg.compile != "model") or cfg.compact_spikes:
             enable_fast_conv(model, cfg.compact_spikes)
         if cfg.grad_checkpointing:
             enable_grad_checkpointing(model)
