@@ -252,7 +252,7 @@ def measure(args) -> Dict[str, Any]:
         from utils.fastpath import EAGER
         plain = argparse.Namespace(**{**vars(args), "amp": "none"})  # the plain path is float32
         baseline = _make_step(prepare_model(copy.deepcopy(model), args.mode, config=EAGER), x, y, plain, device)
-    prepare_model(model, args.mode, config=cfg, example_input=x)
+    cfg = prepare_model(model, args.mode, config=cfg, example_input=x).fastpath_config  # what applied
     step = _make_step(model, prepare_input(x, cfg.channels_last), y, args, device)
 
     for _ in range(max(args.warmup, 0)):
@@ -288,11 +288,8 @@ def measure(args) -> Dict[str, Any]:
         "gflop_per_img": _sig(gflop_img), "gflop_per_s": _sig(gflop_s),
         "ms_per_step_min": _sig(min(times) * 1e3), "amp": args.amp,
         "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
-        "fold_bn": bool(cfg.fold_bn and args.mode == "infer"),
-        "grad_checkpointing": bool(cfg.grad_checkpointing and args.mode == "train"),
-        "fast_conv": bool((cfg.fast_conv and cfg.compile != "model" or cfg.compact_spikes) and args.mode == "train"),
-        "compact_spikes": bool(cfg.compact_spikes and args.mode == "train"),
-        "fast_pool": bool(cfg.fast_pool and not cfg.channels_last and cfg.compile != "model"),
+        "fold_bn": cfg.fold_bn, "grad_checkpointing": cfg.grad_checkpointing, "fast_conv": cfg.fast_conv,
+        "compact_spikes": cfg.compact_spikes, "fast_pool": cfg.fast_pool,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",
         "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",

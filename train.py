@@ -105,7 +105,7 @@ def _describe_fastpath(fp) -> str:
         return "off: plain eager path (spikingjelly neurons, no compile)"
     compiled = {False: "no compile", "model": "whole model compiled (backward not bitwise-faithful)",
                 "blocks": "blocks compiled", "neurons": "neurons compiled"}[fp.compile]
-    extras = [name for name in ("channels_last", "grad_checkpointing") if getattr(fp, name)]
+    extras = [name for name in ("channels_last", "grad_checkpointing", "compact_spikes") if getattr(fp, name)]
     return f"{fp.neuron_impl} neurons, {compiled}" + "".join(f", {e}" for e in extras)
 
 
@@ -277,12 +277,13 @@ def run(cfg: Config) -> Dict[str, Any]:
 
     # ---- banner and args.yaml
     neuron_impl = models.describe_neurons(eval_model, device)
+    applied = eval_model.fastpath_config if fastpath is not None else None  # what utils.fastpath applied
     run_info = {
         "versions": _versions(), "git_commit": _git_commit(), "device": str(device),
         "world_size": dist_info.world_size, "effective_batch": effective_batch, "lr": lr,
         "num_classes": num_classes, "params": n_params, "T": getattr(eval_model, "T", cfg.T),
         "neuron_implementation": neuron_impl,
-        "fastpath": dataclasses.asdict(fastpath) if fastpath is not None else "off (plain eager path)",
+        "fastpath": dataclasses.asdict(applied) if applied is not None else "off (plain eager path)",
         "total_epochs": total_epochs,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
@@ -305,7 +306,7 @@ def run(cfg: Config) -> Dict[str, Any]:
             f"= effective {effective_batch}",
             f"optimizer   {cfg.opt}, {lr_desc}, weight decay {cfg.weight_decay:g}; {sched_desc}",
             f"device      {device}  amp {cfg.amp}  channels_last {channels_last}  ema {cfg.model_ema}",
-            f"fast path   {_describe_fastpath(fastpath)}",
+            f"fast path   {_describe_fastpath(applied)}",
             f"neurons     {neuron_impl}",
             f"versions    torch {v['torch']}  timm {v['timm']}  spikingjelly {v['spikingjelly']}  cuda {v['cuda']}",
             f"run folder  {os.path.abspath(run_dir)}",

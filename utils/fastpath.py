@@ -390,29 +390,34 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
     ``config`` defaults to ``DEFAULTS[mode]``; keyword ``overrides`` change single fields
     (``channels_last=True``, ``compile=False``, ...). ``fold_bn`` needs ``example_input`` (one
     batch of the shape the model will see) and eval mode; it is skipped with a log line otherwise.
-    The module keeps its class, parameters and state-dict keys.
+    The module keeps its class, parameters and state-dict keys; ``model.fastpath_config`` records
+    the settings that applied in this mode.
     """
     _check_mode(mode)
     cfg = dataclasses.replace(config or DEFAULTS[mode], **overrides)
+    train = mode == "train"
+    if cfg.fold_bn and not train and example_input is None:
+        _logger.info("fold_bn skipped: prepare_model got no example_input")
+    # what actually applies in this mode (recorded as model.fastpath_config)
+    cfg = dataclasses.replace(
+        cfg, fold_bn=cfg.fold_bn and not train and example_input is not None,
+        grad_checkpointing=cfg.grad_checkpointing and train, compact_spikes=cfg.compact_spikes and train,
+        # under whole-model compile inductor derives the convolution backward and lowers pooling itself
+        fast_conv=train and ((cfg.fast_conv and cfg.compile != "model") or cfg.compact_spikes),
+        fast_pool=cfg.fast_pool and not cfg.channels_last and cfg.compile != "model")
     convert_neurons(model, cfg.neuron_impl)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if mode == "infer":
+    if not train:
         model.eval()
-        if cfg.fold_bn:
-            if example_input is None:
-                _logger.info("fold_bn skipped: prepare_model got no example_input")
-            else:
-                x = prepare_input(example_input, cfg.channels_last)
-                n = fold_batchnorm(model, x)
-                _logger.info("folded %d BatchNorm layers into convolutions", n)
-    else:
-        # under whole-model compile inductor derives the convolution backward itself
-        if (cfg.fast_conv and cfg.compile != "model") or cfg.compact_spikes:
-            enable_fast_conv(model, cfg.compact_spikes)
-        if cfg.grad_checkpointing:
-            enable_grad_checkpointing(model)
-    if cfg.fast_pool and not cfg.channels_last and cfg.compile != "model":  # inductor lowers pooling itself
+    if cfg.fold_bn:
+        n = fold_batchnorm(model, prepare_input(example_input, cfg.channels_last))
+        _logger.info("folded %d BatchNorm layers into convolutions", n)
+    if cfg.fast_conv:
+        enable_fast_conv(model, cfg.compact_spikes)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    if cfg.fast_pool:
         enable_fast_pool(model)
     if cfg.compile == "model":
         model.compile()
