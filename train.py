@@ -50,28 +50,17 @@ def _git_commit() -> str:
 
 
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    """``timm.create_model(cfg.model, num_classes, T, **cfg.model_kwargs)`` with config-level errors."""
-    import difflib
-
-    import timm
-
-    import models  # noqa: F401  (registers every model with timm)
+    """The configured model (``models.create_model``) with config-level errors."""
+    from models import ModelError, create_model
 
     kwargs = dict(cfg.model_kwargs or {})
     for k in ("T", "num_classes"):
         if k in kwargs:
             raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    if not timm.is_model(cfg.model):
-        names = timm.list_models(module=["maxformer", "resnet", "spikformer"]) or timm.list_models()
-        close = difflib.get_close_matches(cfg.model, names, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown model '{cfg.model}'.{hint}")
     try:
-        return timm.create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"model '{cfg.model}' rejected model_kwargs {kwargs}: {err}") from None
-    except ValueError as err:
-        raise ConfigError(f"model '{cfg.model}' with model_kwargs {kwargs}: {err}") from None
+        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
+    except ModelError as err:
+        raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
 
 
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):

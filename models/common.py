@@ -84,7 +84,12 @@ def check_T(T, model: str) -> int:
 
 
 def data_config(data: str, name: str, model: nn.Module, first_conv: str, classifier: str, **overrides) -> dict:
-    """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset."""
+    """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset.
+
+    Also records on ``model`` whether it takes event frames ``[B,T,C,H,W]`` (``input_frames``, read by
+    :func:`models.factory.input_spec`).
+    """
+    model.input_frames = data == "dvs"
     return dict(DATA_CFG[data], num_classes=model.num_classes, first_conv=first_conv, classifier=classifier,
                 architecture=name, **overrides)
 

@@ -16,7 +16,7 @@ Module names reproduce the published state_dict keys (``patch_embed{i}``, ``stag
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ from .embeddings import DOWNSAMPLING, create_embedding
 from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 from .neurons import NeuronConfig
 
-__all__ = ["SpikingTransformer", "REFERENCE_CTORS", "VARIANTS"]
+__all__ = ["SpikingTransformer", "VARIANTS"]
 
 HEADS = ("mean_then_linear", "linear_then_mean")
 WEIGHT_INITS = ("cifar", "imagenet")
@@ -228,59 +228,3 @@ _variant("ms_qkformer_dvs", MS_QKFORMER_DVS, "dvs")
 for _w in (384, 512, 768):
     _variant(f"maxformer_10_{_w}", _imagenet(MAXFORMER_IMAGENET, _w), "imagenet")
     _variant(f"ms_qkformer_10_{_w}", _imagenet(MS_QKFORMER_IMAGENET, _w), "imagenet")
-
-
-# ------------------------------------------------------------------ reference constructors
-_REFERENCE_ARGS = ("in_channels", "num_classes", "embed_dims", "mlp_ratios", "T")
-_REFERENCE_IGNORED = ("drop_rate", "depths", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay")
-
-
-def _reference_builder(config: dict, defaults: dict, fixed: Optional[dict] = None,
-                       heads_from_width: bool = False) -> Callable[[dict], nn.Module]:
-    """Builder for ``utils.conformance``: a published constructor's kwargs -> our model.
-
-    ``defaults`` are the published defaults of the arguments that matter, ``fixed`` the values a
-    published registry function hard-codes. ``drop_rate`` and ``depths`` are accepted and ignored
-    as in the published code. ``heads_from_width``: ImageNet ``num_heads = embed_dims // 64``
-    (at least 1; the published code fails below width 64).
-    """
-
-    def build(kwargs: dict) -> nn.Module:
-        unknown = sorted(set(kwargs) - set(_REFERENCE_ARGS) - set(_REFERENCE_IGNORED))
-        if unknown:
-            raise ValueError(f"unsupported reference kwargs {unknown}; known: {_REFERENCE_ARGS}")
-        cfg = {**config, **defaults, **{k: v for k, v in kwargs.items() if k in _REFERENCE_ARGS}, **(fixed or {})}
-        if heads_from_width:
-            cfg["num_heads"] = max(1, cfg["embed_dims"] // 64)
-        return SpikingTransformer(**cfg)
-
-    return build
-
-
-_REF_CIFAR_DEFAULTS = dict(in_channels=2, num_classes=11, embed_dims=384, mlp_ratios=4, T=4)
-_REF_EVENT_DEFAULTS = dict(in_channels=2, num_classes=10, T=4)  # its list defaults of embed_dims/mlp_ratios crash
-_REF_IMAGENET_DEFAULTS = dict(in_channels=2, num_classes=11, embed_dims=512, mlp_ratios=4, T=4)
-
-# Published constructor (``folder/file.py::Name`` as written in the golden files) -> builder.
-REFERENCE_CTORS: Dict[str, Callable[[dict], Any]] = {}
-for _names, _cfg, _dflt, _heads in (
-        (("cifar10-100/max_former.py::Max_Former", "cifar10-100/max_former.py::max_former"),
-         MAXFORMER_CIFAR, _REF_CIFAR_DEFAULTS, False),
-        (("cifar10-100/ms_qkformer.py::MS_QKformer", "cifar10-100/ms_qkformer.py::ms_qkformer"),
-         MS_QKFORMER_CIFAR, _REF_CIFAR_DEFAULTS, False),
-        (("event/max_former.py::Max_Former", "event/max_former.py::max_former"),
-         MAXFORMER_DVS, _REF_EVENT_DEFAULTS, False),
-        (("event/ms_qkformer.py::MS_QKformer", "event/ms_qkformer.py::ms_qkformer"),
-         MS_QKFORMER_DVS, _REF_EVENT_DEFAULTS, False),
-        (("imagenet/max_former.py::Max_Former", "imagenet/max_former.py::maxformer"),
-         MAXFORMER_IMAGENET, _REF_IMAGENET_DEFAULTS, True),
-        (("imagenet/ms_qkformer.py::MS_QKformer", "imagenet/ms_qkformer.py::ms_qkformer"),
-         MS_QKFORMER_IMAGENET, _REF_IMAGENET_DEFAULTS, True)):
-    for _ctor in _names:
-        REFERENCE_CTORS[_ctor] = _reference_builder(_cfg, _dflt, heads_from_width=_heads)
-for _w in (384, 512, 768):  # published registry functions: width, classes and channels fixed, T default 1
-    for _file, _base, _fn in (("max_former", MAXFORMER_IMAGENET, "maxformer"),
-                              ("ms_qkformer", MS_QKFORMER_IMAGENET, "ms_qkformer")):
-        REFERENCE_CTORS[f"imagenet/{_file}.py::{_fn}_10_{_w}"] = _reference_builder(
-            _base, dict(_REF_IMAGENET_DEFAULTS, T=1),
-            fixed=dict(embed_dims=_w, mlp_ratios=4, in_channels=3, num_classes=1000), heads_from_width=True)

@@ -38,7 +38,7 @@ from mixer_hub import SSA
 from .neurons import NeuronConfig
 from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
 
-__all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "REFERENCE_CTORS"]
+__all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS"]
 
 # Per-folder differences of the published code (spikformer.md §2).
 VARIANTS: Dict[str, dict] = {
@@ -285,39 +285,3 @@ def spikformer_8_768(pretrained: bool = False, **kwargs) -> Spikformer:
 def spikformer_2_256(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-2-256, CIFAR10-DVS / DVS128 Gesture (Table 2: 2.57 M at 10 classes; T=16 frames)."""
     return _create("spikformer_2_256", pretrained, kwargs)
-
-
-# ------------------------------------------------------------------ published constructors
-# Published kwargs that only set unused attributes (img size, patch size, dropout, sr ratio...).
-_IGNORED_REFERENCE_KWARGS = {"img_size_h", "img_size_w", "patch_size", "qkv_bias", "qk_scale", "drop_rate",
-                             "attn_drop_rate", "drop_path_rate", "norm_layer", "sr_ratios", "pretrained",
-                             "pretrained_cfg", "pretrained_cfg_overlay"}
-
-
-def _reference_builder(variant: str, T: Optional[int]):
-    """Builder of our model from a published ``<folder>/model.py::Spikformer`` kwargs dict.
-
-    ``qkv_bias`` is ignored as in the published code (the bias layout is fixed per folder);
-    ``T`` is forced to 4 for ImageNet (hard-coded in its forward).
-    """
-    defaults = dict(in_channels=2, num_classes=11, embed_dims=None, num_heads=None, mlp_ratios=None, depths=None)
-
-    def build(kwargs: dict) -> Spikformer:
-        unknown = sorted(set(kwargs) - _IGNORED_REFERENCE_KWARGS - set(defaults) - {"T"})
-        if unknown:
-            raise ValueError(f"unsupported Spikformer ({variant}) reference kwargs {unknown}")
-        kw = {**defaults, **{k: v for k, v in kwargs.items() if k in defaults}}
-        missing = [k for k, v in kw.items() if v is None]
-        if missing:
-            raise ValueError(f"the published Spikformer list defaults of {missing} do not work; pass ints")
-        model_T = T if T is not None else kwargs.get("T", 4)
-        return Spikformer(variant=variant, T=model_T, **kw)
-
-    return build
-
-
-REFERENCE_CTORS = {
-    "cifar10/model.py::Spikformer": _reference_builder("cifar", None),
-    "imagenet/model.py::Spikformer": _reference_builder("imagenet", 4),
-    "cifar10dvs/model.py::Spikformer": _reference_builder("dvs", None),
-}

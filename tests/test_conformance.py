@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.maxformer
+import models.published
 from models.maxformer import SpikingTransformer
 from models.neurons import reset_net
 from utils import conformance
@@ -67,9 +67,9 @@ def make_golden(path, seed=7, extra_key=False, state_dict=True):
 
 @pytest.fixture
 def tiny_ctor(monkeypatch):
-    """Register the tiny test constructor the way a model module would."""
-    table = dict(models.maxformer.REFERENCE_CTORS)
-    monkeypatch.setattr(models.maxformer, "REFERENCE_CTORS", table)
+    """Register the tiny test constructor the way models.published does."""
+    table = dict(models.published.REFERENCE_CTORS)
+    monkeypatch.setattr(models.published, "REFERENCE_CTORS", table)
     return table
 
 
@@ -133,7 +133,7 @@ def test_unknown_constructor_is_named(tmp_path, capsys):
     assert "Did you mean 'cifar10-100/max_former.py::Max_Former'" in out
 
 
-def test_ctor_tables_are_collected_from_every_model_module():
+def test_ctor_table_covers_every_published_family():
     table = conformance.reference_ctors()
     assert "cifar10-100/max_former.py::Max_Former" in table and "imagenet/ms_qkformer.py::MS_QKformer" in table
     assert all(callable(b) for b in table.values())

@@ -8,7 +8,8 @@ import torch
 
 import models
 from models.embeddings import create_embedding, embedding_names
-from models.maxformer import REFERENCE_CTORS, VARIANTS, SpikingTransformer
+from models.maxformer import VARIANTS, SpikingTransformer
+from models.published import REFERENCE_CTORS
 from models.neurons import reset_net, spiking_modules
 
 MANIFESTS = os.path.join(os.path.dirname(__file__), "data", "golden", "manifests")

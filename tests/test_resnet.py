@@ -9,7 +9,8 @@ from spikingjelly.activation_based import neuron as sj_neuron
 import models
 from models import reset_net
 from models.neurons import spiking_modules
-from models.resnet import REFERENCE_CTORS, ResNetLayer, SpikingResNet
+from models.ms_resnet import ResNetLayer, SpikingResNet
+from models.published import REFERENCE_CTORS
 from tests.helpers import assert_batch_invariant
 from utils.conformance import check_file
 

@@ -9,7 +9,8 @@ from spikingjelly.activation_based import neuron as sj_neuron
 import models
 from models import reset_net
 from models.neurons import spiking_modules
-from models.spikformer import REFERENCE_CTORS, SPS, Spikformer
+from models.published import REFERENCE_CTORS
+from models.spikformer import SPS, Spikformer
 from tests.helpers import assert_batch_invariant
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.conformance import check_file

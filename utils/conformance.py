@@ -6,8 +6,7 @@ Usage::
 
 Each FILE is a golden dict (format: ``tests/data/golden/README.md``). Its ``model_ctor``
 (``folder/module.py::Name`` of the published code) selects a builder from the
-``REFERENCE_CTORS`` tables of :mod:`models.maxformer`, :mod:`models.resnet` and
-:mod:`models.spikformer`; the builder turns the file's ``kwargs`` into our model. We then
+``REFERENCE_CTORS`` table of :mod:`models.published`; the builder turns the file's ``kwargs`` into our model. We then
 load the reference ``state_dict`` and repeat the published procedure: eval forward, reload,
 train forward, mean cross-entropy backward. Tolerances (golden README):
 
@@ -16,7 +15,7 @@ train forward, mean cross-entropy backward. Tolerances (golden README):
 
 One line per file with the max deviations and PASS/FAIL; exit status 0 only if all pass.
 
-Extending it (no edit here): a model module exposes ``REFERENCE_CTORS = {ctor: builder}``
+Extending it (no edit here): add ``{ctor: builder}`` to ``models.published.REFERENCE_CTORS``,
 with ``builder(kwargs) -> model`` or ``-> (model, prepare)``. The global RNG is seeded with
 the file's ``seed`` before the builder runs. ``prepare(model, golden)`` puts the model into the
 reference state when the file holds no usable state_dict (e.g. weights regenerated from the
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
@@ -41,7 +39,6 @@ __all__ = ["Prepared", "ConformanceResult", "reference_ctors", "build_reference_
 
 LOGIT_ATOL, LOGIT_RTOL = 1e-5, 1e-4
 GRAD_RTOL, GRAD_ATOL_FRACTION = 1e-4, 1e-5
-MODEL_MODULES = ("models.maxformer", "models.resnet", "models.spikformer")
 
 
 @dataclasses.dataclass
@@ -92,15 +89,10 @@ class ConformanceResult:
 
 
 def reference_ctors() -> Dict[str, Callable]:
-    """``{published ctor: builder}`` collected from every model module's ``REFERENCE_CTORS``."""
-    table: Dict[str, Callable] = {}
-    for name in MODEL_MODULES:
-        module = importlib.import_module(name)
-        for ctor, builder in getattr(module, "REFERENCE_CTORS", {}).items():
-            if ctor in table:
-                raise RuntimeError(f"reference constructor {ctor!r} is claimed by two model modules")
-            table[ctor] = builder
-    return table
+    """``{published ctor: builder}``: the table of :mod:`models.published`."""
+    from models.published import REFERENCE_CTORS
+
+    return REFERENCE_CTORS
 
 
 def build_reference_model(ctor: str, kwargs: dict) -> Tuple[nn.Module, Optional[Callable]]:
@@ -249,9 +241,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
     all_ok = True
     for path in args.files:
         try:

@@ -84,7 +84,7 @@ def registered_models() -> List[str]:
     import models  # noqa: F401
 
     names = set(timm.list_models(module="maxformer")) | set(timm.list_models(module="spikformer"))
-    names |= {n for n in timm.list_models(module="resnet") if n.startswith(("ms_resnet", "max_resnet"))}
+    names |= set(timm.list_models(module="ms_resnet"))
     return sorted(names)
 
 
