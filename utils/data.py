@@ -58,7 +58,7 @@ DATA_OPTIONS: Dict[str, Option] = {
                           '(ImageNet / event frames; costs one pass over the files)'),
     'img_size': Option(None, int, 'input size (null = native: digits/CIFAR 32, events 128, ImageNet 224)', low=1),
     'mean': Option(None, list, "normalisation mean per channel, e.g. [0.5, 0.5, 0.5] (null = the dataset's)"),
-    'std': Option(None, list, "normalisation std per channel (null = the dataset's)", low=1e-12),
+    'std': Option(None, list, "normalisation std per channel, each > 0 (null = the dataset's)"),
     'crop_pct': Option(None, float, 'eval Resize(img_size / crop_pct) + CenterCrop (null = 1.0; ImageNet at '
                        '<= 224: 0.875)', low=1e-6, high=1.0),
     'interpolation': Option('bicubic', str, 'eval resize interpolation', choices=_INTERPOLATIONS),
@@ -282,14 +282,17 @@ class CifarUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR python batches: admits only what the format holds.
 
     The batches are dicts of str/bytes, int lists and uint8 numpy arrays; rebuilding an array needs numpy's
-    ``_reconstruct``, ``ndarray`` and ``dtype`` (and ``_codecs.encode`` for bytes written by Python 3 at
-    protocol 2). Any other global (e.g. ``os.system`` in a crafted ``__reduce__``) raises
-    ``UnpicklingError`` before anything is called.
+    ``_reconstruct``, ``ndarray`` and ``dtype`` (``_frombuffer`` for files written at protocol 5, and
+    ``_codecs.encode`` for bytes written by Python 3 at protocol 2). Any other global (e.g. ``os.system`` in a
+    crafted ``__reduce__``) raises ``UnpicklingError`` before anything is called.
     """
 
     _RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy.core / numpy._core .multiarray._reconstruct
+    _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy.core / numpy._core .numeric._frombuffer
     ALLOWED = {('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
                ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
+               ('numpy.core.numeric', '_frombuffer'): _FROMBUFFER,
+               ('numpy._core.numeric', '_frombuffer'): _FROMBUFFER,
                ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
 
     def find_class(self, module, name):
@@ -787,6 +790,9 @@ def check_data_config(cfg) -> None:
         if value is not None and len(value) != spec.in_channels:
             raise ConfigError(f"config key '{key}': {spec.name} has {spec.in_channels} input channels, got "
                               f"{len(value)} values {list(value)}; give {spec.in_channels} or null")
+    std = _get(cfg, 'std')
+    if std is not None and min(std) <= 0:
+        raise ConfigError(f"config key 'std': every value must be > 0, got {list(std)}")
 
 
 def mixup_active(cfg) -> bool:
