@@ -91,7 +91,7 @@ DATA_OPTIONS: Dict[str, Option] = {
     'mixup_mode': Option('batch', str, 'mix per batch, pair or element', choices=('batch', 'pair', 'elem')),
     'mixup_off_epoch': Option(0, int, 'turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never',
                               low=0),
-    'smoothing': Option(0.1, float, 'label smoothing', low=0.0, high=0.999),
+    'smoothing': Option(0.1, float, 'label smoothing of the targets (0 = one-hot)', low=0.0, high=0.999),
     'workers': Option(4, int, 'DataLoader worker processes per training process (0 = load in the main process)',
                       low=0),
     'pin_memory': Option(True, bool, 'page-locked batches for faster host-to-GPU copies'),
