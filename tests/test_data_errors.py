@@ -188,3 +188,15 @@ def test_corrupt_event_file_names_the_file(tmp_path):
     bad.write_bytes(b'PK\x03\x04broken')
     with pytest.raises(BadSampleError, match='cifar10_bird_1.npz'):
         full[index]
+
+
+def test_docs_page_lists_every_dataset_and_data_key():
+    import os
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'data.md')).read()
+    for key in data_lib.DATA_OPTIONS:
+        assert f'| `{key}` |' in text, key
+    for name, spec in DATASETS.items():
+        assert f'`{name}`' in text, name
+        for alias in spec.aliases:
+            assert f'`{alias}`' in text, alias
