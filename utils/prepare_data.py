@@ -123,6 +123,7 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
 def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
+
     from .data import CIFAR10Files, CIFAR100Files
     cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]  # the official md5 sums
     if download:
