@@ -200,3 +200,16 @@ def test_docs_page_lists_every_dataset_and_data_key():
         assert f'`{name}`' in text, name
         for alias in spec.aliases:
             assert f'`{alias}`' in text, alias
+
+
+def test_prepare_data_verify_lists_unreadable_images(tmp_path, capsys):
+    from utils import prepare_data
+
+    write_imagefolder(tmp_path)
+    bad = tmp_path / 'train' / 'n01440764' / 'n01440764_1.JPEG'
+    _truncate(bad)
+    assert prepare_data.main(['--dataset', 'imagenet', '--root', str(tmp_path)]) == 1  # 2 classes, not 1000
+    assert str(bad) not in capsys.readouterr().out  # without --verify the files are not read
+    assert prepare_data.main(['--dataset', 'imagenet', '--root', str(tmp_path), '--verify']) == 1
+    out = capsys.readouterr().out
+    assert '1 unreadable sample file(s):' in out and str(bad) in out

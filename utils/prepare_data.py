@@ -5,6 +5,7 @@
   check the sample counts (CIFAR10-DVS 10,000 = 1,000 per class; DVS128 Gesture 1,176 train / 288 test).
   ``--download`` fetches CIFAR10-DVS from figshare; DVS128 Gesture must be downloaded by hand.
 * cifar10 / cifar100: ``--download`` fetches the python version with torchvision; ``--verify`` checks md5 sums.
+* ``--verify`` on the other datasets reads every sample file once and lists the unreadable ones.
 * imagenet (and any other dataset of folders): checks the layout and the counts against the dataset table
   (``utils.data.DATASETS``).
 
@@ -66,7 +67,7 @@ def _raw_available(name: str, root: Path) -> bool:
     return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
 
-def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
+def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool = False) -> int:
     frames = _frames_dir(root, T)
     stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
     if stale:
@@ -108,7 +109,8 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
     problems = check_event_counts(name, root, T)
     if not problems:
         try:  # the loader used by train.py must read them too
-            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False)
+            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False,
+                                     verify_data=verify)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # counts were reported above
                 train_set, eval_set = create_datasets(cfg)
@@ -136,7 +138,8 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
+                                                                      verify_data=verify))
         info = dataset_info(name)
         print(f'{name}: {len(train_set)} train / {len(eval_set)} test samples '
               f'(expected {info["train_size"]} / {info["eval_size"]})')
@@ -151,14 +154,15 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     return _report(name, root, problems)
 
 
-def prepare_folders(name: str, root: Path) -> int:
-    """Check a dataset of class folders (ImageNet): layout, class count and sample counts."""
+def prepare_folders(name: str, root: Path, verify: bool = False) -> int:
+    """Check a dataset of class folders (ImageNet): layout, class count, sample counts (``verify``: every file)."""
     spec = DATASETS[name]
     problems = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
+                                                                      verify_data=verify))
         print(f'{name}: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} '
               f'{spec.eval_split} samples (expected {spec.num_classes} classes, {spec.train_size} / {spec.eval_size})')
         if len(train_set.classes) != spec.num_classes:
@@ -186,17 +190,18 @@ def main(argv=None) -> int:
     parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
     parser.add_argument('--T', type=int, default=16, help='frames per event sample (= model time steps), default 16')
     parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
-    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums')
+    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
+                        'and list the unreadable ones')
     args = parser.parse_args(argv)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()
     if args.T < 1:
         parser.error(f'--T must be a positive number of frames, got {args.T}')
     if DATASETS[name].kind == 'event':
-        return prepare_events(name, root, args.T, args.download)
+        return prepare_events(name, root, args.T, args.download, args.verify)
     if name in ('cifar10', 'cifar100'):
         return prepare_cifar(name, root, args.download, args.verify)
-    return prepare_folders(name, root)
+    return prepare_folders(name, root, args.verify)
 
 
 if __name__ == '__main__':
