@@ -54,7 +54,7 @@ def test_a_new_dataset_is_one_table_entry_plus_its_loader(tmp_path, monkeypatch)
 
     def build(cfg, spec, include_train):
         if not (data_lib.data_root(cfg) / 'squares.txt').is_file():
-            raise data_lib._missing_error(spec.name, data_lib.data_root(cfg), 'squares.txt not found')
+            raise data_lib.missing_data_error(spec.name, data_lib.data_root(cfg), 'squares.txt not found')
         return (Squares(6) if include_train else None), Squares(4)
 
     spec = DatasetSpec('squares', build, 2, 1, 'image', 8, (0.5,), (0.5,), 6, 4, tree=('squares.txt',),

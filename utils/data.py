@@ -133,15 +133,16 @@ class BadSampleError(DatasetError):
                    f'--verify-data true lists every unreadable file at start', path=str(path), index=index)
 
 
-def _get(cfg, key):
+def get_option(cfg, key):
+    """``cfg.<key>``, or the key's default when ``cfg`` lacks it (loaders accept any namespace)."""
     return getattr(cfg, key, DATA_DEFAULTS[key]) if cfg is not None else DATA_DEFAULTS[key]
 
 
 def data_root(cfg) -> Path:
     """Resolved dataset folder: ``cfg.data_path`` or ``<repo>/data/<dataset>``."""
-    path = _get(cfg, 'data_path')
+    path = get_option(cfg, 'data_path')
     if path in (None, ''):
-        return REPO_ROOT / 'data' / canonical_name(_get(cfg, 'dataset'))
+        return REPO_ROOT / 'data' / canonical_name(get_option(cfg, 'dataset'))
     return Path(os.path.expanduser(str(path))).resolve()
 
 
@@ -259,19 +260,19 @@ class SyntheticDataset(Dataset):
 
 
 def _build_synthetic(cfg, spec, include_train):
-    sizes = [int(v) for v in _get(cfg, 'synthetic_size')]
+    sizes = [int(v) for v in get_option(cfg, 'synthetic_size')]
     if len(sizes) != 2 or min(sizes) < 1:
         raise DatasetError(f'synthetic_size must be [train_samples, eval_samples] with both >= 1, got {sizes}')
-    size = _get(cfg, 'img_size') or spec.img_size
+    size = get_option(cfg, 'img_size') or spec.img_size
     classes = getattr(cfg, 'num_classes', None) or spec.num_classes
     train = SyntheticDataset(sizes[0], size, classes, seed=0) if include_train else None
     return train, SyntheticDataset(sizes[1], size, classes, seed=1)
 
 
 def _build_digits(cfg, spec, include_train):
-    size = _get(cfg, 'img_size') or spec.img_size
-    mean, std = _get(cfg, 'mean'), _get(cfg, 'std')
-    train = DigitsDataset(True, size, mean, std, augment=bool(_get(cfg, 'digits_augment'))) if include_train else None
+    size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = get_option(cfg, 'mean'), get_option(cfg, 'std')
+    train = DigitsDataset(True, size, mean, std, augment=bool(get_option(cfg, 'digits_augment'))) if include_train else None
     return train, DigitsDataset(False, size, mean, std)
 
 
@@ -376,33 +377,33 @@ class CIFAR100Files(_SafeCifarLoading, CIFAR100):
 def _cifar_transforms(cfg, spec):
     from timm.data import create_transform
 
-    img_size = _get(cfg, 'img_size') or spec.img_size
-    mean, std = tuple(_get(cfg, 'mean') or spec.mean), tuple(_get(cfg, 'std') or spec.std)
+    img_size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = tuple(get_option(cfg, 'mean') or spec.mean), tuple(get_option(cfg, 'std') or spec.std)
     primary, _, final = create_transform(
-        img_size, is_training=True, separate=True, scale=tuple(_get(cfg, 'scale')), ratio=tuple(_get(cfg, 'ratio')),
-        hflip=_get(cfg, 'hflip'), color_jitter=None, interpolation=_get(cfg, 'train_interpolation'),
-        mean=mean, std=std, re_prob=_get(cfg, 'reprob'), re_mode=_get(cfg, 'remode'), re_count=_get(cfg, 'recount'))
-    aa = _get(cfg, 'aa')
-    secondary = [snn_rand_augment(aa, img_size, mean, _get(cfg, 'train_interpolation'))] if aa else []
+        img_size, is_training=True, separate=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
+        hflip=get_option(cfg, 'hflip'), color_jitter=None, interpolation=get_option(cfg, 'train_interpolation'),
+        mean=mean, std=std, re_prob=get_option(cfg, 'reprob'), re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
+    aa = get_option(cfg, 'aa')
+    secondary = [snn_rand_augment(aa, img_size, mean, get_option(cfg, 'train_interpolation'))] if aa else []
     train_tf = T_.Compose(list(primary.transforms) + secondary + list(final.transforms))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=_get(cfg, 'interpolation'),
-                               crop_pct=_get(cfg, 'crop_pct') or 1.0, mean=mean, std=std)
+    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, 'interpolation'),
+                               crop_pct=get_option(cfg, 'crop_pct') or 1.0, mean=mean, std=std)
     return train_tf, eval_tf
 
 
 def _build_cifar(cfg, spec, include_train, cls):
     name, root = spec.name, data_root(cfg)
-    if _get(cfg, 'download'):
+    if get_option(cfg, 'download'):
         try:
             cls(str(root), train=False, download=True)
         except Exception as e:  # network or disk problem
-            raise _missing_error(name, root, f'download into {root} failed ({type(e).__name__}: {e})') from None
+            raise missing_data_error(name, root, f'download into {root} failed ({type(e).__name__}: {e})') from None
     folder = root / cls.base_folder
     needed = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta['filename']]
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         what = 'not found' if len(missing) == len(needed) else 'incomplete, missing ' + ', '.join(missing)
-        raise _missing_error(name, root, f'{what} in {folder}')
+        raise missing_data_error(name, root, f'{what} in {folder}')
     train_tf, eval_tf = _cifar_transforms(cfg, spec)
     eval_set = cls(str(root), train=False, transform=eval_tf)
     train_set = cls(str(root), train=True, transform=train_tf) if include_train else None
@@ -469,12 +470,12 @@ def _check_frames(name: str, root: Path, T: int):
     frames = _frames_dir(root, T)
     marker = frames.with_name(frames.name + '.building')
     if marker.exists():
-        raise _missing_error(name, root, f'frame conversion into {frames} did not finish (found {marker.name}). '
+        raise missing_data_error(name, root, f'frame conversion into {frames} did not finish (found {marker.name}). '
                                          f'Delete {frames} and {marker}, then rerun the command below.', T)
     if not frames.is_dir():
         other = sorted(p.name for p in root.glob('frames_number_*_split_by_number')) if root.is_dir() else []
         hint = f' (found {", ".join(other)}: frames for another T; T={T} is requested)' if other else ''
-        raise _missing_error(name, root, f'no frames for T={T} in {root}{hint}', T)
+        raise missing_data_error(name, root, f'no frames for T={T} in {root}{hint}', T)
     if name == 'cifar10dvs':
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
         expected = [frames / c for c in CIFAR10DVS_CLASS_NAMES]
@@ -482,7 +483,7 @@ def _check_frames(name: str, root: Path, T: int):
         expected = [frames / split / str(c) for split in ('train', 'test') for c in range(11)]
     missing = [str(p.relative_to(root)) for p in expected if not p.is_dir() or not any(p.glob('*.np[yz]'))]
     if missing:
-        raise _missing_error(name, root, f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
+        raise missing_data_error(name, root, f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
 
 
 def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAIN_RATIO):
@@ -504,19 +505,19 @@ def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAI
 
 def _build_events(cfg, spec, include_train, frames_class: str):
     name, root = spec.name, data_root(cfg)
-    T = int(_get(cfg, 'T'))
-    img_size = _get(cfg, 'img_size')
+    T = int(get_option(cfg, 'T'))
+    img_size = get_option(cfg, 'img_size')
     if img_size not in (None, spec.img_size):
         raise DatasetError(f'{name}: img_size={img_size} is not supported; event frames are used at their native '
                            f'{spec.img_size}x{spec.img_size} (set img_size to null or {spec.img_size})')
-    if _get(cfg, 'download'):
+    if get_option(cfg, 'download'):
         raise DatasetError(f'{name}: download=true is not supported inside training (conversion takes long and '
                            f'must not run once per process). Run once:\n  '
                            + _prepare_cmd(name, root, T, download=name == 'cifar10dvs'))
     _check_frames(name, root, T)
     cls = globals().get(frames_class) or _make_frames_class(frames_class)
-    augment = bool(_get(cfg, 'event_augment'))
-    train_tf, eval_tf = EventFrames(augment, _get(cfg, 'hflip')), EventFrames(False)
+    augment = bool(get_option(cfg, 'event_augment'))
+    train_tf, eval_tf = EventFrames(augment, get_option(cfg, 'hflip')), EventFrames(False)
     kw = dict(data_type='frame', frames_number=T, split_by='number')
     try:
         if name == 'cifar10dvs':
@@ -528,7 +529,7 @@ def _build_events(cfg, spec, include_train, frames_class: str):
             eval_set = cls(str(root), train=False, transform=eval_tf, **kw)
             train_set = cls(str(root), train=True, transform=train_tf, **kw) if include_train else None
     except (FileNotFoundError, RuntimeError) as e:
-        raise _missing_error(name, root, f'spikingjelly could not read the frames ({e})', T) from None
+        raise missing_data_error(name, root, f'spikingjelly could not read the frames ({e})', T) from None
     return train_set, eval_set
 
 
@@ -542,15 +543,15 @@ class CheckedImageFolder(NamedSampleErrors, ImageFolder):
 def _imagenet_transforms(cfg, spec):
     from timm.data import create_transform
 
-    img_size = _get(cfg, 'img_size') or spec.img_size
-    mean, std = tuple(_get(cfg, 'mean') or spec.mean), tuple(_get(cfg, 'std') or spec.std)
-    crop_pct = _get(cfg, 'crop_pct') or (0.875 if img_size <= 224 else 1.0)
+    img_size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = tuple(get_option(cfg, 'mean') or spec.mean), tuple(get_option(cfg, 'std') or spec.std)
+    crop_pct = get_option(cfg, 'crop_pct') or (0.875 if img_size <= 224 else 1.0)
     train_tf = create_transform(
-        img_size, is_training=True, scale=tuple(_get(cfg, 'scale')), ratio=tuple(_get(cfg, 'ratio')),
-        hflip=_get(cfg, 'hflip'), color_jitter=_get(cfg, 'color_jitter'), auto_augment=_get(cfg, 'aa'),
-        interpolation=_get(cfg, 'train_interpolation'), mean=mean, std=std, re_prob=_get(cfg, 'reprob'),
-        re_mode=_get(cfg, 'remode'), re_count=_get(cfg, 'recount'))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=_get(cfg, 'interpolation'),
+        img_size, is_training=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
+        hflip=get_option(cfg, 'hflip'), color_jitter=get_option(cfg, 'color_jitter'), auto_augment=get_option(cfg, 'aa'),
+        interpolation=get_option(cfg, 'train_interpolation'), mean=mean, std=std, re_prob=get_option(cfg, 'reprob'),
+        re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
+    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, 'interpolation'),
                                crop_pct=crop_pct, mean=mean, std=std)
     return train_tf, eval_tf
 
@@ -560,7 +561,7 @@ def _build_imagefolder(cfg, spec, include_train):
     splits = ['train', 'val'] if include_train else ['val']
     missing = [s for s in splits if not (root / s).is_dir()]
     if missing:
-        raise _missing_error(name, root, f'missing {" and ".join(s + "/" for s in missing)} in {root}')
+        raise missing_data_error(name, root, f'missing {" and ".join(s + "/" for s in missing)} in {root}')
     train_tf, eval_tf = _imagenet_transforms(cfg, spec)
     sets = {}
     for split, tf in zip(('train', 'val'), (train_tf, eval_tf)):
@@ -569,10 +570,10 @@ def _build_imagefolder(cfg, spec, include_train):
         try:
             sets[split] = CheckedImageFolder(str(root / split), transform=tf)
         except FileNotFoundError as e:
-            raise _missing_error(name, root, f'{root / split} has no class folders with images ({e})') from None
+            raise missing_data_error(name, root, f'{root / split} has no class folders with images ({e})') from None
     if include_train and sets['train'].classes != sets['val'].classes:
         only = sorted(set(sets['train'].classes) ^ set(sets['val'].classes))
-        raise _missing_error(name, root, f'train/ and val/ have different class folders (e.g. {", ".join(only[:5])})')
+        raise missing_data_error(name, root, f'train/ and val/ have different class folders (e.g. {", ".join(only[:5])})')
     return sets.get('train'), sets['val']
 
 
@@ -704,7 +705,8 @@ def prepare_text(name: str, root, T: int = 16) -> str:
                      for line in spec.prepare)
 
 
-def _missing_error(name: str, root: Path, problem: str, T: int = 16) -> DatasetError:
+def missing_data_error(name: str, root: Path, problem: str, T: int = 16) -> DatasetError:
+    """``DatasetError``: the problem, the expected folder tree and how to prepare it (from the table)."""
     name = canonical_name(name)
     return DatasetError('\n'.join([f'{name}: {problem}', '', 'Expected layout:', expected_tree(name, root, T), '',
                                    prepare_text(name, root, T)]))
@@ -770,11 +772,11 @@ def create_datasets(cfg, include_train: bool = True):
     tree and the preparation command when the data are missing or incomplete, when ``cfg.num_classes`` is
     smaller than the dataset's number of classes, and (``verify_data: true``) when sample files are unreadable.
     """
-    spec = DATASETS[canonical_name(_get(cfg, 'dataset'))]
+    spec = DATASETS[canonical_name(get_option(cfg, 'dataset'))]
     train_set, eval_set = spec.build(cfg, spec, include_train)
     check_num_classes(cfg, spec, eval_set)
-    if _get(cfg, 'verify_data'):
-        verify_files(train_set, eval_set, int(_get(cfg, 'workers')))
+    if get_option(cfg, 'verify_data'):
+        verify_files(train_set, eval_set, int(get_option(cfg, 'workers')))
     _warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
     if train_set is not None:
         _warn_count(spec.name, 'train', len(train_set), spec.train_size)
@@ -784,21 +786,21 @@ def create_datasets(cfg, include_train: bool = True):
 def check_data_config(cfg) -> None:
     """Config-level checks of the data keys that need the dataset (name, mean/std length); ``ConfigError``."""
     try:
-        spec = DATASETS[canonical_name(_get(cfg, 'dataset'))]
+        spec = DATASETS[canonical_name(get_option(cfg, 'dataset'))]
     except DatasetError as err:
         raise ConfigError(f"config key 'dataset': {err}") from None
     for key in ('mean', 'std'):
-        value = _get(cfg, key)
+        value = get_option(cfg, key)
         if value is not None and len(value) != spec.in_channels:
             raise ConfigError(f"config key '{key}': {spec.name} has {spec.in_channels} input channels, got "
                               f"{len(value)} values {list(value)}; give {spec.in_channels} or null")
-    std = _get(cfg, 'std')
+    std = get_option(cfg, 'std')
     if std is not None and min(std) <= 0:
         raise ConfigError(f"config key 'std': every value must be > 0, got {list(std)}")
 
 
 def mixup_active(cfg) -> bool:
-    return _get(cfg, 'mixup') > 0 or _get(cfg, 'cutmix') > 0 or _get(cfg, 'cutmix_minmax') is not None
+    return get_option(cfg, 'mixup') > 0 or get_option(cfg, 'cutmix') > 0 or get_option(cfg, 'cutmix_minmax') is not None
 
 
 def create_mixup(cfg, num_classes: int):
@@ -811,12 +813,12 @@ def create_mixup(cfg, num_classes: int):
     """
     if not mixup_active(cfg):
         return None
-    mode = _get(cfg, 'mixup_mode')
+    mode = get_option(cfg, 'mixup_mode')
     if mode not in ('batch', 'pair', 'elem'):
         raise DatasetError(f"mixup_mode={mode!r} is not valid; use 'batch', 'pair' or 'elem'")
-    minmax = _get(cfg, 'cutmix_minmax')
+    minmax = get_option(cfg, 'cutmix_minmax')
     return SpatialMixup(
-        mixup_alpha=float(_get(cfg, 'mixup')), cutmix_alpha=float(_get(cfg, 'cutmix')),
-        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(_get(cfg, 'mixup_prob')),
-        switch_prob=float(_get(cfg, 'mixup_switch_prob')), mode=mode,
-        label_smoothing=float(_get(cfg, 'smoothing')), num_classes=int(num_classes))
+        mixup_alpha=float(get_option(cfg, 'mixup')), cutmix_alpha=float(get_option(cfg, 'cutmix')),
+        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(get_option(cfg, 'mixup_prob')),
+        switch_prob=float(get_option(cfg, 'mixup_switch_prob')), mode=mode,
+        label_smoothing=float(get_option(cfg, 'smoothing')), num_classes=int(num_classes))
