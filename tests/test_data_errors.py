@@ -213,3 +213,9 @@ def test_prepare_data_verify_lists_unreadable_images(tmp_path, capsys):
     assert prepare_data.main(['--dataset', 'imagenet', '--root', str(tmp_path), '--verify']) == 1
     out = capsys.readouterr().out
     assert '1 unreadable sample file(s):' in out and str(bad) in out
+
+
+def test_only_datasets_of_files_warn_about_official_sizes():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        create_datasets(make_cfg(dataset='synthetic', synthetic_size=[8, 4]))

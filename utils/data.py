@@ -777,9 +777,10 @@ def create_datasets(cfg, include_train: bool = True):
     check_num_classes(cfg, spec, eval_set)
     if get_option(cfg, 'verify_data'):
         verify_files(train_set, eval_set, int(get_option(cfg, 'workers')))
-    _warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
-    if train_set is not None:
-        _warn_count(spec.name, 'train', len(train_set), spec.train_size)
+    if spec.tree:  # datasets of files have official sizes (synthetic's are chosen, digits' fixed)
+        _warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
+        if train_set is not None:
+            _warn_count(spec.name, 'train', len(train_set), spec.train_size)
     return train_set, eval_set
 
 
