@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from utils.config import ConfigError, parse_config
+from utils.config import ConfigError, parse_config, schedule_note
 from utils.engine import build_optimizer, build_scheduler, resolve_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +76,90 @@ def test_train_cli_exits_2_with_message_and_no_traceback(tmp_path):
     assert r.returncode == 2
     assert "unknown config key 'batch_sise'" in r.stderr and "batch_size" in r.stderr
     assert "Traceback" not in r.stderr
+    checkpoint = tmp_path / "last.pth.tar"  # -c given a checkpoint (binary, a zip)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint)
+    r = subprocess.run([sys.executable, "train.py", "-c", str(checkpoint)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is not a YAML config (binary content)" in r.stderr and "--resume / --initial-checkpoint" in r.stderr
+
+
+def test_every_key_is_typed_with_real_help():
+    from utils.config import all_options
+
+    for key, opt in all_options().items():
+        assert opt.kind is not None or key in ("model_kwargs",), key
+        assert len(opt.help) > 8 and "utils/data.py" not in opt.help, key
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--img-size", "abc"], r"config key 'img_size': expected an integer, got 'abc'"),
+    (["--img-size", "0"], r"'img_size' must be >= 1, got 0"),
+    (["--num-classes", "0"], r"'num_classes' must be >= 1 \(or null = the dataset's number of classes\), got 0"),
+    (["--workers", "-1"], r"'workers' must be >= 0, got -1"),
+    (["--max-train-batches", "-1"], r"'max_train_batches' must be >= 0, got -1"),
+    (["--max-eval-batches", "-2"], r"'max_eval_batches' must be >= 0, got -2"),
+    (["--reprob", "1.5"], r"'reprob' must be between 0 and 1, got 1.5"),
+    (["--remode", "zero"], r"'remode': 'zero' is not one of const, pixel, rand"),
+    (["--scale", "0.5"], r"'scale' needs 2 values, got 1"),
+    (["--mean", "0.5", "0.5"], r"'mean': digits has 3 input channels, got 2 values"),
+    (["--dataset", "cifar10dvs", "--std", "0.5", "0"], r"'std': every value must be > 0"),
+    (["--dataset", "cifar-10"], r"'dataset': unknown dataset 'cifar-10'. Did you mean 'cifar10'"),
+    (["--interpolation", "cubic"], r"'interpolation': 'cubic' is not one of"),
+    (["--synthetic-size", "10", "x"], r"'synthetic_size'\[1\]: expected an integer, got 'x'"),
+])
+def test_data_and_run_keys_are_validated(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_config(argv)
+
+
+def test_data_keys_coerce_to_their_types(tmp_path):
+    cfg = parse_config(["--img-size", "64", "--mean", "0.5", "0.4", "0.3", "--hflip", "0", "--aa", "rand-m9-n1",
+                        "--download", "--synthetic-size", "8", "4", "--verify-data"])
+    assert cfg.img_size == 64 and cfg.mean == [0.5, 0.4, 0.3] and cfg.hflip == 0.0 and isinstance(cfg.hflip, float)
+    assert cfg.aa == "rand-m9-n1" and cfg.download is True and cfg.synthetic_size == [8, 4] and cfg.verify_data
+    cfg = parse_config(["-c", _yaml(tmp_path, "img_size: '48'\ncrop_pct: 0.9\naa: null\n")])
+    assert cfg.img_size == 48 and cfg.crop_pct == 0.9 and cfg.aa is None
+
+
+def test_empty_or_comment_only_yaml_is_refused(tmp_path):
+    for text in ("", "# only a comment\n", "\n\n"):
+        with pytest.raises(ConfigError, match=r"c.yaml is empty: a config needs at least one key.*leave out -c"):
+            parse_config(["-c", _yaml(tmp_path, text)])
+    raw = tmp_path / "raw.yaml"
+    raw.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="raw.yaml is not a YAML config"):
+        parse_config(["-c", str(raw)])
+
+
+def test_relative_data_path_in_yaml_is_relative_to_the_yaml(tmp_path, monkeypatch):
+    (tmp_path / "configs" / "ablations").mkdir(parents=True)
+    _yaml(tmp_path / "configs", "dataset: cifar10\ndata_path: ../data/cifar\n", "parent.yaml")
+    child = _yaml(tmp_path / "configs" / "ablations", "base: ../parent.yaml\nlr: 0.1\n", "child.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert parse_config(["-c", child]).data_path == str(tmp_path / "data" / "cifar")  # the base file's folder
+    own = _yaml(tmp_path / "configs" / "ablations", "base: ../parent.yaml\ndata_path: local\n", "own.yaml")
+    assert parse_config(["-c", own]).data_path == str(tmp_path / "configs" / "ablations" / "local")
+    absolute = _yaml(tmp_path, f"data_path: {tmp_path / 'abs'}\n", "abs.yaml")
+    assert parse_config(["-c", absolute]).data_path == str(tmp_path / "abs")
+    assert parse_config(["-c", _yaml(tmp_path, "data_path: null\n", "n.yaml")]).data_path is None
+    # on the command line a relative path is relative to the current folder (stored absolute, e.g. in args.yaml)
+    assert parse_config(["-c", child, "--data-path", "mine"]).data_path == str(elsewhere / "mine")
+
+
+def test_warmup_longer_than_epochs_says_what_to_do():
+    with pytest.raises(ConfigError) as e:
+        parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1"])
+    msg = str(e.value)
+    assert "warmup_epochs (20) is larger than epochs (1)" in msg
+    assert "Lower --warmup-epochs (e.g. --warmup-epochs 0) or raise --epochs to at least 20" in msg
+    assert "the 10 cooldown_epochs come on top of epochs" in msg
+    cfg = parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1",
+                        "--warmup-epochs", "0"])
+    assert schedule_note(cfg) == ("The run trains epochs + cooldown_epochs = 11 epochs (1 of schedule, then 10 at "
+                                  "min_lr on top).")
 
 
 def _sched_lrs(cfg, updates_per_epoch=1, per_update=False):

@@ -194,7 +194,7 @@ def test_cifar_missing_or_incomplete_names_the_tree_and_the_command(tmp_path):
     with pytest.raises(DatasetError, match='incomplete, missing data_batch_3'):
         create_datasets(make_cfg(dataset='cifar10', data_path=str(tmp_path)))
     (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').write_bytes(b'not a pickle')
-    with pytest.raises(DatasetError, match='unreadable'):
+    with pytest.raises(DatasetError, match='data_batch_3 is not a readable CIFAR batch.*download it again'):
         create_datasets(make_cfg(dataset='cifar10', data_path=str(tmp_path)))
 
 

@@ -2,13 +2,17 @@
 
 ``parse_config(argv)`` implements ``python train.py -c CONFIG [--key value ...]``:
 
-* every key of :data:`TRAIN_OPTIONS` and of ``utils.data.DATA_DEFAULTS`` is a YAML key and a flag
+* every key of :data:`TRAIN_OPTIONS` and of ``utils.data.DATA_OPTIONS`` is a YAML key and a flag
   (``--weight-decay`` and ``--weight_decay`` both work);
 * a YAML file may start from another one with ``base: relative/path.yaml`` (mappings are merged,
-  the child wins), which is how the ablation configs add only their model changes;
-* values are coerced to the key's type, so ``6e-2`` (a *string* for PyYAML) becomes 0.06;
-* an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key, the value
-  and the closest valid keys; the entry points print it and exit with status 2.
+  the child wins), which is how the ablation configs add only their model changes; a relative
+  ``data_path`` in a YAML file is relative to that file's folder too (on the command line: to the
+  current folder);
+* values are coerced to the key's type, so ``6e-2`` (a *string* for PyYAML) becomes 0.06, and checked
+  against the key's range and choices;
+* an unknown key, a value of the wrong type or range, an empty or non-text config file raises
+  :class:`ConfigError` naming the key, the value and the fix; the entry points print it and exit with
+  status 2.
 """
 from __future__ import annotations
 
@@ -30,13 +34,19 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One configuration key: default, value type (``None`` = any YAML value) and help text."""
+    """One configuration key: default, value type (``None`` = any YAML value), help text and valid values.
+
+    ``low``/``high`` bound a number (for a list: every element); ``length`` is a list's required length.
+    """
 
     default: Any
     type: Optional[type] = None
     help: str = ""
     choices: Optional[Sequence[Any]] = None
     short: Optional[str] = None  # e.g. "-b"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    length: Optional[int] = None
 
     @property
     def kind(self):
@@ -51,7 +61,7 @@ def _o(default, type_=None, help="", choices=None, short=None):
     return Option(default, type_, help, choices, short)
 
 
-# Keys owned by the training engine. Data keys come from utils.data.DATA_DEFAULTS.
+# Keys owned by the training engine. Data keys come from utils.data.DATA_OPTIONS.
 TRAIN_OPTIONS: Dict[str, Option] = {
     # run / output
     "experiment": _o("", str, "run name; outputs go to <output>/<experiment> (default: config file name)"),
@@ -65,7 +75,7 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
     "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ... adds to "
                         "the YAML's; start with 'none' to replace them"),
-    "num_classes": _o(None, int, "number of classes (default: from the dataset)"),
+    "num_classes": _o(None, int, "number of classes, >= the dataset's (default: from the dataset)"),
     "T": _o(4, int, "time steps (model attribute .T)", short="-T"),
     # schedule / optimisation
     "epochs": _o(400, int, "epochs of the lr schedule (warmup included), cooldown epochs come on top"),
@@ -119,16 +129,14 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "wandb_entity": _o("", str, "W&B entity (default: $WANDB_ENTITY or your default entity)"),
 }
 
-def _data_options() -> Dict[str, Option]:
-    from utils.data import DATA_DEFAULTS
+# Keys whose relative paths in a YAML file are relative to that file's folder.
+YAML_RELATIVE_PATHS = ("data_path",)
 
-    out = {}
-    for k, v in DATA_DEFAULTS.items():
-        if isinstance(v, Option):
-            out[k] = v
-        else:
-            out[k] = Option(v, None if v is None else type(v), "data option (utils/data.py)")
-    return out
+
+def _data_options() -> Dict[str, Option]:
+    from utils.data import DATA_OPTIONS
+
+    return DATA_OPTIONS
 
 
 def all_options(extra: Optional[Dict[str, Option]] = None) -> Dict[str, Option]:
@@ -300,14 +308,30 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     _seen = (_seen or []) + [path]
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a YAML config (binary content). -c takes a YAML file such as "
+                          f"cifar10-100/cifar10.yaml; a checkpoint goes to --resume / --initial-checkpoint "
+                          f"(validate.py: --checkpoint)") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty: a config needs at least one key (e.g. 'model: maxformer_cifar'); "
+                          f"to run with every default, leave out -c")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key in YAML_RELATIVE_PATHS:
+        value = data.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            data[key] = os.path.normpath(os.path.join(os.path.dirname(path), value))
     base = data.pop("base", None)
     if base:
         base_path = os.path.join(os.path.dirname(path), str(base))
@@ -376,25 +400,66 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
         new = coerce(k, v, options[k], from_cli=True)
         if options[k].kind is dict and isinstance(values.get(k), dict) and not new.pop("__reset__", False):
             new = {**values[k], **new}  # --model-kwargs adds to / overrides the YAML mapping
+        if k in YAML_RELATIVE_PATHS and new:  # relative to the current folder, kept so in args.yaml
+            new = os.path.abspath(os.path.expanduser(new))
         values[k] = new
     cfg = Config(**values)
     cfg.config = os.path.abspath(args.config) if args.config else ""
     if "experiment" in values and not cfg.experiment:
         cfg.experiment = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
-    _check_ranges(cfg)
+    _check_ranges(cfg, options)
+    if "dataset" in cfg:
+        from utils.data import check_data_config
+
+        check_data_config(cfg)
     return cfg
 
 
-def _check_ranges(cfg: Config) -> None:
+def _check_bounds(key: str, value, opt: Option) -> None:
+    if value is None:
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if opt.length is not None and isinstance(value, (list, tuple)) and len(value) != opt.length:
+        raise ConfigError(f"config key '{key}' needs {opt.length} values, got {len(value)}: {list(value)}")
+    for v in items:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if (opt.low is not None and v < opt.low) or (opt.high is not None and v > opt.high):
+            rng = (f"between {opt.low:g} and {opt.high:g}" if opt.low is not None and opt.high is not None
+                   else f">= {opt.low:g}" if opt.low is not None else f"<= {opt.high:g}")
+            raise ConfigError(f"config key '{key}' must be {rng}, got {v}")
+
+
+def _check_ranges(cfg: Config, options: Optional[Dict[str, Option]] = None) -> None:
+    for k, opt in (options or {}).items():
+        if k in cfg:
+            _check_bounds(k, cfg[k], opt)
     positive = ["epochs", "batch_size", "accum_steps", "T", "log_interval"]
     for k in positive:
         if k in cfg and cfg[k] is not None and cfg[k] <= 0:
             raise ConfigError(f"config key '{k}' must be > 0, got {cfg[k]}")
-    for k in ["lr", "blr", "min_lr", "weight_decay", "warmup_lr", "cooldown_epochs", "warmup_epochs"]:
+    if "num_classes" in cfg and cfg.num_classes is not None and cfg.num_classes < 1:
+        raise ConfigError(f"config key 'num_classes' must be >= 1 (or null = the dataset's number of classes), "
+                          f"got {cfg.num_classes}")
+    for k in ["lr", "blr", "min_lr", "weight_decay", "warmup_lr", "cooldown_epochs", "warmup_epochs",
+              "max_train_batches", "max_eval_batches", "mixup_off_epoch"]:
         if k in cfg and cfg[k] is not None and cfg[k] < 0:
             raise ConfigError(f"config key '{k}' must be >= 0, got {cfg[k]}")
     if "warmup_epochs" in cfg and "epochs" in cfg and cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) is larger than epochs ({cfg.epochs})")
+        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) is larger than epochs ({cfg.epochs}): epochs counts "
+                          f"the whole schedule, warm-up included. Lower --warmup-epochs (e.g. --warmup-epochs 0) "
+                          f"or raise --epochs to at least {cfg.warmup_epochs}."
+                          + (f" Note: the {cfg.cooldown_epochs} cooldown_epochs come on top of epochs."
+                             if cfg.get("cooldown_epochs") else ""))
+
+
+def schedule_note(cfg) -> str:
+    """One sentence on how the epoch count adds up (warm-up inside ``epochs``, cooldown on top), for banners."""
+    epochs, warmup, cooldown = cfg.get("epochs"), cfg.get("warmup_epochs", 0), cfg.get("cooldown_epochs", 0)
+    text = f"The run trains epochs + cooldown_epochs = {epochs + cooldown} epochs"
+    text += f" ({warmup} of warm-up inside the {epochs}" if warmup else f" ({epochs} of schedule"
+    text += f", then {cooldown} at min_lr on top)." if cooldown else ", no cooldown)."
+    return text
 
 
 def dump_yaml(data: Dict[str, Any]) -> str:

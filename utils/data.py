@@ -1,87 +1,102 @@
-"""Datasets, transforms and mixup for every task of the repo, behind one interface.
+"""Datasets, transforms and mixup for every task of the repo, behind one table.
 
-* ``DATA_DEFAULTS``: every data-related config key with its default (``None`` = the dataset's default).
-* ``dataset_info(name)``: number of classes, input channels, kind ('image' | 'event'), native size.
+* :data:`DATASETS`: one :class:`DatasetSpec` per dataset (loader, classes, channels, native size,
+  normalisation, official sizes, expected folder tree, how to prepare it). A new dataset is one entry
+  there plus its loader function; docs/data.md shows how.
+* :data:`DATA_OPTIONS`: every data config key with its type, range and help (read by ``utils.config``).
+* ``dataset_info(name)``: number of classes, input channels, kind ('image' | 'event'), native size, ...
 * ``create_datasets(cfg) -> (train_set, eval_set)``: samples are ``(float image [C,H,W], int)`` for images
   (normalised) and ``(float event counts [T,2,H,W], int)`` for events (T = ``cfg.T`` frames).
 * ``create_mixup(cfg, num_classes)``: mixup/cutmix callable (``SpatialMixup``) or ``None``.
 
-A missing or incomplete dataset raises ``DatasetError`` with the expected folder tree and the command that
-prepares it. ``synthetic`` is random CIFAR-shaped data held in memory (throughput measurements, no I/O).
+Errors. A missing or incomplete dataset raises ``DatasetError`` with the expected folder tree and the command
+that prepares it. A sample file that cannot be read raises ``BadSampleError`` (a ``DatasetError``) naming the
+file, when it is read: nothing is skipped silently. ``verify_data: true`` reads every sample file once at
+start and lists all unreadable ones. CIFAR batch files (pickles) are read by an unpickler that admits only
+what the format holds, so a crafted file cannot run code.
+
 Loaders are the libraries' own: sklearn digits, torchvision CIFAR and ImageFolder, spikingjelly
-CIFAR10-DVS and DVS128 Gesture.
+CIFAR10-DVS and DVS128 Gesture. ``synthetic`` is random CIFAR-shaped data held in memory (throughput
+measurements, no I/O).
 """
+import dataclasses
 import difflib
 import math
 import os
+import pickle
+import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T_
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
+
+from models.common import DATA_CFG  # owner of the CIFAR-10 / ImageNet normalisation statistics
 
 from .augment import EventTrivialAugment, SpatialMixup, snn_rand_augment
+from .config import ConfigError, Option
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DATA_DEFAULTS = {
-    'dataset': 'digits',          # digits | synthetic | cifar10 | cifar100 | cifar10dvs | dvsgesture | imagenet
-    'data_path': None,            # None -> <repo>/data/<dataset>
-    'download': False,            # only CIFAR can be downloaded automatically (torchvision)
-    'img_size': None,             # None -> native size (digits/CIFAR 32, events 128, ImageNet 224)
-    'mean': None,                 # None -> dataset statistics
-    'std': None,
-    'crop_pct': None,             # eval Resize(img_size / crop_pct) + CenterCrop; None -> 1.0 (0.875 ImageNet 224)
-    'interpolation': 'bicubic',   # eval resize
-    'train_interpolation': 'bicubic',
-    'scale': [0.08, 1.0],         # RandomResizedCrop area range; [1, 1] with ratio [1, 1] is the identity
-    'ratio': [3. / 4., 4. / 3.],
-    'hflip': 0.5,
-    'color_jitter': 0.4,          # ImageNet only, and (as in timm) ignored when aa is set
-    'aa': None,                   # e.g. 'rand-m9-n1-mstd0.4-inc1' (CIFAR: reduced op set), 'rand-m9-mstd0.5-inc1'
-    'reprob': 0.0,                # random erasing probability (after normalisation)
-    'remode': 'pixel',            # 'const' (published CIFAR) | 'pixel' (ImageNet) | 'rand'
-    'recount': 1,
-    'synthetic_size': [5000, 1000],  # synthetic only: [train, eval] samples (random CIFAR-shaped images)
-    'digits_augment': False,      # digits only: light random affine (+-10 deg, +-10% shift, 0.9-1.1 scale)
-    'event_augment': True,        # events only: hflip + EventTrivialAugment on training samples
-    'T': 4,                       # model time steps; for event datasets also the number of frames
-    'mixup': 0.0,                 # mixup alpha (0 = off)
-    'cutmix': 0.0,                # cutmix alpha (0 = off)
-    'cutmix_minmax': None,
-    'mixup_prob': 1.0,
-    'mixup_switch_prob': 0.5,
-    'mixup_mode': 'batch',        # batch | pair | elem
-    'mixup_off_epoch': 0,         # 0 = never; from this epoch on mixing stops (targets stay smoothed)
-    'smoothing': 0.1,
-    'workers': 4,
-    'pin_memory': True,
-}
+_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
 
-_DATASETS = {
-    'digits': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
-                   mean=(0.3053,) * 3, std=(0.3236,) * 3, train_size=1437, eval_size=360),
-    'synthetic': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
-                      mean=None, std=None, train_size=5000, eval_size=1000),
-    'cifar10': dict(num_classes=10, in_channels=3, kind='image', img_size=32,
-                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), train_size=50000, eval_size=10000),
-    'cifar100': dict(num_classes=100, in_channels=3, kind='image', img_size=32,
-                     mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), train_size=50000, eval_size=10000),
-    'cifar10dvs': dict(num_classes=10, in_channels=2, kind='event', img_size=128,
-                       mean=None, std=None, train_size=9000, eval_size=1000),
-    'dvsgesture': dict(num_classes=11, in_channels=2, kind='event', img_size=128,
-                       mean=None, std=None, train_size=1176, eval_size=288),
-    'imagenet': dict(num_classes=1000, in_channels=3, kind='image', img_size=224,
-                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), train_size=1281167, eval_size=50000),
+# Every data key of a config (YAML key and --flag). ``None`` defaults mean "the dataset's own value".
+DATA_OPTIONS: Dict[str, Option] = {
+    'dataset': Option('digits', str, 'dataset name or alias: digits | synthetic | cifar10 | cifar100 | cifar10dvs | '
+                      'dvsgesture | imagenet (see docs/data.md)'),
+    'data_path': Option(None, str, 'dataset folder (null = <repo>/data/<dataset>); in a YAML file relative to '
+                        "that file's folder, on the command line relative to the current folder"),
+    'download': Option(False, bool, 'download the dataset if missing (CIFAR-10/100 only, via torchvision)'),
+    'verify_data': Option(False, bool, 'read every sample file once at start and list all unreadable ones '
+                          '(ImageNet / event frames; costs one pass over the files)'),
+    'img_size': Option(None, int, 'input size (null = native: digits/CIFAR 32, events 128, ImageNet 224)', low=1),
+    'mean': Option(None, list, "normalisation mean per channel, e.g. [0.5, 0.5, 0.5] (null = the dataset's)"),
+    'std': Option(None, list, "normalisation std per channel, each > 0 (null = the dataset's)"),
+    'crop_pct': Option(None, float, 'eval Resize(img_size / crop_pct) + CenterCrop (null = 1.0; ImageNet at '
+                       '<= 224: 0.875)', low=1e-6, high=1.0),
+    'interpolation': Option('bicubic', str, 'eval resize interpolation', choices=_INTERPOLATIONS),
+    'train_interpolation': Option('bicubic', str, "train crop interpolation ('random' = bilinear or bicubic)",
+                                  choices=_INTERPOLATIONS + ('random',)),
+    'scale': Option([0.08, 1.0], list, 'RandomResizedCrop area range [min, max]; [1, 1] with ratio [1, 1] is the '
+                    'identity', low=0.0, length=2),
+    'ratio': Option([3. / 4., 4. / 3.], list, 'RandomResizedCrop aspect-ratio range [min, max]', low=1e-6, length=2),
+    'hflip': Option(0.5, float, 'horizontal-flip probability (images and event frames)', low=0.0, high=1.0),
+    'color_jitter': Option(0.4, float, 'colour jitter strength (ImageNet only; ignored when aa is set, as in timm)',
+                           low=0.0),
+    'aa': Option(None, str, "RandAugment policy, e.g. 'rand-m9-n1-mstd0.4-inc1' (CIFAR: reduced op set) or "
+                 "'rand-m9-mstd0.5-inc1' (null = off)"),
+    'reprob': Option(0.0, float, 'random-erasing probability (after normalisation)', low=0.0, high=1.0),
+    'remode': Option('pixel', str, "random-erasing fill: 'const' (published CIFAR) | 'pixel' (ImageNet) | 'rand'",
+                     choices=('const', 'pixel', 'rand')),
+    'recount': Option(1, int, 'random-erasing boxes per image', low=1),
+    'synthetic_size': Option([5000, 1000], list, 'synthetic only: [train, eval] number of random samples',
+                             low=1, length=2),
+    'digits_augment': Option(False, bool, 'digits only: light random affine (+-10 deg, +-10% shift, 0.9-1.1 scale)'),
+    'event_augment': Option(True, bool, 'events only: hflip + EventTrivialAugment on training samples'),
+    'T': Option(4, int, 'model time steps; for event datasets also the number of frames', low=1),
+    'mixup': Option(0.0, float, 'mixup alpha (0 = off)', low=0.0),
+    'cutmix': Option(0.0, float, 'cutmix alpha (0 = off)', low=0.0),
+    'cutmix_minmax': Option(None, list, 'cutmix box area range [min, max] as fractions (null = from cutmix alpha)',
+                            low=0.0, high=1.0, length=2),
+    'mixup_prob': Option(1.0, float, 'probability of mixing a batch', low=0.0, high=1.0),
+    'mixup_switch_prob': Option(0.5, float, 'probability of cutmix instead of mixup when both are on',
+                                low=0.0, high=1.0),
+    'mixup_mode': Option('batch', str, 'mix per batch, pair or element', choices=('batch', 'pair', 'elem')),
+    'mixup_off_epoch': Option(0, int, 'turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never',
+                              low=0),
+    'smoothing': Option(0.1, float, 'label smoothing of the targets (0 = one-hot)', low=0.0, high=0.999),
+    'workers': Option(4, int, 'DataLoader worker processes per training process (0 = load in the main process)',
+                      low=0),
+    'pin_memory': Option(True, bool, 'page-locked batches for faster host-to-GPU copies'),
 }
-_ALIASES = {'torch/cifar10': 'cifar10', 'torch/cifar100': 'cifar100', 'cifar10-dvs': 'cifar10dvs',
-            'dvs128gesture': 'dvsgesture', 'dvs128': 'dvsgesture', 'dvs_gesture': 'dvsgesture',
-            'imagenet1k': 'imagenet', 'imagenet-1k': 'imagenet'}
+DATA_DEFAULTS = {k: o.default for k, o in DATA_OPTIONS.items()}
 
 CIFAR10DVS_TRAIN_RATIO = 0.9
 CIFAR10DVS_URL = 'https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671'
@@ -93,34 +108,41 @@ class DatasetError(RuntimeError):
     """A dataset is missing, incomplete or misconfigured; the message says what to do."""
 
 
-def canonical_name(name: str) -> str:
-    """Map a dataset name (or a published alias like 'torch/cifar10') to its canonical name."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _DATASETS:
-        close = difflib.get_close_matches(key, list(_DATASETS) + list(_ALIASES), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
-        raise DatasetError(f"unknown dataset {name!r}.{hint} Valid datasets: {', '.join(_DATASETS)}.")
-    return key
+class BadSampleError(DatasetError):
+    """One sample file cannot be read. ``.path`` is the file, ``.index`` its index in the dataset.
 
-
-def dataset_info(name: str) -> dict:
-    """``dict(num_classes, in_channels, kind, img_size, mean, std, train_size, eval_size)`` of a dataset.
-
-    Sizes are the official sample counts (CIFAR10-DVS: the published 9:1 split).
+    Raised when the sample is loaded (also from DataLoader workers: the re-raised copy recovers ``.path`` and
+    ``.index`` from the message), so a training loop can save its state and stop naming the file.
     """
-    return dict(_DATASETS[canonical_name(name)], name=canonical_name(name))
+
+    _PATTERN = re.compile(r'cannot read sample file (.+) \(index (\d+)\)')
+
+    def __init__(self, message: str, path: Optional[str] = None, index: Optional[int] = None):
+        match = self._PATTERN.search(message)
+        if path is None and match:  # rebuilt from a worker's traceback text: keep our message, drop the rest
+            path, index = match.group(1), int(match.group(2))
+            message = message[match.start():].split('\n\n')[0].rstrip()
+        super().__init__(message)
+        self.path, self.index = path, index
+
+    @classmethod
+    def from_error(cls, path, index: int, err: BaseException) -> 'BadSampleError':
+        return cls(f'cannot read sample file {path} (index {index})\n'
+                   f'  reason: {type(err).__name__}: {err}\n'
+                   f'  fix: replace it with a good copy, or delete it (the dataset then has one sample less); '
+                   f'--verify-data true lists every unreadable file at start', path=str(path), index=index)
 
 
-def _get(cfg, key):
+def get_option(cfg, key):
+    """``cfg.<key>``, or the key's default when ``cfg`` lacks it (loaders accept any namespace)."""
     return getattr(cfg, key, DATA_DEFAULTS[key]) if cfg is not None else DATA_DEFAULTS[key]
 
 
 def data_root(cfg) -> Path:
     """Resolved dataset folder: ``cfg.data_path`` or ``<repo>/data/<dataset>``."""
-    path = _get(cfg, 'data_path')
+    path = get_option(cfg, 'data_path')
     if path in (None, ''):
-        return REPO_ROOT / 'data' / canonical_name(_get(cfg, 'dataset'))
+        return REPO_ROOT / 'data' / canonical_name(get_option(cfg, 'dataset'))
     return Path(os.path.expanduser(str(path))).resolve()
 
 
@@ -133,74 +155,29 @@ def _prepare_cmd(name: str, root: Path, T: Optional[int] = None, download: bool 
     return cmd
 
 
-# ----------------------------------------------------------------------------------------------------------
-# expected layouts (shown in errors and in the README)
-
-def expected_tree(name: str, root, T: int = 16) -> str:
-    """The folder tree a dataset must have under ``root`` (a string for messages and docs)."""
-    name = canonical_name(name)
-    frames = f'frames_number_{T}_split_by_number'
-    trees = {
-        'cifar10': ['cifar-10-batches-py/',
-                    '    batches.meta',
-                    '    data_batch_1 ... data_batch_5',
-                    '    test_batch'],
-        'cifar100': ['cifar-100-python/',
-                     '    meta',
-                     '    train',
-                     '    test'],
-        'cifar10dvs': [f'{frames}/            <- frames used for training (T={T}), made by prepare_data',
-                       '    airplane/  cifar10_airplane_0.npz ... (1000 files, key "frames": [T,2,128,128])',
-                       '    automobile/ bird/ cat/ deer/ dog/ frog/ horse/ ship/ truck/',
-                       'download/  airplane.zip ... truck.zip   <- raw recordings (or --download)',
-                       'extract/, events_np/                   <- intermediate files of spikingjelly'],
-        'dvsgesture': [f'{frames}/            <- frames used for training (T={T}), made by prepare_data',
-                       '    train/0/ ... train/10/   (1176 files, key "frames": [T,2,128,128])',
-                       '    test/0/  ... test/10/    (288 files)',
-                       'download/  DvsGesture.tar.gz gesture_mapping.csv LICENSE.txt README.txt  <- manual download',
-                       'extract/, events_np/        <- intermediate files of spikingjelly'],
-        'imagenet': ['train/',
-                     '    n01440764/  n01440764_10026.JPEG ...   (1000 class folders, 1,281,167 images)',
-                     '    ...',
-                     'val/',
-                     '    n01440764/  ILSVRC2012_val_00000293.JPEG ...  (1000 class folders, 50,000 images)',
-                     '    ...'],
-    }
-    if name not in trees:
-        where = 'generated in memory' if name == 'synthetic' else 'bundled with scikit-learn'
-        return f'{root}  (nothing: {name} is {where})'
-    return '\n'.join([f'{root}/'] + ['  ' + line for line in trees[name]])
-
-
-def _missing_error(name: str, root: Path, problem: str, T: int = 16) -> DatasetError:
-    name = canonical_name(name)
-    lines = [f'{name}: {problem}', '', 'Expected layout:', expected_tree(name, root, T), '']
-    if name in ('cifar10', 'cifar100'):
-        lines += ['Prepare it with (downloads ~170 MB):',
-                  '  ' + _prepare_cmd(name, root, download=True),
-                  'or set the config key download: true for train.py, or point data_path (--data-path) at the',
-                  f'folder that contains {"cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"}/.']
-    elif name == 'cifar10dvs':
-        lines += ['Prepare it with (downloads the recordings from figshare and converts them to frames):',
-                  '  ' + _prepare_cmd(name, root, T, download=True),
-                  'or put the 10 class zips in download/ and drop --download.']
-    elif name == 'dvsgesture':
-        lines += ['DVS128 Gesture cannot be downloaded automatically (IBM licence). Download the four files',
-                  f'{", ".join(GESTURE_FILES)} from',
-                  f'  {GESTURE_URL}',
-                  f'into {root / "download"}, then run',
-                  '  ' + _prepare_cmd(name, root, T)]
-    elif name == 'imagenet':
-        lines += ['Get ILSVRC2012 from https://image-net.org, extract train/ and val/ with one folder per class',
-                  '(the validation images must be sorted into class folders), then check the layout with',
-                  '  ' + _prepare_cmd(name, root)]
-    return DatasetError('\n'.join(lines))
-
-
 def _warn_count(name: str, split: str, got: int, expected: int):
     if got != expected:
         warnings.warn(f'{name} {split} split has {got} samples, the official one has {expected} '
                       f'(fine for a subset, but results are not comparable with the paper)', stacklevel=3)
+
+
+class NamedSampleErrors:
+    """Mixin for torchvision ``DatasetFolder`` datasets: a file that fails to load raises ``BadSampleError``.
+
+    Only the file read is guarded (transform errors stay what they are).
+    """
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except Exception as err:  # any decoder error of any format: report the file
+            raise BadSampleError.from_error(path, index, err) from err
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,8 +207,8 @@ class DigitsDataset(Dataset):
                                     align_corners=False).clamp_(0.0, 1.0)
         self.targets = labels[idx].tolist()
         self.indices = idx
-        info = _DATASETS['digits']
-        self.normalize = T_.Normalize(mean or info['mean'], std or info['std'])
+        info = DATASETS['digits']
+        self.normalize = T_.Normalize(mean or info.mean, std or info.std)
         self.augment = T_.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else None
         # without augmentation a sample is pure indexing: normalised once here (the same elementwise maths)
         self.normalized = None if augment else self.normalize(self.images.expand(-1, 3, -1, -1)).contiguous()
@@ -282,86 +259,154 @@ class SyntheticDataset(Dataset):
         return img, self.targets[index]
 
 
-def _create_synthetic(cfg, include_train):
-    sizes = [int(v) for v in _get(cfg, 'synthetic_size')]
+def _build_synthetic(cfg, spec, include_train):
+    sizes = [int(v) for v in get_option(cfg, 'synthetic_size')]
     if len(sizes) != 2 or min(sizes) < 1:
         raise DatasetError(f'synthetic_size must be [train_samples, eval_samples] with both >= 1, got {sizes}')
-    info = _DATASETS['synthetic']
-    size = _get(cfg, 'img_size') or info['img_size']
-    classes = getattr(cfg, 'num_classes', None) or info['num_classes']
+    size = get_option(cfg, 'img_size') or spec.img_size
+    classes = getattr(cfg, 'num_classes', None) or spec.num_classes
     train = SyntheticDataset(sizes[0], size, classes, seed=0) if include_train else None
     return train, SyntheticDataset(sizes[1], size, classes, seed=1)
 
 
+def _build_digits(cfg, spec, include_train):
+    size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = get_option(cfg, 'mean'), get_option(cfg, 'std')
+    train = DigitsDataset(True, size, mean, std, augment=bool(get_option(cfg, 'digits_augment'))) if include_train else None
+    return train, DigitsDataset(False, size, mean, std)
+
+
 # ----------------------------------------------------------------------------------------------------------
-# CIFAR (torchvision)
+# CIFAR (torchvision classes; batch files read without executing code)
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR python batches: admits only what the format holds.
+
+    The batches are dicts of str/bytes, int lists and uint8 numpy arrays; rebuilding an array needs numpy's
+    ``_reconstruct``, ``ndarray`` and ``dtype`` (``_frombuffer`` for files written at protocol 5, and
+    ``_codecs.encode`` for bytes written by Python 3 at protocol 2). Any other global (e.g. ``os.system`` in a
+    crafted ``__reduce__``) raises ``UnpicklingError`` before anything is called.
+    """
+
+    _RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy.core / numpy._core .multiarray._reconstruct
+    _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy.core / numpy._core .numeric._frombuffer
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
+               ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
+               ('numpy.core.numeric', '_frombuffer'): _FROMBUFFER,
+               ('numpy._core.numeric', '_frombuffer'): _FROMBUFFER,
+               ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype}
+
+    def find_class(self, module, name):
+        if (module, name) == ('_codecs', 'encode'):
+            import codecs
+            return codecs.encode
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f'refused to load {module}.{name}: a CIFAR batch holds only dicts, lists, '
+                                     f'strings and numpy arrays, so this is not an original CIFAR file '
+                                     f'(loading it could run code)')
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR python batch/meta file as a dict, read with :class:`CifarUnpickler`.
+
+    Raises ``DatasetError`` naming the file when it is not a readable CIFAR batch.
+    """
+    try:
+        with open(path, 'rb') as f:
+            entry = CifarUnpickler(f, encoding='latin1').load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, OSError) as err:
+        raise DatasetError(f'{path} is not a readable CIFAR batch ({type(err).__name__}: {err}). Delete '
+                           f'{Path(path).parent} and download it again (--download true).') from None
+    if not isinstance(entry, dict):
+        raise DatasetError(f'{path} is not a CIFAR batch (holds a {type(entry).__name__}, not a dict). Delete '
+                           f'{Path(path).parent} and download it again (--download true).')
+    return entry
+
 
 def _without_md5(files):
     return [[name, None] for name, _ in files]
 
 
-class CIFAR10Files(CIFAR10):
-    """torchvision's CIFAR-10 reader; integrity = files present (``prepare_data --verify`` checks the official
-    md5 sums), so that subsets written in the same format load too."""
+class _SafeCifarLoading:
+    """torchvision's CIFAR dataset with the batch files read by :func:`read_cifar_batch`.
+
+    Integrity = files present (``prepare_data --verify`` checks the official md5 sums), so that subsets
+    written in the same format load too. ``__getitem__``, ``download`` and the class attributes stay
+    torchvision's.
+    """
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False):
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        folder = Path(self.root) / self.base_folder
+        data, self.targets = [], []
+        for file_name, _ in (self.train_list if train else self.test_list):
+            entry = read_cifar_batch(folder / file_name)
+            labels = entry.get('labels', entry.get('fine_labels'))
+            if 'data' not in entry or labels is None:
+                raise DatasetError(f'{folder / file_name} has no data/labels entries; delete {folder} and '
+                                   f'download it again (--download true)')
+            data.append(np.asarray(entry['data'], dtype=np.uint8))
+            self.targets.extend(int(t) for t in labels)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+        meta = read_cifar_batch(folder / self.meta['filename'])
+        if self.meta['key'] not in meta:
+            raise DatasetError(f'{folder / self.meta["filename"]} has no {self.meta["key"]!r} entry; delete '
+                               f'{folder} and download it again (--download true)')
+        self.classes = list(meta[self.meta['key']])
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class CIFAR10Files(_SafeCifarLoading, CIFAR10):
+    """torchvision's CIFAR-10, batches read without executing code (see ``_SafeCifarLoading``)."""
     train_list = _without_md5(CIFAR10.train_list)
     test_list = _without_md5(CIFAR10.test_list)
     meta = dict(CIFAR10.meta, md5=None)
 
 
-class CIFAR100Files(CIFAR100):
-    """torchvision's CIFAR-100 reader; integrity = files present (see ``CIFAR10Files``)."""
+class CIFAR100Files(_SafeCifarLoading, CIFAR100):
+    """torchvision's CIFAR-100, batches read without executing code (see ``_SafeCifarLoading``)."""
     train_list = _without_md5(CIFAR100.train_list)
     test_list = _without_md5(CIFAR100.test_list)
     meta = dict(CIFAR100.meta, md5=None)
 
 
-_CIFAR_CLASSES = {'cifar10': CIFAR10Files, 'cifar100': CIFAR100Files}
-
-
-def _cifar_transforms(cfg, info):
+def _cifar_transforms(cfg, spec):
     from timm.data import create_transform
 
-    img_size = _get(cfg, 'img_size') or info['img_size']
-    mean, std = tuple(_get(cfg, 'mean') or info['mean']), tuple(_get(cfg, 'std') or info['std'])
+    img_size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = tuple(get_option(cfg, 'mean') or spec.mean), tuple(get_option(cfg, 'std') or spec.std)
     primary, _, final = create_transform(
-        img_size, is_training=True, separate=True, scale=tuple(_get(cfg, 'scale')), ratio=tuple(_get(cfg, 'ratio')),
-        hflip=_get(cfg, 'hflip'), color_jitter=None, interpolation=_get(cfg, 'train_interpolation'),
-        mean=mean, std=std, re_prob=_get(cfg, 'reprob'), re_mode=_get(cfg, 'remode'), re_count=_get(cfg, 'recount'))
-    aa = _get(cfg, 'aa')
-    secondary = [snn_rand_augment(aa, img_size, mean, _get(cfg, 'train_interpolation'))] if aa else []
+        img_size, is_training=True, separate=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
+        hflip=get_option(cfg, 'hflip'), color_jitter=None, interpolation=get_option(cfg, 'train_interpolation'),
+        mean=mean, std=std, re_prob=get_option(cfg, 'reprob'), re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
+    aa = get_option(cfg, 'aa')
+    secondary = [snn_rand_augment(aa, img_size, mean, get_option(cfg, 'train_interpolation'))] if aa else []
     train_tf = T_.Compose(list(primary.transforms) + secondary + list(final.transforms))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=_get(cfg, 'interpolation'),
-                               crop_pct=_get(cfg, 'crop_pct') or 1.0, mean=mean, std=std)
+    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, 'interpolation'),
+                               crop_pct=get_option(cfg, 'crop_pct') or 1.0, mean=mean, std=std)
     return train_tf, eval_tf
 
 
-def _create_cifar(cfg, name, include_train):
-    import pickle
-
-    info = _DATASETS[name]
-    root = data_root(cfg)
-    cls = _CIFAR_CLASSES[name]
-    if _get(cfg, 'download'):
+def _build_cifar(cfg, spec, include_train, cls):
+    name, root = spec.name, data_root(cfg)
+    if get_option(cfg, 'download'):
         try:
             cls(str(root), train=False, download=True)
         except Exception as e:  # network or disk problem
-            raise _missing_error(name, root, f'download into {root} failed ({type(e).__name__}: {e})') from None
+            raise missing_data_error(name, root, f'download into {root} failed ({type(e).__name__}: {e})') from None
     folder = root / cls.base_folder
     needed = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta['filename']]
     missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         what = 'not found' if len(missing) == len(needed) else 'incomplete, missing ' + ', '.join(missing)
-        raise _missing_error(name, root, f'{what} in {folder}')
-    train_tf, eval_tf = _cifar_transforms(cfg, info)
-    try:
-        eval_set = cls(str(root), train=False, transform=eval_tf)
-        train_set = cls(str(root), train=True, transform=train_tf) if include_train else None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError) as e:
-        raise _missing_error(name, root, f'files in {folder} are unreadable ({type(e).__name__}: {e}); '
-                                         f'delete the folder and download again') from None
-    _warn_count(name, 'test', len(eval_set), info['eval_size'])
-    if train_set is not None:
-        _warn_count(name, 'train', len(train_set), info['train_size'])
+        raise missing_data_error(name, root, f'{what} in {folder}')
+    train_tf, eval_tf = _cifar_transforms(cfg, spec)
+    eval_set = cls(str(root), train=False, transform=eval_tf)
+    train_set = cls(str(root), train=True, transform=train_tf) if include_train else None
     return train_set, eval_set
 
 
@@ -391,11 +436,13 @@ def _frames_dir(root: Path, T: int) -> Path:
     return root / f'frames_number_{T}_split_by_number'
 
 
-_FRAME_CLASSES = {'cifar10dvs': 'CIFAR10DVSFrames', 'dvsgesture': 'DVS128GestureFrames'}
+_FRAME_CLASSES = ('CIFAR10DVSFrames', 'DVS128GestureFrames')  # created on first use (see __getattr__)
 
 
 def _make_frames_class(class_name: str):
     """spikingjelly's dataset class, reading already-integrated frames without touching the raw data.
+
+    A frame file that cannot be read raises ``BadSampleError`` naming it (``NamedSampleErrors``).
 
     spikingjelly's ``prepare_raw_dataset`` would start a download (CIFAR10-DVS) or fail (Gesture) when the
     intermediate ``events_np/`` folder is absent, even if the frames exist. Frame integration is done
@@ -405,8 +452,8 @@ def _make_frames_class(class_name: str):
     from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
 
     base = {'CIFAR10DVSFrames': CIFAR10DVS, 'DVS128GestureFrames': DVS128Gesture}[class_name]
-    cls = type(class_name, (base,), {'prepare_raw_dataset': lambda self: None, '__module__': __name__,
-                                     '__doc__': _make_frames_class.__doc__})
+    cls = type(class_name, (NamedSampleErrors, base), {'prepare_raw_dataset': lambda self: None,
+                                                       '__module__': __name__, '__doc__': _make_frames_class.__doc__})
     globals()[class_name] = cls
     return cls
 
@@ -414,7 +461,7 @@ def _make_frames_class(class_name: str):
 def __getattr__(attr):
     # Lazy module attributes (PEP 562): importing spikingjelly.datasets costs seconds, so the frame classes are
     # created on first use; defined here so that DataLoader workers can pickle them by name.
-    if attr in _FRAME_CLASSES.values():
+    if attr in _FRAME_CLASSES:
         return _make_frames_class(attr)
     raise AttributeError(f'module {__name__!r} has no attribute {attr!r}')
 
@@ -423,12 +470,12 @@ def _check_frames(name: str, root: Path, T: int):
     frames = _frames_dir(root, T)
     marker = frames.with_name(frames.name + '.building')
     if marker.exists():
-        raise _missing_error(name, root, f'frame conversion into {frames} did not finish (found {marker.name}). '
+        raise missing_data_error(name, root, f'frame conversion into {frames} did not finish (found {marker.name}). '
                                          f'Delete {frames} and {marker}, then rerun the command below.', T)
     if not frames.is_dir():
         other = sorted(p.name for p in root.glob('frames_number_*_split_by_number')) if root.is_dir() else []
         hint = f' (found {", ".join(other)}: frames for another T; T={T} is requested)' if other else ''
-        raise _missing_error(name, root, f'no frames for T={T} in {root}{hint}', T)
+        raise missing_data_error(name, root, f'no frames for T={T} in {root}{hint}', T)
     if name == 'cifar10dvs':
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
         expected = [frames / c for c in CIFAR10DVS_CLASS_NAMES]
@@ -436,7 +483,7 @@ def _check_frames(name: str, root: Path, T: int):
         expected = [frames / split / str(c) for split in ('train', 'test') for c in range(11)]
     missing = [str(p.relative_to(root)) for p in expected if not p.is_dir() or not any(p.glob('*.np[yz]'))]
     if missing:
-        raise _missing_error(name, root, f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
+        raise missing_data_error(name, root, f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
 
 
 def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAIN_RATIO):
@@ -456,22 +503,21 @@ def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAI
     return sorted(train_idx), sorted(test_idx)
 
 
-def _create_events(cfg, name, include_train):
-    info = _DATASETS[name]
-    root = data_root(cfg)
-    T = int(_get(cfg, 'T'))
-    img_size = _get(cfg, 'img_size')
-    if img_size not in (None, info['img_size']):
+def _build_events(cfg, spec, include_train, frames_class: str):
+    name, root = spec.name, data_root(cfg)
+    T = int(get_option(cfg, 'T'))
+    img_size = get_option(cfg, 'img_size')
+    if img_size not in (None, spec.img_size):
         raise DatasetError(f'{name}: img_size={img_size} is not supported; event frames are used at their native '
-                           f'{info["img_size"]}x{info["img_size"]} (set img_size to null or {info["img_size"]})')
-    if _get(cfg, 'download'):
+                           f'{spec.img_size}x{spec.img_size} (set img_size to null or {spec.img_size})')
+    if get_option(cfg, 'download'):
         raise DatasetError(f'{name}: download=true is not supported inside training (conversion takes long and '
                            f'must not run once per process). Run once:\n  '
                            + _prepare_cmd(name, root, T, download=name == 'cifar10dvs'))
     _check_frames(name, root, T)
-    cls = globals().get(_FRAME_CLASSES[name]) or _make_frames_class(_FRAME_CLASSES[name])
-    augment = bool(_get(cfg, 'event_augment'))
-    train_tf, eval_tf = EventFrames(augment, _get(cfg, 'hflip')), EventFrames(False)
+    cls = globals().get(frames_class) or _make_frames_class(frames_class)
+    augment = bool(get_option(cfg, 'event_augment'))
+    train_tf, eval_tf = EventFrames(augment, get_option(cfg, 'hflip')), EventFrames(False)
     kw = dict(data_type='frame', frames_number=T, split_by='number')
     try:
         if name == 'cifar10dvs':
@@ -483,89 +529,279 @@ def _create_events(cfg, name, include_train):
             eval_set = cls(str(root), train=False, transform=eval_tf, **kw)
             train_set = cls(str(root), train=True, transform=train_tf, **kw) if include_train else None
     except (FileNotFoundError, RuntimeError) as e:
-        raise _missing_error(name, root, f'spikingjelly could not read the frames ({e})', T) from None
-    _warn_count(name, 'test', len(eval_set), info['eval_size'])
-    if train_set is not None:
-        _warn_count(name, 'train', len(train_set), info['train_size'])
+        raise missing_data_error(name, root, f'spikingjelly could not read the frames ({e})', T) from None
     return train_set, eval_set
 
 
 # ----------------------------------------------------------------------------------------------------------
 # ImageNet (ImageFolder)
 
-def _imagenet_transforms(cfg, info):
+class CheckedImageFolder(NamedSampleErrors, ImageFolder):
+    """torchvision's ImageFolder; an image that cannot be decoded raises ``BadSampleError`` naming the file."""
+
+
+def _imagenet_transforms(cfg, spec):
     from timm.data import create_transform
 
-    img_size = _get(cfg, 'img_size') or info['img_size']
-    mean, std = tuple(_get(cfg, 'mean') or info['mean']), tuple(_get(cfg, 'std') or info['std'])
-    crop_pct = _get(cfg, 'crop_pct') or (0.875 if img_size <= 224 else 1.0)
+    img_size = get_option(cfg, 'img_size') or spec.img_size
+    mean, std = tuple(get_option(cfg, 'mean') or spec.mean), tuple(get_option(cfg, 'std') or spec.std)
+    crop_pct = get_option(cfg, 'crop_pct') or (0.875 if img_size <= 224 else 1.0)
     train_tf = create_transform(
-        img_size, is_training=True, scale=tuple(_get(cfg, 'scale')), ratio=tuple(_get(cfg, 'ratio')),
-        hflip=_get(cfg, 'hflip'), color_jitter=_get(cfg, 'color_jitter'), auto_augment=_get(cfg, 'aa'),
-        interpolation=_get(cfg, 'train_interpolation'), mean=mean, std=std, re_prob=_get(cfg, 'reprob'),
-        re_mode=_get(cfg, 'remode'), re_count=_get(cfg, 'recount'))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=_get(cfg, 'interpolation'),
+        img_size, is_training=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
+        hflip=get_option(cfg, 'hflip'), color_jitter=get_option(cfg, 'color_jitter'), auto_augment=get_option(cfg, 'aa'),
+        interpolation=get_option(cfg, 'train_interpolation'), mean=mean, std=std, re_prob=get_option(cfg, 'reprob'),
+        re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
+    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, 'interpolation'),
                                crop_pct=crop_pct, mean=mean, std=std)
     return train_tf, eval_tf
 
 
-def _create_imagenet(cfg, include_train):
-    from torchvision.datasets import ImageFolder
-
-    info = _DATASETS['imagenet']
-    root = data_root(cfg)
+def _build_imagefolder(cfg, spec, include_train):
+    name, root = spec.name, data_root(cfg)
     splits = ['train', 'val'] if include_train else ['val']
     missing = [s for s in splits if not (root / s).is_dir()]
     if missing:
-        raise _missing_error('imagenet', root, f'missing {" and ".join(s + "/" for s in missing)} in {root}')
-    train_tf, eval_tf = _imagenet_transforms(cfg, info)
+        raise missing_data_error(name, root, f'missing {" and ".join(s + "/" for s in missing)} in {root}')
+    train_tf, eval_tf = _imagenet_transforms(cfg, spec)
     sets = {}
     for split, tf in zip(('train', 'val'), (train_tf, eval_tf)):
         if split not in splits:
             continue
         try:
-            sets[split] = ImageFolder(str(root / split), transform=tf)
+            sets[split] = CheckedImageFolder(str(root / split), transform=tf)
         except FileNotFoundError as e:
-            raise _missing_error('imagenet', root, f'{root / split} has no class folders with images ({e})') from None
+            raise missing_data_error(name, root, f'{root / split} has no class folders with images ({e})') from None
     if include_train and sets['train'].classes != sets['val'].classes:
         only = sorted(set(sets['train'].classes) ^ set(sets['val'].classes))
-        raise _missing_error('imagenet', root, f'train/ and val/ have different class folders '
-                                               f'(e.g. {", ".join(only[:5])})')
-    _warn_count('imagenet', 'val', len(sets['val']), info['eval_size'])
-    if include_train:
-        _warn_count('imagenet', 'train', len(sets['train']), info['train_size'])
+        raise missing_data_error(name, root, f'train/ and val/ have different class folders (e.g. {", ".join(only[:5])})')
     return sets.get('train'), sets['val']
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the table
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the repo knows about one dataset. ``build(cfg, spec, include_train) -> (train, eval)``.
+
+    ``tree`` lines describe the folder under ``data_path`` (``{frames}`` = the frames folder for ``T``);
+    ``prepare`` lines say how to get there (``{cmd}`` / ``{cmd_download}`` = the ``utils.prepare_data`` command,
+    ``{root}`` = the folder). Both appear in errors and in docs/data.md.
+    """
+
+    name: str
+    build: Callable
+    num_classes: int
+    in_channels: int
+    kind: str                       # 'image' | 'event'
+    img_size: int                   # native input size
+    mean: Optional[Tuple[float, ...]]
+    std: Optional[Tuple[float, ...]]
+    train_size: int                 # official sample counts (CIFAR10-DVS: the published 9:1 split)
+    eval_size: int
+    eval_split: str = 'test'
+    tree: Tuple[str, ...] = ()
+    prepare: Tuple[str, ...] = ()
+    aliases: Tuple[str, ...] = ()
+    note: str = ''                  # for datasets without files: where the samples come from
+
+    def info(self) -> dict:
+        return dict(num_classes=self.num_classes, in_channels=self.in_channels, kind=self.kind,
+                    img_size=self.img_size, mean=self.mean, std=self.std, train_size=self.train_size,
+                    eval_size=self.eval_size, name=self.name)
+
+
+_FRAMES_NOTE = 'extract/, events_np/                   <- intermediate files of spikingjelly'
+_CIFAR_PREPARE = ('Prepare it with (downloads ~170 MB):', '  {cmd_download}',
+                  'or set the config key download: true for train.py, or point data_path (--data-path) at the',
+                  'folder that contains {folder}/.')
+
+DATASETS: Dict[str, DatasetSpec] = {spec.name: spec for spec in [
+    DatasetSpec('digits', _build_digits, 10, 3, 'image', 32, (0.3053,) * 3, (0.3236,) * 3, 1437, 360,
+                note='bundled with scikit-learn'),
+    DatasetSpec('synthetic', _build_synthetic, 10, 3, 'image', 32, None, None, 5000, 1000,
+                note='generated in memory'),
+    DatasetSpec('cifar10', partial(_build_cifar, cls=CIFAR10Files), 10, 3, 'image', 32,
+                DATA_CFG['cifar']['mean'], DATA_CFG['cifar']['std'], 50000, 10000,
+                tree=('cifar-10-batches-py/', '    batches.meta', '    data_batch_1 ... data_batch_5',
+                      '    test_batch'),
+                prepare=_CIFAR_PREPARE, aliases=('torch/cifar10',)),
+    DatasetSpec('cifar100', partial(_build_cifar, cls=CIFAR100Files), 100, 3, 'image', 32,
+                (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 50000, 10000,
+                tree=('cifar-100-python/', '    meta', '    train', '    test'),
+                prepare=_CIFAR_PREPARE, aliases=('torch/cifar100',)),
+    DatasetSpec('cifar10dvs', partial(_build_events, frames_class='CIFAR10DVSFrames'), 10, 2, 'event', 128,
+                None, None, 9000, 1000,
+                tree=('{frames}/            <- frames used for training (T={T}), made by prepare_data',
+                      '    airplane/  cifar10_airplane_0.npz ... (1000 files, key "frames": [T,2,128,128])',
+                      '    automobile/ bird/ cat/ deer/ dog/ frog/ horse/ ship/ truck/',
+                      'download/  airplane.zip ... truck.zip   <- raw recordings (or --download)', _FRAMES_NOTE),
+                prepare=('Prepare it with (downloads the recordings from figshare and converts them to frames):',
+                         '  {cmd_download}', 'or put the 10 class zips in download/ and drop --download.'),
+                aliases=('cifar10-dvs',)),
+    DatasetSpec('dvsgesture', partial(_build_events, frames_class='DVS128GestureFrames'), 11, 2, 'event', 128,
+                None, None, 1176, 288,
+                tree=('{frames}/            <- frames used for training (T={T}), made by prepare_data',
+                      '    train/0/ ... train/10/   (1176 files, key "frames": [T,2,128,128])',
+                      '    test/0/  ... test/10/    (288 files)',
+                      'download/  DvsGesture.tar.gz gesture_mapping.csv LICENSE.txt README.txt  <- manual download',
+                      'extract/, events_np/        <- intermediate files of spikingjelly'),
+                prepare=('DVS128 Gesture cannot be downloaded automatically (IBM licence). Download the four files',
+                         ', '.join(GESTURE_FILES) + ' from', '  ' + GESTURE_URL,
+                         'into {root}/download, then run', '  {cmd}'),
+                aliases=('dvs128gesture', 'dvs128', 'dvs_gesture')),
+    DatasetSpec('imagenet', _build_imagefolder, 1000, 3, 'image', 224,
+                DATA_CFG['imagenet']['mean'], DATA_CFG['imagenet']['std'], 1281167, 50000, eval_split='val',
+                tree=('train/', '    n01440764/  n01440764_10026.JPEG ...   (1000 class folders, 1,281,167 images)',
+                      '    ...', 'val/',
+                      '    n01440764/  ILSVRC2012_val_00000293.JPEG ...  (1000 class folders, 50,000 images)',
+                      '    ...'),
+                prepare=('Get ILSVRC2012 from https://image-net.org, extract train/ and val/ with one folder per class',
+                         '(the validation images must be sorted into class folders), then check the layout with',
+                         '  {cmd}'),
+                aliases=('imagenet1k', 'imagenet-1k')),
+]}
+_ALIASES = {alias: spec.name for spec in DATASETS.values() for alias in spec.aliases}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # public entry points
+
+def canonical_name(name: str) -> str:
+    """Map a dataset name (or a published alias like 'torch/cifar10') to its canonical name."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        close = difflib.get_close_matches(key, list(DATASETS) + list(_ALIASES), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+        raise DatasetError(f"unknown dataset {name!r}.{hint} Valid datasets: {', '.join(DATASETS)}.")
+    return key
+
+
+def dataset_info(name: str) -> dict:
+    """``dict(num_classes, in_channels, kind, img_size, mean, std, train_size, eval_size, name)`` of a dataset.
+
+    Sizes are the official sample counts (CIFAR10-DVS: the published 9:1 split).
+    """
+    return DATASETS[canonical_name(name)].info()
+
+
+def expected_tree(name: str, root, T: int = 16) -> str:
+    """The folder tree a dataset must have under ``root`` (a string for messages and docs)."""
+    spec = DATASETS[canonical_name(name)]
+    if not spec.tree:
+        return f'{root}  (nothing: {spec.name} is {spec.note})'
+    frames = f'frames_number_{T}_split_by_number'
+    return '\n'.join([f'{root}/'] + ['  ' + line.format(frames=frames, T=T) for line in spec.tree])
+
+
+def prepare_text(name: str, root, T: int = 16) -> str:
+    """How to prepare a dataset in ``root`` (the lines of the error message after the folder tree)."""
+    spec = DATASETS[canonical_name(name)]
+    T_ = T if spec.kind == 'event' else None
+    folder = spec.tree[0].rstrip('/') if spec.tree else ''
+    return '\n'.join(line.format(root=root, folder=folder, cmd=_prepare_cmd(spec.name, root, T_),
+                                 cmd_download=_prepare_cmd(spec.name, root, T_, download=True))
+                     for line in spec.prepare)
+
+
+def missing_data_error(name: str, root: Path, problem: str, T: int = 16) -> DatasetError:
+    """``DatasetError``: the problem, the expected folder tree and how to prepare it (from the table)."""
+    name = canonical_name(name)
+    return DatasetError('\n'.join([f'{name}: {problem}', '', 'Expected layout:', expected_tree(name, root, T), '',
+                                   prepare_text(name, root, T)]))
+
+
+def _label_count(ds) -> Optional[int]:
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    classes = getattr(base, 'classes', None)
+    return len(classes) if classes else None
+
+
+def check_num_classes(cfg, spec: DatasetSpec, eval_set) -> None:
+    """``cfg.num_classes`` (if set) must cover every label of the data; raises ``DatasetError``."""
+    n = getattr(cfg, 'num_classes', None)
+    if n is None or spec.name == 'synthetic':  # synthetic draws its labels from num_classes
+        return
+    labels = _label_count(eval_set) or spec.num_classes
+    if n < labels:
+        raise DatasetError(f'num_classes={n} but {spec.name} has {labels} classes (labels 0..{labels - 1}): the '
+                           f'model would have no output for the others. Remove num_classes (null = {labels}) '
+                           f'or set it to at least {labels}.')
+
+
+def _sample_files(ds) -> List[Tuple[str, Callable]]:
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    if not isinstance(base, NamedSampleErrors):
+        return []  # read into memory when built (CIFAR, digits, synthetic): already checked
+    indices = ds.indices if isinstance(ds, Subset) else range(len(base))
+    return [(base.samples[i][0], base.loader) for i in indices]
+
+
+def find_unreadable(datasets: Sequence, workers: int = 4) -> List[Tuple[str, str]]:
+    """Read every sample file of ``datasets`` once; ``[(path, reason), ...]`` of those that fail, sorted."""
+    files = sorted({path: loader for ds in datasets if ds is not None for path, loader in _sample_files(ds)}.items())
+
+    def check(item):
+        path, loader = item
+        try:
+            loader(path)
+        except Exception as err:  # any decoder error: reported with the file
+            return path, f'{type(err).__name__}: {err}'
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [bad for bad in pool.map(check, files) if bad is not None]
+
+
+def verify_files(train_set, eval_set, workers: int = 4, show: int = 20) -> None:
+    """Raise ``DatasetError`` listing every unreadable sample file of the two sets (``verify_data: true``)."""
+    bad = find_unreadable([train_set, eval_set], workers)
+    if bad:
+        lines = [f'  {path}: {reason}' for path, reason in bad[:show]]
+        more = [f'  ... and {len(bad) - show} more'] if len(bad) > show else []
+        raise DatasetError('\n'.join([f'{len(bad)} unreadable sample file(s):'] + lines + more + [
+            'Replace them with good copies or delete them, then start again.']))
+
 
 def create_datasets(cfg, include_train: bool = True):
     """Build ``(train_set, eval_set)`` for ``cfg.dataset`` (``train_set`` is None if ``include_train=False``).
 
     Image samples: normalised float ``[C, H, W]`` and an int label. Event samples: float event counts
     ``[T, 2, 128, 128]`` (``T = cfg.T``) and an int label. Raises ``DatasetError`` with the expected folder
-    tree and the preparation command when the data are missing or incomplete.
+    tree and the preparation command when the data are missing or incomplete, when ``cfg.num_classes`` is
+    smaller than the dataset's number of classes, and (``verify_data: true``) when sample files are unreadable.
     """
-    name = canonical_name(_get(cfg, 'dataset'))
-    if name == 'digits':
-        info = _DATASETS['digits']
-        size = _get(cfg, 'img_size') or info['img_size']
-        mean, std = _get(cfg, 'mean'), _get(cfg, 'std')
-        train = DigitsDataset(True, size, mean, std, augment=bool(_get(cfg, 'digits_augment'))) \
-            if include_train else None
-        return train, DigitsDataset(False, size, mean, std)
-    if name == 'synthetic':
-        return _create_synthetic(cfg, include_train)
-    if name in ('cifar10', 'cifar100'):
-        return _create_cifar(cfg, name, include_train)
-    if name in ('cifar10dvs', 'dvsgesture'):
-        return _create_events(cfg, name, include_train)
-    return _create_imagenet(cfg, include_train)
+    spec = DATASETS[canonical_name(get_option(cfg, 'dataset'))]
+    train_set, eval_set = spec.build(cfg, spec, include_train)
+    check_num_classes(cfg, spec, eval_set)
+    if get_option(cfg, 'verify_data'):
+        verify_files(train_set, eval_set, int(get_option(cfg, 'workers')))
+    if spec.tree:  # datasets of files have official sizes (synthetic's are chosen, digits' fixed)
+        _warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
+        if train_set is not None:
+            _warn_count(spec.name, 'train', len(train_set), spec.train_size)
+    return train_set, eval_set
+
+
+def check_data_config(cfg) -> None:
+    """Config-level checks of the data keys that need the dataset (name, mean/std length); ``ConfigError``."""
+    try:
+        spec = DATASETS[canonical_name(get_option(cfg, 'dataset'))]
+    except DatasetError as err:
+        raise ConfigError(f"config key 'dataset': {err}") from None
+    for key in ('mean', 'std'):
+        value = get_option(cfg, key)
+        if value is not None and len(value) != spec.in_channels:
+            raise ConfigError(f"config key '{key}': {spec.name} has {spec.in_channels} input channels, got "
+                              f"{len(value)} values {list(value)}; give {spec.in_channels} or null")
+    std = get_option(cfg, 'std')
+    if std is not None and min(std) <= 0:
+        raise ConfigError(f"config key 'std': every value must be > 0, got {list(std)}")
 
 
 def mixup_active(cfg) -> bool:
-    return _get(cfg, 'mixup') > 0 or _get(cfg, 'cutmix') > 0 or _get(cfg, 'cutmix_minmax') is not None
+    return get_option(cfg, 'mixup') > 0 or get_option(cfg, 'cutmix') > 0 or get_option(cfg, 'cutmix_minmax') is not None
 
 
 def create_mixup(cfg, num_classes: int):
@@ -578,12 +814,12 @@ def create_mixup(cfg, num_classes: int):
     """
     if not mixup_active(cfg):
         return None
-    mode = _get(cfg, 'mixup_mode')
+    mode = get_option(cfg, 'mixup_mode')
     if mode not in ('batch', 'pair', 'elem'):
         raise DatasetError(f"mixup_mode={mode!r} is not valid; use 'batch', 'pair' or 'elem'")
-    minmax = _get(cfg, 'cutmix_minmax')
+    minmax = get_option(cfg, 'cutmix_minmax')
     return SpatialMixup(
-        mixup_alpha=float(_get(cfg, 'mixup')), cutmix_alpha=float(_get(cfg, 'cutmix')),
-        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(_get(cfg, 'mixup_prob')),
-        switch_prob=float(_get(cfg, 'mixup_switch_prob')), mode=mode,
-        label_smoothing=float(_get(cfg, 'smoothing')), num_classes=int(num_classes))
+        mixup_alpha=float(get_option(cfg, 'mixup')), cutmix_alpha=float(get_option(cfg, 'cutmix')),
+        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(get_option(cfg, 'mixup_prob')),
+        switch_prob=float(get_option(cfg, 'mixup_switch_prob')), mode=mode,
+        label_smoothing=float(get_option(cfg, 'smoothing')), num_classes=int(num_classes))

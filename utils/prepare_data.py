@@ -5,7 +5,9 @@
   check the sample counts (CIFAR10-DVS 10,000 = 1,000 per class; DVS128 Gesture 1,176 train / 288 test).
   ``--download`` fetches CIFAR10-DVS from figshare; DVS128 Gesture must be downloaded by hand.
 * cifar10 / cifar100: ``--download`` fetches the python version with torchvision; ``--verify`` checks md5 sums.
-* imagenet: checks the train/val ImageFolder layout and counts.
+* ``--verify`` on the other datasets reads every sample file once and lists the unreadable ones.
+* imagenet (and any other dataset of folders): checks the layout and the counts against the dataset table
+  (``utils.data.DATASETS``).
 
 Exit status 0 when the dataset is complete, 1 when something is missing or wrong (the report says what).
 """
@@ -15,8 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, GESTURE_FILES, GESTURE_URL, DatasetError, _frames_dir,
-                   canonical_name, create_datasets, dataset_info, expected_tree)
+from .data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATASETS, GESTURE_FILES, GESTURE_URL, DatasetError,
+                   _frames_dir, canonical_name, create_datasets, dataset_info, expected_tree)
 
 CIFAR10DVS_PER_CLASS = 1000
 GESTURE_COUNTS = {'train': 1176, 'test': 288}
@@ -65,7 +67,7 @@ def _raw_available(name: str, root: Path) -> bool:
     return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
 
-def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
+def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool = False) -> int:
     frames = _frames_dir(root, T)
     stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
     if stale:
@@ -107,7 +109,8 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
     problems = check_event_counts(name, root, T)
     if not problems:
         try:  # the loader used by train.py must read them too
-            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False)
+            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False,
+                                     verify_data=verify)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # counts were reported above
                 train_set, eval_set = create_datasets(cfg)
@@ -122,10 +125,12 @@ def prepare_events(name: str, root: Path, T: int, download: bool) -> int:
 def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
-    cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]
+
+    from .data import CIFAR10Files, CIFAR100Files
+    cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]  # the official md5 sums
     if download:
-        try:
-            cls(str(root), train=True, download=True)
+        try:  # torchvision's download (archive md5 checked); the batches are then read without running code
+            {'cifar10': CIFAR10Files, 'cifar100': CIFAR100Files}[name](str(root), train=True, download=True)
         except Exception as e:  # network or disk problem
             print(f'Download of {name} into {root} failed: {type(e).__name__}: {e}')
             return 1
@@ -133,7 +138,8 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root)))
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
+                                                                      verify_data=verify))
         info = dataset_info(name)
         print(f'{name}: {len(train_set)} train / {len(eval_set)} test samples '
               f'(expected {info["train_size"]} / {info["eval_size"]})')
@@ -148,19 +154,22 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     return _report(name, root, problems)
 
 
-def prepare_imagenet(root: Path) -> int:
+def prepare_folders(name: str, root: Path, verify: bool = False) -> int:
+    """Check a dataset of class folders (ImageNet): layout, class count, sample counts (``verify``: every file)."""
+    spec = DATASETS[name]
     problems = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset='imagenet', data_path=str(root)))
-        print(f'imagenet: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} val images '
-              f'(expected 1000 classes, 1281167 / 50000)')
-        if len(train_set.classes) != 1000:
-            problems.append(f'{len(train_set.classes)} class folders, expected 1000')
+            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
+                                                                      verify_data=verify))
+        print(f'{name}: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} '
+              f'{spec.eval_split} samples (expected {spec.num_classes} classes, {spec.train_size} / {spec.eval_size})')
+        if len(train_set.classes) != spec.num_classes:
+            problems.append(f'{len(train_set.classes)} class folders, expected {spec.num_classes}')
     except DatasetError as e:
         problems.append(str(e))
-    return _report('imagenet', root, problems)
+    return _report(name, root, problems)
 
 
 def _report(name: str, root: Path, problems: list) -> int:
@@ -177,21 +186,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset', required=True,
-                        choices=['cifar10', 'cifar100', 'cifar10dvs', 'dvsgesture', 'imagenet'])
+                        choices=[name for name, spec in DATASETS.items() if spec.tree])
     parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
     parser.add_argument('--T', type=int, default=16, help='frames per event sample (= model time steps), default 16')
     parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
-    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums')
+    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
+                        'and list the unreadable ones')
     args = parser.parse_args(argv)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()
     if args.T < 1:
         parser.error(f'--T must be a positive number of frames, got {args.T}')
-    if name in ('cifar10dvs', 'dvsgesture'):
-        return prepare_events(name, root, args.T, args.download)
+    if DATASETS[name].kind == 'event':
+        return prepare_events(name, root, args.T, args.download, args.verify)
     if name in ('cifar10', 'cifar100'):
         return prepare_cifar(name, root, args.download, args.verify)
-    return prepare_imagenet(root)
+    return prepare_folders(name, root, args.verify)
 
 
 if __name__ == '__main__':
