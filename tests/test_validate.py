@@ -93,3 +93,17 @@ def test_checkpoint_errors_name_the_flag_validate_offers(tmp_path, checkpoint, n
 
 class Unsafe:
     pass
+
+
+@pytest.mark.parametrize("ckpt,config", [("10-512-T1", "10_512_t1"), ("10-768-T4", "10_768_t4"),
+                                         ("10-384-T4", "10_384_t4"), ("ms_qk_10-384_T4", "ms_qkformer_10_384_t4"),
+                                         ("ms_qk_10-768_T1", "ms_qkformer_10_768_t1")])
+def test_test_sh_picks_the_config_of_a_released_file(ckpt, config):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    env.update(PYTHON="echo", CKPT=f"/w/{ckpt}.pth.tar")
+    r = subprocess.run(["bash", os.path.join(ROOT, "imagenet", "test.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["validate.py", "-c", os.path.join(ROOT, "imagenet", f"{config}.yaml"),
+                                "--checkpoint", f"/w/{ckpt}.pth.tar"]
