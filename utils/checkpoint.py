@@ -196,6 +196,8 @@ def convert_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]
     """
     own = model.state_dict()
     sd = dict(sd)
+    if sd.keys() == own.keys():
+        return sd, [], {}
     file_units: Dict[str, List[str]] = {}
     for k in sd:
         file_units.setdefault(_unit(k), []).append(k)
