@@ -285,16 +285,22 @@ class SSADWC(SSA):
     """SSA followed by a spiking DWC (``ssa_dwc<k>``, k=5 by default; Table 7 "SSA+DWC"):
     ``x + BN(DWConv_k(LIF(BN(proj(...)))))``; the projection output only feeds the DWC.
 
-    No published manifest uses it; the DWC keys are ``dwc.conv`` / ``dwc.conv_bn``.
+    Published names, directly on the attention module: ``dwc_neuron`` (LIF), ``dwc`` (the
+    depth-wise Conv2d) and ``dwc_bn``. Files written with this repository's earlier names
+    (``dwc.conv`` / ``dwc.conv_bn``) load through ``models.published.LEGACY_NAMES``.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, kernel_size: int = 5,
                  neuron_cfg: Optional["NeuronConfig"] = None, **kwargs):
         super().__init__(dim, num_heads, neuron_cfg=neuron_cfg, **kwargs)
-        self.dwc = _SpikingDWC(dim, kernel_size, "conv", neuron_cfg)
+        _check_odd(kernel_size, "an SSA+DWC mixer")
+        self.dwc_neuron = _neurons(neuron_cfg).make()
+        self.dwc = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, bias=True)
+        self.dwc_bn = nn.BatchNorm2d(dim)
 
     def forward(self, x):
-        return self.dwc(self.attention(x).reshape(x.shape)) + x
+        s = self.dwc_neuron(self.attention(x).reshape(x.shape))
+        return _unfold(self.dwc_bn(self.dwc(_fold(s))), x.shape[0]) + x
 
 
 @register_mixer("qka")

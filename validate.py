@@ -29,16 +29,78 @@ VALIDATE_OPTIONS = {
 }
 
 
+def build_model(cfg, num_classes: int):
+    """The configured model through ``models.create_model``; bad names or kwargs become a ConfigError."""
+    from models import ModelError, create_model
+
+    kwargs = dict(cfg.model_kwargs or {})
+    for k in ("T", "num_classes"):
+        if k in kwargs:
+            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
+    try:
+        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
+    except ModelError as err:
+        raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
+
+
+def check_input(cfg, model, eval_set) -> None:
+    """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
+    from models import input_spec
+
+    spec = input_spec(model)
+    sample = eval_set[0][0]
+    shape = tuple(getattr(sample, "shape", ()))
+    want = spec.shape(1, img_size=shape[-1] if shape else None)[1:]  # any image size; channels (and frames) fixed
+    if len(shape) != len(want) or shape[-3] != want[-3] or (spec.frames is not None and shape[0] != cfg.T):
+        raise ConfigError(f"{cfg.dataset} samples have shape {list(shape)} but {cfg.model} takes "
+                          f"{list(want)} per sample ({spec.channels} channels"
+                          + (f", T={cfg.T} frames" if spec.frames is not None else "") + "); "
+                          "check --dataset, --model and --T")
+
+
+def prepare_results_file(path: str) -> str:
+    """Create the folder of ``--results-file`` and check it is writable, before any evaluation time is spent."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"--results-file {path} is a folder; give a file name such as {path}/results.json")
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--results-file: cannot create the folder {folder} ({err.strerror})") from None
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--results-file: {path} is not writable; choose another path")
+    return path
+
+
+def write_results(path: str, out: Dict[str, Any]) -> None:
+    """Write the JSON atomically; if that still fails, print it so the result is not lost."""
+    text = json.dumps(out, indent=2)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        print(text)
+        raise ConfigError(f"could not write --results-file {path} ({err.strerror}); the results are printed above") \
+            from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def build_eval(cfg):
     """Model (with weights), eval loader and dist info for ``cfg``; reusable by analysis tools."""
     from torch.utils.data import DataLoader
 
-    from train import build_model
     from utils import data as data_lib
     from utils.checkpoint import load_checkpoint
     from utils.distributed import ShardSampler, init_distributed
     from utils.engine import prepare_model, seed_everything
 
+    if not cfg.checkpoint:
+        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
@@ -47,10 +109,10 @@ def build_eval(cfg):
     _, eval_set = data_lib.create_datasets(cfg, include_train=False)
     num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]
     model = build_model(cfg, num_classes)
-    if not cfg.checkpoint:
-        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
+    check_input(cfg, model, eval_set)
     key = "state_dict_ema" if cfg.use_ema else None
-    load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint)
+    load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint,
+                    trust_flag="--trust-checkpoint", log=print if dist_info.is_main else None)
     model = prepare_model(model, dist_info.device, cfg.channels_last)
     loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                         sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),
@@ -59,8 +121,10 @@ def build_eval(cfg):
 
 
 def run(cfg) -> Dict[str, Any]:
+    from utils.distributed import is_main
     from utils.engine import amp_context, evaluate
 
+    results_file = prepare_results_file(cfg.results_file) if cfg.results_file and is_main() else None
     model, loader, dist_info, num_classes = build_eval(cfg)
     try:
         autocast = amp_context(cfg.amp, dist_info.device)
@@ -78,10 +142,9 @@ def run(cfg) -> Dict[str, Any]:
     if dist_info.is_main:
         print(f"{cfg.model} T={cfg.T} on {cfg.dataset} ({res['count']} samples): top-1 {res['top1']:.3f} %  "
               f"top-5 {res['top5']:.3f} %  loss {res['loss']:.4f}")
-        if cfg.results_file:
-            with open(cfg.results_file, "w") as f:
-                json.dump(out, f, indent=2)
-            print(f"results written to {cfg.results_file}")
+        if results_file:
+            write_results(results_file, out)
+            print(f"results written to {results_file}")
     return out
 
 

@@ -239,22 +239,23 @@ class Embed1Max(nn.Module):
 
 @register_embedding("orig_later", downsampling=2)
 class EmbedOrigLater(nn.Module):
-    """Embed-Orig for later stages: ``Embed3x3 -> Embed3x3 stride 2`` plus a 1x1 stride-2
-    shortcut on the input spikes. Downsamples by 2 with strided convs, no pooling.
+    """Embed-Orig for later stages (published ``Embed_Orig_later``): ``embed1`` (Embed3x3) ->
+    ``orig_embed1`` (Embed3x3 stride 2) plus ``embed2``, a 1x1 stride-2 shortcut on the input
+    spikes. Downsamples by 2 with strided convs, no pooling.
 
-    No published manifest exists for it; the keys are ``embed1``, ``embed2`` (main) and
-    ``embed3`` (shortcut).
+    Files written with this repository's earlier names (``embed2`` for the strided conv,
+    ``embed3`` for the shortcut) load through ``models.published.LEGACY_NAMES``.
     """
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):
         super().__init__()
         self.embed1 = SpikingConvBN(in_channels, embed_dims, 3, neuron_cfg=neuron_cfg)
-        self.embed2 = SpikingConvBN(embed_dims, embed_dims, 3, stride=2, neuron_cfg=neuron_cfg)
-        self.embed3 = SpikingConvBN(in_channels, embed_dims, 1, stride=2, spiking_input=True)
+        self.orig_embed1 = SpikingConvBN(embed_dims, embed_dims, 3, stride=2, neuron_cfg=neuron_cfg)
+        self.embed2 = SpikingConvBN(in_channels, embed_dims, 1, stride=2, spiking_input=True)
 
     def forward(self, x):
         y, s = self.embed1(x, return_spikes=True)
-        return self.embed2(y) + self.embed3(s)
+        return self.orig_embed1(y) + self.embed2(s)
 
 
 @register_embedding("orig_imagenet", downsampling=4)

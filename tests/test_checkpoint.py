@@ -93,22 +93,87 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
     assert "missing (1):\n    stage3.1.mlp.fc2_bn.weight" in msg
     assert "unexpected (1):\n    stage4.0.attn.q_conv.weight" in msg
     assert "head.weight: checkpoint (100, 384) vs model (10, 384)" in msg
-    assert "num_classes" in msg  # says how to fix it
+    assert "num_classes" in msg and "strict=False" not in msg  # says how to fix it, with what a CLI offers
     report = load_checkpoint(model, sd, strict=False)
     assert [len(v) for v in report.values()] == [1, 1, 1]
 
 
-def test_unreadable_inputs_give_clear_errors(tmp_path):
+def test_not_found_names_the_path_and_nearby_checkpoints(tmp_path):
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
+    torch.save(model.state_dict(), tmp_path / "best.pth.tar")
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*nope.pth.tar'.*in that folder: best.pth.tar"):
         load_checkpoint(model, str(tmp_path / "nope.pth.tar"))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(model, str(tmp_path))
     with pytest.raises(CheckpointError, match="no tensors found"):
         load_checkpoint(model, {"epoch": 1})
+
+
+def _broken_files(tmp_path):
+    good = tmp_path / "good.pth.tar"
+    torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict(), "args": argparse.Namespace(lr=1.0)}, good)
+    data = good.read_bytes()
+    old = tmp_path / "old_format.pth"
+    torch.save({"w": torch.zeros(3)}, old, _use_new_zipfile_serialization=False)
+    files = {"truncated": data[: len(data) // 2], "random": os.urandom(4096), "text": b"not a checkpoint\n",
+             "old_format_truncated": old.read_bytes()[:-40]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return files
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_empty_truncated_and_random_files_are_called_broken_not_unsafe(tmp_path, trust):
+    model = torch.nn.Linear(2, 2)
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\).*Fetch or copy it again"):
+        load_checkpoint(model, str(tmp_path / "empty"), trust_pickle=trust)
+    for name in _broken_files(tmp_path):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(model, str(tmp_path / name), trust_pickle=trust, trust_flag="--trust-checkpoint")
+        msg = str(err.value)
+        assert "truncated, damaged or not a PyTorch checkpoint" in msg, (name, msg)
+        assert "trust" not in msg and "pickle" not in msg, (name, msg)  # never advice to switch off safety
+
+
+def test_unsafe_pickle_advice_fits_the_caller(tmp_path):
+    model = torch.nn.Linear(2, 2)
     path = tmp_path / "pickled.pth"  # an arbitrary pickled object: refused unless trusted
     torch.save({"state_dict": model.state_dict(), "extra": PickledThing()}, path)
-    with pytest.raises(CheckpointError, match="trust_pickle=True"):
+    # a command line with a trust flag names it
+    with pytest.raises(CheckpointError, match=r"PickledThing.*can run code.*pass --trust-checkpoint\.$"):
+        load_checkpoint(model, str(path), trust_flag="--trust-checkpoint")
+    # without one (train.py, Python callers) the advice is the convert command, which has the flag
+    with pytest.raises(CheckpointError) as err:
         load_checkpoint(model, str(path))
+    msg = str(err.value)
+    assert f"python -m utils.checkpoint convert {path} OUT.pth.tar --trust-checkpoint" in msg
+    assert "pass --trust-checkpoint" not in msg
     load_checkpoint(model, str(path), trust_pickle=True)
+    # and that advice works: the copy holds no pickled objects and loads safely
+    from utils.checkpoint import main, read_checkpoint
+    kwargs = ["embed_dims=32", "num_heads=2"]
+    src = timm.create_model("maxformer_cifar", embed_dims=32, num_heads=2)
+    torch.save({"state_dict": src.state_dict(), "arch": "maxformer_cifar", "extra": PickledThing()}, path)
+    out = tmp_path / "safe.pth.tar"
+    assert main(["convert", str(path), str(out), "--model-kwargs", *kwargs]) == 2  # refused without the flag
+    assert main(["convert", str(path), str(out), "--trust-checkpoint", "--model-kwargs", *kwargs]) == 0
+    safe = read_checkpoint(out)
+    assert "extra" not in safe and safe["arch"] == "maxformer_cifar"
+    load_checkpoint(timm.create_model("maxformer_cifar", embed_dims=32, num_heads=2), str(out))
+
+
+def test_does_not_fit_lists_keys_without_unavailable_advice():
+    with torch.device("meta"):
+        model = timm.create_model("maxformer_cifar")
+    sd = manifest_state_dict("cifar_max_former_c10")
+    sd["head.weight"] = torch.zeros(100, 384, device="meta")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, sd)
+    msg = str(err.value)
+    assert msg.startswith("checkpoint does not fit SpikingTransformer")
+    assert "head.weight: checkpoint (100, 384) vs model (10, 384)" in msg
+    assert "strict=False" not in msg and "num_classes" in msg
 
 
 class PickledThing:

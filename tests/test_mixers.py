@@ -169,11 +169,15 @@ def test_pool_and_identity_mixers(x):
 def test_ssa_dwc(x, name):
     m = randomize(create_mixer(name, C, num_heads=4), seed=5)
     k = 5 if name == "ssa_dwc" else 3
-    assert tuple(m.state_dict()["dwc.conv.weight"].shape) == (C, 1, k, k)
+    # published names, directly on the attention module: dwc (depth-wise Conv2d) and dwc_bn
+    assert tuple(m.state_dict()["dwc.weight"].shape) == (C, 1, k, k)
+    assert [n for n in m.state_dict() if n.startswith("dwc")] == [
+        "dwc.weight", "dwc.bias", "dwc_bn.weight", "dwc_bn.bias", "dwc_bn.running_mean", "dwc_bn.running_var",
+        "dwc_bn.num_batches_tracked"]
     ssa_part = m.attention(x).reshape(x.shape)
-    z = F.conv2d(lif(ssa_part).flatten(0, 1), m.dwc.conv.weight, m.dwc.conv.bias, padding=k // 2, groups=C)
+    z = F.conv2d(lif(ssa_part).flatten(0, 1), m.dwc.weight, m.dwc.bias, padding=k // 2, groups=C)
     reset_net(m)
-    assert torch.allclose(m(x), bn(z, m.dwc.conv_bn).reshape(x.shape) + x, atol=1e-5)
+    assert torch.allclose(m(x), bn(z, m.dwc_bn).reshape(x.shape) + x, atol=1e-5)
 
 
 @torch.no_grad()

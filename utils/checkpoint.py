@@ -1,5 +1,11 @@
 """Checkpoint I/O: loading weights (ours or the authors' released files) by name.
 
+* :func:`read_checkpoint` — ``torch.load`` with ``weights_only`` safety and errors that say what is wrong
+  with the file: not found, empty / truncated / not a checkpoint, or holding objects that are unsafe to unpickle;
+* :func:`load_checkpoint` — weights into a model, strictly by name; older layouts (the authors' released
+  ImageNet files, this repository's earlier names) are converted first, see :func:`convert_state_dict`;
+* ``python -m utils.checkpoint convert IN OUT [--model NAME]`` — a copy of a file with the current names.
+
 Training-state saving and resuming live further down in this module.
 """
 from __future__ import annotations
@@ -7,41 +13,76 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-from typing import Any, Dict, Mapping, Optional, Union
+import re
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "load_checkpoint"]
+__all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint"]
 
 # Wrapper prefixes added by DDP and torch.compile; removed by name, never by position.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+_CONVERT_COMMAND = "python -m utils.checkpoint convert"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model."""
+    """A checkpoint could not be read or does not fit the model; the message says which and what to do."""
 
 
-def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False) -> Any:
-    """``torch.load`` on CPU with ``weights_only`` safety.
+# ------------------------------------------------------------------ reading files
+def _broken_reason(err: BaseException) -> str:
+    text = str(err)
+    if isinstance(err, EOFError) or "Ran out of input" in text:
+        return "the data ends early"
+    if "zip archive" in text or "central directory" in text:
+        return "its zip archive is incomplete"
+    return f"torch.load cannot parse it: {type(err).__name__}"
+
+
+def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False,
+                    trust_flag: Optional[str] = None) -> Any:
+    """``torch.load`` on CPU with ``weights_only`` safety; every failure is a :class:`CheckpointError`.
 
     The authors' ``.pth.tar`` files also pickle an ``argparse.Namespace``; that one class is
-    allow-listed. Anything else needs ``trust_pickle=True`` (only for files you trust).
+    allow-listed. Files holding other objects need ``trust_pickle=True`` (only for files you trust).
+    ``trust_flag`` names the command-line flag that sets ``trust_pickle`` for the caller (e.g.
+    ``"--trust-checkpoint"``); without one the advice points to ``convert --trust-checkpoint``.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder; pass the checkpoint file inside it")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path!r}")
-    if trust_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        folder = os.path.dirname(os.path.abspath(path))
+        near = sorted(f for f in os.listdir(folder) if ".pth" in f or f.endswith(".pt"))[:5] \
+            if os.path.isdir(folder) else []
+        hint = f" Checkpoints in that folder: {', '.join(near)}." if near else ""
+        raise CheckpointError(f"checkpoint not found: {path!r}.{hint}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): it was not written completely "
+                              "(an interrupted download or copy?). Fetch or copy it again.")
     try:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
+    except Exception as err:  # torch raises many types for damaged files; each is classified below
+        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if unsafe and not trust_pickle:
+            if trust_flag:
+                advice = f"If you trust where this file comes from, pass {trust_flag}."
+            else:
+                advice = (f"If you trust where this file comes from, write a weights-only copy once with "
+                          f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and use OUT.pth.tar.")
+            raise CheckpointError(
+                f"checkpoint {path!r} holds pickled Python objects ({', '.join(sorted(set(unsafe)))}) that safe "
+                f"(weights_only) loading refuses, because unpickling them can run code. {advice}") from None
         raise CheckpointError(
-            f"{path!r} holds objects that weights_only loading refuses ({str(err).splitlines()[0]}). "
-            "If you trust this file, pass trust_pickle=True (CLI: --trust-checkpoint)."
-        ) from None
+            f"checkpoint {path!r} ({size} bytes) is truncated, damaged or not a PyTorch checkpoint "
+            f"({_broken_reason(err)}). Fetch or copy it again, or check the path.") from None
 
 
 def extract_state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -75,30 +116,160 @@ def _strip_prefixes(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+# ------------------------------------------------------------------ older names -> ours
+def _unit(key: str) -> str:
+    """The top-level module a key belongs to (``patch_embed2``, ``stage3``, ``head``); '' for root tensors."""
+    return key.split(".", 1)[0] if "." in key else ""
+
+
+def _kind(key: str) -> str:
+    """``weight`` / ``bias`` / ``running_mean`` / ``running_var`` / ``num_batches_tracked`` ..."""
+    return key.rsplit(".", 1)[-1]
+
+
+def _table_names(model: nn.Module, keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+    """``{file key: (current key, source)}`` for the keys that ``models.published.LEGACY_NAMES`` renames."""
+    from models.published import LEGACY_NAMES
+
+    owners = [(path, table) for path, m in model.named_modules() for table in LEGACY_NAMES
+              if type(m) is table.module_class]
+    owners.sort(key=lambda o: -len(o[0]))
+    out = {}
+    for key in keys:
+        for path, table in owners:
+            head = path + "." if path else ""
+            if not key.startswith(head):
+                continue
+            rel, _, param = key[len(head):].rpartition(".")
+            for old in sorted(table.names, key=len, reverse=True):
+                if rel == old or rel.startswith(old + "."):
+                    out[key] = (f"{head}{table.names[old]}{rel[len(old):]}.{param}", table.source)
+                    break
+            break  # the innermost owner decides
+    return out
+
+
+def _shape(t: Optional[torch.Tensor]) -> str:
+    return "-" if t is None else str(tuple(t.shape))
+
+
+def _listing(unit: str, file_keys: List[str], model_keys: List[str], sd, own, table, reason: str) -> str:
+    """Each file key of ``unit`` with the current name it would take, and the model keys left without one."""
+    lines = [f"  {unit or '(root)'}.*: the file's names differ from the model's and no verified correspondence "
+             f"exists ({reason}). Each tensor, file name -> current name:"]
+    taken = set()
+    for i, f in enumerate(file_keys):
+        cur = table[f][0] if f in table else (f if f in own else (model_keys[i] if i < len(model_keys) else None))
+        note = ""
+        if cur is None:
+            note = "  <- no tensor of the model left for it"
+        elif cur not in own:
+            note = "  <- not in the model"
+        elif sd[f].shape != own[cur].shape:
+            note = f"  <- shape {_shape(sd[f])} vs {_shape(own[cur])}"
+        elif _kind(f) != _kind(cur):
+            note = f"  <- {_kind(f)} vs {_kind(cur)}"
+        taken.add(cur)
+        lines.append(f"    {f} {_shape(sd[f])} -> {cur or '?'}{note}")
+    for o in model_keys:
+        if o not in taken:
+            lines.append(f"    (missing in the file) -> {o} {_shape(own[o])}")
+    return "\n".join(lines)
+
+
+def convert_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]
+                       ) -> Tuple[Dict[str, torch.Tensor], List[Tuple[str, str, str]], Dict[str, str]]:
+    """Rename the tensors of a file with older parameter names to ``model``'s names.
+
+    Works per top-level module (``patch_embed2``, ``stage3``...). A module whose names already
+    fit, or that only lacks or adds tensors, is left alone (a plain mismatch, reported by
+    :func:`load_checkpoint`). Where the file's names and the model's differ on both sides:
+
+    * the rename table (``models.published.LEGACY_NAMES``, per module class) gives the names it knows;
+    * a positional alignment, the way the authors' test script loads by state-dict order, but
+      checked: the module's tensor count, and at every position the shape and the kind of entry
+      (weight / bias / running_mean / running_var / num_batches_tracked) must agree, and it must
+      agree with the table and with every name the file shares with the model.
+
+    Returns ``(state_dict, renames, refusals)``: ``renames`` lists ``(file module, current module,
+    how)`` once per module, ``refusals`` ``{top-level module: listing}`` for those that could not be matched.
+    """
+    own = model.state_dict()
+    sd = dict(sd)
+    if sd.keys() == own.keys():
+        return sd, [], {}
+    file_units: Dict[str, List[str]] = {}
+    for k in sd:
+        file_units.setdefault(_unit(k), []).append(k)
+    model_units: Dict[str, List[str]] = {}
+    for k in own:
+        model_units.setdefault(_unit(k), []).append(k)
+    table = _table_names(model, list(sd))
+    mapping: Dict[str, str] = {}
+    renames: List[Tuple[str, str, str]] = []
+    refusals: Dict[str, str] = {}
+    for unit, fkeys in file_units.items():
+        okeys = model_units.get(unit, [])
+        fset, oset = set(fkeys), set(okeys)
+        if not okeys or not (fset - oset) or not (oset - fset):
+            continue
+        reason = None
+        if len(fkeys) != len(okeys):
+            reason = f"{len(fkeys)} tensors in the file, {len(okeys)} in the model"
+        else:
+            for i, (f, o) in enumerate(zip(fkeys, okeys)):
+                want = table[f][0] if f in table else (f if f in own else o)
+                if sd[f].shape != own[o].shape or _kind(f) != _kind(o):
+                    reason = (f"position {i}: {f} {_shape(sd[f])} cannot be {o} {_shape(own[o])}")
+                    break
+                if want != o:
+                    reason = f"position {i}: {f} is named {want} but sits where the model has {o}"
+                    break
+        if reason:
+            refusals[unit] = _listing(unit, fkeys, okeys, sd, own, table, reason)
+            continue
+        seen = set()
+        for f, o in zip(fkeys, okeys):
+            mapping[f] = o
+            how = f"table: {table[f][1]}" if f in table else "alignment: same order, shapes and kinds"
+            entry = (f.rpartition(".")[0], o.rpartition(".")[0], how)
+            if f != o and entry not in seen:
+                seen.add(entry)
+                renames.append(entry)
+    return {mapping.get(k, k): v for k, v in sd.items()}, renames, refusals
+
+
 def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: Union[str, os.PathLike, Mapping[str, Any]],
     strict: bool = True,
     key: Optional[str] = None,
     trust_pickle: bool = False,
+    trust_flag: Optional[str] = None,
+    log: Optional[Callable[[str], None]] = print,
 ) -> Dict[str, list]:
     """Load weights into ``model`` by parameter name.
 
     Accepts a path to a ``.pth``/``.pth.tar`` (ours or the authors'), a raw state_dict or a
     dict holding it under ``state_dict`` / ``model``. DDP/compile prefixes are removed and the
     model's own ``filter_reference_state_dict`` (e.g. Spikformer's never-used LayerNorms) is
-    applied. With ``strict`` any missing, unexpected or mis-shaped key raises
-    :class:`CheckpointError` listing them; otherwise matching tensors are loaded and the
-    report ``{'missing', 'unexpected', 'mismatched'}`` is returned.
+    applied. Older names are converted (:func:`convert_state_dict`); ``log`` (``print`` by
+    default, ``None`` for silence) gets one line per renamed module. With ``strict`` any missing,
+    unexpected or mis-shaped key raises :class:`CheckpointError` listing them; otherwise matching
+    tensors are loaded and the report ``{'missing', 'unexpected', 'mismatched'}`` is returned.
+    ``trust_pickle`` / ``trust_flag``: see :func:`read_checkpoint`.
     """
     obj = path_or_state_dict
+    source = "checkpoint"
     if not isinstance(obj, Mapping):
-        obj = read_checkpoint(obj, trust_pickle=trust_pickle)
+        source = f"checkpoint {os.fspath(obj)!r}"
+        obj = read_checkpoint(obj, trust_pickle=trust_pickle, trust_flag=trust_flag)
     sd = _strip_prefixes(extract_state_dict(obj, key))
     target = getattr(model, "module", model)  # accept a DDP-wrapped model
     hook = getattr(target, "filter_reference_state_dict", None)
     if callable(hook):
         sd = hook(sd)
+    sd, renames, refusals = convert_state_dict(target, sd)
     own = target.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -110,13 +281,20 @@ def load_checkpoint(
     report = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
     if strict and (missing or unexpected or mismatched):
         name = type(target).__name__
-        lines = [f"checkpoint does not fit {name} ({len(own)} keys in model, {len(sd)} in checkpoint):"]
+        lines = [f"{source} does not fit {name} ({len(own)} tensors in the model, {len(sd)} in the file):"]
+        lines += refusals.values()
         for label, items in report.items():
+            items = [k for k in items if _unit(k.split(":")[0]) not in refusals]  # listed above
             if items:
                 shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
                 lines.append(f"  {label} ({len(items)}):\n    {shown}")
-        lines.append("Check that the model name, num_classes, embed_dims and T match the checkpoint, or pass strict=False.")
+        lines.append("Check that the model and its settings (model name, num_classes, embed_dims and other "
+                     "model_kwargs) are those the checkpoint was trained with.")
         raise CheckpointError("\n".join(lines))
+    if renames and log is not None:
+        log(f"{source}: older parameter names converted ({len(renames)} modules):")
+        for old, new, how in renames:
+            log(f"  {old} -> {new}  ({how})")
     bad = {m.split(":")[0] for m in mismatched}
     loadable = {k: v for k, v in sd.items() if k in own and k not in bad}
     target.load_state_dict(loadable, strict=False)
@@ -228,9 +406,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def read_training_state(path: Union[str, os.PathLike], trust_flag: Optional[str] = None) -> Dict[str, Any]:
     """Load a checkpoint written by ``train.py`` for resuming; clear error for weights-only files."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, trust_flag=trust_flag)
     needed = ("state_dict", "optimizer", "epoch")
     if not isinstance(obj, Mapping) or any(k not in obj for k in needed):
         have = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
@@ -245,3 +423,95 @@ def auto_resume_path(run_dir: Union[str, os.PathLike]) -> Optional[str]:
     """``<run_dir>/last.pth.tar`` if it exists, else None (``--resume auto``)."""
     p = os.path.join(os.fspath(run_dir), "last.pth.tar")
     return p if os.path.isfile(p) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# python -m utils.checkpoint convert IN OUT
+def _model_name_in(obj: Any) -> Optional[str]:
+    """The model name a checkpoint records: ``arch`` (timm savers) or ``args.model`` (the authors' files)."""
+    if not isinstance(obj, Mapping):
+        return None
+    name = obj.get("arch") or getattr(obj.get("args"), "model", None)
+    return name if isinstance(name, str) else None
+
+
+def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], model_name: Optional[str] = None,
+                 model_kwargs: Optional[Mapping[str, Any]] = None, trust_pickle: bool = False,
+                 log: Callable[[str], None] = print) -> str:
+    """Write ``dst``: the weights of ``src`` (and its EMA weights) under the current names of ``model_name``.
+
+    The model comes from ``model_name`` or, if omitted, the name the file records (``arch`` or
+    ``args.model``). Plain entries (``epoch``, ``arch``, ``args``, ``metric``...) are kept, optimizer
+    and scaler state are dropped; the result loads with ``weights_only`` safety.
+    """
+    from models.factory import ModelError, create_model, list_our_models
+
+    flag = "--trust-checkpoint"
+    obj = read_checkpoint(src, trust_pickle=trust_pickle, trust_flag=flag)
+    name = model_name or _model_name_in(obj)
+    if name is None:
+        raise CheckpointError(f"{os.fspath(src)!r} does not record its model; pass --model NAME "
+                              f"(one of: {', '.join(list_our_models())})")
+    try:
+        with torch.device("meta"):  # names and shapes only
+            model = create_model(name, **dict(model_kwargs or {}))
+    except ModelError as err:
+        raise CheckpointError(f"cannot build the model to convert to: {err}") from None
+    entries = [k for k in _STATE_DICT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    out: Dict[str, Any] = {}
+    if entries:
+        plain = (bool, int, float, str, type(None)) + (() if trust_pickle else (argparse.Namespace,))
+        out = {k: v for k, v in obj.items() if isinstance(v, plain)}  # a trusted Namespace may hold anything
+        for k in entries:
+            log(f"{k}:")
+            out[k] = _converted(model, obj, k, src, log)
+    else:
+        out = _converted(model, obj, None, src, log)
+    save_checkpoint(out, dst)
+    log(f"wrote {os.fspath(dst)} ({name})")
+    return os.fspath(dst)
+
+
+def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict[str, torch.Tensor]:
+    """One state dict of ``obj`` renamed for ``model`` (checked to fit strictly, on the meta device)."""
+    sd = _strip_prefixes(extract_state_dict(obj, key))
+    hook = getattr(model, "filter_reference_state_dict", None)
+    if callable(hook):
+        sd = hook(sd)
+    renamed, renames, _ = convert_state_dict(model, sd)
+    on_meta = {k: v.to("meta") for k, v in renamed.items()}
+    load_checkpoint(model, on_meta, log=None)  # raises the full listing if it does not fit
+    if not renames:
+        log("  names already current")
+    for old, new, how in renames:
+        log(f"  {old} -> {new}  ({how})")
+    return renamed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
+    conv.add_argument("src", metavar="IN", help="checkpoint to read (e.g. the authors' 10-768-T4.pth.tar)")
+    conv.add_argument("dst", metavar="OUT", help="file to write")
+    conv.add_argument("--model", default=None, help="registered model name (default: the one the file records)")
+    conv.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                      help="model settings, e.g. num_classes=100 embed_dims=384")
+    conv.add_argument("--trust-checkpoint", action="store_true",
+                      help="allow arbitrary pickled objects in IN (only for files you trust); OUT holds none")
+    args = parser.parse_args(argv)
+    from models.factory import ModelError, parse_model_kwargs
+
+    try:
+        if os.path.abspath(args.src) == os.path.abspath(args.dst):
+            raise CheckpointError("OUT must differ from IN (the original stays untouched)")
+        convert_file(args.src, args.dst, args.model, parse_model_kwargs(args.model_kwargs),
+                     trust_pickle=args.trust_checkpoint)
+    except (CheckpointError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,8 @@
 # into this folder. Needs internet; not run by the tests.
 #   bash imagenet/checkpoints/download.sh              # all seven
 #   bash imagenet/checkpoints/download.sh 10-768-T4    # only some
-# Evaluate one: CONFIG=10_768_t4 CKPT=imagenet/checkpoints/10-768-T4.pth.tar bash imagenet/test.sh
+# Evaluate one: CKPT=imagenet/checkpoints/10-768-T4.pth.tar bash imagenet/test.sh (config from the file name).
+# They carry older parameter names, converted on loading; see docs/checkpoints.md.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BASE_URL="${BASE_URL:-https://github.com/bic-L/MaxFormer/releases/download/checkpoints}"
