@@ -615,25 +615,26 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
     return model
 
 
-def _number(cast, minimum, strict: bool = False, what: str = "number"):
-    """argparse ``type=`` that accepts a finite ``cast`` value >= ``minimum`` (> with ``strict``)."""
+def number_type(cast, minimum, strict: bool = False, below: Optional[float] = None, what: str = "a number"):
+    """argparse ``type=``: a finite ``cast`` value >= ``minimum`` (> with ``strict``; < ``below`` if given)."""
 
     def parse(text: str):
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
+                or (below is not None and value >= below)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
     return parse
 
 
-positive_int = _number(int, 1, what="a positive integer")
-non_negative_int = _number(int, 0, what="an integer >= 0")
-non_negative_float = _number(float, 0.0, what="a finite number >= 0")
-positive_float = _number(float, 0.0, strict=True, what="a finite number > 0")
+positive_int = number_type(int, 1, what="a positive integer")
+non_negative_int = number_type(int, 0, what="an integer >= 0")
+non_negative_float = number_type(float, 0.0, what="a finite number >= 0")
+positive_float = number_type(float, 0.0, strict=True, what="a finite number > 0")
 
 
 def main(argv=None) -> int:
