@@ -385,8 +385,9 @@ def _build(name: str, kwargs: dict, checkpoint: Optional[str]) -> nn.Module:
     model = build_model(name, checkpoint, **kwargs)
     spec = input_spec(model)
     if spec.frames is not None or spec.channels != 3:
-        raise ModelError(f"model '{name}' takes {spec.channels}-channel event frames, not RGB images; "
-                         "spectra and Grad-CAM need an image model (e.g. maxformer_cifar)")
+        kind = "event frames" if spec.frames is not None else "images"
+        raise ModelError(f"model '{name}' takes {spec.channels}-channel {kind}, not RGB images; "
+                         "spectra and Grad-CAM need an RGB image model (e.g. maxformer_cifar)")
     return model
 
 
