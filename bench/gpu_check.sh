@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (issue 5, point 6). Run from the repository root on a CUDA machine:
+# One-shot GPU check. Run from the repository root on a CUDA machine:
 #     bash bench/gpu_check.sh            # results in bench/gpu_results.csv (+ $OUT if set)
 # (a) golden conformance on CUDA (spikingjelly's GPU kernels and the fast path);
 # (b) the paper's Table 8 setting (maxformer_10_768, T=1, batch 32, 224x224; A30: train 0.179 s/iter

@@ -6,7 +6,7 @@ from models import reset_net
 
 @torch.no_grad()
 def assert_batch_invariant(model: torch.nn.Module, x: torch.Tensor, index: int = 3) -> None:
-    """Eval logits of ``x[index]`` are the same alone and inside the batch (QKFormer issue #14 bug class).
+    """Eval logits of ``x[index]`` are the same alone and inside the batch (a bug class reported against QKFormer).
 
     Every BatchNorm bias is set to 1 first so that every layer (attention included) fires and the
     comparison is not void.

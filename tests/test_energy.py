@@ -125,7 +125,7 @@ def test_crosscheck_matches_spikingjelly_for_pointwise_layers():
     x, _ = exact_rate_spikes((2, 4, 8, 8), 0.2, seed=3)
     report = measure_energy(net, [x], T=2, crosscheck=True)
     assert report.sj_crosscheck["synop"] == pytest.approx(
-        sum(l.sops for l in report.layers if l.input == "spike") / 2, rel=1e-9)
+        sum(layer.sops for layer in report.layers if layer.input == "spike") / 2, rel=1e-9)
     assert report.sj_crosscheck["mac"] == pytest.approx(report.mac_flops)  # the Linear reads real conv output
 
 
@@ -150,12 +150,10 @@ def test_firing_rates_match_hand_count():
 
 
 def test_per_group_sums_equal_total_on_maxformer():
-    import timm
-
-    import models  # noqa: F401
+    from models import create_model
 
     torch.manual_seed(0)
-    net = timm.create_model("maxformer_cifar", embed_dims=32, num_heads=2, T=2)
+    net = create_model("maxformer_cifar", embed_dims=32, num_heads=2, T=2)
     batches = [torch.randn(2, 3, 16, 16) for _ in range(2)]
     calibrate_bn(net, batches)
     report = measure_energy(net, batches, crosscheck=True)
@@ -165,7 +163,7 @@ def test_per_group_sums_equal_total_on_maxformer():
     assert {"S1 embed", "S2 embed", "S3 embed", "S2 mixer", "S3 mixer", "S3 mlp", "classifier"} <= set(groups)
     # the first conv reads the image (MACs), SSA's products are counted inside the attention module
     assert report.layers[0].name == "patch_embed1.proj_conv" and report.layers[0].input == "real"
-    assert any(l.name.endswith("attn") and l.kind == "matmul" for l in report.layers)
+    assert any(layer.name.endswith("attn") and layer.kind == "matmul" for layer in report.layers)
     assert report.sops > 0 and report.sj_crosscheck["mac"] == pytest.approx(report.mac_flops)
     assert 0.8 < report.sj_crosscheck["synop_ratio"] <= 1.0  # padding borders / spike coincidences
 
@@ -193,6 +191,38 @@ def test_cli_writes_json(tmp_path, capsys):
     assert "E_SNN" in capsys.readouterr().out
 
 
-def test_cli_unknown_model_names_close_match():
-    with pytest.raises(SystemExit, match="maxformer_cifar"):
+def test_cli_unknown_model_names_close_match(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--model", "maxformer_cifr"])
+    assert exit_info.value.code == 2
+    assert "Did you mean: maxformer_cifar" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--T", "0"], "argument --T: expected a positive integer, got 0"),
+    (["--T", "two"], "argument --T: expected a positive integer, got 'two'"),
+    (["--batch-size", "-1"], "argument --batch-size: expected a positive integer"),
+    (["--batches", "0"], "argument --batches: expected a positive integer"),
+    (["--img-size", "0"], "argument --img-size: expected a positive integer"),
+    (["--calibrate-bn", "-2"], "argument --calibrate-bn: expected an integer >= 0"),
+    (["--e-mac", "nan"], "argument --e-mac: expected a finite number >= 0"),
+    (["--e-ac", "-0.9"], "argument --e-ac: expected a finite number >= 0"),
+    (["--model-kwargs", "embed_dims"], "key=value"),
+    (["--model-kwargs", "embed_dimz=8"], "rejected kwargs"),
+    (["--checkpoint", "no/such/file.pth.tar"], "checkpoint not found"),
+])
+def test_cli_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "maxformer_cifar", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_event_model_input_comes_from_its_registered_config(tmp_path):
+    """maxformer_dvs takes [B, T, 2, H, W] event frames: the shape is read from the model, not its name."""
+    main(["--model", "maxformer_dvs", "--model-kwargs", "embed_dims=32", "num_heads=2", "--T", "2",
+          "--img-size", "32", "--batch-size", "1", "--calibrate-bn", "1", "--quiet", "--out", str(tmp_path)])
+    d = json.loads((tmp_path / "maxformer_dvs_T2_energy.json").read_text())
+    assert d["input"].startswith("synthetic images [1, 2, 2, 32, 32] x1, random init, BN calibrated")
+    assert d["T"] == 2 and d["layers"][0]["input"] == "real"

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.frequency import (high_frequency_ratio, if_transfer, lif_transfer, measure_membrane_gain,
-                             parse_model_spec, radial_log_amplitude, toy_signals, band_fraction)
+from models import ModelError
+from utils.frequency import (band_fraction, high_frequency_ratio, if_transfer, lif_transfer, main,
+                             measure_membrane_gain, parse_model_spec, radial_log_amplitude, toy_signals)
 
 OMEGAS = np.linspace(0.05, 0.95, 7) * np.pi
 TOL = 2e-3  # relative; the membrane is the exact linear system, the fit removes start-up transients
@@ -62,7 +63,8 @@ def test_relative_log_amplitude_is_zero_at_dc_and_drops_after_blur():
     _, vb = radial_log_amplitude(F.avg_pool2d(circular(x), 3, 1))
     assert vb[-1] < v[-1] - 1.0  # blur removes high frequencies
     # [T,B,C,H,W] feature maps are averaged over T
-    assert high_frequency_ratio(x.unsqueeze(0).repeat(3, 1, 1, 1, 1)) == pytest.approx(high_frequency_ratio(x), rel=1e-5)
+    stacked = x.unsqueeze(0).repeat(3, 1, 1, 1, 1)
+    assert high_frequency_ratio(stacked) == pytest.approx(high_frequency_ratio(x), rel=1e-5)
 
 
 def test_toy_spikes_attenuate_high_input_components_after_linear_layer():
@@ -73,23 +75,42 @@ def test_toy_spikes_attenuate_high_input_components_after_linear_layer():
 
 
 def test_model_spec_parsing():
+    """Items are --model-kwargs items (models.parse_model_kwargs) separated by ';'."""
     assert parse_model_spec("maxformer_cifar") == ("maxformer_cifar", "maxformer_cifar", {})
-    label, name, kw = parse_model_spec("avg=maxformer_cifar:mixers=('avg','avg','avg');neuron=if")
+    label, name, kw = parse_model_spec("avg=maxformer_cifar:mixers=[avg,avg,avg];neuron=if;embed_dims=64")
     assert (label, name) == ("avg", "maxformer_cifar")
-    assert kw == {"mixers": ("avg", "avg", "avg"), "neuron": "if"}
-    with pytest.raises(ValueError, match="key=value"):
+    assert kw == {"mixers": ["avg", "avg", "avg"], "neuron": "if", "embed_dims": 64}
+    assert parse_model_spec("max-pool=maxformer_cifar:embeds=orig,orig,orig")[2] == {"embeds": ["orig"] * 3}
+    with pytest.raises(ModelError, match="key=value"):
         parse_model_spec("maxformer_cifar:oops")
 
 
-def test_feature_spectra_and_gradcam_on_a_small_model():
-    import timm
+@pytest.mark.parametrize("args, message", [
+    (["transfer", "--tau", "1"], "argument --tau: expected a time constant > 1"),
+    (["transfer", "--layers", "0"], "argument --layers: expected a positive integer, got 0"),
+    (["transfer", "--w-min", "1.5"], "argument --w-min: expected a number in (0, 0.98)"),
+    (["toy", "--beta", "1"], "argument --beta: expected a decay in [0, 1)"),
+    (["toy", "--fs", "inf"], "argument --fs: expected a finite number > 0"),
+    (["spectra", "--model", "maxformer_cifr"], "Did you mean: maxformer_cifar"),
+    (["spectra", "--model", "maxformer_cifar:embed_dims"], "key=value"),
+    (["spectra", "--model", "maxformer_dvs"], "not RGB images"),
+    (["spectra", "--model", "maxformer_cifar", "--img-size", "0"], "argument --img-size: expected a positive"),
+    (["gradcam", "--model", "maxformer_cifar", "--images", "no/such.jpg"], "image 'no/such.jpg' does not exist"),
+])
+def test_cli_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
 
-    import models  # noqa: F401
+
+def test_feature_spectra_and_gradcam_on_a_small_model():
+    from models import create_model
     from utils.energy import calibrate_bn
     from utils.frequency import feature_spectra, grad_cam
 
     torch.manual_seed(0)
-    net = timm.create_model("maxformer_cifar", embed_dims=32, num_heads=2, T=2)
+    net = create_model("maxformer_cifar", embed_dims=32, num_heads=2, T=2)
     x = torch.randn(2, 3, 32, 32)
     calibrate_bn(net, [x])
     rows = feature_spectra(net, x)
@@ -97,3 +118,14 @@ def test_feature_spectra_and_gradcam_on_a_small_model():
     assert all(0 <= r["hf_ratio"] <= 1 for r in rows)
     cam = grad_cam(net, x, rows[-1]["block"])
     assert cam.shape == (2, 32, 32) and float(cam.max()) == pytest.approx(1.0)
+
+
+def test_spectra_cli_compares_models_built_from_specs(tmp_path):
+    small = "embed_dims=32;num_heads=2;T=2"
+    main(["spectra", "--model", f"lif=maxformer_cifar:{small}", "--model", f"if=maxformer_cifar:{small};neuron=if",
+          "--img-size", "32", "--name", "s", "--out", str(tmp_path)])
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert {r["model"] for r in rows} == {"lif", "if"} and (tmp_path / "s.png").exists()
+    assert all(0 <= float(r["hf_ratio"]) <= 1 for r in rows)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -81,6 +82,9 @@ class EnergyConfig:
                 raise ValueError(f"{name} must be a finite non-negative number of pJ, got {v}")
 
 
+DEFAULT_CONFIG = EnergyConfig()
+
+
 # ----------------------------------------------------------------------------- operand inspection
 def _binary_rate(x: torch.Tensor) -> Optional[float]:
     """Firing rate of ``x`` if every value is 0 or 1, else ``None``."""
@@ -114,7 +118,6 @@ class LayerOps:
     sops: float = 0.0  # synaptic operations charged at E_AC
     spike_elems: float = 0.0  # for the input firing rate: sum of r * numel over spike-input calls
     spike_numel: float = 0.0
-    calls: int = 0
     input: str = ""  # 'spike', 'real', 'count' or a combination
 
     @property
@@ -134,7 +137,7 @@ class PaperOpCounter(BaseCounter):
     its matrix products). :meth:`get_total` returns dense MACs; :attr:`layers` holds the split.
     """
 
-    def __init__(self, names: Dict[nn.Module, str], config: EnergyConfig = EnergyConfig()):
+    def __init__(self, names: Dict[nn.Module, str], config: EnergyConfig = DEFAULT_CONFIG):
         super().__init__()
         self.names = names
         self.config = config
@@ -146,7 +149,6 @@ class PaperOpCounter(BaseCounter):
             aten.bmm.default: self._mm,
             aten.baddbmm.default: self._addmm,
         }
-        self.ignore_modules = []
         self._scope = "<root>"
         self._is_linear = False
 
@@ -171,7 +173,6 @@ class PaperOpCounter(BaseCounter):
         if rec is None:
             rec = self.layers[self._scope] = LayerOps(self._scope, kind)
         rec.macs += macs
-        rec.calls += 1
         for x in operands:  # the first binary operand drives the accumulates
             r = _binary_rate(x)
             if r is not None:
@@ -192,11 +193,10 @@ class PaperOpCounter(BaseCounter):
         return macs
 
     def _conv(self, args, kwargs, out):
-        x, w, transposed, groups = args[0], args[1], args[6], args[8]
+        # weight [C_out, C_in/g, k...] (transposed: [C_in, C_out/g, k...], one MAC per input position)
+        x, w, transposed = args[0], args[1], args[6]
         spatial = x.shape[2:] if transposed else out.shape[2:]
         macs = x.shape[0] * w.shape[0] * w.shape[1] * math.prod(w.shape[2:]) * math.prod(spatial)
-        if transposed:  # weight is [C_in, C_out/g, k...]
-            macs = x.shape[0] * w.shape[0] * w.shape[1] * math.prod(w.shape[2:]) * math.prod(spatial)
         return self._record("conv", float(macs), [x])
 
     def _mm(self, args, kwargs, out):
@@ -216,17 +216,14 @@ class FiringRateMonitor:
     use as a context manager or call :meth:`remove`.
     """
 
-    def __init__(self, model: nn.Module, neuron_types: Optional[tuple] = None):
+    def __init__(self, model: nn.Module):
         from models.neurons import spiking_modules
 
         self.spikes: Dict[str, float] = OrderedDict()
         self.numel: Dict[str, float] = OrderedDict()
         self.kinds: Dict[str, str] = {}
         self._handles = []
-        mods = list(spiking_modules(model)) if neuron_types is None else [
-            (n, m) for n, m in model.named_modules() if isinstance(m, neuron_types)
-        ]
-        for name, m in mods:
+        for name, m in spiking_modules(model):
             self.spikes[name], self.numel[name], self.kinds[name] = 0.0, 0.0, type(m).__name__
             self._handles.append(m.register_forward_hook(self._hook(name)))
 
@@ -314,24 +311,24 @@ class EnergyReport:
 
     @property
     def mac_flops(self) -> float:
-        return self._per_image(sum(l.mac_flops for l in self.layers))
+        return self._per_image(sum(layer.mac_flops for layer in self.layers))
 
     @property
     def sops(self) -> float:
-        return self._per_image(sum(l.sops for l in self.layers))
+        return self._per_image(sum(layer.sops for layer in self.layers))
 
     @property
     def flops_per_step(self) -> float:
         """Dense MACs of one image and one time step (the ANN-equivalent FLOPs)."""
-        return self._per_image(sum(l.macs for l in self.layers)) / self.T
+        return self._per_image(sum(layer.macs for layer in self.layers)) / self.T
 
-    def layer_energy_mj(self, l: LayerOps) -> float:
+    def layer_energy_mj(self, layer: LayerOps) -> float:
         c = self.config
-        return self._per_image(c.e_mac_pj * l.mac_flops + c.e_ac_pj * l.sops) * 1e-9
+        return self._per_image(c.e_mac_pj * layer.mac_flops + c.e_ac_pj * layer.sops) * 1e-9
 
     @property
     def energy_mj(self) -> float:
-        return sum(self.layer_energy_mj(l) for l in self.layers)
+        return sum(self.layer_energy_mj(layer) for layer in self.layers)
 
     @property
     def ann_energy_mj(self) -> float:
@@ -340,8 +337,8 @@ class EnergyReport:
     def per_group(self) -> "OrderedDict[str, float]":
         """Energy (mJ/image) per Table 9 column, in the paper's order."""
         acc: Dict[str, float] = defaultdict(float)
-        for l in self.layers:
-            acc[self.groups[l.name]] += self.layer_energy_mj(l)
+        for layer in self.layers:
+            acc[self.groups[layer.name]] += self.layer_energy_mj(layer)
 
         def key(g):
             m = re.match(r"S(\d+) (\w+)", g)
@@ -366,17 +363,17 @@ class EnergyReport:
             "per_group_mj": self.per_group(),
             "layers": [
                 {
-                    "name": l.name,
-                    "group": self.groups[l.name],
-                    "kind": l.kind,
-                    "input": l.input,
-                    "input_rate": l.input_rate,
-                    "flops_per_step": self._per_image(l.macs) / self.T,
-                    "mac_flops": self._per_image(l.mac_flops),
-                    "sops": self._per_image(l.sops),
-                    "energy_mj": self.layer_energy_mj(l),
+                    "name": layer.name,
+                    "group": self.groups[layer.name],
+                    "kind": layer.kind,
+                    "input": layer.input,
+                    "input_rate": layer.input_rate,
+                    "flops_per_step": self._per_image(layer.macs) / self.T,
+                    "mac_flops": self._per_image(layer.mac_flops),
+                    "sops": self._per_image(layer.sops),
+                    "energy_mj": self.layer_energy_mj(layer),
                 }
-                for l in self.layers
+                for layer in self.layers
             ],
             "firing_rates": self.firing_rates,
             "sj_crosscheck": self.sj_crosscheck,
@@ -385,16 +382,18 @@ class EnergyReport:
     def format_table(self, per_layer: bool = True) -> str:
         lines = []
         if per_layer:
-            lines.append(f"{'layer':58s} {'group':13s} {'input':6s} {'rate':>6s} {'GFLOPs/T':>9s} {'GSOPs':>8s} {'mJ':>8s}")
-            for l in self.layers:
-                r = l.input_rate
+            lines.append(f"{'layer':58s} {'group':13s} {'input':6s} {'rate':>6s} {'GFLOPs/T':>9s} "
+                         f"{'GSOPs':>8s} {'mJ':>8s}")
+            for layer in self.layers:
+                r = layer.input_rate
                 lines.append(
-                    f"{l.name[:58]:58s} {self.groups[l.name]:13s} {l.input[:6]:6s} "
-                    f"{'' if r is None else f'{r:.3f}':>6s} {self._per_image(l.macs) / self.T / 1e9:9.4f} "
-                    f"{self._per_image(l.sops) / 1e9:8.4f} {self.layer_energy_mj(l):8.4f}"
+                    f"{layer.name[:58]:58s} {self.groups[layer.name]:13s} {layer.input[:6]:6s} "
+                    f"{'' if r is None else f'{r:.3f}':>6s} {self._per_image(layer.macs) / self.T / 1e9:9.4f} "
+                    f"{self._per_image(layer.sops) / 1e9:8.4f} {self.layer_energy_mj(layer):8.4f}"
                 )
             lines.append("")
-        lines.append("Table 9 breakdown (mJ / image): " + ", ".join(f"{g} {v:.3f}" for g, v in self.per_group().items()))
+        groups = ", ".join(f"{g} {v:.3f}" for g, v in self.per_group().items())
+        lines.append(f"Table 9 breakdown (mJ / image): {groups}")
         lines.append(
             f"{self.model} T={self.T} [{self.input}]: E_SNN = {self.energy_mj:.3f} mJ/image "
             f"(MAC-FLOPs {self.mac_flops / 1e9:.3f} G x {self.config.e_mac_pj} pJ + SOPs {self.sops / 1e9:.3f} G x "
@@ -404,7 +403,8 @@ class EnergyReport:
         if self.sj_crosscheck:
             c = self.sj_crosscheck
             lines.append(
-                f"spikingjelly op_counter cross-check: MACs {c['mac'] / 1e9:.4f} G (ours {self.mac_flops / 1e9:.4f} G), "
+                f"spikingjelly op_counter cross-check: MACs {c['mac'] / 1e9:.4f} G "
+                f"(ours {self.mac_flops / 1e9:.4f} G), "
                 f"SynOps {c['synop'] / 1e9:.4f} G (ours {self.sops / 1e9:.4f} G, ratio {c['synop_ratio']:.4f}), "
                 f"compute energy {c['energy_compute_mj']:.4f} mJ"
             )
@@ -461,19 +461,13 @@ def _device(net: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _batch_size(x) -> int:
-    if isinstance(x, (tuple, list)):
-        x = x[0]
-    return int(x.shape[0])
-
-
 @torch.no_grad()
 def measure_energy(
     model: nn.Module,
     batches: Iterable,
     *,
     T: Optional[int] = None,
-    config: EnergyConfig = EnergyConfig(),
+    config: EnergyConfig = DEFAULT_CONFIG,
     crosscheck: bool = False,
     input_desc: str = "",
     model_name: Optional[str] = None,
@@ -510,7 +504,7 @@ def measure_energy(
                 with DispatchCounterMode(counters):
                     net(x)
                 reset_net(net)
-                n_images += _batch_size(x)
+                n_images += int(x.shape[0])
             rates = mon.rates()
     finally:
         net.train(was_training)
@@ -525,7 +519,7 @@ def measure_energy(
         config=config,
         layers=layers,
         firing_rates=rates,
-        groups={l.name: table9_group(l.name) for l in layers},
+        groups={layer.name: table9_group(layer.name) for layer in layers},
     )
     if crosscheck:
         mac, syn = sj_mac.get_total() / n_images, sj_syn.get_total() / n_images
@@ -609,54 +603,66 @@ def validation_batches(config_path: str, batch_size: int):
 
 
 def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """``timm.create_model`` for a registered name, with a clear error and optional checkpoint."""
-    import timm
+    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs), then the weights
+    of ``checkpoint`` if given (:class:`~utils.checkpoint.CheckpointError` if they do not load)."""
+    from models import create_model
 
-    import models  # noqa: F401  (registers the models)
-
-    if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise SystemExit(f"unknown model {name!r}." + (f" Did you mean {', '.join(close)}?" if close else "")
-                         + " `python -m utils.tables` lists the registered models.")
-    model = timm.create_model(name, **{k: v for k, v in kwargs.items() if v is not None})
+    model = create_model(name, **kwargs)
     if checkpoint:
         from utils.checkpoint import load_checkpoint
 
-        if not os.path.exists(checkpoint):
-            raise SystemExit(f"checkpoint {checkpoint!r} does not exist")
         load_checkpoint(model, checkpoint)
     return model
 
 
-def _default_img_size(name: str) -> int:
-    if "cifar" in name or "resnet" in name:
-        return 32
-    if "dvs" in name:
-        return 128
-    return 224
+def number_type(cast, minimum, strict: bool = False, below: Optional[float] = None, what: str = "a number"):
+    """argparse ``type=``: a finite ``cast`` value >= ``minimum`` (> with ``strict``; < ``below`` if given)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
+                or (below is not None and value >= below)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number_type(int, 1, what="a positive integer")
+non_negative_int = number_type(int, 0, what="an integer >= 0")
+non_negative_float = number_type(float, 0.0, what="a finite number >= 0")
+positive_float = number_type(float, 0.0, strict=True, what="a finite number > 0")
 
 
 def main(argv=None) -> int:
+    from models import ModelError, input_spec, parse_model_kwargs
+    from utils.config import input_errors
+
     p = argparse.ArgumentParser(
         prog="python -m utils.energy",
         description="Firing rates, SOPs and energy (paper App. B) of a registered model on synthetic or real input.",
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. maxformer_10_768")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="constructor kwargs, e.g. embed_dims=64 neuron=if (the grammar of train.py's flag)")
     p.add_argument("--checkpoint", default=None, help="weights to load (ours or the authors')")
-    p.add_argument("--data", default=None, help="YAML config: measure on its validation data instead of synthetic input")
-    p.add_argument("--T", type=int, default=None, help="time steps (default: the model's)")
-    p.add_argument("--img-size", type=int, default=None, help="input resolution (default 224 / 32 CIFAR / 128 DVS)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default 3, DVS 2)")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--batches", type=int, default=1, help="number of batches to average over")
+    p.add_argument("--data", default=None,
+                   help="YAML config: measure on its validation data instead of synthetic input")
+    p.add_argument("--T", type=positive_int, default=None, help="time steps (default: the model's)")
+    p.add_argument("--img-size", type=positive_int, default=None,
+                   help="synthetic input resolution (default: the model's registered input size)")
+    p.add_argument("--num-classes", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--batches", type=positive_int, default=1, help="number of batches to average over")
     p.add_argument("--input", choices=("images", "randn"), default="images", help="synthetic input kind")
-    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per MAC")
-    p.add_argument("--e-ac", type=float, default=0.9, help="pJ per AC")
-    p.add_argument("--integer-inputs-as-ac", action="store_true", help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
-    p.add_argument("--calibrate-bn", type=int, default=None,
+    p.add_argument("--e-mac", type=non_negative_float, default=4.6, help="pJ per MAC")
+    p.add_argument("--e-ac", type=non_negative_float, default=0.9, help="pJ per AC")
+    p.add_argument("--integer-inputs-as-ac", action="store_true",
+                   help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
+    p.add_argument("--calibrate-bn", type=non_negative_int, default=None,
                    help="train-mode passes to calibrate BatchNorm statistics on the input first "
                         "(default: 2 without --checkpoint, 0 with one)")
     p.add_argument("--crosscheck", action="store_true", help="also run spikingjelly's MACCounter/SynOpCounter")
@@ -665,24 +671,27 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
-    model = build_model(args.model, args.checkpoint, T=args.T, num_classes=args.num_classes)
-    T = int(getattr(model, "T", args.T or 1))
-    config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
-    if args.data:
-        batches, desc = validation_batches(args.data, args.batch_size)
-    else:
-        size = args.img_size or _default_img_size(args.model)
-        chans = args.in_chans or (2 if "dvs" in args.model else 3)
-        shape = (args.batch_size, T, chans, size, size) if "dvs" in args.model else (args.batch_size, chans, size, size)
-        batches = synthetic_batches(shape, args.batches, kind=args.input)
-        desc = f"synthetic {args.input} {list(shape)} x{args.batches}, " + ("checkpoint " + args.checkpoint if args.checkpoint else "random init")
+    try:
+        kwargs = parse_model_kwargs(args.model_kwargs)
+        kwargs.update({k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None})
+        model = build_model(args.model, args.checkpoint, **kwargs)
+        if args.data:
+            batches, desc = validation_batches(args.data, args.batch_size)
+        else:
+            shape = input_spec(model).shape(args.batch_size, args.img_size)
+            batches = synthetic_batches(shape, args.batches, kind=args.input)
+            desc = f"synthetic {args.input} {list(shape)} x{args.batches}"
+    except input_errors() + (ModelError,) as err:
+        p.error(str(err))
+    T = int(getattr(model, "T", 1))
+    desc += ", checkpoint " + args.checkpoint if args.checkpoint else ", random init"
     n_cal = args.calibrate_bn if args.calibrate_bn is not None else (0 if args.checkpoint else 2)
     if n_cal:
-        import itertools
-
-        cal = itertools.islice(iter(batches), n_cal) if args.data else synthetic_batches(shape, n_cal, seed=1, kind=args.input)
+        cal = itertools.islice(iter(batches), n_cal) if args.data else synthetic_batches(shape, n_cal, seed=1,
+                                                                                         kind=args.input)
         calibrate_bn(model, cal)
-        desc += f", random init, BN calibrated on {n_cal} {'data' if args.data else 'synthetic'} batches"
+        desc += f", BN calibrated on {n_cal} {'data' if args.data else 'synthetic'} batches"
+    config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))

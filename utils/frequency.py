@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import math
 import os
@@ -104,11 +103,12 @@ def measure_spiking_gain(omegas: Sequence[float], kind: str = "lif", tau: float 
     """Relative gain of the population spike rate of ``layers`` cascaded spiking layers.
 
     Each layer has ``population`` neurons (threshold 1; hard reset to 0 as in the published
-    models, ``v_reset=None`` for the soft reset), driven by ``bias_j + amplitude * cos(w n)`` (layer 1) or by ``bias_j + g * rate[n]``
-    (the population-mean spikes of the layer before, a uniform linear layer). Biases are spread
-    so rates spread over (0, 1) (LIF with input decay needs ``I > V_th`` to fire). The amplitude of the ``w`` component of the output population rate is
-    divided by its value at the lowest frequency, i.e. the linearised gain ``k`` of Eq. 9-10 is
-    factored out. Compare with ``|H(e^jw)|^L / |H(e^jw_min)|^L``.
+    models, ``v_reset=None`` for the soft reset), driven by ``bias_j + amplitude * cos(w n)`` (layer 1)
+    or by ``bias_j + g * rate[n]`` (the population-mean spikes of the layer before, a uniform linear
+    layer). Biases are spread so rates spread over (0, 1) (LIF with input decay needs ``I > V_th`` to
+    fire). The amplitude of the ``w`` component of the output population rate is divided by its value
+    at the lowest frequency, i.e. the linearised gain ``k`` of Eq. 9-10 is factored out. Compare with
+    ``|H(e^jw)|^L / |H(e^jw_min)|^L``.
     """
     g = torch.Generator().manual_seed(seed)
     n = torch.arange(steps, dtype=torch.float64)
@@ -299,24 +299,20 @@ DEFAULT_BLOCKS = r"^(patch_embed\d*|stage\d+\.\d+|layer\d+\.\d+|block\.\d+|conv1
 
 
 def parse_model_spec(spec: str) -> Tuple[str, str, dict]:
-    """``[label=]name[:key=value;key=value]`` -> ``(label, name, kwargs)``; values are Python literals.
+    """``[label=]name[:key=value;key=value]`` -> ``(label, name, kwargs)``.
 
-    Example: ``avg=maxformer_cifar:mixers=('avg','avg','avg');embeds=('orig','orig','orig')``.
+    The items are ``--model-kwargs`` items separated by ``;`` and read by :func:`models.parse_model_kwargs`
+    (a bad item raises :class:`~models.ModelError`). Example:
+    ``avg=maxformer_cifar:mixers=[avg,avg,avg];embeds=[orig,orig,orig]``.
     """
+    from models import parse_model_kwargs
+
     label = None
     m = re.match(r"^([\w\-+ .]+)=(?=[\w]+(:|$))", spec)
     if m and ":" not in m.group(1):
         label, spec = m.group(1), spec[m.end():]
     name, _, rest = spec.partition(":")
-    kwargs = {}
-    for item in filter(None, rest.split(";")):
-        k, eq, v = item.partition("=")
-        if not eq:
-            raise ValueError(f"model spec item {item!r} must be key=value (in {spec!r})")
-        try:
-            kwargs[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            kwargs[k.strip()] = v.strip()
+    kwargs = parse_model_kwargs(filter(None, rest.split(";")))
     return label or (name + (":" + rest if rest else "")), name, kwargs
 
 
@@ -333,7 +329,7 @@ def feature_spectra(model: nn.Module, images: torch.Tensor, block_pattern: str =
         if name and pat.match(name):
             handles.append(m.register_forward_hook(lambda mod, i, o, name=name: outs.__setitem__(name, o)))
     if not handles:
-        raise ValueError(f"no module name matches {block_pattern!r}; pass --blocks REGEX")
+        raise LookupError(f"no module name matches {block_pattern!r}; pass --blocks REGEX")
     model.eval()
     try:
         model(images)
@@ -361,7 +357,7 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
     if paths:
         for p in paths:
             if not os.path.exists(p):
-                raise SystemExit(f"image {p!r} does not exist")
+                raise FileNotFoundError(f"image {p!r} does not exist")
             arrays.append(np.asarray(Image.open(p).convert("RGB")))
     else:
         from sklearn.datasets import load_sample_image
@@ -380,13 +376,18 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
     return x
 
 
-def _build(name: str, kwargs: dict, checkpoint: Optional[str], calib: Optional[torch.Tensor]) -> nn.Module:
-    from utils.energy import build_model, calibrate_bn
+def _build(name: str, kwargs: dict, checkpoint: Optional[str]) -> nn.Module:
+    """The model (seed 0, optional weights), checked to take 3-channel images (the photos this module reads)."""
+    from models import ModelError, input_spec
+    from utils.energy import build_model
 
     torch.manual_seed(0)
     model = build_model(name, checkpoint, **kwargs)
-    if checkpoint is None and calib is not None:
-        calibrate_bn(model, [calib])
+    spec = input_spec(model)
+    if spec.frames is not None or spec.channels != 3:
+        kind = "event frames" if spec.frames is not None else "images"
+        raise ModelError(f"model '{name}' takes {spec.channels}-channel {kind}, not RGB images; "
+                         "spectra and Grad-CAM need an RGB image model (e.g. maxformer_cifar)")
     return model
 
 
@@ -402,7 +403,7 @@ def spectra_command(args) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
     rows = []
     for label, name, kwargs in specs:
-        model = _build(name, kwargs, ckpts.get(label), None)
+        model = _build(name, kwargs, ckpts.get(label))
         x = load_images(args.images, args.img_size, _norm_of(model))
         if ckpts.get(label) is None:
             from utils.energy import calibrate_bn
@@ -446,7 +447,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optiona
 
     mod = dict(model.named_modules()).get(layer)
     if mod is None:
-        raise ValueError(f"model has no module {layer!r}")
+        raise LookupError(f"model has no module {layer!r}")
     store = {}
 
     def hook(m, i, o):
@@ -459,6 +460,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optiona
     try:
         with torch.enable_grad():
             logits = model(images.requires_grad_(True))
+            if target is not None and target >= logits.shape[1]:
+                raise LookupError(f"target class {target} is out of range: the model has {logits.shape[1]} classes")
             idx = logits.argmax(1) if target is None else torch.full((logits.shape[0],), target)
             logits.gather(1, idx[:, None]).sum().backward()
     finally:
@@ -477,15 +480,17 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optiona
 def _last_stage_layer(model: nn.Module) -> str:
     names = [n for n, _ in model.named_modules() if re.match(DEFAULT_BLOCKS, n)]
     if not names:
-        raise SystemExit("cannot find the last block; pass --layer NAME")
+        raise LookupError("cannot find the last block; pass --layer NAME")
     return names[-1]
 
 
 def gradcam_command(args) -> None:
+    from models import input_spec
+
     plt = _plt()
     label, name, kwargs = parse_model_spec(args.model)
-    model = _build(name, kwargs, args.checkpoint, None)
-    raw = load_images(args.images, args.img_size)
+    model = _build(name, kwargs, args.checkpoint)
+    raw = load_images(args.images, args.img_size or input_spec(model).img_size)
     norm = _norm_of(model)
     x = raw if norm is None else (raw - torch.tensor(norm[0])[:, None, None]) / torch.tensor(norm[1])[:, None, None]
     if args.checkpoint is None:
@@ -525,47 +530,59 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
 
 
 def main(argv=None) -> int:
+    from models import ModelError
+    from utils.config import input_errors
+    from utils.energy import non_negative_int, number_type, positive_float, positive_int
+
+    tau_type = number_type(float, 1.0, strict=True, what="a time constant > 1 (beta = 1 - 1/tau)")
+
     p = argparse.ArgumentParser(prog="python -m utils.frequency", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     a = sub.add_parser("transfer", help="LIF / IF gain vs frequency against |H(e^jw)|")
-    a.add_argument("--tau", type=float, default=2.0, help="LIF time constant (beta = 1 - 1/tau)")
-    a.add_argument("--layers", type=int, default=3, help="cascade depth L (1 is always plotted too)")
-    a.add_argument("--points", type=int, default=24)
-    a.add_argument("--w-min", type=float, default=0.04, help="lowest frequency / pi")
+    a.add_argument("--tau", type=tau_type, default=2.0, help="LIF time constant (beta = 1 - 1/tau)")
+    a.add_argument("--layers", type=positive_int, default=3, help="cascade depth L (1 is always plotted too)")
+    a.add_argument("--points", type=positive_int, default=24, help="frequencies measured")
+    w_min_type = number_type(float, 0.0, strict=True, below=0.98, what="a number in (0, 0.98)")
+    a.add_argument("--w-min", type=w_min_type, default=0.04, help="lowest frequency / pi")
     a.set_defaults(func=transfer_command)
 
     b = sub.add_parser("toy", help="Fig. 3 toy: three sinusoids through ReLU and LIF")
-    b.add_argument("--beta", type=float, default=0.25)
-    b.add_argument("--fs", type=float, default=2000.0, help="sampling rate (Hz): one step = 1/fs")
-    b.add_argument("--v-threshold", type=float, default=0.5)
+    b.add_argument("--beta", type=number_type(float, 0.0, below=1.0, what="a decay in [0, 1)"), default=0.25,
+                   help="LIF decay per step")
+    b.add_argument("--fs", type=positive_float, default=2000.0, help="sampling rate (Hz): one step = 1/fs")
+    b.add_argument("--v-threshold", type=positive_float, default=0.5)
     b.set_defaults(func=toy_command)
 
     c = sub.add_parser("spectra", help="feature-map spectra per block for several models")
     c.add_argument("--model", action="append", required=True,
                    help="[label=]name[:key=value;...], repeat for each curve, e.g. "
-                        "if=maxformer_cifar:neuron='if'")
+                        "if=maxformer_cifar:neuron=if (values as in --model-kwargs)")
     c.add_argument("--checkpoint", action="append", help="label=PATH (or PATH for the first model)")
     c.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-learn sample photos)")
-    c.add_argument("--img-size", type=int, default=64)
+    c.add_argument("--img-size", type=positive_int, default=64)
     c.add_argument("--blocks", default=DEFAULT_BLOCKS, help="regex of module names whose outputs are analysed")
-    c.add_argument("--bins", type=int, default=16)
+    c.add_argument("--bins", type=positive_int, default=16, help="frequency rings")
     c.add_argument("--name", default="spectra", help="output file stem")
     c.set_defaults(func=spectra_command)
 
     d = sub.add_parser("gradcam", help="Grad-CAM overlays of the last stage")
-    d.add_argument("--model", required=True)
+    d.add_argument("--model", required=True, help="[label=]name[:key=value;...]")
     d.add_argument("--checkpoint", default=None)
     d.add_argument("--images", nargs="*", default=[])
-    d.add_argument("--img-size", type=int, default=224)
+    d.add_argument("--img-size", type=positive_int, default=None,
+                   help="image size (default: the model's registered input size)")
     d.add_argument("--layer", default=None, help="module name (default: the last block)")
-    d.add_argument("--target", type=int, default=None, help="class index (default: predicted)")
+    d.add_argument("--target", type=non_negative_int, default=None, help="class index (default: predicted)")
     d.set_defaults(func=gradcam_command)
 
     for s in (a, b, c, d):
         s.add_argument("--out", default="output/frequency", help="output folder")
     args = p.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except input_errors() + (ModelError, LookupError, OSError) as err:  # bad names, files, kwargs: no traceback
+        p.error(str(err))
     return 0
 
 
