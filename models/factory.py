@@ -35,14 +35,15 @@ def list_our_models(pattern: str = "*") -> List[str]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """``timm.create_model(name, **kwargs)`` for one of our models; bad names or kwargs raise :class:`ModelError`.
+    """``timm.create_model(name, **kwargs)`` for a registered model (ours, or any other registered with timm);
+    bad names or kwargs raise :class:`ModelError` (with close matches among our models).
 
     Keyword arguments whose value is ``None`` are dropped (the model's default applies).
     """
     import timm
 
     ours = list_our_models()
-    if name not in ours:
+    if name not in ours and not timm.is_model(name):
         close = difflib.get_close_matches(name, ours, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Registered: {', '.join(ours)}."
         raise ModelError(f"unknown model '{name}'.{hint}")
