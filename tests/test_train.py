@@ -145,9 +145,9 @@ def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
 
 
 def test_synthetic_data_and_no_cpp_compiler_fallback(tmp_path, monkeypatch, capsys):
-    import utils.engine as engine
+    import utils.fastpath as fastpath
 
-    monkeypatch.setattr(engine, "cpp_compiler", lambda: None)
+    monkeypatch.setattr(fastpath, "cpp_compiler", lambda: None)
     rc = train.main(TINY + ["--fastpath", "true", "--dataset", "synthetic", "--synthetic-size", "32", "16",
                             "--epochs", "1", "--max-train-batches", "2", "--output", str(tmp_path),
                             "--experiment", "syn", "--grad-checkpointing", "true", "--compact-spikes", "true"])
