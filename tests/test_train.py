@@ -124,6 +124,10 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert "training diverged: loss is nan at epoch 1" in err and "last.pth.tar" in err
     assert read_training_state(tmp_path / "nan" / "last.pth.tar")["epoch"] == 0
     assert len(read_summary(str(tmp_path / "nan" / "summary.csv"))) == 1
+    # the advice is what resuming does: a changed --lr takes effect (tests/test_run_folder.py)
+    assert "--resume auto --lr <lower>" in err and "--experiment nan" in err
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["state"] == "diverged" and status["epoch"] == 0 and "loss is nan" in status["exit_message"]
 
 
 def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):

@@ -52,7 +52,15 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: numpy/python RNGs follow the torch seed of the worker."""
+    """DataLoader ``worker_init_fn``: numpy/python RNGs follow the torch seed of the worker.
+
+    Workers ignore the stop signals (Ctrl-C and schedulers signal every process of the job): the main
+    process stops the run cleanly and then shuts its workers down.
+    """
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
