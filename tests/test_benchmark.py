@@ -70,7 +70,12 @@ def test_matmul_peak_and_fraction(tmp_path):
 
 
 def test_model_kwargs_errors(tmp_path):
-    # the grammar itself (YAML values, bare comma lists) is models.parse_model_kwargs, tested with the models
+    # the one grammar of every --model-kwargs flag (models.parse_model_kwargs): YAML values, bare comma lists
+    rows, _ = _run(tmp_path, "--eager", "--mode", "infer", "--model-kwargs", "neuron=if", "v_reset=none", "tau=2.5")
+    assert json.loads(rows[0]["model_kwargs"])["v_reset"] is None
+    from models import parse_model_kwargs
+    assert parse_model_kwargs(["depths=1,1,2", "mixers=[ssa, max]", "tau=2.5"]) == {
+        "depths": [1, 1, 2], "mixers": ["ssa", "max"], "tau": 2.5}
     with pytest.raises(SystemExit, match="key=value"):
         _run(tmp_path, "--eager", "--model-kwargs", "embed_dims")
     with pytest.raises(SystemExit, match="cannot build 'maxformer_cifr'"):

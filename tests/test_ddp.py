@@ -6,8 +6,6 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from utils.checkpoint import read_training_state
 from utils.logger import read_summary
 
@@ -21,14 +19,13 @@ ARGS = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--model", "tiny_spikin
 
 def _launcher(tmp_path):
     script = tmp_path / "train_tiny.py"
-    script.write_text(f"import sys\nsys.path[:0] = [{ROOT!r}, {TESTS!r}]\nimport tiny_models  # noqa\n"
-                      "import train\nsys.exit(train.main(sys.argv[1:]))\n")
+    script.write_text("import sys\nimport tiny_models  # noqa\nimport train\nsys.exit(train.main(sys.argv[1:]))\n")
     return str(script)
 
 
 def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
     script = _launcher(tmp_path)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
     one = subprocess.run([sys.executable, script, *ARGS, "--batch-size", "16", "--output", str(tmp_path),
                           "--experiment", "one"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -45,7 +42,7 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
         torch.testing.assert_close(b["state_dict"][k], w, rtol=1e-5, atol=1e-6, msg=k)
     # the weights really moved: compare with the initial weights (same seed, same constructor)
     import timm
-    import tiny_models  # noqa: F401
+    from tests import tiny_models  # noqa: F401
     from utils.engine import seed_everything
 
     seed_everything(3)

@@ -7,7 +7,12 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
+import models.factory
 from models import NeuronConfig
+
+# models.create_model (train.py) builds only the repository's models: admit this test module's too
+if "tiny_models" not in models.factory.OUR_MODULES:
+    models.factory.OUR_MODULES += ("tiny_models",)
 
 
 class TinySpikingNet(nn.Module):
