@@ -157,7 +157,7 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def fastpath_config(args) -> "FastPathConfig":
+def fastpath_config(args):
     """The fast-path settings of the command line (``utils.fastpath.resolve_config``)."""
     from utils.fastpath import resolve_config
 

@@ -111,7 +111,7 @@ def test_stop_signals_save_a_resumable_checkpoint(tmp_path, reference, sig, k, r
     assert f"stopped by {sig} {where}" in r.stderr
     command = r.stderr.split("Continue with:")[1].split("\n")[1].strip()
     assert command.startswith("python train.py -c ") and command.endswith(
-        f"--experiment run --resume auto") and "--model-kwargs embed_dims=16" in command
+        "--experiment run --resume auto") and "--model-kwargs embed_dims=16" in command
     state = read_training_state(tmp_path / "run" / "last.pth.tar")
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "interrupted" and status["epoch"] == state["epoch"]
