@@ -8,7 +8,9 @@
 
 Every config key is also a flag (``--key value``); ``python train.py -h`` lists them. A run writes
 ``<output>/<experiment>/``: args.yaml, summary.csv, learning_curve.png, tensorboard/, last.pth.tar,
-best.pth.tar.
+best.pth.tar, status.json, and holds run.lock while it runs. A folder that holds a run is never
+started over without ``--overwrite true``; SIGTERM/SIGUSR1/Ctrl-C save a resumable checkpoint and
+print the command that continues (docs/training.md).
 """
 from __future__ import annotations
 
