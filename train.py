@@ -327,7 +327,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     from utils import data as data_lib
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
     from utils.distributed import all_reduce_sum, barrier
-    from utils.engine import (build_training, current_lr, epoch_seed, evaluate, seed_everything, set_epoch_lr,
+    from utils.engine import (build_training, current_lr, epoch_seed, seed_everything, set_epoch_lr,
                               train_one_epoch, training_state)
     from utils.logger import RunLogger
 
@@ -347,13 +347,8 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
         _log.warning(warning)
 
     # ---- resume position
-    start_epoch, num_updates, partial = 0, 0, None
-    best = {"metric": None, "epoch": -1, "last": None}
+    start_epoch, num_updates, best, partial = _position(state)
     if state is not None:
-        start_epoch, num_updates = int(state["epoch"]) + 1, int(state.get("num_updates", 0))
-        best = {"metric": state.get("best_metric"), "epoch": int(state.get("best_epoch", -1)),
-                "last": state.get("metric")}
-        partial = state.get("partial_epoch")
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
         if main:
@@ -408,14 +403,8 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 barrier()
                 raise TrainingStopped(stop.signum, f"in epoch {epoch} after step {stats['stopped_at']} "
                                                    f"({last_path} holds that position)")
-            ev = evaluate(t.eval_model, eval_loader, device=device, autocast=t.autocast,
-                          channels_last=t.channels_last, max_batches=cfg.max_eval_batches)
-            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], "eval_loss": ev["loss"],
-                   "eval_top1": ev["top1"], "eval_top5": ev["top5"], "img_per_s": stats["img_per_s"]}
-            if t.ema is not None:
-                ev_ema = evaluate(t.ema.module, eval_loader, device=device, autocast=t.autocast,
-                                  channels_last=t.channels_last, max_batches=cfg.max_eval_batches)
-                row.update(ema_eval_loss=ev_ema["loss"], ema_eval_top1=ev_ema["top1"], ema_eval_top5=ev_ema["top5"])
+            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"],
+                   **_evaluate(t, eval_loader, device, cfg.max_eval_batches), "img_per_s": stats["img_per_s"]}
             metric = row[metric_key]
             improved = best["metric"] is None or metric > best["metric"]
             if improved:
@@ -430,7 +419,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
                 ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
                 _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}  train_loss {stats['train_loss']:.4f}"
-                          f"  eval_loss {ev['loss']:.4f}  top1 {ev['top1']:.2f}  top5 {ev['top5']:.2f}{ema_txt}"
+                          f"  eval_loss {row['eval_loss']:.4f}  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
                           f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
                           f"  {row['epoch_seconds']:.1f}s")
             barrier()
@@ -443,6 +432,28 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                   f"outputs in {os.path.abspath(run_dir)}: summary.csv, learning_curve.png, tensorboard/, "
                   f"last.pth.tar, best.pth.tar, args.yaml")
     return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run_dir}
+
+
+def _position(state: Optional[Dict[str, Any]]):
+    """(first epoch, optimizer updates done, best-so-far, position inside the epoch or None) of a checkpoint."""
+    if state is None:
+        return 0, 0, {"metric": None, "epoch": -1, "last": None}, None
+    best = {"metric": state.get("best_metric"), "epoch": int(state.get("best_epoch", -1)), "last": state.get("metric")}
+    return int(state["epoch"]) + 1, int(state.get("num_updates", 0)), best, state.get("partial_epoch")
+
+
+def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:
+    """The eval columns of a ``summary.csv`` row (the EMA's too when there is one)."""
+    from utils.engine import evaluate
+
+    row = {}
+    for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
+        if model is not None:
+            ev = evaluate(model, loader, device=device, autocast=t.autocast, channels_last=t.channels_last,
+                          max_batches=max_batches)
+            row.update({f"{prefix}eval_loss": ev["loss"], f"{prefix}eval_top1": ev["top1"],
+                        f"{prefix}eval_top5": ev["top5"]})
+    return row
 
 
 def resume_command(argv: Sequence[str]) -> str:
