@@ -14,7 +14,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) train.py -c demo/digits.yaml
+	$(PY) train.py -c demo/digits.yaml --resume auto
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -11,7 +11,7 @@ Each measurement: build the model, warm up (``--warmup`` steps, compilation incl
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
 (the last line starting with ``{`` is the result) and appended to ``--csv``.
 
-Defaults are ``utils.fastpath.default_config(mode, amp)``: in float32 the fastest settings that stay
+Defaults are ``utils.fastpath.default_config(mode, amp)`` (flags resolved by ``utils.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
 within the golden tolerances; under ``--amp`` the fastest settings outright. ``--eager`` gives the plain path (spikingjelly neurons, no compile, NCHW).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the
@@ -39,8 +39,6 @@ from typing import Any, Dict, List, Optional
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_per_step", "peak_mem_mb",
               "gflop_per_img", "gflop_per_s", "peak_fraction", "ms_per_step_min", "amp", "compile",
@@ -48,34 +46,6 @@ CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_p
               "fast_pool", "device", "threads",
               "steps", "mem_method", "tensor_peak_mb", "eager_tensor_peak_mb", "tensor_peak_vs_eager", "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
               "model_kwargs", "torch", "host", "time"]
-
-
-def _parse_value(text: str) -> Any:
-    """``--model-kwargs`` value: int, float, bool, None, tuple (comma-separated) or string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    if "," in text:
-        return tuple(_parse_value(t) for t in text.split(",") if t)
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _model_kwargs(items: List[str]) -> Dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"benchmark.py: --model-kwargs takes key=value pairs, got {item!r} "
-                             f"(e.g. --model-kwargs embed_dims=64 neuron=if)")
-        k, v = item.split("=", 1)
-        out[k] = _parse_value(v)
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra model kwargs, e.g. embed_dims=64 neuron=if")
+                   help="extra model kwargs, YAML values, e.g. embed_dims=64 neuron=if depths=[1,1,2]")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     bool_flag = argparse.BooleanOptionalAction
     p.add_argument("--compile", default=None, choices=("model", "blocks", "neurons", "none"), nargs="?",
@@ -187,27 +157,22 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def fastpath_config(args) -> "FastPathConfig":
-    from utils.fastpath import EAGER, default_config
-    import dataclasses
-    cfg = EAGER if args.eager else default_config(args.mode, args.amp)
-    over = {}
-    if args.compile is not None:
-        over["compile"] = False if args.compile == "none" else args.compile
-    for field in ("channels_last", "fold_bn", "neuron_impl", "grad_checkpointing", "fast_conv", "compact_spikes",
-                  "fast_pool"):
-        value = getattr(args, field)
-        if value is not None:
-            over[field] = value
-    return dataclasses.replace(cfg, **over)
+def fastpath_config(args):
+    """The fast-path settings of the command line (``utils.fastpath.resolve_config``)."""
+    from utils.fastpath import resolve_config
+
+    switches = {f: getattr(args, f) for f in ("compile", "channels_last", "fold_bn", "neuron_impl",
+                                              "grad_checkpointing", "fast_conv", "compact_spikes", "fast_pool")}
+    cfg, warning = resolve_config(args.mode, args.amp, eager=args.eager, device=args.device, **switches)
+    if warning:
+        print(warning, file=sys.stderr)
+    return cfg
 
 
 def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
-    import timm
-
-    import models  # noqa: F401  (registers the models)
-    from utils.fastpath import prepare_input, prepare_model
+    from models import ModelError, create_model, input_spec, parse_model_kwargs
+    from utils.fastpath import EAGER, prepare_input, prepare_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,7 +180,10 @@ def measure(args) -> Dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark.py: --device cuda but no CUDA device is visible; use --device cpu")
     torch.manual_seed(args.seed)
-    kwargs = _model_kwargs(args.model_kwargs)
+    try:
+        kwargs = parse_model_kwargs(args.model_kwargs)
+    except ModelError as err:
+        raise SystemExit(f"benchmark.py: --model-kwargs: {err}") from None
     if args.smoke:
         kwargs.setdefault("embed_dims", 32)
         kwargs.setdefault("num_heads", 2)
@@ -224,18 +192,16 @@ def measure(args) -> Dict[str, Any]:
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     try:
-        model = timm.create_model(args.model, **kwargs)
-    except (RuntimeError, ValueError, TypeError) as err:
-        known = timm.list_models("*former*") + timm.list_models("*resnet18*")
-        raise SystemExit(f"benchmark.py: cannot build {args.model!r} with {kwargs}: {err}\n"
-                         f"registered spiking models include: {', '.join(sorted(set(known)))}")
-    cfg_in = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
-    img = args.img_size or cfg_in[-1]
+        model = create_model(args.model, **kwargs)
+        spec = input_spec(model)
+    except ModelError as err:
+        raise SystemExit(f"benchmark.py: cannot build {args.model!r}: {err}") from None
+    img = args.img_size or spec.img_size
     B = args.batch_size
     T = getattr(model, "T", None)
-    x = torch.randn(B, cfg_in[0], img, img)
-    if "dvs" in args.model and not args.smoke:  # event models take [B,T,C,H,W] frame counts
-        x = torch.randint(0, 4, (B, T, cfg_in[0], img, img)).float()
+    shape = spec.shape(B, img, T)
+    # event models take [B,T,C,H,W] frame counts
+    x = torch.randint(0, 4, shape).float() if spec.frames is not None else torch.randn(shape)
     num_classes = getattr(model, "num_classes", 1000)
     y = torch.randint(0, max(num_classes, 1), (B,))
 
@@ -249,7 +215,6 @@ def measure(args) -> Dict[str, Any]:
     baseline = None
     if args.compare_eager:  # the plain path, timed interleaved with this one (same load, same data)
         import copy
-        from utils.fastpath import EAGER
         plain = argparse.Namespace(**{**vars(args), "amp": "none"})  # the plain path is float32
         baseline = _make_step(prepare_model(copy.deepcopy(model), args.mode, config=EAGER), x, y, plain, device)
     cfg = prepare_model(model, args.mode, config=cfg, example_input=x).fastpath_config  # what applied
@@ -332,18 +297,19 @@ def _make_step(model, x, y, args, device):
     import torch.nn.functional as F
 
     from models import reset_net
-    from utils.fastpath import autocast
+    from utils.engine import amp_context
+    autocast = amp_context(args.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
 
     def step():
         if opt is not None:
-            with autocast(args.amp, device):
+            with autocast():
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         else:
-            with torch.inference_mode(), autocast(args.amp, device):
+            with torch.inference_mode(), autocast():
                 model(x)
         reset_net(model)
 

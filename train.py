@@ -8,13 +8,17 @@
 
 Every config key is also a flag (``--key value``); ``python train.py -h`` lists them. A run writes
 ``<output>/<experiment>/``: args.yaml, summary.csv, learning_curve.png, tensorboard/, last.pth.tar,
-best.pth.tar.
+best.pth.tar, status.json, and holds run.lock while it runs. A folder that holds a run is never
+started over without ``--overwrite true``; SIGTERM/SIGUSR1/Ctrl-C save a resumable checkpoint and
+print the command that continues (docs/training.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -98,23 +102,14 @@ def _describe_fastpath(fp) -> str:
     return f"{fp.neuron_impl} neurons, {compiled}" + "".join(f", {e}" for e in extras)
 
 
-def _training_state(model, optimizer, sched, scaler, ema, cfg, epoch, num_updates, best, dist_info) -> Dict[str, Any]:
-    from utils.checkpoint import capture_rng_state
-
-    unwrapped = getattr(model, "module", model)
-    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
-    state = {
-        "version": 1, "arch": cfg.model, "epoch": epoch, "num_updates": num_updates,
-        "state_dict": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": sched.state_dict() if sched is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "best_metric": best["metric"], "best_epoch": best["epoch"], "metric": best["last"],
-        "rng": capture_rng_state(), "world_size": dist_info.world_size,
-        "config": _plain(cfg.to_dict()),
-    }
-    if ema is not None:
-        state["state_dict_ema"] = ema.module.state_dict()
-    return state
+def _describe_schedule(cfg, total_epochs: int) -> str:
+    """The warm-up/cooldown arithmetic in words: epochs + cooldown = total, warm-up inside ``epochs``."""
+    if cfg.sched == "none":
+        return f"constant lr for {total_epochs} epochs"
+    warm = f", the first {cfg.warmup_epochs} of them linear warm-up" if cfg.warmup_epochs else ""
+    cool = f" + {cfg.cooldown_epochs} cooldown epochs at min_lr {cfg.min_lr:g}" if cfg.cooldown_epochs else ""
+    return (f"{cfg.sched} over {cfg.epochs} epochs{warm}{cool} = {total_epochs} epochs in all (0..{total_epochs - 1}), "
+            f"stepped per {'update' if cfg.sched_on_updates else 'epoch'}")
 
 
 def _plain(d):
@@ -127,29 +122,59 @@ def _plain(d):
     return str(d)
 
 
-def run(cfg: Config) -> Dict[str, Any]:
-    """Train according to ``cfg``; returns ``{'best_top1', 'best_epoch', 'run_dir'}``."""
-    global _log
-    import models
-    from timm.utils import ModelEmaV3
+class TrainingStopped(Exception):
+    """A stop signal ended the run after a resumable checkpoint (or before any work)."""
 
-    from utils import data as data_lib
-    from utils.checkpoint import (auto_resume_path, copy_checkpoint, load_checkpoint,
-                                  read_training_state, restore_rng_state, save_checkpoint)
-    from utils.distributed import barrier, init_distributed
-    from utils.engine import (amp_context, build_optimizer, build_scheduler, build_train_loss, epoch_seed,
-                              evaluate, make_scaler, prepare_model, resolve_lr, seed_everything, set_epoch_lr,
-                              train_fastpath_config, train_one_epoch, current_lr)
-    from utils.logger import RunLogger, setup_console_logging
+    def __init__(self, signum: int, where: str):
+        super().__init__(where)
+        self.signum, self.where = signum, where
+
+
+class StopSignals:
+    """SIGTERM, SIGUSR1 (SLURM's warning before a time-out) and SIGINT ask the run to stop after the current
+    optimizer step: ``train.py`` then saves a resumable checkpoint and exits with 128 + the signal number.
+    A second SIGINT stops at once (KeyboardInterrupt; the last checkpoint is then the last finished epoch)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after the current step and saving a checkpoint"
+              f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}", file=sys.stderr, flush=True)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def _setup_process(cfg: Config):
+    """Distributed init, console logging, threads and determinism; returns the DistInfo."""
+    global _log
+    from utils.distributed import init_distributed
+    from utils.logger import setup_console_logging
 
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
-    main = dist_info.is_main
-    _log = setup_console_logging(main)
-    device = dist_info.device
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and dist_info.world_size > 1:
+    _log = setup_console_logging(dist_info.is_main)
+    if dist_info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and dist_info.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.world_size))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -160,182 +185,226 @@ def run(cfg: Config) -> Dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     else:
         torch.backends.cudnn.benchmark = True
-    try:
-        autocast = amp_context(cfg.amp, device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    scaler = make_scaler(cfg.amp, device)
+    return dist_info
 
+
+def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, Any]]:
+    """Lock the run folder and read what to resume (a training state, or None to start at epoch 0).
+
+    A fresh start over a folder that holds a run stops unless ``--overwrite``; every process gets rank 0's
+    answer.
+    """
+    from utils.checkpoint import auto_resume_path, read_training_state
+    from utils.distributed import broadcast_object
+
+    error, resume = None, cfg.resume
+    if folder is not None:
+        try:
+            folder.lock(command)
+            if resume == "auto":
+                resume = auto_resume_path(folder.path)
+                if resume is None:
+                    _log.info(f"--resume auto: no checkpoint in {folder.path}, starting from scratch")
+            elif not resume:
+                folder.check_fresh_start(cfg.overwrite)
+        except ConfigError as err:
+            error = str(err)
+    error, resume = broadcast_object((error, resume))
+    if error:
+        raise ConfigError(error)
+    if not resume:
+        return None
+    state = read_training_state(resume)
+    state["path"] = resume
+    return state
+
+
+def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_size: int) -> None:
+    partial = state.get("partial_epoch")
+    where = f"epoch {start_epoch}, step {partial['step']}" if partial else f"epoch {start_epoch}"
+    _log.info(f"resumed from {state['path']} (epoch {state['epoch']} done; continuing at {where})")
+    saved, now = state.get("config", {}), _plain(cfg.to_dict())
+    changed = [f"{k} {saved[k]} -> {v}" for k, v in now.items()
+               if k not in ("resume", "overwrite", "config") and k in saved and saved[k] != v]
+    if changed:
+        _log.warning(f"changed since the checkpoint, in effect from here on (the lr schedule is rebuilt from the "
+                     f"current config at epoch {start_epoch}): {', '.join(changed)}")
+    if state.get("world_size", world_size) != world_size:
+        _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, now {world_size}; "
+                     f"the effective batch changed")
+
+
+def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
+    """The banner on the console and ``args.yaml`` (config + what was resolved) in the run folder."""
+    import models
+
+    neuron_impl = models.describe_neurons(t.eval_model, dist_info.device)
+    run_info = {
+        "versions": _versions(), "git_commit": _git_commit(), "device": str(dist_info.device),
+        "world_size": dist_info.world_size, "effective_batch": t.effective_batch, "lr": t.lr,
+        "num_classes": num_classes, "params": t.n_params, "T": getattr(t.eval_model, "T", cfg.T),
+        "neuron_implementation": neuron_impl,
+        "fastpath": dataclasses.asdict(t.fastpath) if t.fastpath is not None else "off (plain eager path)",
+        "total_epochs": t.total_epochs,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+    with open(os.path.join(run_dir, "args.yaml"), "w") as f:
+        f.write(dump_yaml({**_plain(cfg.to_dict()), "run_info": _plain(run_info)}))
+    v = run_info["versions"]
+    lr_desc = (f"lr {t.lr:.4g} = blr {cfg.blr:g} x effective batch {t.effective_batch} / 256" if cfg.blr
+               else f"lr {t.lr:.4g}")
+    _log.info("\n".join([
+        f"== {cfg.experiment}: {cfg.model} on {info['name']} ==",
+        f"model       {cfg.model} {cfg.model_kwargs or ''}  params {t.n_params / 1e6:.3f} M  T {run_info['T']}"
+        f"  classes {num_classes}",
+        f"data        {n_train} train / {n_eval} eval samples{'  mixup/cutmix on' if t.mixup_fn is not None else ''}",
+        f"batch       {cfg.batch_size} x accum {cfg.accum_steps} x {dist_info.world_size} process(es) "
+        f"= effective {t.effective_batch}",
+        f"optimizer   {cfg.opt}, {lr_desc}, weight decay {cfg.weight_decay:g}",
+        f"schedule    {_describe_schedule(cfg, t.total_epochs)}",
+        f"device      {dist_info.device}  amp {cfg.amp}  channels_last {t.channels_last}  ema {cfg.model_ema}",
+        f"fast path   {_describe_fastpath(t.fastpath)}",
+        f"neurons     {neuron_impl}",
+        f"versions    torch {v['torch']}  timm {v['timm']}  spikingjelly {v['spikingjelly']}  cuda {v['cuda']}",
+        f"run folder  {os.path.abspath(run_dir)}",
+    ]))
+    if cfg.reference_batch and cfg.reference_batch != t.effective_batch:
+        _log.warning(f"note: the published recipe used an effective batch of {cfg.reference_batch}; "
+                     f"yours is {t.effective_batch}. Accuracy may differ (use --accum-steps to match).")
+
+
+def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> Dict[str, Any]:
+    """Train according to ``cfg``; returns ``{'best_top1', 'best_epoch', 'run_dir'}``.
+
+    Setup (run folder, resume state) -> training objects -> epochs (:func:`_train`). ``stop`` (installed
+    signal handlers) ends the run after the current step with a resumable checkpoint
+    (:class:`TrainingStopped`); ``command`` is written into ``run.lock``.
+    """
+    from utils.engine import NonFiniteLossError
+    from utils.run_folder import RunFolder
+
+    dist_info = _setup_process(cfg)
     run_dir = os.path.join(cfg.output, cfg.experiment)
-    # ---- data
+    folder = RunFolder(run_dir) if dist_info.is_main else None
+    try:
+        state = _claim_run_folder(cfg, folder, command or "train.py")
+        total = cfg.epochs + cfg.cooldown_epochs
+        if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
+            return _finished(state, run_dir, total, dist_info.is_main)
+        if folder is not None:
+            folder.write_status(state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
+                                best_top1=state.get("best_metric") if state else None,
+                                best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="")
+        try:
+            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder)
+        except BaseException as err:
+            if folder is not None:
+                kind = ("diverged" if isinstance(err, NonFiniteLossError) else
+                        "interrupted" if isinstance(err, (TrainingStopped, KeyboardInterrupt)) else "failed")
+                folder.write_status(state=kind, exit_message=f"{type(err).__name__}: {err}")
+            raise
+        if folder is not None:
+            folder.write_status(state="finished", exit_message="done")
+        return result
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _finished(state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
+    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten)."""
+    best, best_epoch = state.get("best_metric"), int(state.get("best_epoch", -1))
+    if main:
+        best_txt = f"best top-1 {best:.2f}% at epoch {best_epoch}" if best is not None else "no evaluation yet"
+        _log.info(f"run {os.path.abspath(run_dir)} is finished ({int(state['epoch']) + 1}/{total} epochs, {best_txt}). "
+                  f"To train it longer pass a larger --epochs with --resume auto; to start a new run choose another "
+                  f"--experiment (or pass --overwrite true to replace this one).")
+    return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
+
+
+def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
+    """Data, model and training objects, then the epochs."""
+    from utils import data as data_lib
+    from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+    from utils.distributed import all_reduce_sum, barrier
+    from utils.engine import (build_training, current_lr, epoch_seed, seed_everything, set_epoch_lr,
+                              train_one_epoch, training_state)
+    from utils.logger import RunLogger
+
+    main, device = dist_info.is_main, dist_info.device
+    # ---- setup
     train_set, eval_set = data_lib.create_datasets(cfg)
     info = data_lib.dataset_info(cfg.dataset)
     num_classes = cfg.num_classes or info["num_classes"]
     train_loader, eval_loader, train_sampler = _make_loaders(cfg, train_set, eval_set, dist_info)
-
-    # ---- model (same init on every rank)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # same init on every rank
     model = build_model(cfg, num_classes)
     if cfg.initial_checkpoint:
         load_checkpoint(model, cfg.initial_checkpoint, strict=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    fastpath = None  # utils.fastpath.FastPathConfig, applied below (after the EMA copy and the resume)
-    if cfg.fastpath:
-        fastpath, compiler_warning = train_fastpath_config(cfg.amp, device, cfg.channels_last, cfg.grad_checkpointing,
-                                                           compile_model=cfg.compile, compact_spikes=cfg.compact_spikes)
-        if compiler_warning and main:
-            _log.warning(compiler_warning)
-    elif cfg.compile:
-        raise ConfigError("compile: true needs fastpath: true (spikingjelly's neuron operator is opaque to "
-                          "torch.compile); drop compile or set fastpath: true")
-    elif cfg.compact_spikes:
-        raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.fastpath); "
-                          "drop compact_spikes or set fastpath: true")
-    channels_last = fastpath.channels_last if fastpath else cfg.channels_last
-    try:  # under the fast path, utils.fastpath applies channels-last (checkpointing is applied once, here)
-        model = prepare_model(model, device, cfg.channels_last and not fastpath, cfg.grad_checkpointing,
-                              cfg.sync_bn and dist_info.distributed)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    t = build_training(cfg, model, device, dist_info.world_size, len(train_loader),
+                       data_lib.create_mixup(cfg, num_classes), state)
+    for warning in t.warnings if main else ():
+        _log.warning(warning)
 
-    effective_batch = cfg.batch_size * cfg.accum_steps * dist_info.world_size
-    lr = resolve_lr(cfg, effective_batch)
-    try:
-        optimizer = build_optimizer(model, cfg, lr)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer '{cfg.opt}': {err}") from None
-    updates_per_epoch = -(-(min(len(train_loader), cfg.max_train_batches or len(train_loader))) // cfg.accum_steps)
-    try:
-        sched, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
-    except (ValueError, AssertionError) as err:
-        raise ConfigError(f"scheduler '{cfg.sched}': {err}") from None
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
-
-    # ---- resume
-    start_epoch, num_updates = 0, 0
-    best = {"metric": None, "epoch": -1, "last": None}
-    resume = cfg.resume
-    if resume == "auto":
-        resume = auto_resume_path(run_dir)
-        if resume is None and main:
-            _log.info(f"--resume auto: no checkpoint in {run_dir}, starting from scratch")
-    if resume:
-        state = read_training_state(resume)
-        load_checkpoint(model, state, strict=True, key="state_dict")
-        optimizer.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            if "state_dict_ema" in state:
-                load_checkpoint(ema.module, state, strict=True, key="state_dict_ema")
-            else:
-                ema.set(model)
-        start_epoch = int(state["epoch"]) + 1
-        num_updates = int(state.get("num_updates", 0))
-        best = {"metric": state.get("best_metric"), "epoch": int(state.get("best_epoch", -1)),
-                "last": state.get("metric")}
-        restore_rng_state(state["rng"])
+    # ---- resume position
+    start_epoch, num_updates, best, partial = _position(state)
+    if state is not None:
+        if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
+            restore_rng_state(state["rng"])
         if main:
-            _log.info(f"resumed from {resume} (epoch {state['epoch']} done; continuing at epoch {start_epoch})")
-            saved = state.get("config", {})
-            changed = [k for k, v in _plain(cfg.to_dict()).items()
-                       if k not in ("resume", "epochs", "config") and k in saved and saved[k] != v]
-            if changed:
-                _log.warning(f"warning: these keys differ from the checkpoint's run: {', '.join(changed)}")
-            if state.get("world_size", dist_info.world_size) != dist_info.world_size:
-                _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, "
-                             f"now {dist_info.world_size}; the effective batch changed")
-
-    # ---- fast path (in place: same parameters, so the optimizer is unaffected), then wrap
-    if fastpath is not None:
-        import utils.fastpath
-
-        try:
-            utils.fastpath.prepare_model(model, "train", fastpath)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if dist_info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model = getattr(model, "module", model)
-
-    mixup_fn = data_lib.create_mixup(cfg, num_classes)
-    loss_fn = build_train_loss(cfg, mixup_fn is not None).to(device)
-
-    # ---- banner and args.yaml
-    neuron_impl = models.describe_neurons(eval_model, device)
-    applied = eval_model.fastpath_config if fastpath is not None else None  # what utils.fastpath applied
-    run_info = {
-        "versions": _versions(), "git_commit": _git_commit(), "device": str(device),
-        "world_size": dist_info.world_size, "effective_batch": effective_batch, "lr": lr,
-        "num_classes": num_classes, "params": n_params, "T": getattr(eval_model, "T", cfg.T),
-        "neuron_implementation": neuron_impl,
-        "fastpath": dataclasses.asdict(applied) if applied is not None else "off (plain eager path)",
-        "total_epochs": total_epochs,
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-    }
+            _report_resume(cfg, state, start_epoch, dist_info.world_size)
     if main:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "args.yaml"), "w") as f:
-            f.write(dump_yaml({**_plain(cfg.to_dict()), "run_info": _plain(run_info)}))
-        v = run_info["versions"]
-        sched_desc = (f"{cfg.sched}: {cfg.epochs} epochs (warmup {cfg.warmup_epochs}) + cooldown {cfg.cooldown_epochs}"
-                      f" = {total_epochs}, per {'update' if cfg.sched_on_updates else 'epoch'}")
-        lr_desc = (f"lr {lr:.4g} = blr {cfg.blr:g} x effective batch {effective_batch} / 256" if cfg.blr
-                   else f"lr {lr:.4g}")
-        _log.info("\n".join([
-            f"== {cfg.experiment}: {cfg.model} on {info['name']} ==",
-            f"model       {cfg.model} {cfg.model_kwargs or ''}  params {n_params / 1e6:.3f} M  T {run_info['T']}"
-            f"  classes {num_classes}",
-            f"data        {len(train_set)} train / {len(eval_set)} eval samples"
-            f"{'  mixup/cutmix on' if mixup_fn is not None else ''}",
-            f"batch       {cfg.batch_size} x accum {cfg.accum_steps} x {dist_info.world_size} process(es) "
-            f"= effective {effective_batch}",
-            f"optimizer   {cfg.opt}, {lr_desc}, weight decay {cfg.weight_decay:g}; {sched_desc}",
-            f"device      {device}  amp {cfg.amp}  channels_last {channels_last}  ema {cfg.model_ema}",
-            f"fast path   {_describe_fastpath(applied)}",
-            f"neurons     {neuron_impl}",
-            f"versions    torch {v['torch']}  timm {v['timm']}  spikingjelly {v['spikingjelly']}  cuda {v['cuda']}",
-            f"run folder  {os.path.abspath(run_dir)}",
-        ]))
-        if cfg.reference_batch and cfg.reference_batch != effective_batch:
-            _log.warning(f"note: the published recipe used an effective batch of {cfg.reference_batch}; "
-                         f"yours is {effective_batch}. Accuracy may differ (use --accum-steps to match).")
-    logger = RunLogger(run_dir, cfg.to_dict(), ema=ema is not None, start_epoch=start_epoch) if main else None
+        _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
+    logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch) if main else None
 
-    last_path = os.path.join(run_dir, "last.pth.tar")
-    best_path = os.path.join(run_dir, "best.pth.tar")
-    metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" and ema is not None else "eval_top1"
-    progress = cfg.progress and main
-    on_log = logger.log_step if logger is not None else None
+    # ---- epochs
+    last_path, best_path = os.path.join(run_dir, "last.pth.tar"), os.path.join(run_dir, "best.pth.tar")
+    metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" and t.ema is not None else "eval_top1"
+
+    def checkpoint(**fields):
+        return training_state(t, arch=cfg.model, num_updates=num_updates, best_metric=best["metric"],
+                              best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
+                              config=_plain(cfg.to_dict()), **fields)
+
+    def agreed_stop() -> bool:
+        if dist_info.world_size == 1:
+            return stop.requested()
+        return float(all_reduce_sum(torch.tensor(float(stop.requested()), device=device))) > 0
+
     try:
-        for epoch in range(start_epoch, total_epochs):
+        for epoch in range(start_epoch, t.total_epochs):
+            if agreed_stop():
+                raise TrainingStopped(stop.signum, f"before epoch {epoch} ({last_path} holds epoch {epoch - 1})")
             t_epoch = time.perf_counter()
-            es = epoch_seed(cfg.seed, epoch, dist_info.rank)
-            seed_everything(es)
-            train_sampler.set_epoch(epoch)
-            if mixup_fn is not None and hasattr(mixup_fn, "mixup_enabled"):
-                mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
-            set_epoch_lr(sched, epoch, updates_per_epoch, cfg.sched_on_updates)
-            lr_epoch = current_lr(optimizer)
+            seed_everything(epoch_seed(cfg.seed, epoch, dist_info.rank))
+            start_step = partial["step"] if partial else 0
+            train_sampler.set_epoch(epoch, skip=start_step * cfg.batch_size)
+            if t.mixup_fn is not None and hasattr(t.mixup_fn, "mixup_enabled"):
+                t.mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
+            set_epoch_lr(t.scheduler, epoch, t.updates_per_epoch, cfg.sched_on_updates)
+            lr_epoch = current_lr(t.optimizer)
+            if partial and cfg.sched_on_updates and t.scheduler is not None:
+                t.scheduler.step_update(num_updates)
             stats = train_one_epoch(
-                model, train_loader, optimizer, loss_fn, device=device, epoch=epoch, autocast=autocast,
-                scaler=scaler, mixup_fn=mixup_fn, ema=ema, sched=sched, sched_on_updates=cfg.sched_on_updates,
-                num_updates=num_updates, accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad,
-                clip_mode=cfg.clip_mode, channels_last=channels_last, log_interval=cfg.log_interval,
-                max_batches=cfg.max_train_batches, world_size=dist_info.world_size, progress=progress,
-                on_log=on_log)
+                t.model, train_loader, t.optimizer, t.loss_fn, device=device, epoch=epoch, autocast=t.autocast,
+                scaler=t.scaler, mixup_fn=t.mixup_fn, ema=t.ema, sched=t.scheduler,
+                sched_on_updates=cfg.sched_on_updates, num_updates=num_updates, accum_steps=cfg.accum_steps,
+                clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, channels_last=t.channels_last,
+                log_interval=cfg.log_interval, max_batches=cfg.max_train_batches, world_size=dist_info.world_size,
+                progress=cfg.progress and main, on_log=logger.log_step if logger is not None else None,
+                start_step=start_step, loss_sum=partial["loss_sum"] if partial else 0.0,
+                rng_state=state["rng"] if partial else None, should_stop=stop.requested)
+            partial = None
             num_updates = stats["num_updates"]
-            ev = evaluate(eval_model, eval_loader, device=device, autocast=autocast,
-                          channels_last=channels_last, max_batches=cfg.max_eval_batches)
-            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], "eval_loss": ev["loss"],
-                   "eval_top1": ev["top1"], "eval_top5": ev["top5"], "img_per_s": stats["img_per_s"]}
-            if ema is not None:
-                ev_ema = evaluate(ema.module, eval_loader, device=device, autocast=autocast,
-                                  channels_last=channels_last, max_batches=cfg.max_eval_batches)
-                row.update(ema_eval_loss=ev_ema["loss"], ema_eval_top1=ev_ema["top1"], ema_eval_top5=ev_ema["top5"])
+            if stats["stopped_at"] is not None:  # a stop signal: save the position inside the epoch
+                if main:
+                    save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={
+                        "epoch": epoch, "step": stats["stopped_at"], "loss_sum": stats["loss_sum"]}), last_path)
+                barrier()
+                raise TrainingStopped(stop.signum, f"in epoch {epoch} after step {stats['stopped_at']} "
+                                                   f"({last_path} holds that position)")
+            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"],
+                   **_evaluate(t, eval_loader, device, cfg.max_eval_batches), "img_per_s": stats["img_per_s"]}
             metric = row[metric_key]
             improved = best["metric"] is None or metric > best["metric"]
             if improved:
@@ -344,13 +413,13 @@ def run(cfg: Config) -> Dict[str, Any]:
             row["epoch_seconds"] = time.perf_counter() - t_epoch
             if main:
                 logger.log_epoch(row)  # the row first: a kill before the checkpoint re-runs (and re-logs) the epoch
-                save_checkpoint(_training_state(model, optimizer, sched, scaler, ema, cfg, epoch, num_updates,
-                                                best, dist_info), last_path)
+                save_checkpoint(checkpoint(epoch=epoch), last_path)
                 if improved:
                     copy_checkpoint(last_path, best_path)
-                ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if ema is not None else ""
-                _log.info(f"epoch {epoch:>3}/{total_epochs - 1}  lr {lr_epoch:.3g}  train_loss {stats['train_loss']:.4f}"
-                          f"  eval_loss {ev['loss']:.4f}  top1 {ev['top1']:.2f}  top5 {ev['top5']:.2f}{ema_txt}"
+                folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
+                ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
+                _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}  train_loss {stats['train_loss']:.4f}"
+                          f"  eval_loss {row['eval_loss']:.4f}  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
                           f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
                           f"  {row['epoch_seconds']:.1f}s")
             barrier()
@@ -365,29 +434,77 @@ def run(cfg: Config) -> Dict[str, Any]:
     return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run_dir}
 
 
+def _position(state: Optional[Dict[str, Any]]):
+    """(first epoch, optimizer updates done, best-so-far, position inside the epoch or None) of a checkpoint."""
+    if state is None:
+        return 0, 0, {"metric": None, "epoch": -1, "last": None}, None
+    best = {"metric": state.get("best_metric"), "epoch": int(state.get("best_epoch", -1)), "last": state.get("metric")}
+    return int(state["epoch"]) + 1, int(state.get("num_updates", 0)), best, state.get("partial_epoch")
+
+
+def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:
+    """The eval columns of a ``summary.csv`` row (the EMA's too when there is one)."""
+    from utils.engine import evaluate
+
+    row = {}
+    for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
+        if model is not None:
+            ev = evaluate(model, loader, device=device, autocast=t.autocast, channels_last=t.channels_last,
+                          max_batches=max_batches)
+            row.update({f"{prefix}eval_loss": ev["loss"], f"{prefix}eval_top1": ev["top1"],
+                        f"{prefix}eval_top5": ev["top5"]})
+    return row
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """``python train.py <argv without --resume/--overwrite> --resume auto``, shell-quoted."""
+    import shlex
+
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--overwrite"):
+            skip = True
+            continue
+        if a.split("=", 1)[0] in ("--resume", "--overwrite"):
+            continue
+        out.append(a)
+    return shlex.join(["python", "train.py", *out, "--resume", "auto"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.config import input_errors, report_input_error
     from utils.distributed import cleanup, is_main
     from utils.engine import NonFiniteLossError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = None
     try:
         cfg = parse_config(argv, description=__doc__.split("\n\n")[0])
-        run(cfg)
+        with StopSignals() as stop:
+            run(cfg, stop, command=" ".join(["train.py", *argv]))
         return 0
     except input_errors() as err:
         return report_input_error(err)
     except NonFiniteLossError as err:
         if is_main():
             last = os.path.join(cfg.output, cfg.experiment, "last.pth.tar")
-            kept = f"The last good checkpoint is kept: {last}." if os.path.isfile(last) else "No checkpoint was written yet."
-            print(f"error: training diverged: {err}. {kept} Try a lower --lr, --clip-grad 1.0 or --amp none; "
-                  f"continue from the checkpoint with --resume auto.", file=sys.stderr)
+            kept = (f"The last good checkpoint is kept: {last}. A changed --lr takes effect on resume:\n"
+                    f"  {resume_command(argv)} --lr <lower>" if os.path.isfile(last) else "No checkpoint was written yet.")
+            print(f"error: training diverged: {err}. Try a lower --lr, --clip-grad 1.0 or --amp none. {kept}",
+                  file=sys.stderr)
         return 1
+    except TrainingStopped as err:
+        if is_main():
+            print(f"stopped by {signal.Signals(err.signum).name} {err.where}. Continue with:\n  {resume_command(argv)}",
+                  file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         if is_main() and cfg is not None:
-            print(f"\ninterrupted. Continue with: python train.py -c {cfg.config or '<config>'} "
-                  f"--experiment {cfg.experiment} --output {cfg.output} --resume auto", file=sys.stderr)
+            print(f"\ninterrupted; the last checkpoint is that of the last finished epoch. Continue with:\n"
+                  f"  {resume_command(argv)}", file=sys.stderr)
         return 130
     finally:
         cleanup()

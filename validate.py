@@ -97,7 +97,7 @@ def build_eval(cfg):
     from utils import data as data_lib
     from utils.checkpoint import load_checkpoint
     from utils.distributed import ShardSampler, init_distributed
-    from utils.engine import prepare_model, seed_everything
+    from utils.engine import place_model, seed_everything
 
     if not cfg.checkpoint:
         raise ConfigError("no checkpoint given: pass --checkpoint PATH")
@@ -113,7 +113,7 @@ def build_eval(cfg):
     key = "state_dict_ema" if cfg.use_ema else None
     load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint,
                     trust_flag="--trust-checkpoint", log=print if dist_info.is_main else None)
-    model = prepare_model(model, dist_info.device, cfg.channels_last)
+    model = place_model(model, dist_info.device, cfg.channels_last)
     loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                         sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),
                         num_workers=cfg.workers, pin_memory=bool(cfg.pin_memory) and dist_info.device.type == "cuda")

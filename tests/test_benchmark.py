@@ -69,11 +69,15 @@ def test_matmul_peak_and_fraction(tmp_path):
     assert set(peak) >= {"fp32", "bf16"} and all(v > 0 for v in peak.values())
 
 
-def test_model_kwargs_parsing_and_errors(tmp_path):
-    assert benchmark._model_kwargs(["embed_dims=64", "v_reset=none", "depths=1,1,2", "neuron=lif", "tau=2.5"]) == {
-        "embed_dims": 64, "v_reset": None, "depths": (1, 1, 2), "neuron": "lif", "tau": 2.5}
+def test_model_kwargs_errors(tmp_path):
+    # the one grammar of every --model-kwargs flag (models.parse_model_kwargs): YAML values, bare comma lists
+    rows, _ = _run(tmp_path, "--eager", "--mode", "infer", "--model-kwargs", "neuron=if", "v_reset=none", "tau=2.5")
+    assert json.loads(rows[0]["model_kwargs"])["v_reset"] is None
+    from models import parse_model_kwargs
+    assert parse_model_kwargs(["depths=1,1,2", "mixers=[ssa, max]", "tau=2.5"]) == {
+        "depths": [1, 1, 2], "mixers": ["ssa", "max"], "tau": 2.5}
     with pytest.raises(SystemExit, match="key=value"):
-        benchmark._model_kwargs(["embed_dims"])
+        _run(tmp_path, "--eager", "--model-kwargs", "embed_dims")
     with pytest.raises(SystemExit, match="cannot build 'maxformer_cifr'"):
         _run(tmp_path, "--eager", "--model", "maxformer_cifr")
     with pytest.raises(SystemExit):

@@ -5,6 +5,7 @@ as the plain conformance test). Compilation is slow on 2 cores, so one golden ca
 compiled; the others run every non-compile transformation.
 """
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from models.neurons import NeuronConfig, TorchIFNode, TorchLIFNode, convert_neur
 from spikingjelly.activation_based import neuron as sj_neuron
 from utils import fastpath
 from utils.conformance import check_file
+from utils.engine import amp_context
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 CASES = ["case1_cifar_max_former", "case2_cifar_ms_qkformer", "case3_event_max_former",
@@ -181,15 +183,29 @@ def test_prepare_model_infer_keeps_state_dict_keys_except_folded():
 def test_bf16_autocast_train_and_infer_on_cpu():
     x = torch.randn(2, 3, 32, 32)
     model = fastpath.prepare_model(_tiny(), "train", compile=False)
-    with fastpath.autocast("bf16"):
+    with amp_context("bf16", "cpu")():
         out = model(x)
     F.cross_entropy(out.float(), torch.tensor([0, 1])).backward()
     reset_net(model)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="fp16"):
-        fastpath.autocast("fp16", "cpu")
+        amp_context("fp16", "cpu")
     with pytest.raises(ValueError, match="amp"):
-        fastpath.autocast("int8")
+        amp_context("int8", "cpu")
+
+
+def test_resolve_config_is_the_one_place_switches_are_resolved(monkeypatch):
+    cfg, warning = fastpath.resolve_config("train")
+    assert cfg == fastpath.default_config("train") and warning is None or "compiler" in warning
+    cfg, _ = fastpath.resolve_config("train", "bf16", channels_last=None, compile="none", compact_spikes=True)
+    assert cfg.compile is False and cfg.compact_spikes and cfg.channels_last  # None keeps the amp default
+    assert fastpath.resolve_config("infer", eager=True, channels_last=True)[0] == dataclasses.replace(
+        fastpath.EAGER, channels_last=True)
+    monkeypatch.setattr(fastpath, "cpp_compiler", lambda: None)
+    cfg, warning = fastpath.resolve_config("train", compile="model")
+    assert cfg.compile is False and "no C++ compiler" in warning
+    cfg, warning = fastpath.resolve_config("train", device="cuda", compile="model")
+    assert cfg.compile == "model" and warning is None
 
 
 def test_bad_options_fail_clearly():

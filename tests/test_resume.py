@@ -1,8 +1,10 @@
-"""Killed runs resume exactly: SIGKILL mid-epoch, and SIGKILL while a checkpoint is being written.
+"""Killed and stopped runs resume exactly: SIGKILL mid-epoch, SIGKILL while a checkpoint is being written, and
+SIGTERM / SIGUSR1 / SIGINT (a checkpoint of the position inside the epoch, then ``--resume auto``).
 
-Each run is a real ``train.py`` process on the digits; the kill is a real SIGKILL sent by the process to
+Each run is a real ``train.py`` process on the digits; the signal is a real one sent by the process to
 itself at a chosen point (after the k-th forward pass, or half-way through writing a checkpoint).
 """
+import json
 import os
 import signal
 import subprocess
@@ -30,9 +32,10 @@ def _reset(m):
     _orig(m)
     _n[0] += 1
     if _n[0] == {k}:
-        os.kill(os.getpid(), signal.SIGKILL)
+        ({send})(signal.{sig})
 E._reset_net = _reset
 """
+SELF, GROUP = "lambda s: os.kill(os.getpid(), s)", "lambda s: os.killpg(0, s)"
 # Kill half-way through writing the k-th checkpoint (bytes already on disk in the temp file).
 KILL_IN_SAVE = """
 import torch
@@ -51,26 +54,32 @@ torch.save = _torn_save
 """
 
 
-def _train(out, name, *extra, patch=""):
-    code = "\n".join(["import os, signal, sys", f"sys.path.insert(0, {ROOT!r})", patch, "import train",
+def _train(out, name, *extra, patch="", new_session=False):
+    code = "\n".join(["import os, signal, sys", patch, "import train",
                        f"sys.exit(train.main({ARGS + ['--output', str(out), '--experiment', name] + list(extra)!r}))"])
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, start_new_session=new_session)
 
 
 def _rows(out, name):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_summary(os.path.join(out, name, "summary.csv"))]
 
 
-def test_killed_runs_resume_to_identical_summary_rows(tmp_path):
-    r = _train(tmp_path, "ref")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    r = _train(out, "ref")
     assert r.returncode == 0, r.stderr[-3000:]
-    reference = _rows(tmp_path, "ref")
-    assert [int(x["epoch"]) for x in reference] == [0, 1, 2]
+    rows = _rows(out, "ref")
+    assert [int(x["epoch"]) for x in rows] == [0, 1, 2]
+    return rows
+
+
+def test_killed_runs_resume_to_identical_summary_rows(tmp_path, reference):
 
     # 1) SIGKILL in the middle of epoch 1: last.pth.tar holds epoch 0.
-    r = _train(tmp_path, "run", patch=KILL_AT_STEP.format(k=7))
+    r = _train(tmp_path, "run", patch=KILL_AT_STEP.format(k=7, sig="SIGKILL", send=SELF))
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert len(_rows(tmp_path, "run")) == 1
     assert read_training_state(tmp_path / "run" / "last.pth.tar")["epoch"] == 0
@@ -88,6 +97,34 @@ def test_killed_runs_resume_to_identical_summary_rows(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert _rows(tmp_path, "run") == reference
     assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]  # the killed save's temp file is gone
+
+
+# SIGTERM in epoch 1's 2nd step (k=7): the step finishes, last.pth.tar holds the position inside the epoch.
+# SIGUSR1 during epoch 0's evaluation (k=4): epoch 0 is finished and saved, the run stops before epoch 1.
+# SIGINT in epoch 2's 1st step (k=11) to the whole process group, as Ctrl-C in a terminal (and a scheduler)
+# signal every process: the data-loader worker ignores it and the run stops as on SIGTERM.
+@pytest.mark.parametrize("sig,k,rc,where,workers", [("SIGTERM", 7, 143, "in epoch 1 after step 2", 0),
+                                                    ("SIGUSR1", 4, 138, "before epoch 1", 0),
+                                                    ("SIGINT", 11, 130, "in epoch 2 after step 1", 1)])
+def test_stop_signals_save_a_resumable_checkpoint(tmp_path, reference, sig, k, rc, where, workers):
+    group = workers > 0
+    extra = ["--workers", str(workers)]
+    r = _train(tmp_path, "run", *extra, patch=KILL_AT_STEP.format(k=k, sig=sig, send=GROUP if group else SELF),
+               new_session=group)
+    assert r.returncode == rc, r.stderr[-3000:]
+    assert f"stopped by {sig} {where}" in r.stderr
+    command = r.stderr.split("Continue with:")[1].split("\n")[1].strip()
+    assert command.startswith("python train.py -c ") and command.endswith(
+        f"--experiment run {' '.join(extra)} --resume auto") and "--model-kwargs embed_dims=16" in command
+    state = read_training_state(tmp_path / "run" / "last.pth.tar")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["epoch"] == state["epoch"]
+    if where.startswith("in epoch"):
+        epoch, step = int(where.split()[2]), int(where.split()[-1])
+        assert state["epoch"] == epoch - 1 and state["partial_epoch"]["step"] == step
+    r = _train(tmp_path, "run", *extra, "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _rows(tmp_path, "run") == reference  # bitwise the uninterrupted run (timing columns aside)
 
 
 def test_save_checkpoint_is_atomic_in_process(tmp_path, monkeypatch):

@@ -124,6 +124,10 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert "training diverged: loss is nan at epoch 1" in err and "last.pth.tar" in err
     assert read_training_state(tmp_path / "nan" / "last.pth.tar")["epoch"] == 0
     assert len(read_summary(str(tmp_path / "nan" / "summary.csv"))) == 1
+    # the advice is what resuming does: a changed --lr takes effect (tests/test_run_folder.py)
+    assert "--resume auto --lr <lower>" in err and "--experiment nan" in err
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["state"] == "diverged" and status["epoch"] == 0 and "loss is nan" in status["exit_message"]
 
 
 def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
@@ -145,9 +149,9 @@ def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
 
 
 def test_synthetic_data_and_no_cpp_compiler_fallback(tmp_path, monkeypatch, capsys):
-    import utils.engine as engine
+    import utils.fastpath as fastpath
 
-    monkeypatch.setattr(engine, "cpp_compiler", lambda: None)
+    monkeypatch.setattr(fastpath, "cpp_compiler", lambda: None)
     rc = train.main(TINY + ["--fastpath", "true", "--dataset", "synthetic", "--synthetic-size", "32", "16",
                             "--epochs", "1", "--max-train-batches", "2", "--output", str(tmp_path),
                             "--experiment", "syn", "--grad-checkpointing", "true", "--compact-spikes", "true"])

@@ -3,7 +3,6 @@
 BatchNorm statistics depend on the per-process batch, and SyncBatchNorm needs CUDA, so the CPU DDP
 equality test uses this model: conv -> LIF -> conv -> mean -> linear, averaged over T.
 """
-import torch
 import torch.nn as nn
 from timm.models import register_model
 

@@ -67,6 +67,7 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "experiment": _o("", str, "run name; outputs go to <output>/<experiment> (default: config file name)"),
     "output": _o("output", str, "root folder of run folders"),
     "resume": _o("", str, "checkpoint to resume from, or 'auto' (= <output>/<experiment>/last.pth.tar if present)"),
+    "overwrite": _o(False, bool, "start afresh in a run folder that already holds a run, deleting its outputs"),
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
     "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),

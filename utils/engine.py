@@ -1,13 +1,14 @@
-"""Training engine shared by every dataset: optimizer/schedule/loss factories, one train epoch, eval.
+"""Training engine shared by every dataset: :func:`build_training` (model, optimizer, schedule, scaler,
+EMA, loss in one step), one train epoch, eval.
 
-Engine switches (``amp``, ``channels_last``, ``compile``, ``grad_checkpointing``, ``fastpath``) are
-resolved in :func:`train_fastpath_config` and applied in :func:`prepare_model`,
-``utils.fastpath.prepare_model`` and :func:`amp_context`, nowhere else. Every forward pass is followed
+The fast-path switches are resolved by ``utils.fastpath.resolve_config`` and applied by
+``utils.fastpath.prepare_model``; mixed precision is :func:`amp_context`. Every forward pass is followed
 by ``models.reset_net`` so no membrane state leaks between batches.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -20,9 +21,9 @@ import torch.nn as nn
 from utils.distributed import all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
-           "SampleSeededDataset", "amp_context", "make_scaler",
-           "prepare_model", "train_fastpath_config", "cpp_compiler", "build_optimizer", "build_scheduler", "set_epoch_lr", "build_train_loss",
-           "train_one_epoch", "evaluate", "current_lr", "resolve_lr"]
+           "SampleSeededDataset", "amp_context", "make_scaler", "place_model", "Training", "build_training",
+           "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
+           "build_train_loss", "train_one_epoch", "evaluate", "current_lr", "resolve_lr"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,7 +52,15 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: numpy/python RNGs follow the torch seed of the worker."""
+    """DataLoader ``worker_init_fn``: numpy/python RNGs follow the torch seed of the worker.
+
+    Workers ignore the stop signals (Ctrl-C and schedulers signal every process of the job): the main
+    process stops the run cleanly and then shuts its workers down.
+    """
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
@@ -68,9 +77,17 @@ class SeededDistributedSampler(torch.utils.data.DistributedSampler):
     def __init__(self, *args, with_seeds: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.with_seeds = with_seeds
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select ``epoch``; its first ``skip`` indices are left out (resuming inside the epoch)."""
+        super().set_epoch(epoch)
+        self.skip = skip
 
     def __iter__(self):
         indices = super().__iter__()
+        if self.skip:
+            indices = iter(list(indices)[self.skip:])
         if not self.with_seeds:
             return indices
         base = int(np.random.SeedSequence([int(self.seed) % (2**32), int(self.epoch), 0x5EED]).generate_state(1)[0])
@@ -97,7 +114,10 @@ class SampleSeededDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------
 # mixed precision
 def amp_context(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts for ``amp`` = none | bf16 | fp16."""
+    """A factory of autocast contexts for ``amp`` = none | bf16 | fp16: ``with amp_context(amp, device)():``."""
+    if mode not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be one of ('none', 'bf16', 'fp16'), got {mode!r}")
+    device = torch.device(device)
     if mode == "none":
         return contextlib.nullcontext
     if mode == "fp16" and device.type != "cuda":
@@ -115,18 +135,9 @@ def make_scaler(mode: str, device: torch.device):
 
 # ----------------------------------------------------------------------------------------------
 # model / optimizer / schedule / loss
-def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False,
-                  grad_checkpointing: bool = False, sync_bn: bool = False) -> nn.Module:
-    """Move to device and apply the memory-format, checkpointing and SyncBN switches."""
-    if grad_checkpointing:
-        fn = getattr(model, "set_grad_checkpointing", None)
-        if fn is not None:
-            fn(True)
-        else:  # per-block recomputation that handles neuron state and BN statistics
-            from utils.fastpath import enable_grad_checkpointing
-            if enable_grad_checkpointing(model) == 0:
-                raise ValueError(f"{type(model).__name__} has no blocks to checkpoint "
-                                 "(no set_grad_checkpointing method either); set grad_checkpointing: false")
+def place_model(model: nn.Module, device: torch.device, channels_last: bool = False,
+                sync_bn: bool = False) -> nn.Module:
+    """Move ``model`` to ``device`` (SyncBatchNorm first when ``sync_bn``; channels-last when asked)."""
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -135,45 +146,132 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     return model
 
 
-def cpp_compiler() -> Optional[str]:
-    """The C++ compiler torch inductor would use on CPU (``torch._inductor.config.cpp.cxx``), or None."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
+@dataclasses.dataclass
+class Training:
+    """Everything the epoch loop needs, built in one step by :func:`build_training`."""
 
-        return get_cpp_compiler()
-    except Exception:  # InvalidCxxCompiler, or an inductor without this helper: fall back to PATH
-        import shutil
+    model: nn.Module  # what trains (DDP-wrapped when distributed)
+    eval_model: nn.Module  # the same model, unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm scheduler, or None for a constant lr
+    scaler: Any  # GradScaler (fp16 on CUDA) or None
+    ema: Any  # timm ModelEmaV3 or None
+    loss_fn: nn.Module
+    mixup_fn: Optional[Callable]
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    fastpath: Any  # the utils.fastpath.FastPathConfig that applied, or None (plain eager path)
+    channels_last: bool  # inputs go channels-last
+    lr: float
+    effective_batch: int
+    updates_per_epoch: int
+    total_epochs: int
+    n_params: int
+    warnings: list = dataclasses.field(default_factory=list)
 
-        return next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
 
+def build_training(cfg, model: nn.Module, device: torch.device, world_size: int, train_batches: int,
+                   mixup_fn: Optional[Callable] = None, state: Optional[Dict[str, Any]] = None) -> Training:
+    """Model on its device, fast path, optimizer, schedule, scaler, EMA and loss for ``cfg``.
 
-def train_fastpath_config(amp: str, device: torch.device, channels_last: bool = False,
-                          grad_checkpointing: bool = False, compile_model: bool = False,
-                          compact_spikes: bool = False):
-    """``utils.fastpath.default_config('train', amp)`` (what ``benchmark.py`` runs) with train.py's switches.
-
-    ``channels_last``/``grad_checkpointing``/``compact_spikes`` turn those on; ``compile_model`` compiles the whole model
-    (faster, but backward is not bitwise-faithful: near-threshold spikes may flip). Returns
-    ``(config, warning)``: on CPU without a C++ compiler, compilation is off (torch neurons run
-    uncompiled) and ``warning`` says so; otherwise ``warning`` is None.
+    ``train_batches``: loader batches per epoch and process. ``state`` (a training checkpoint) is restored
+    with :func:`restore_training` after the EMA copy and before the fast path. Bad settings raise
+    ``ConfigError``.
     """
-    import dataclasses
+    from timm.utils import ModelEmaV3
 
-    from utils.fastpath import default_config
+    from utils import fastpath as fp_lib
+    from utils.config import ConfigError
 
-    fp = default_config("train", amp)
-    over: Dict[str, Any] = {"channels_last": fp.channels_last or channels_last,
-                            "grad_checkpointing": fp.grad_checkpointing or grad_checkpointing,
-                            "compact_spikes": fp.compact_spikes or compact_spikes}
-    if compile_model:
-        over["compile"] = "model"
-    warning = None
-    if device.type == "cpu" and (over.get("compile") or fp.compile) and cpp_compiler() is None:
-        over["compile"] = False
-        warning = ("warning: no C++ compiler found (torch.compile on CPU needs g++ or clang++, see "
-                   "torch._inductor.config.cpp.cxx); the fast path runs its PyTorch neurons without compilation, "
-                   "which is slower. Install one (e.g. apt install g++) or set fastpath: false.")
-    return dataclasses.replace(fp, **over), warning
+    warnings = []
+    fastpath = None
+    if cfg.fastpath:
+        try:
+            fastpath, warning = fp_lib.resolve_config(
+                "train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
+                grad_checkpointing=cfg.grad_checkpointing or None, compact_spikes=cfg.compact_spikes or None,
+                compile="model" if cfg.compile else None)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        warnings += [warning] if warning else []
+    elif cfg.compile:
+        raise ConfigError("compile: true needs fastpath: true (spikingjelly's neuron operator is opaque to "
+                          "torch.compile); drop compile or set fastpath: true")
+    elif cfg.compact_spikes:
+        raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.fastpath); "
+                          "drop compact_spikes or set fastpath: true")
+    try:
+        autocast = amp_context(cfg.amp, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    n_params = sum(p.numel() for p in model.parameters())
+    distributed = world_size > 1
+    model = place_model(model, device, cfg.channels_last and fastpath is None, cfg.sync_bn and distributed)
+    if fastpath is None and cfg.grad_checkpointing and fp_lib.enable_grad_checkpointing(model) == 0:
+        raise ConfigError(f"{type(model).__name__} has no blocks to checkpoint; set grad_checkpointing: false")
+
+    effective_batch = cfg.batch_size * cfg.accum_steps * world_size
+    lr = resolve_lr(cfg, effective_batch)
+    try:
+        optimizer = build_optimizer(model, cfg, lr)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer '{cfg.opt}': {err}") from None
+    updates_per_epoch = -(-(min(train_batches, cfg.max_train_batches or train_batches)) // cfg.accum_steps)
+    try:
+        sched, total_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
+    except (ValueError, AssertionError) as err:
+        raise ConfigError(f"scheduler '{cfg.sched}': {err}") from None
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
+    t = Training(model=model, eval_model=model, optimizer=optimizer, scheduler=sched, scaler=make_scaler(cfg.amp, device),
+                 ema=ema, loss_fn=build_train_loss(cfg, mixup_fn is not None).to(device), mixup_fn=mixup_fn,
+                 autocast=autocast, fastpath=None, channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
+                 lr=lr, effective_batch=effective_batch, updates_per_epoch=updates_per_epoch,
+                 total_epochs=total_epochs, n_params=n_params, warnings=warnings)
+    if state is not None:
+        restore_training(t, state)
+    if fastpath is not None:  # in place: same parameters, so the optimizer is unaffected
+        try:
+            t.fastpath = fp_lib.prepare_model(model, "train", fastpath).fastpath_config  # what applied
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if distributed:
+        t.model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return t
+
+
+def restore_training(t: Training, state: Dict[str, Any]) -> None:
+    """Load a training checkpoint into ``t``: weights, optimizer moments, scaler and EMA.
+
+    The optimizer's hyperparameters (lr, weight decay, betas, ...) and the schedule stay those of the
+    current config: the schedule is rebuilt from it and positioned by epoch/update count, so a changed
+    ``lr``, ``epochs``, warm-up/cooldown or ``sched`` takes effect on resume.
+    """
+    from utils.checkpoint import load_checkpoint
+
+    load_checkpoint(t.eval_model, state, strict=True, key="state_dict")
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in t.optimizer.param_groups]
+    t.optimizer.load_state_dict(state["optimizer"])
+    for group, hyper in zip(t.optimizer.param_groups, fresh):
+        group.update(hyper)
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    if t.ema is not None:
+        if "state_dict_ema" in state:
+            load_checkpoint(t.ema.module, state, strict=True, key="state_dict_ema")
+        else:
+            t.ema.set(t.eval_model)
+
+
+def training_state(t: Training, **fields) -> Dict[str, Any]:
+    """A resumable checkpoint of ``t`` (weights, optimizer, scaler, EMA, RNG) plus ``fields``."""
+    from utils.checkpoint import capture_rng_state
+
+    unwrapped = getattr(t.eval_model, "_orig_mod", t.eval_model)
+    state = {"version": 1, **fields, "state_dict": unwrapped.state_dict(), "optimizer": t.optimizer.state_dict(),
+             "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+             "scaler": t.scaler.state_dict() if t.scaler is not None else None, "rng": capture_rng_state()}
+    if t.ema is not None:
+        state["state_dict_ema"] = t.ema.module.state_dict()
+    return state
 
 
 def resolve_lr(cfg, effective_batch: int) -> float:
@@ -279,8 +377,18 @@ def train_one_epoch(
     world_size: int = 1,
     progress: bool = False,
     on_log: Optional[Callable[[int, float, float], None]] = None,
+    start_step: int = 0,
+    loss_sum: float = 0.0,
+    rng_state: Optional[Dict[str, Any]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, float]:
     """One pass over ``loader``; returns ``train_loss`` (mean over processes), ``img_per_s``, ``num_updates``.
+
+    Resuming inside an epoch: the loader's sampler already skips the first ``start_step`` batches,
+    ``loss_sum`` is the loss summed over them and ``rng_state`` (restored once the loader iterator
+    exists) the RNG state after them. ``should_stop()`` is asked after each optimizer update (under DDP
+    at the loss syncs, agreed by all processes); when it says yes the pass ends there and the result has
+    ``stopped_at`` (steps done) and ``loss_sum`` for a checkpoint that continues exactly.
 
     ``img_per_s`` counts the training steps after the first one of the epoch (which carries the loader
     start-up and, in the first epoch, compilation), so it compares with ``benchmark.py``'s timed steps;
@@ -305,14 +413,22 @@ def train_one_epoch(
 
         bar = tqdm(total=n, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, unit="batch")
 
-    t_steady, seen_first = 0.0, 0
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    t_steady, seen_first = None, 0
+    loss_sum = torch.full((), loss_sum, device=device, dtype=torch.float64)
     window = torch.zeros((), device=device, dtype=torch.float64)
     window_steps = 0
     seen = 0
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(loader):
+    if bar is not None and start_step:
+        bar.update(start_step)
+    batches = iter(loader)
+    if rng_state is not None:
+        from utils.checkpoint import restore_rng_state
+
+        restore_rng_state(rng_state)
+    first, stopped_at = start_step, None
+    for i, (x, y) in enumerate(batches, start=start_step):
         if i >= n:
             break
         x = _to_device(x, device, channels_last)
@@ -353,16 +469,22 @@ def train_one_epoch(
         window += d
         window_steps += 1
         seen += x.shape[0]
-        if i == 0 and n > 1:  # steady-state rate: from the end of the first step (synchronised) on
+        if i == first and n > first + 1:  # steady-state rate: from the end of the first step (synchronised) on
             _sync(device)
             t_steady, seen_first = time.perf_counter(), seen
-        if (i + 1) % log_interval == 0 or i + 1 == n:
+        log_now = (i + 1) % log_interval == 0 or i + 1 == n
+        stop = False
+        if should_stop is not None and update_now and i + 1 < n and (world_size == 1 or log_now):
+            stop = should_stop()
+            if world_size > 1:
+                stop = float(all_reduce_sum(torch.tensor(float(stop), device=device))) > 0
+        if log_now or stop:
             w = all_reduce_sum(window) / world_size  # one host sync per log interval
             value = float(w) / window_steps
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {i + 1}/{n}")
             lr = current_lr(optimizer)
-            rate = (seen - seen_first) * world_size / max(time.perf_counter() - t_steady, 1e-9) if i else 0.0
+            rate = (seen - seen_first) * world_size / max(time.perf_counter() - t_steady, 1e-9) if t_steady else 0.0
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             if on_log is not None:
@@ -371,14 +493,18 @@ def train_one_epoch(
             window_steps = 0
         if bar is not None:
             bar.update(1)
+        if stop:
+            stopped_at = i + 1
+            break
     if bar is not None:
         bar.close()
     total = float(all_reduce_sum(loss_sum)) / world_size  # syncs the device: the timings below are complete
     t_end = time.perf_counter()
-    if n == 1:
+    if t_steady is None:  # a single step: time it whole
         t_steady, seen_first = t0, 0
     return {"train_loss": total / n, "num_updates": num_updates, "train_seconds": t_end - t0,
-            "img_per_s": (seen - seen_first) * world_size / max(t_end - t_steady, 1e-9)}
+            "img_per_s": (seen - seen_first) * world_size / max(t_end - t_steady, 1e-9),
+            "stopped_at": stopped_at, "loss_sum": total}
 
 
 @torch.no_grad()

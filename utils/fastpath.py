@@ -22,7 +22,8 @@ conformance case within tolerance (``tests/test_fastpath.py`` runs them through 
   layout copies); bitwise equal values, indices and gradients.
 
 ``DEFAULTS`` hold the fastest settings that stay within the golden tolerances in float32;
-``benchmark.py`` and ``train.py`` use them unless told otherwise (``--eager`` = none of this).
+:func:`resolve_config` turns a command line's switches into the one :class:`FastPathConfig` that
+``train.py`` (its banner and args.yaml included) and ``benchmark.py`` apply (``EAGER`` = none of this).
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from spikingjelly.activation_based import base as sj_base
 
 from models.neurons import convert_neurons, spiking_modules
 
-__all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "prepare_model", "prepare_input", "autocast", "fold_batchnorm",
-           "enable_grad_checkpointing", "enable_fast_conv", "enable_fast_pool", "block_modules", "AMP_DTYPES"]
+__all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "resolve_config", "cpp_compiler",
+           "prepare_model", "prepare_input", "fold_batchnorm", "enable_grad_checkpointing", "enable_fast_conv",
+           "enable_fast_pool", "block_modules", "AMP_DTYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class FastPathConfig:
             raise ValueError(f"compile must be one of {COMPILE_SCOPES} (True = 'model'), got {self.compile!r}")
 
 
-# Measured on the 2-core CPU (docs/sections/speed.md); every entry passes the golden tests.
+# Measured on the 2-core CPU (docs/speed.md); every entry passes the golden tests.
 # Training compiles only the neurons: whole-model compilation lets the partitioner recompute
 # BN -> LIF chains in backward with differently rounded fused kernels, which flips near-threshold
 # spikes and puts golden case 1's gradients far outside tolerance (its logits stay exact).
@@ -97,6 +99,40 @@ def default_config(mode: str, amp: str = "none") -> FastPathConfig:
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}")
     return dataclasses.replace((DEFAULTS if amp == "none" else DEFAULTS_AMP)[mode])
+
+
+def cpp_compiler() -> Optional[str]:
+    """The C++ compiler torch inductor would use on CPU (``torch._inductor.config.cpp.cxx``), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or an inductor without this helper: fall back to PATH
+        import shutil
+
+        return next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def resolve_config(mode: str, amp: str = "none", *, eager: bool = False, device: "torch.device | str" = "cpu",
+                   **overrides) -> Tuple[FastPathConfig, Optional[str]]:
+    """The one place a command line's fast-path switches become a :class:`FastPathConfig`.
+
+    Starts from :data:`EAGER` (``eager=True``) or :func:`default_config`; each keyword override that is
+    not None replaces its field (``compile=True`` means ``'model'``, ``'none'`` means off). On CPU
+    without a C++ compiler compilation is switched off and the returned warning says so (else None).
+    """
+    cfg = EAGER if eager else default_config(mode, amp)
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if over.get("compile") == "none":
+        over["compile"] = False
+    cfg = dataclasses.replace(cfg, **over)
+    warning = None
+    if cfg.compile and torch.device(device).type == "cpu" and cpp_compiler() is None:
+        cfg = dataclasses.replace(cfg, compile=False)
+        warning = ("warning: no C++ compiler found (torch.compile on CPU needs g++ or clang++, see "
+                   "torch._inductor.config.cpp.cxx); the fast path runs its PyTorch neurons without compilation, "
+                   "which is slower. Install one (e.g. apt install g++) or set fastpath: false.")
+    return cfg, warning
 
 
 def _check_mode(mode: str):
@@ -415,8 +451,8 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
         _logger.info("folded %d BatchNorm layers into convolutions", n)
     if cfg.fast_conv:
         enable_fast_conv(model, cfg.compact_spikes)
-    if cfg.grad_checkpointing:
-        enable_grad_checkpointing(model)
+    if cfg.grad_checkpointing and enable_grad_checkpointing(model) == 0:
+        raise ValueError(f"{type(model).__name__} has no blocks to checkpoint; set grad_checkpointing: false")
     if cfg.fast_pool:
         enable_fast_pool(model)
     if cfg.compile == "model":
@@ -447,15 +483,3 @@ def prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def autocast(amp: str, device: "torch.device | str" = "cpu"):
-    """``torch.autocast`` context for ``amp`` in {'none', 'bf16', 'fp16'} (fp16 on CUDA only)."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}")
-    device_type = torch.device(device).type
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device_type != "cuda":
-        raise ValueError("amp='fp16' needs a CUDA device; on CPU use amp='bf16'")
-    return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[amp])

@@ -1,0 +1,115 @@
+"""The run folder: never overwritten by accident, one process at a time (run.lock), status.json, and resume
+semantics (a changed lr / epochs on resume takes effect)."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import train
+from utils.checkpoint import read_training_state
+from utils.logger import read_summary
+from utils.run_folder import RunFolder, is_running, read_status
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--img-size", "16", "--model-kwargs", "embed_dims=16",
+        "--T", "1", "--batch-size", "16", "--progress", "false", "--workers", "0", "--fastpath", "false",
+        "--max-train-batches", "2", "--max-eval-batches", "1", "--plot", "false", "--tensorboard", "false",
+        "--warmup-epochs", "0", "--sched-on-updates", "false", "--min-lr", "1e-5"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+def _run(tmp_path, *extra, name="x"):
+    return train.main(TINY + ["--output", str(tmp_path), "--experiment", name, *extra])
+
+
+def _lrs(tmp_path, name="x"):
+    return [float(r["lr"]) for r in read_summary(str(tmp_path / name / "summary.csv"))]
+
+
+def test_rerun_without_resume_stops_and_loses_nothing(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "2") == 0
+    run = tmp_path / "x"
+    before = {f: (run / f).read_bytes() for f in ("summary.csv", "best.pth.tar", "last.pth.tar", "args.yaml")}
+    status = read_status(str(run))
+    assert status["state"] == "finished" and status["epoch"] == 1 and status["total_epochs"] == 2
+    assert status["best_top1"] == pytest.approx(read_training_state(run / "best.pth.tar")["best_metric"])
+    assert {"best_epoch", "pid", "updated", "exit_message"} <= set(status)
+    capsys.readouterr()
+
+    assert _run(tmp_path, "--epochs", "1") == 2  # the same folder, no --resume
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume auto" in err and "--experiment" in err and "--overwrite" in err
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+    # resuming a finished run: says so, with its best top-1, and rewrites nothing
+    assert _run(tmp_path, "--epochs", "2", "--resume", "auto") == 0
+    out = "".join(capsys.readouterr())
+    assert "is finished (2/2 epochs, best top-1" in out and "another --experiment" in out
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+    # an explicit --overwrite starts afresh
+    assert _run(tmp_path, "--epochs", "1", "--overwrite", "true") == 0
+    assert len(read_summary(str(run / "summary.csv"))) == 1 and read_status(str(run))["total_epochs"] == 1
+
+
+def test_a_second_process_on_a_locked_folder_stops_at_once(tmp_path, capsys):
+    holder = RunFolder(str(tmp_path / "x"))
+    holder.lock("train.py --the-other-run")
+    try:
+        assert is_running(str(tmp_path / "x"))
+        assert _run(tmp_path, "--epochs", "1") == 2
+        err = capsys.readouterr().err
+        assert f"is in use by pid {os.getpid()}" in err and "--the-other-run" in err
+        assert not (tmp_path / "x" / "summary.csv").exists()
+    finally:
+        holder.release()
+    # the lock file left behind by a finished (or killed) holder does not block
+    assert not is_running(str(tmp_path / "x"))
+    assert _run(tmp_path, "--epochs", "1") == 0
+    assert not is_running(str(tmp_path / "x")) and read_status(str(tmp_path / "x"))["state"] == "finished"
+
+
+def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
+    lr, min_lr = 5e-3, 1e-5
+    assert _run(tmp_path, "--epochs", "2") == 0
+    capsys.readouterr()
+    assert _run(tmp_path, "--epochs", "4", "--resume", "auto") == 0
+    log = "".join(capsys.readouterr())
+    assert "epochs 2 -> 4" in log and "in effect from here on" in log
+    cosine = [min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / n)) for n, e in ((2, 0), (2, 1), (4, 2), (4, 3))]
+    assert _lrs(tmp_path) == pytest.approx(cosine, rel=1e-3)  # epochs 2, 3 on the 4-epoch cosine, not at min_lr
+    assert read_status(str(tmp_path / "x"))["total_epochs"] == 4
+
+
+def test_resume_with_a_lower_lr_uses_it(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "2", "--sched", "none", "--lr", "4e-3") == 0
+    assert _run(tmp_path, "--epochs", "3", "--sched", "none", "--lr", "1e-3", "--resume", "auto") == 0
+    assert _lrs(tmp_path) == pytest.approx([4e-3, 4e-3, 1e-3])
+    state = read_training_state(tmp_path / "x" / "last.pth.tar")
+    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {1e-3}
+    assert "lr 0.004 -> 0.001" in "".join(capsys.readouterr())
+
+
+def test_banner_explains_warmup_and_cooldown(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "2", "--warmup-epochs", "1", "--cooldown-epochs", "1", "--max-train-batches",
+                "1") == 0
+    log = "".join(capsys.readouterr())
+    assert ("cosine over 2 epochs, the first 1 of them linear warm-up + 1 cooldown epochs at min_lr 1e-05 "
+            "= 3 epochs in all (0..2)") in log
+    assert json.loads((tmp_path / "x" / "status.json").read_text())["epoch"] == 2
+
+
+def test_resume_command_keeps_the_overrides():
+    argv = ["-c", "demo/digits.yaml", "--lr", "1e-3", "--resume", "x.pth", "--overwrite=true", "--experiment", "a b"]
+    assert train.resume_command(argv) == ("python train.py -c demo/digits.yaml --lr 1e-3 --experiment 'a b' "
+                                          "--resume auto")

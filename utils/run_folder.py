@@ -1,0 +1,120 @@
+"""The run folder ``<output>/<experiment>/``: one run at a time, never overwritten by accident, its state on disk.
+
+* :meth:`RunFolder.lock` takes ``run.lock`` with ``fcntl.flock`` for the run's lifetime. The kernel drops
+  the lock when the process ends in any way (kill -9 included), so a stale file never blocks; the file
+  holds the holder's pid, host and command for the message a second process prints. Other tools treat a
+  folder whose ``run.lock`` is flock-held as running (:func:`is_running`).
+* :meth:`RunFolder.check_fresh_start` refuses to start a new run over a folder that already holds one.
+* :meth:`RunFolder.write_status` keeps ``status.json`` (written atomically) up to date: ``state`` is
+  running | finished | failed | interrupted | diverged.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import socket
+from typing import Any, Dict, Optional
+
+from utils.config import ConfigError
+
+__all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "STATUS_NAME"]
+
+LOCK_NAME = "run.lock"
+STATUS_NAME = "status.json"
+# files that mean "a run lives here" (and that --overwrite removes, with the other outputs below)
+RUN_FILES = ("args.yaml", "summary.csv", "last.pth.tar", "best.pth.tar")
+_OUTPUTS = RUN_FILES + ("learning_curve.png", STATUS_NAME, "wandb_id.txt", "tensorboard")
+
+
+def is_running(run_dir: str) -> bool:
+    """True when a live process holds ``<run_dir>/run.lock``."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
+    """``<run_dir>/status.json`` as a dict, or None when absent or unreadable."""
+    try:
+        with open(os.path.join(run_dir, STATUS_NAME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class RunFolder:
+    """One run folder; ``lock()`` it before writing anything into it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock_file = None
+        self.status: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ lock
+    def lock(self, command: str) -> None:
+        """Hold ``run.lock`` until :meth:`release` or process exit; ConfigError naming the holder if taken."""
+        os.makedirs(self.path, exist_ok=True)
+        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"run folder {self.path} is in use by {holder}. Wait for that run to end (or stop it), "
+                              f"or choose another --experiment") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} ({command})\n")
+        f.flush()
+        self._lock_file = f
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # ------------------------------------------------------------------ overwrite protection
+    def existing_run_files(self):
+        return [n for n in RUN_FILES if os.path.exists(os.path.join(self.path, n))]
+
+    def check_fresh_start(self, overwrite: bool) -> None:
+        """Before a run that starts from epoch 0: refuse a folder holding a run unless ``overwrite``,
+        in which case its previous outputs are removed."""
+        found = self.existing_run_files()
+        if not found:
+            return
+        if not overwrite:
+            raise ConfigError(
+                f"run folder {self.path} already holds a run ({', '.join(found)}). Continue it with --resume auto, "
+                f"choose another --experiment, or pass --overwrite true to delete it and start again")
+        for name in _OUTPUTS:
+            p = os.path.join(self.path, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+
+    # ------------------------------------------------------------------ status.json
+    def write_status(self, **fields) -> None:
+        """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file)."""
+        self.status.update(fields)
+        self.status.update(pid=os.getpid(),
+                           updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        path = os.path.join(self.path, STATUS_NAME)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.status, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
