@@ -393,18 +393,31 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 log_interval=cfg.log_interval, max_batches=cfg.max_train_batches, world_size=dist_info.world_size,
                 progress=cfg.progress and main, on_log=logger.log_step if logger is not None else None,
                 start_step=start_step, loss_sum=partial["loss_sum"] if partial else 0.0,
-                rng_state=state["rng"] if partial else None, should_stop=stop.requested)
+                rng_state=state["rng"] if partial else None, should_stop=stop.requested,
+                loader_errors=(data_lib.BadSampleError,))
             partial = None
             num_updates = stats["num_updates"]
-            if stats["stopped_at"] is not None:  # a stop signal: save the position inside the epoch
+
+            def save_position(step: int) -> None:  # the position inside this epoch, for --resume auto
                 if main:
                     save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={
-                        "epoch": epoch, "step": stats["stopped_at"], "loss_sum": stats["loss_sum"]}), last_path)
+                        "epoch": epoch, "step": step, "loss_sum": stats["loss_sum"]}), last_path)
                 barrier()
+
+            if stats["error"] is not None:  # an unreadable training sample: keep the work done, name the file
+                save_position(stats["stopped_at"])
+                raise _saved(stats["error"], f"epoch {epoch}, step {stats['stopped_at']}")
+            if stats["stopped_at"] is not None:  # a stop signal
+                save_position(stats["stopped_at"])
                 raise TrainingStopped(stop.signum, f"in epoch {epoch} after step {stats['stopped_at']} "
                                                    f"({last_path} holds that position)")
-            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"],
-                   **_evaluate(t, eval_loader, device, cfg.max_eval_batches), "img_per_s": stats["img_per_s"]}
+            try:
+                ev = _evaluate(t, eval_loader, device, cfg.max_eval_batches)
+            except data_lib.BadSampleError as err:  # the epoch's training is kept: a resume only evaluates
+                save_position(min(len(train_loader), cfg.max_train_batches or len(train_loader)))
+                raise _saved(err, f"the evaluation after epoch {epoch}") from None
+            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], **ev,
+                   "img_per_s": stats["img_per_s"]}
             metric = row[metric_key]
             improved = best["metric"] is None or metric > best["metric"]
             if improved:
@@ -432,6 +445,12 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                   f"outputs in {os.path.abspath(run_dir)}: summary.csv, learning_curve.png, tensorboard/, "
                   f"last.pth.tar, best.pth.tar, args.yaml")
     return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run_dir}
+
+
+def _saved(err, where: str):
+    """``err`` (an unreadable sample) marked as met in ``where`` after the run's position was saved."""
+    err.saved_position = where
+    return err
 
 
 def _position(state: Optional[Dict[str, Any]]):
@@ -487,6 +506,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run(cfg, stop, command=" ".join(["train.py", *argv]))
         return 0
     except input_errors() as err:
+        if getattr(err, "saved_position", None) and is_main():
+            print(f"error: {err}\nThe run stopped in {err.saved_position}; its position is saved. Fix or remove "
+                  f"the file, then continue with:\n  {resume_command(argv)}", file=sys.stderr)
+            return 2
         return report_input_error(err)
     except NonFiniteLossError as err:
         if is_main():

@@ -212,3 +212,8 @@ def test_adamw_has_no_weight_decay_on_1d_params_and_biases():
     by_id = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert by_id[id(p)] == (0.0 if p.ndim <= 1 else 0.06), name
+
+
+def test_none_on_the_command_line_switches_off_an_optional_key():
+    assert parse_config(["--aa", "none", "--clip-grad", "null"]).aa is None
+    assert parse_config(["--aa", "rand-m9-mstd0.5-inc1"]).aa == "rand-m9-mstd0.5-inc1"

@@ -113,3 +113,30 @@ def test_resume_command_keeps_the_overrides():
     argv = ["-c", "demo/digits.yaml", "--lr", "1e-3", "--resume", "x.pth", "--overwrite=true", "--experiment", "a b"]
     assert train.resume_command(argv) == ("python train.py -c demo/digits.yaml --lr 1e-3 --experiment 'a b' "
                                           "--resume auto")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_unreadable_sample_keeps_the_work_done_and_names_the_file(tmp_path, capsys, split):
+    """A truncated image stops the run with its name; the position is saved, and once the file is fixed
+    ``--resume auto`` continues from there (a bad validation image costs no training)."""
+    from tests.test_data import write_imagefolder
+
+    data = tmp_path / "inet"
+    write_imagefolder(data, per_class=8, size=(20, 20))
+    bad = data / split / "n01443537" / ("n01443537_5.JPEG" if split == "train" else "n01443537_1.JPEG")
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 3])
+    args = ["--dataset", "imagenet", "--data-path", str(data), "--img-size", "16", "--batch-size", "2",
+            "--max-train-batches", "0", "--max-eval-batches", "0", "--epochs", "1", "--val-batch-size", "4",
+            "--aa", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0"]
+    assert _run(tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "position is saved" in err and "--resume auto" in err
+    state = read_training_state(str(tmp_path / "x" / "last.pth.tar"))
+    steps = state["partial_epoch"]["step"]
+    assert state["epoch"] == -1 and (0 < steps < 8 if split == "train" else steps == 8)
+    assert read_status(str(tmp_path / "x"))["state"] == "failed"
+    bad.write_bytes(good)
+    assert _run(tmp_path, *args, "--resume", "auto") == 0
+    rows = read_summary(str(tmp_path / "x" / "summary.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0] and math.isfinite(float(rows[0]["train_loss"]))

@@ -241,6 +241,8 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
     """Return ``value`` converted to ``opt``'s type, or raise :class:`ConfigError`."""
     where = f"config key '{key}'"
     kind = opt.kind
+    if from_cli and opt.default is None and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None  # '--aa none' switches off an option that is off by default
     if value is None:
         if opt.default is None or kind is None:
             return None

@@ -8,6 +8,7 @@ by ``models.reset_net`` so no membrane state leaks between batches.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import dataclasses
 import math
 import random
@@ -381,6 +382,7 @@ def train_one_epoch(
     loss_sum: float = 0.0,
     rng_state: Optional[Dict[str, Any]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    loader_errors: tuple = (),
 ) -> Dict[str, float]:
     """One pass over ``loader``; returns ``train_loss`` (mean over processes), ``img_per_s``, ``num_updates``.
 
@@ -388,7 +390,10 @@ def train_one_epoch(
     ``loss_sum`` is the loss summed over them and ``rng_state`` (restored once the loader iterator
     exists) the RNG state after them. ``should_stop()`` is asked after each optimizer update (under DDP
     at the loss syncs, agreed by all processes); when it says yes the pass ends there and the result has
-    ``stopped_at`` (steps done) and ``loss_sum`` for a checkpoint that continues exactly.
+    ``stopped_at`` (steps done) and ``loss_sum`` for a checkpoint that continues exactly. An exception of
+    ``loader_errors`` raised by the loader (an unreadable sample) ends the pass the same way, with the
+    exception as ``error``, when it comes between two optimizer updates (inside an accumulation group it
+    propagates: no consistent position exists there).
 
     ``img_per_s`` counts the training steps after the first one of the epoch (which carries the loader
     start-up and, in the first epoch, compilation), so it compares with ``benchmark.py``'s timed steps;
@@ -427,8 +432,17 @@ def train_one_epoch(
         from utils.checkpoint import restore_rng_state
 
         restore_rng_state(rng_state)
-    first, stopped_at = start_step, None
-    for i, (x, y) in enumerate(batches, start=start_step):
+    first, stopped_at, error = start_step, None, None
+    for i in itertools.count(start_step):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            break
+        except loader_errors as err:
+            if i % accum_steps:
+                raise
+            stopped_at, error = i, err
+            break
         if i >= n:
             break
         x = _to_device(x, device, channels_last)
@@ -504,7 +518,7 @@ def train_one_epoch(
         t_steady, seen_first = t0, 0
     return {"train_loss": total / n, "num_updates": num_updates, "train_seconds": t_end - t0,
             "img_per_s": (seen - seen_first) * world_size / max(t_end - t_steady, 1e-9),
-            "stopped_at": stopped_at, "loss_sum": total}
+            "stopped_at": stopped_at, "loss_sum": total, "error": error}
 
 
 @torch.no_grad()
