@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-pool", default=None, action=bool_flag, help="max-pool in channels-last")
     p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: as train.py, the cores other processes leave free)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="'' disables")
@@ -173,9 +174,9 @@ def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
     from models import ModelError, create_model, input_spec, parse_model_kwargs
     from utils.fastpath import EAGER, prepare_input, prepare_model
+    from utils.threads import ThreadPolicy
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ThreadPolicy.start(args.threads)  # as train.py: the cores other processes leave free, unless --threads
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark.py: --device cuda but no CUDA device is visible; use --device cpu")

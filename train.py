@@ -164,18 +164,18 @@ class StopSignals:
 
 
 def _setup_process(cfg: Config):
-    """Distributed init, console logging, threads and determinism; returns the DistInfo."""
+    """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
     global _log
     from utils.distributed import init_distributed
     from utils.logger import setup_console_logging
+    from utils.threads import ThreadPolicy
 
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
     _log = setup_console_logging(dist_info.is_main)
-    if dist_info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and dist_info.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.world_size))
+    dist_info.threads = ThreadPolicy.start(cfg.threads, dist_info.world_size)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # deterministic mode also NaN-fills every new tensor (a debugging aid for reads of uninitialised
@@ -245,7 +245,7 @@ def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) ->
         "num_classes": num_classes, "params": t.n_params, "T": getattr(t.eval_model, "T", cfg.T),
         "neuron_implementation": neuron_impl,
         "fastpath": dataclasses.asdict(t.fastpath) if t.fastpath is not None else "off (plain eager path)",
-        "total_epochs": t.total_epochs,
+        "total_epochs": t.total_epochs, "threads": dist_info.threads.describe(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
     with open(os.path.join(run_dir, "args.yaml"), "w") as f:
@@ -263,6 +263,7 @@ def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) ->
         f"optimizer   {cfg.opt}, {lr_desc}, weight decay {cfg.weight_decay:g}",
         f"schedule    {_describe_schedule(cfg, t.total_epochs)}",
         f"device      {dist_info.device}  amp {cfg.amp}  channels_last {t.channels_last}  ema {cfg.model_ema}",
+        f"threads     {dist_info.threads.describe()}",
         f"fast path   {_describe_fastpath(t.fastpath)}",
         f"neurons     {neuron_impl}",
         f"versions    torch {v['torch']}  timm {v['timm']}  spikingjelly {v['spikingjelly']}  cuda {v['cuda']}",
@@ -366,6 +367,13 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                               best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
                               config=_plain(cfg.to_dict()), **fields)
 
+    def on_log(step: int, loss: float, lr: float) -> None:
+        if dist_info.threads.update() is not None and main:
+            _log.info(f"threads: {dist_info.threads.threads} (other processes now use "
+                      f"{dist_info.threads.others:.1f} of {dist_info.threads.cpus} CPUs)")
+        if logger is not None:
+            logger.log_step(step, loss, lr)
+
     def agreed_stop() -> bool:
         if dist_info.world_size == 1:
             return stop.requested()
@@ -391,7 +399,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 sched_on_updates=cfg.sched_on_updates, num_updates=num_updates, accum_steps=cfg.accum_steps,
                 clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, channels_last=t.channels_last,
                 log_interval=cfg.log_interval, max_batches=cfg.max_train_batches, world_size=dist_info.world_size,
-                progress=cfg.progress and main, on_log=logger.log_step if logger is not None else None,
+                progress=cfg.progress and main, on_log=on_log,
                 start_step=start_step, loss_sum=partial["loss_sum"] if partial else 0.0,
                 rng_state=state["rng"] if partial else None, should_stop=stop.requested,
                 loader_errors=(data_lib.BadSampleError,))

@@ -72,6 +72,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
     "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
+    "threads": _o(0, int, "CPU threads per process; 0 = automatic: the cores other processes leave free, "
+                  "re-measured during the run (OMP_NUM_THREADS, when set, is kept)"),
     # model
     "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
     "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ... adds to "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str = ""
+    threads: Any = None  # the process's utils.threads.ThreadPolicy, set by train.py
 
     @property
     def distributed(self) -> bool:
