@@ -367,6 +367,13 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                               best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
                               config=_plain(cfg.to_dict()), **fields)
 
+    def save_position(epoch: int, step: int, loss_sum: float) -> None:
+        """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
+        if main:
+            save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step,
+                                                                       "loss_sum": loss_sum}), last_path)
+        barrier()
+
     def on_log(step: int, loss: float, lr: float) -> None:
         if dist_info.threads.update() is not None and main:
             _log.info(f"threads: {dist_info.threads.threads} (other processes now use "
@@ -406,23 +413,18 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
             partial = None
             num_updates = stats["num_updates"]
 
-            def save_position(step: int) -> None:  # the position inside this epoch, for --resume auto
-                if main:
-                    save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={
-                        "epoch": epoch, "step": step, "loss_sum": stats["loss_sum"]}), last_path)
-                barrier()
-
             if stats["error"] is not None:  # an unreadable training sample: keep the work done, name the file
-                save_position(stats["stopped_at"])
+                save_position(epoch, stats["stopped_at"], stats["loss_sum"])
                 raise _saved(stats["error"], f"epoch {epoch}, step {stats['stopped_at']}")
             if stats["stopped_at"] is not None:  # a stop signal
-                save_position(stats["stopped_at"])
+                save_position(epoch, stats["stopped_at"], stats["loss_sum"])
                 raise TrainingStopped(stop.signum, f"in epoch {epoch} after step {stats['stopped_at']} "
                                                    f"({last_path} holds that position)")
             try:
                 ev = _evaluate(t, eval_loader, device, cfg.max_eval_batches)
             except data_lib.BadSampleError as err:  # the epoch's training is kept: a resume only evaluates
-                save_position(min(len(train_loader), cfg.max_train_batches or len(train_loader)))
+                save_position(epoch, min(len(train_loader), cfg.max_train_batches or len(train_loader)),
+                              stats["loss_sum"])
                 raise _saved(err, f"the evaluation after epoch {epoch}") from None
             row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], **ev,
                    "img_per_s": stats["img_per_s"]}
