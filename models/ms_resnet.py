@@ -199,8 +199,9 @@ class SpikingResNet(SpikingModel):
         return x.mean(0) if pre_logits else self.fc1(x).mean(0)
 
 
-def _create_resnet(variant: str, layers, pretrained: bool = False, **kwargs) -> SpikingResNet:
-    """``SpikingResNet(layers, **kwargs)`` for CIFAR input through timm's builder."""
+def _create_resnet(variant: str, default_layers, pretrained: bool = False, **kwargs) -> SpikingResNet:
+    """``SpikingResNet(layers, **kwargs)`` for CIFAR input through timm's builder (a ``layers`` kwarg overrides)."""
+    layers = kwargs.pop("layers", default_layers)
     return build_spiking_model(SpikingResNet, variant, pretrained, data="cifar", num_stages=len(layers),
                                layers=layers, **kwargs)
 
