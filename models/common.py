@@ -20,8 +20,7 @@ spikingjelly's multi-step mode). At the timm API the time axis moves out of the 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -31,8 +30,9 @@ from timm.models._features import feature_take_indices
 
 from .neurons import NeuronConfig, reset_net
 
-__all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "cfg", "fold_time", "unfold_time",
-           "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T", "init_trunc_normal"]
+__all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg", "fold_time",
+           "unfold_time", "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
+           "init_trunc_normal"]
 
 NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
 # Passed by timm-style training scripts; the published models have no dropout / DropPath.
@@ -50,7 +50,7 @@ DATA_CFG = {
 _FRAME_DATA = ("dvs",)  # datasets whose samples are [T, C, H, W] event frames
 
 
-def cfg(data: str, **kwargs) -> dict:
+def variant_cfg(data: str, **kwargs) -> dict:
     """One entry of a family's ``default_cfgs`` table: the data config of ``data`` plus ``kwargs``."""
     return dict(DATA_CFG[data], license="mit", **kwargs)
 

@@ -27,7 +27,8 @@ from mixer_hub import is_attention_mixer
 
 from .blocks import Block
 from .embeddings import DOWNSAMPLING, create_embedding
-from .common import SpikingModel, build_spiking_model, cfg, init_trunc_normal, neuron_config_from_kwargs, resolve_in_chans
+from .common import (SpikingModel, build_spiking_model, init_trunc_normal, neuron_config_from_kwargs, resolve_in_chans,
+                     variant_cfg)
 from .neurons import NeuronConfig
 
 __all__ = ["SpikingTransformer", "VARIANTS", "default_cfgs"]
@@ -214,8 +215,8 @@ def _create_spiking_transformer(variant: str, data: str, pretrained: bool = Fals
 
 def _cfg(data: str, first_conv: str, pool: int, **kwargs) -> dict:
     """Config of a variant: its dataset's input and normalisation; ``pool``: input side / last-stage side."""
-    size = cfg(data)["input_size"][1]
-    return cfg(data, first_conv=first_conv, classifier="head", pool_size=(size // pool, size // pool), **kwargs)
+    size = variant_cfg(data)["input_size"][1]
+    return variant_cfg(data, first_conv=first_conv, classifier="head", pool_size=(size // pool, size // pool), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -35,7 +35,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import layer as sj_layer
 from timm.models import generate_default_cfgs, register_model
 
-from .common import SpikingModel, build_spiking_model, cfg, neuron_config_from_kwargs, resolve_in_chans
+from .common import SpikingModel, build_spiking_model, variant_cfg, neuron_config_from_kwargs, resolve_in_chans
 from .neurons import NeuronConfig
 
 __all__ = [
@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Module:
-    return sj_layer.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False, step_mode="m")
+    return sj_layer.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False,
+                           step_mode="m")
 
 
 def _bn(ch: int) -> nn.Module:
@@ -207,8 +208,8 @@ def _create_resnet(variant: str, default_layers, pretrained: bool = False, **kwa
 
 
 def _cfg(pool: int, **kwargs) -> dict:
-    return cfg("cifar", num_classes=10, first_conv="conv1", classifier="fc1", pool_size=(32 // pool, 32 // pool),
-               **kwargs)
+    return variant_cfg("cifar", num_classes=10, first_conv="conv1", classifier="fc1",
+                       pool_size=(32 // pool, 32 // pool), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

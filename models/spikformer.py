@@ -37,7 +37,7 @@ from timm.models import generate_default_cfgs, register_model
 from mixer_hub import SSA
 
 from .neurons import NeuronConfig
-from .common import SpikingModel, build_spiking_model, cfg, fold_time, init_trunc_normal, \
+from .common import SpikingModel, build_spiking_model, variant_cfg, fold_time, init_trunc_normal, \
     neuron_config_from_kwargs, resolve_in_chans, unfold_time
 
 __all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "default_cfgs"]
@@ -191,8 +191,9 @@ class Spikformer(SpikingModel):
         in_chans = resolve_in_chans("Spikformer", in_channels, in_chans, 3)
         for name, v in (("embed_dims", embed_dims), ("depths", depths), ("num_heads", num_heads),
                         ("num_classes", num_classes)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name in ("embed_dims", "num_heads") else 0):
-                raise ValueError(f"Spikformer: {name} must be a {'positive' if name in ('embed_dims', 'num_heads') else 'non-negative'} int, got {v!r}")
+            low = 1 if name in ("embed_dims", "num_heads") else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"Spikformer: {name} must be an int >= {low}, got {v!r}")
         if embed_dims % num_heads:
             raise ValueError(f"Spikformer: embed_dims={embed_dims} is not divisible by num_heads={num_heads}; "
                              f"choose num_heads among the divisors of {embed_dims}")
@@ -260,9 +261,9 @@ def _create_spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spik
 
 
 def _cfg(data: str, pool: int, **kwargs) -> dict:
-    size = cfg(data)["input_size"][1]
-    return cfg(data, first_conv="patch_embed.proj_conv", classifier="head", pool_size=(size // pool, size // pool),
-               **kwargs)
+    size = variant_cfg(data)["input_size"][1]
+    return variant_cfg(data, first_conv="patch_embed.proj_conv", classifier="head",
+                       pool_size=(size // pool, size // pool), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
