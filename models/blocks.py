@@ -1,7 +1,8 @@
 """Spiking MLP and transformer block (token mixer + MLP) with membrane shortcuts.
 
-Both take and return membrane-level tensors ``[T, B, C, H, W]``; every branch starts with its
-own LIF and ends in BatchNorm, and residuals add BN outputs (membrane shortcut).
+Both take and return membrane-level tensors ``[T, B, C, H, W]``. Every convolutional branch starts
+with its own LIF and ends in BatchNorm, and residuals add BN outputs (membrane shortcut); the
+parameter-free mixers (identity, max, avg) have no branch of their own.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn as nn
 
 from mixer_hub import create_mixer
 
+from .common import fold_time, unfold_time
 from .neurons import NeuronConfig
 
 __all__ = ["SpikingMLP", "Block"]
@@ -44,17 +46,20 @@ class SpikingMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         identity = x
-        h = self.fc1_bn(self.fc1_conv(self.fc1_lif(x).flatten(0, 1)))
-        h = h.reshape(T, -1, *h.shape[1:])
+        h = unfold_time(self.fc1_bn(self.fc1_conv(fold_time(self.fc1_lif(x)))), T)
         if self.hidden_residual:
             h = h + identity
             identity = h
-        y = self.fc2_bn(self.fc2_conv(self.fc2_lif(h).flatten(0, 1)))
+        y = self.fc2_bn(self.fc2_conv(fold_time(self.fc2_lif(h))))
         return y.reshape(x.shape) + identity
 
 
 class Block(nn.Module):
-    """Token mixer (adds its own residual) followed by the spiking MLP.
+    """Token mixer followed by the spiking MLP.
+
+    The residual around the mixer is the mixer's: DWC, SSA, QKA and SDSA return ``x + branch(x)``;
+    the pooling mixers (``max``, ``avg``) return the pooled map in place of ``x`` and ``identity``
+    returns ``x`` unchanged, as in the published code.
 
     The mixer is stored as ``attn`` (attention mixers) or ``mixer`` (the others), the published
     attribute names.

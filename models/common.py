@@ -1,22 +1,43 @@
-"""Helpers shared by every model family: kwargs handling, input layout, timm data configs."""
+"""What every model family shares: the timm model API of a spiking network, its builder, kwargs and input layout.
+
+:class:`SpikingModel` is the base class of the three families. It gives them timm's model API
+(``forward_features`` / ``forward_head(pre_logits=...)`` / ``forward_intermediates`` /
+``get_classifier`` / ``reset_classifier`` / ``set_grad_checkpointing`` / ``feature_info``) and a
+*stateless* forward: every pass starts from fresh membrane potentials, so ``model(x)`` is a pure
+function of ``x`` in any training or inference loop. Streaming use (state kept across calls) opts
+in with the model kwarg ``stateful=True``; ``reset_net(model)`` then clears the state.
+
+Time-step layout: inside the network every tensor is ``[T, B, C, H, W]`` (time major, as
+spikingjelly's multi-step mode). At the timm API the time axis moves out of the way:
+
+* ``forward_features(x)`` returns the unpooled last-stage map as ``[B, C, H, W, T]`` (timm's NCHW
+  with the time steps as a trailing axis, so code that reads channels at dim 1 and space at dims
+  2-3 works); :meth:`SpikingModel.forward_features_seq` returns the raw ``[T, B, C, H, W]``;
+* ``forward_intermediates`` / ``features_only=True`` return per-stage maps in NCHW, reduced over
+  time by the mean over T of the membrane-level stage output (``output_fmt='TNCHW'`` gives the raw
+  per-step maps).
+"""
 from __future__ import annotations
 
 import dataclasses
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
 
-from .neurons import NeuronConfig
+from .neurons import NeuronConfig, reset_net
 
-__all__ = ["NEURON_KWARGS", "DATA_CFG", "neuron_config_from_kwargs", "pop_timm_kwargs", "to_time_major",
-           "check_T", "data_config", "init_trunc_normal"]
+__all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg", "fold_time",
+           "unfold_time", "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
+           "init_trunc_normal"]
 
 NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
-# Passed by timm.create_model to every entry point; nothing here is hosted on a hub.
-_TIMM_IGNORED_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 # Passed by timm-style training scripts; the published models have no dropout / DropPath.
 _DROP_KWARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
+GLOBAL_POOLS = ("avg", "")
 
 # Input size and normalisation per dataset family (timm ``pretrained_cfg``).
 DATA_CFG = {
@@ -26,6 +47,22 @@ DATA_CFG = {
     "imagenet": dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                      crop_pct=0.875, interpolation="bicubic"),
 }
+_FRAME_DATA = ("dvs",)  # datasets whose samples are [T, C, H, W] event frames
+
+
+def variant_cfg(data: str, **kwargs) -> dict:
+    """One entry of a family's ``default_cfgs`` table: the data config of ``data`` plus ``kwargs``."""
+    return dict(DATA_CFG[data], license="mit", **kwargs)
+
+
+def fold_time(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, ...] -> [T*B, ...]``: time folded into the batch, as convolutions and BatchNorm see it."""
+    return x.flatten(0, 1)
+
+
+def unfold_time(y: torch.Tensor, T: int) -> torch.Tensor:
+    """Inverse of :func:`fold_time`: ``[T*B, ...] -> [T, B, ...]``."""
+    return y.reshape(T, -1, *y.shape[1:])
 
 
 def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfig:
@@ -33,24 +70,22 @@ def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfi
     unknown = sorted(set(kwargs) - set(NEURON_KWARGS))
     if unknown:
         raise TypeError(
-            f"{model} got unexpected keyword argument(s) {unknown}. Neuron kwargs are "
-            f"neuron='lif'|'if', {', '.join(NEURON_KWARGS)}."
+            f"{model} got unexpected keyword argument(s) {unknown}. Model kwargs besides the architecture are "
+            f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron='lif'|'if' and "
+            f"the neuron kwargs {', '.join(NEURON_KWARGS)}."
         )
     return NeuronConfig.from_kwargs(neuron, **kwargs)
 
 
-def pop_timm_kwargs(name: str, pretrained: bool, kwargs: dict) -> dict:
-    """``kwargs`` without what ``timm.create_model`` and training scripts add but these models do not use."""
-    if pretrained:
-        raise ValueError(
-            f"{name}: no weights are hosted for timm's pretrained=True; build the model, then load the "
-            "authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
-        )
-    kwargs = {k: v for k, v in kwargs.items() if k not in _TIMM_IGNORED_KWARGS}
-    for k in _DROP_KWARGS:
-        if kwargs.pop(k, 0.0):
-            raise ValueError(f"{name}: {k} is not supported (the published models use no dropout/DropPath)")
-    return kwargs
+def resolve_in_chans(model: str, in_channels: Optional[int], in_chans: Optional[int], default: int) -> int:
+    """Input channels from ``in_chans`` (timm's name) or its alias ``in_channels``; both must agree if given."""
+    if in_channels is not None and in_chans is not None and in_channels != in_chans:
+        raise ValueError(f"{model}: in_chans={in_chans} and in_channels={in_channels} disagree; "
+                         f"they are the same setting, pass one of them")
+    value = in_chans if in_chans is not None else in_channels if in_channels is not None else default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{model}: in_chans must be a positive int, got {value!r}")
+    return value
 
 
 def to_time_major(x: torch.Tensor, T: int, in_channels: int, model: str) -> torch.Tensor:
@@ -71,7 +106,7 @@ def to_time_major(x: torch.Tensor, T: int, in_channels: int, model: str) -> torc
     if x.shape[2] != in_channels:
         raise ValueError(
             f"{model} was built for {in_channels} input channels but got {x.shape[2]} "
-            f"(input shape {tuple(x.shape)}); pass in_channels={x.shape[2]} when creating it"
+            f"(input shape {tuple(x.shape)}); pass in_chans={x.shape[2]} when creating it"
         )
     return x
 
@@ -83,20 +118,219 @@ def check_T(T, model: str) -> int:
     return T
 
 
-def data_config(data: str, name: str, model: nn.Module, first_conv: str, classifier: str, **overrides) -> dict:
-    """timm ``pretrained_cfg`` of a variant: input size and normalisation of its dataset.
-
-    Also records on ``model`` whether it takes event frames ``[B,T,C,H,W]`` (``input_frames``, read by
-    :func:`models.factory.input_spec`).
-    """
-    model.input_frames = data == "dvs"
-    return dict(DATA_CFG[data], num_classes=model.num_classes, first_conv=first_conv, classifier=classifier,
-                architecture=name, **overrides)
-
-
 def init_trunc_normal(m: nn.Module, types=(nn.Linear,)) -> None:
     """Published init for layers of ``types``: weight trunc-normal(std 0.02), bias 0 (use with ``model.apply``)."""
     if isinstance(m, types):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.constant_(m.bias, 0)
+
+
+def _check_global_pool(model: str, global_pool: str, num_classes: int) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"{model}: global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(f"{model}: global_pool='' needs num_classes=0: the spiking head pools the tokens "
+                         f"before its neurons and classifier, so an unpooled map has no logits")
+    return global_pool
+
+
+class SpikingModel(nn.Module):
+    """Base class of the spiking families: timm's model API and the stateless forward.
+
+    A family builds its modules, then calls :meth:`_init_timm_api`, and implements
+
+    * ``_stem(x)``: ``[T,B,C,H,W]`` input -> input of the first stage (identity if none);
+    * ``_stages()``: per stage, the modules it runs in order (each ``[T,B,C,H,W] -> [T,B,C',H',W']``);
+    * ``_head(seq, pre_logits)``: last-stage ``[T,B,C,H,W]`` -> ``[B, num_classes]`` logits, or
+      ``[B, head_hidden_size]`` with ``pre_logits``;
+
+    and names its classifier attribute in ``classifier_name``.
+    """
+
+    classifier_name = "head"
+
+    def _init_timm_api(self, *, in_chans: int, num_classes: int, num_features: int, T: int,
+                       global_pool: str, stateful: bool, feature_info: List[dict]) -> None:
+        name = type(self).__name__
+        self.T = check_T(T, name)
+        self.in_chans = self.in_channels = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = num_features
+        self.global_pool = _check_global_pool(name, global_pool, num_classes)
+        self.stateful = bool(stateful)
+        self.feature_info = feature_info
+        self.grad_checkpointing = False
+
+    # ------------------------------------------------------------------ state
+    def _begin(self, x: torch.Tensor) -> torch.Tensor:
+        """Fresh membranes (unless ``stateful``), then the input as ``[T,B,C,H,W]``."""
+        if not self.stateful:
+            reset_net(self)
+        return to_time_major(x, self.T, self.in_chans, type(self).__name__)
+
+    # ------------------------------------------------------------------ features
+    def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled last-stage map as the network computes it, ``[T, B, C, H', W']``."""
+        x = self._stem(self._begin(x))
+        for stage in self._stages():
+            for unit in stage:
+                x = unit(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled last-stage map ``[B, C, H', W', T]`` (timm's NCHW plus a trailing time axis).
+
+        ``x``: ``[B,C,H,W]`` images (repeated over ``T`` steps) or ``[B,T,C,H,W]`` event frames.
+        """
+        return self.forward_features_seq(x).permute(1, 2, 3, 4, 0)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B,C,H,W,T]`` from :meth:`forward_features` -> logits ``[B, num_classes]``.
+
+        ``pre_logits=True`` returns what the classifier reads, ``[B, head_hidden_size]``. With
+        ``global_pool=''`` (and no classifier) it returns the unpooled map averaged over T, ``[B,C,H,W]``.
+        """
+        if x.dim() != 5:
+            raise ValueError(f"{type(self).__name__}.forward_head takes forward_features' [B,C,H,W,T] map, "
+                             f"got shape {tuple(x.shape)}")
+        if self.global_pool == "":
+            return x.mean(-1)
+        head_lif = getattr(self, "head_lif", None)
+        if head_lif is not None and not self.stateful:
+            head_lif.reset()
+        return self._head(x.permute(4, 0, 1, 2, 3), pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` from ``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Per-stage maps (timm API), one per entry of ``feature_info``.
+
+        Args:
+            indices: the last n stages if an int, all if None, else the stage indices to return.
+            norm: must be False (these networks have no final norm layer).
+            stop_early: stop after the last stage asked for.
+            output_fmt: ``'NCHW'``: each map is the **mean over the T time steps** of the stage's
+                membrane-level output, ``[B, C, H, W]``; ``'TNCHW'``: the raw per-step maps
+                ``[T, B, C, H, W]``.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``(forward_features(x), maps)`` or ``maps``.
+        """
+        fmt = getattr(output_fmt, "value", output_fmt)
+        if fmt not in ("NCHW", "TNCHW"):
+            raise ValueError(f"output_fmt must be 'NCHW' (mean over time steps) or 'TNCHW' (raw per-step "
+                             f"maps), got {output_fmt!r}")
+        if norm:
+            raise ValueError(f"{type(self).__name__} has no final norm layer; call with norm=False")
+        stages = self._stages()
+        take, max_index = feature_take_indices(len(stages), indices)
+        if stop_early:
+            stages = stages[:max_index + 1]
+        maps = []
+        x = self._stem(self._begin(x))
+        for i, stage in enumerate(stages):
+            for unit in stage:
+                x = unit(x)
+            if i in take:
+                maps.append(x.mean(0) if fmt == "NCHW" else x)
+        if intermediates_only:
+            return maps
+        return x.permute(1, 2, 3, 4, 0), maps
+
+    # ------------------------------------------------------------------ classifier
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_name)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new Linear classifier with ``num_classes`` outputs (``0``: none, ``forward`` returns pre-logits).
+
+        ``global_pool=''`` (with ``num_classes=0``) makes ``forward`` return the unpooled map.
+        """
+        pool = self.global_pool if global_pool is None else global_pool
+        self.global_pool = _check_global_pool(type(self).__name__, pool, num_classes)
+        self.num_classes = num_classes
+        head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        setattr(self, self.classifier_name, head)
+
+    # ------------------------------------------------------------------ training helpers
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each patch embedding / block in backward instead of storing its activations.
+
+        Runs through :func:`utils.fastpath.enable_grad_checkpointing`, which restores each unit's
+        membrane state before the recomputation and keeps BatchNorm statistics from updating twice,
+        so values and gradients equal the plain model's.
+        """
+        from utils.fastpath import block_modules, enable_grad_checkpointing
+
+        if enable:
+            enable_grad_checkpointing(self)
+        else:
+            for _, unit in block_modules(self):
+                if getattr(unit, "_grad_checkpointing", False):
+                    del unit.forward  # the instance attribute set by enable_grad_checkpointing
+                    unit._grad_checkpointing = False
+        self.grad_checkpointing = enable
+
+    # ------------------------------------------------------------------ family hooks
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _stages(self) -> List[List[nn.Module]]:
+        raise NotImplementedError
+
+    def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _data_overlay(data: str, in_chans: int, num_classes: Optional[int]) -> Dict[str, object]:
+    """``pretrained_cfg`` entries that follow the model kwargs: channels (mean/std: the dataset mean of
+    the channel statistics, repeated, when ``in_chans`` differs from the dataset's) and classes."""
+    base = DATA_CFG[data]
+    overlay: Dict[str, object] = {}
+    if num_classes is not None:
+        overlay["num_classes"] = num_classes
+    if in_chans != base["input_size"][0]:
+        mean = sum(base["mean"]) / len(base["mean"])
+        std = sum(base["std"]) / len(base["std"])
+        overlay.update(input_size=(in_chans, *base["input_size"][1:]), mean=(mean,) * in_chans,
+                       std=(std,) * in_chans)
+    return overlay
+
+
+def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str, num_stages: int,
+                        **kwargs) -> nn.Module:
+    """The one builder of every family: ``timm.models.build_model_with_cfg`` plus what spiking models need.
+
+    Refuses ``pretrained=True`` (no weights are hosted), maps ``in_channels`` to timm's ``in_chans``,
+    makes the model's ``pretrained_cfg`` follow ``in_chans``/``num_classes``, and turns
+    ``features_only=True`` into timm's feature extractor over :meth:`SpikingModel.forward_intermediates`
+    (``out_indices`` default: every stage). ``data`` names the dataset family of the config.
+    """
+    if pretrained:
+        raise ValueError(
+            f"{variant}: no weights are hosted for timm's pretrained=True; build the model, then load the "
+            "authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
+        )
+    for k in _DROP_KWARGS:
+        if kwargs.pop(k, 0.0):
+            raise ValueError(f"{variant}: {k} is not supported (the published models use no dropout/DropPath)")
+    kwargs.pop("cache_dir", None)
+    in_chans = resolve_in_chans(variant, kwargs.pop("in_channels", None), kwargs.pop("in_chans", None),
+                                DATA_CFG[data]["input_size"][0])
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    overlay = {**_data_overlay(data, in_chans, kwargs.get("num_classes")), **overlay}
+    model = build_model_with_cfg(
+        model_cls, variant, pretrained=False, pretrained_cfg_overlay=overlay,
+        feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_stages))),
+        in_chans=in_chans, **kwargs)
+    model.input_frames = data in _FRAME_DATA  # read by models.factory.input_spec
+    if not isinstance(model, SpikingModel):  # the features_only wrapper
+        model.T = model.model.T
+        model.model.input_frames = model.input_frames
+    return model

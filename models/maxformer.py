@@ -11,25 +11,27 @@ and every ablation row of its Tables 4 and 7, is a set of kwargs of this class::
 Registered timm variants: ``maxformer_cifar``, ``ms_qkformer_cifar``, ``maxformer_dvs``,
 ``ms_qkformer_dvs``, ``maxformer_10_{384,512,768}``, ``ms_qkformer_10_{384,512,768}``.
 Module names reproduce the published state_dict keys (``patch_embed{i}``, ``stage{i}.{j}``,
-``head``), so the authors' checkpoints load by name.
+``head``), so the authors' checkpoints load by name. The timm model API (features, classifier reset,
+stateless forward, time-step layout) comes from :class:`models.common.SpikingModel`.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 
 from mixer_hub import is_attention_mixer
 
 from .blocks import Block
 from .embeddings import DOWNSAMPLING, create_embedding
-from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import (SpikingModel, build_spiking_model, init_trunc_normal, neuron_config_from_kwargs, resolve_in_chans,
+                     variant_cfg)
 from .neurons import NeuronConfig
 
-__all__ = ["SpikingTransformer", "VARIANTS"]
+__all__ = ["SpikingTransformer", "VARIANTS", "default_cfgs"]
 
 HEADS = ("mean_then_linear", "linear_then_mean")
 WEIGHT_INITS = ("cifar", "imagenet")
@@ -45,7 +47,7 @@ def _per_stage(name: str, value, n: int) -> tuple:
     return (value,) * n
 
 
-class SpikingTransformer(nn.Module):
+class SpikingTransformer(SpikingModel):
     """Hierarchical spiking transformer (Max-Former / MS-QKFormer family).
 
     Args:
@@ -57,13 +59,16 @@ class SpikingTransformer(nn.Module):
         mlp_ratios: MLP hidden ratio (scalar or per stage). Ratio 1 enables the MLP's extra
             hidden residual (the event models).
         num_heads: attention heads (scalar or per stage); must divide the attention widths.
-        in_channels, num_classes: input channels and classes.
-        T: time steps. ``[B,C,H,W]`` inputs are repeated T times; ``[B,T,C,H,W]`` inputs must
-            are transposed to ``[T,B,C,H,W]`` and bring their own number of steps.
+        in_chans (alias ``in_channels``), num_classes: input channels and classes (0: no classifier).
+        T: time steps. ``[B,C,H,W]`` inputs are repeated T times; ``[B,T,C,H,W]`` inputs are
+            transposed to ``[T,B,C,H,W]`` and bring their own number of steps.
         head: ``'mean_then_linear'`` (cifar/event: mean over T, then Linear) or
             ``'linear_then_mean'`` (imagenet: Linear per step, then mean over T).
         weight_init: ``'cifar'`` (trunc-normal Linear only, the cifar/event code) or
             ``'imagenet'`` (trunc-normal Conv2d, BN 1/0; Linear/Conv1d keep PyTorch defaults).
+        global_pool: ``'avg'`` (token mean before the head LIF) or ``''`` (no pooling, no classifier).
+        stateful: keep membrane potentials across forward calls (streaming); default: every
+            forward starts from fresh membranes.
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: spiking neuron
             settings reaching every neuron (see :class:`models.neurons.NeuronConfig`);
             ``v_reset=None`` or ``'soft'`` selects the soft reset. Attention LIFs keep
@@ -76,9 +81,10 @@ class SpikingTransformer(nn.Module):
                  embed_dims: Union[int, Sequence[int]] = 384,
                  mlp_ratios: Union[float, Sequence[float]] = 4.0,
                  num_heads: Union[int, Sequence[int]] = 8,
-                 in_channels: int = 3, num_classes: int = 10, T: int = 4,
+                 in_channels: Optional[int] = None, num_classes: int = 10, T: int = 4,
                  head: str = "mean_then_linear", weight_init: str = "cifar",
                  neuron: Union[str, NeuronConfig] = "lif", attn_v_threshold: float = 0.5,
+                 in_chans: Optional[int] = None, global_pool: str = "avg", stateful: bool = False,
                  **neuron_kwargs):
         super().__init__()
         if isinstance(embeds, str) or isinstance(mixers, str):
@@ -113,16 +119,20 @@ class SpikingTransformer(nn.Module):
                 raise ValueError(f"depths[{i}] must be >= 0, got {dep}")
 
         self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, **neuron_kwargs)
-        self.T = check_T(T, "SpikingTransformer")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.num_features = dims[-1]
+        in_chans = resolve_in_chans("SpikingTransformer", in_channels, in_chans, 3)
         self.head_order = head
         self.embeds, self.mixers, self.depths, self.dims = tuple(embeds), tuple(mixers), depths, dims
         self.num_stages = n
+        reduction = 1
+        feature_info = []
+        for i, e in enumerate(embeds):
+            reduction *= DOWNSAMPLING.get(e, 1)
+            feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stage{i + 1}"))
+        self._init_timm_api(in_chans=in_chans, num_classes=num_classes, num_features=dims[-1], T=T,
+                            global_pool=global_pool, stateful=stateful, feature_info=feature_info)
 
         # all embeddings first, then all stages: the published registration (state_dict) order
-        for i, in_ch in enumerate((in_channels,) + dims[:-1]):
+        for i, in_ch in enumerate((in_chans,) + dims[:-1]):
             self.add_module(f"patch_embed{i + 1}",
                             create_embedding(embeds[i], in_ch, dims[i], neuron_cfg=self.neuron_cfg))
         for i in range(n):
@@ -150,32 +160,17 @@ class SpikingTransformer(nn.Module):
         """Total spatial downsampling of the embeddings (input side / last-stage side)."""
         return math.prod(DOWNSAMPLING[e] for e in self.embeds)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Membrane features of the last stage, ``[T, B, C, H', W']``."""
-        x = to_time_major(x, self.T, self.in_channels, "SpikingTransformer")
-        for i in range(self.num_stages):
-            x = getattr(self, f"patch_embed{i + 1}")(x)
-            for blk in getattr(self, f"stage{i + 1}"):
-                x = blk(x)
-        return x
+    def _stages(self) -> List[List[nn.Module]]:
+        return [[getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")] for i in range(1, self.num_stages + 1)]
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Token mean -> LIF -> readout (order set by ``head``); returns ``[B, num_classes]``."""
-        s = self.head_lif(x.flatten(3).mean(3))
+    def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        """Token mean -> LIF -> readout (order set by ``head``)."""
+        s = self.head_lif(seq.flatten(3).mean(3))
+        if pre_logits:
+            return s.mean(0)
         if self.head_order == "mean_then_linear":
             return self.head(s.mean(0))
         return self.head(s).mean(0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int):
-        """Replace the Linear head (timm API)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # --------------------------------------------------------------------------------- variants
@@ -194,37 +189,101 @@ MAXFORMER_IMAGENET = dict(_IMAGENET, embeds=("orig_imagenet", "max", "max"), mix
 MS_QKFORMER_IMAGENET = dict(_IMAGENET, embeds=("qk_init", "1max_imagenet", "1max_imagenet"),
                             mixers=("qka", "qka", "ssa"))
 
-VARIANTS: Dict[str, Dict[str, Any]] = {}
-
 
 def _imagenet(base: dict, width: int) -> dict:
     return dict(base, embed_dims=width, num_heads=width // 64)
 
 
-def _build(name: str, config: dict, data: str, pretrained: bool = False, **kwargs) -> SpikingTransformer:
-    model = SpikingTransformer(**{**config, **pop_timm_kwargs(name, pretrained, kwargs)})
-    model.pretrained_cfg = model.default_cfg = data_config(data, name, model, "patch_embed1", "head")
-    return model
+# Registered name -> architecture config (kwargs of SpikingTransformer; creation kwargs override them).
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "maxformer_cifar": MAXFORMER_CIFAR,
+    "ms_qkformer_cifar": MS_QKFORMER_CIFAR,
+    "maxformer_dvs": MAXFORMER_DVS,
+    "ms_qkformer_dvs": MS_QKFORMER_DVS,
+    **{f"maxformer_10_{w}": _imagenet(MAXFORMER_IMAGENET, w) for w in (384, 512, 768)},
+    **{f"ms_qkformer_10_{w}": _imagenet(MS_QKFORMER_IMAGENET, w) for w in (384, 512, 768)},
+}
 
 
-def _variant(name: str, config: dict, data: str):
-    VARIANTS[name] = config
-
-    def create(pretrained: bool = False, **kwargs) -> SpikingTransformer:
-        return _build(name, config, data, pretrained, **kwargs)
-
-    create.__name__ = name
-    create.__qualname__ = name
-    create.__doc__ = (f"``{name}``: embeds {config['embeds']}, mixers {config['mixers']}, depths "
-                      f"{config['depths']}, E={config['embed_dims']}, T={config['T']} (kwargs override).")
-    create.__module__ = __name__
-    globals()[name] = register_model(create)
+def _create_spiking_transformer(variant: str, data: str, pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """``VARIANTS[variant]`` updated by ``kwargs``, built for ``data`` (cifar/dvs/imagenet) by timm's builder."""
+    config = {k: v for k, v in VARIANTS[variant].items() if k != "in_channels"}  # channels: the data config's
+    kwargs = {**config, **kwargs}
+    return build_spiking_model(SpikingTransformer, variant, pretrained, data=data, num_stages=len(kwargs["embeds"]),
+                               **kwargs)
 
 
-_variant("maxformer_cifar", MAXFORMER_CIFAR, "cifar")
-_variant("ms_qkformer_cifar", MS_QKFORMER_CIFAR, "cifar")
-_variant("maxformer_dvs", MAXFORMER_DVS, "dvs")
-_variant("ms_qkformer_dvs", MS_QKFORMER_DVS, "dvs")
-for _w in (384, 512, 768):
-    _variant(f"maxformer_10_{_w}", _imagenet(MAXFORMER_IMAGENET, _w), "imagenet")
-    _variant(f"ms_qkformer_10_{_w}", _imagenet(MS_QKFORMER_IMAGENET, _w), "imagenet")
+def _cfg(data: str, first_conv: str, pool: int, **kwargs) -> dict:
+    """Config of a variant: its dataset's input and normalisation; ``pool``: input side / last-stage side."""
+    size = variant_cfg(data)["input_size"][1]
+    return variant_cfg(data, first_conv=first_conv, classifier="head", pool_size=(size // pool, size // pool), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "maxformer_cifar": _cfg("cifar", "patch_embed1.proj_conv", 4, num_classes=10),
+    "ms_qkformer_cifar": _cfg("cifar", "patch_embed1.proj_conv", 4, num_classes=10),
+    "maxformer_dvs": _cfg("dvs", "patch_embed1.proj_conv", 16, num_classes=10),
+    "ms_qkformer_dvs": _cfg("dvs", "patch_embed1.proj_conv", 16, num_classes=10),
+    **{f"maxformer_10_{w}": _cfg("imagenet", "patch_embed1.embed1.embed_conv", 16) for w in (384, 512, 768)},
+    **{f"ms_qkformer_10_{w}": _cfg("imagenet", "patch_embed1.proj_conv", 16) for w in (384, 512, 768)},
+})
+
+
+@register_model
+def maxformer_cifar(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """Max-Former, CIFAR (Table 2): embeds orig/max/max, mixers identity/dwc3/ssa, depths 1/1/2, E=384, T=4."""
+    return _create_spiking_transformer("maxformer_cifar", "cifar", pretrained, **kwargs)
+
+
+@register_model
+def ms_qkformer_cifar(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """MS-QKFormer, CIFAR: embeds orig/1max/1max, mixers qka/qka/ssa, depths 1/1/2, E=384, T=4."""
+    return _create_spiking_transformer("ms_qkformer_cifar", "cifar", pretrained, **kwargs)
+
+
+@register_model
+def maxformer_dvs(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """Max-Former, event data (CIFAR10-DVS, DVS128 Gesture): embeds max_plus/max, mixers dwc3/ssa, E=256, T=16."""
+    return _create_spiking_transformer("maxformer_dvs", "dvs", pretrained, **kwargs)
+
+
+@register_model
+def ms_qkformer_dvs(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """MS-QKFormer, event data: embeds max_plus/1max, mixers qka/ssa, E=256, T=16."""
+    return _create_spiking_transformer("ms_qkformer_dvs", "dvs", pretrained, **kwargs)
+
+
+@register_model
+def maxformer_10_384(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """Max-Former-10-384, ImageNet (Table 3): embeds orig_imagenet/max/max, mixers dwc7/dwc5/ssa, depths 1/2/7."""
+    return _create_spiking_transformer("maxformer_10_384", "imagenet", pretrained, **kwargs)
+
+
+@register_model
+def maxformer_10_512(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """Max-Former-10-512, ImageNet (Table 3)."""
+    return _create_spiking_transformer("maxformer_10_512", "imagenet", pretrained, **kwargs)
+
+
+@register_model
+def maxformer_10_768(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """Max-Former-10-768, ImageNet (Table 3)."""
+    return _create_spiking_transformer("maxformer_10_768", "imagenet", pretrained, **kwargs)
+
+
+@register_model
+def ms_qkformer_10_384(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """MS-QKFormer-10-384, ImageNet: embeds qk_init/1max_imagenet/1max_imagenet, mixers qka/qka/ssa, depths 1/2/7."""
+    return _create_spiking_transformer("ms_qkformer_10_384", "imagenet", pretrained, **kwargs)
+
+
+@register_model
+def ms_qkformer_10_512(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """MS-QKFormer-10-512, ImageNet."""
+    return _create_spiking_transformer("ms_qkformer_10_512", "imagenet", pretrained, **kwargs)
+
+
+@register_model
+def ms_qkformer_10_768(pretrained: bool = False, **kwargs) -> SpikingTransformer:
+    """MS-QKFormer-10-768, ImageNet."""
+    return _create_spiking_transformer("ms_qkformer_10_768", "imagenet", pretrained, **kwargs)

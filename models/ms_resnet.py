@@ -22,19 +22,20 @@ Registered variants (``timm.create_model(name, num_classes=..., T=..., neuron=..
 Parameters and buffers carry the published names (``conv1``, ``bn1``, ``layer1.0.conv1``...,
 ``layer1.0.downsample.{1,2}``, ``fc1``), so the authors' checkpoints load as they are. Modules are
 also *constructed* in the published order (stem, then per layer the shortcut before the blocks,
-then the classifier), so a given seed yields the published initial weights.
+then the classifier), so a given seed yields the published initial weights. The timm model API
+(features per layer, classifier reset, stateless forward) comes from :class:`models.common.SpikingModel`.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer as sj_layer
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .common import check_T, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import SpikingModel, build_spiking_model, variant_cfg, neuron_config_from_kwargs, resolve_in_chans
 from .neurons import NeuronConfig
 
 __all__ = [
@@ -44,10 +45,12 @@ __all__ = [
     "max_resnet18",
     "max_resnet18_2222",
     "ms_resnet18",
+    "default_cfgs",
 ]
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Module:
-    return sj_layer.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False, step_mode="m")
+    return sj_layer.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False,
+                           step_mode="m")
 
 
 def _bn(ch: int) -> nn.Module:
@@ -109,7 +112,7 @@ class MSBasicBlock(nn.Module):
         return out + identity
 
 
-class SpikingResNet(nn.Module):
+class SpikingResNet(SpikingModel):
     """Spiking ResNet with membrane shortcuts (MS-ResNet; Max-ResNet with ``max_pool`` layers).
 
     Stem ``conv3x3 -> BN`` (no LIF), the residual ``layers``, then the readout
@@ -118,39 +121,50 @@ class SpikingResNet(nn.Module):
     Args:
         layers: per-layer specs, :class:`ResNetLayer` or ``(width, depth, stride, max_pool)`` tuples.
         stem_width: output channels of the stem conv.
-        in_channels: input channels (3 for images, 2 for event frames).
-        num_classes: classifier outputs.
+        in_chans (alias ``in_channels``): input channels (3 for images, 2 for event frames).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns the pooled features).
         T: time steps a ``[B,C,H,W]`` image is repeated over (``[B,T,C,H,W]`` input brings its own T).
+        global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
+        stateful: keep membrane potentials across forward calls (default: fresh every call).
         neuron: ``'lif'`` or ``'if'`` (or a :class:`NeuronConfig`); the remaining neuron kwargs
             (``tau``, ``v_threshold``, ``v_reset``, ``detach_reset``, ``surrogate``, ``alpha``) reach
             every neuron.
     """
 
+    classifier_name = "fc1"
+
     def __init__(
         self,
         layers: Sequence,
         stem_width: int = 64,
-        in_channels: int = 3,
+        in_channels: Optional[int] = None,
         num_classes: int = 10,
         T: int = 4,
         neuron="lif",
+        in_chans: Optional[int] = None,
+        global_pool: str = "avg",
+        stateful: bool = False,
         **neuron_kwargs,
     ):
         super().__init__()
         name = type(self).__name__
-        self.T = check_T(T, name)
         if not layers:
             raise ValueError(f"{name} needs at least one layer spec")
         specs = [s if isinstance(s, ResNetLayer) else ResNetLayer(*s) for s in layers]
-        if num_classes < 1 or in_channels < 1:
-            raise ValueError(f"{name}: num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"{name}: num_classes must be an int >= 0, got {num_classes!r}")
+        in_chans = resolve_in_chans(name, in_channels, in_chans, 3)
         cfg = neuron_config_from_kwargs(name, neuron, **neuron_kwargs)
         self.neuron_cfg = cfg
-        self.in_channels = in_channels
-        self.num_classes = num_classes
         self.layer_specs = tuple(specs)
+        reduction, feature_info = 1, []
+        for i, spec in enumerate(specs, start=1):
+            reduction *= spec.stride
+            feature_info.append(dict(num_chs=spec.width, reduction=reduction, module=f"layer{i}"))
+        self._init_timm_api(in_chans=in_chans, num_classes=num_classes, num_features=specs[-1].width, T=T,
+                            global_pool=global_pool, stateful=stateful, feature_info=feature_info)
 
-        self.conv1 = _conv(in_channels, stem_width, 3)
+        self.conv1 = _conv(in_chans, stem_width, 3)
         self.bn1 = _bn(stem_width)
         in_ch = stem_width
         for i, spec in enumerate(specs, start=1):
@@ -158,8 +172,7 @@ class SpikingResNet(nn.Module):
             in_ch = spec.width
         self.head_lif = cfg.make()
         self.avgpool = sj_layer.AdaptiveAvgPool2d(1, step_mode="m")
-        self.fc1 = nn.Linear(in_ch, num_classes)
-        self.num_features = in_ch
+        self.fc1 = nn.Linear(in_ch, num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _make_layer(in_ch: int, spec: ResNetLayer, cfg: NeuronConfig) -> nn.Sequential:
@@ -176,28 +189,34 @@ class SpikingResNet(nn.Module):
     def layers(self):
         return [getattr(self, f"layer{i}") for i in range(1, len(self.layer_specs) + 1)]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Membrane features ``[T,B,C,H',W']`` of the last layer."""
-        x = to_time_major(x, self.T, self.in_channels, type(self).__name__)
-        x = self.bn1(self.conv1(x))
-        for layer in self.layers:
-            x = layer(x)
-        return x
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn1(self.conv1(x))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.head_lif(x)).flatten(2)  # [T,B,C]
-        return self.fc1(x).mean(0)
+    def _stages(self) -> List[List[nn.Module]]:
+        return [[layer] for layer in self.layers]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B,num_classes]`` from ``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames."""
-        return self.forward_head(self.forward_features(x))
+    def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        x = self.avgpool(self.head_lif(seq)).flatten(2)  # [T,B,C]
+        return x.mean(0) if pre_logits else self.fc1(x).mean(0)
 
 
-def _create(name: str, layers, pretrained: bool, kwargs: dict) -> SpikingResNet:
-    model = SpikingResNet(layers, **pop_timm_kwargs(name, pretrained, kwargs))
-    model.pretrained_cfg = model.default_cfg = data_config("cifar", name, model, "conv1", "fc1")
-    return model
+def _create_resnet(variant: str, default_layers, pretrained: bool = False, **kwargs) -> SpikingResNet:
+    """``SpikingResNet(layers, **kwargs)`` for CIFAR input through timm's builder (a ``layers`` kwarg overrides)."""
+    layers = kwargs.pop("layers", default_layers)
+    return build_spiking_model(SpikingResNet, variant, pretrained, data="cifar", num_stages=len(layers),
+                               layers=layers, **kwargs)
 
+
+def _cfg(pool: int, **kwargs) -> dict:
+    return variant_cfg("cifar", num_classes=10, first_conv="conv1", classifier="fc1",
+                       pool_size=(32 // pool, 32 // pool), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "max_resnet18": _cfg(4),
+    "ms_resnet18": _cfg(4),
+    "max_resnet18_2222": _cfg(8),
+})
 
 # (width, depth, stride, max_pool)
 _MAX_RESNET18 = ((128, 3, 1, False), (256, 3, 2, True), (512, 2, 2, True))
@@ -208,16 +227,16 @@ _MAX_RESNET18_2222 = ((64, 2, 1, False), (128, 2, 2, True), (256, 2, 2, True), (
 @register_model
 def max_resnet18(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """Max-ResNet-18 [3,3,2] (Table 5: 12.50 M, 97.17 / 83.06 on CIFAR-10 / 100)."""
-    return _create("max_resnet18", _MAX_RESNET18, pretrained, kwargs)
+    return _create_resnet("max_resnet18", _MAX_RESNET18, pretrained, **kwargs)
 
 
 @register_model
 def ms_resnet18(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """MS-ResNet-18 [3,3,2], Max-ResNet-18 without its max-pools (Table 5: 12.50 M)."""
-    return _create("ms_resnet18", _MS_RESNET18, pretrained, kwargs)
+    return _create_resnet("ms_resnet18", _MS_RESNET18, pretrained, **kwargs)
 
 
 @register_model
 def max_resnet18_2222(pretrained: bool = False, **kwargs) -> SpikingResNet:
     """Max-ResNet-18 [2,2,2,2] (Table 5: 11.22 M, 96.81 / 81.54); our layout, see the module docstring."""
-    return _create("max_resnet18_2222", _MAX_RESNET18_2222, pretrained, kwargs)
+    return _create_resnet("max_resnet18_2222", _MAX_RESNET18_2222, pretrained, **kwargs)

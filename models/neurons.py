@@ -188,7 +188,11 @@ def spiking_modules(model: nn.Module):
 
 
 def reset_net(model: nn.Module) -> None:
-    """Reset the membrane state of every neuron (call after each step / eval batch)."""
+    """Reset the membrane state of every neuron of ``model``.
+
+    The models of this repository reset their neurons at the start of every forward pass, so this is
+    only needed for models built with ``stateful=True`` (a new stream starts) and for bare neurons.
+    """
     sj_functional.reset_net(model)
 
 

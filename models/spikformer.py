@@ -5,8 +5,8 @@ over T -> Linear. Unlike Max-Former there is no membrane shortcut: every branch 
 its binary output is *added* to the stream (SEW "ADD"), so the stream holds integer spike counts
 (``{0, ..., 2 + 2L}`` after L blocks) that feed the next projections and the head (no head LIF).
 
-The published code comes in three folders that differ in layer types, pooling and scale
-(``../shared/spec/spikformer.md``); ``variant`` selects one, everything else is shared:
+The published code comes in three folders (``cifar10``, ``imagenet``, ``cifar10dvs``) that differ in
+layer types, pooling and scale; ``variant`` selects one, everything else is shared:
 
 ========= =========================== ======================== ========= ===== =========
 variant   q/k/v/proj                  MLP fc1/fc2              SPS pools scale T
@@ -26,19 +26,21 @@ authors' state_dict is loaded. All other keys and shapes equal the published one
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 
 from mixer_hub import SSA
 
 from .neurons import NeuronConfig
-from .common import check_T, init_trunc_normal, data_config, neuron_config_from_kwargs, pop_timm_kwargs, to_time_major
+from .common import SpikingModel, build_spiking_model, variant_cfg, fold_time, init_trunc_normal, \
+    neuron_config_from_kwargs, resolve_in_chans, unfold_time
 
-__all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS"]
+__all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "default_cfgs"]
 
 # Per-folder differences of the published code (spikformer.md §2).
 VARIANTS: Dict[str, dict] = {
@@ -48,14 +50,6 @@ VARIANTS: Dict[str, dict] = {
 }
 # Keys of modules the published code builds but never uses in forward.
 _UNUSED_REFERENCE_KEYS = re.compile(r"(pos_embed|norm\.(weight|bias)|block\.\d+\.norm[12]\.(weight|bias))")
-
-
-def _fold(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(0, 1)
-
-
-def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
-    return y.reshape(T, -1, *y.shape[1:])
 
 
 class SPS(nn.Module):
@@ -93,14 +87,14 @@ class SPS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        x = _fold(x)
+        x = fold_time(x)
         for i, suffix in enumerate(("", "1", "2", "3")):
             x = getattr(self, f"proj_bn{suffix}")(getattr(self, f"proj_conv{suffix}")(x))
-            x = _fold(getattr(self, f"proj_lif{suffix}")(_unfold(x, T)))
+            x = fold_time(getattr(self, f"proj_lif{suffix}")(unfold_time(x, T)))
             if self.pools[i]:
                 x = getattr(self, f"maxpool{suffix}")(x)
-        r = _unfold(self.rpe_bn(self.rpe_conv(x)), T)
-        return self.rpe_lif(r) + _unfold(x, T)
+        r = unfold_time(self.rpe_bn(self.rpe_conv(x)), T)
+        return self.rpe_lif(r) + unfold_time(x, T)
 
 
 class SpikformerMLP(nn.Module):
@@ -133,7 +127,7 @@ class SpikformerMLP(nn.Module):
     def _fc_bn(self, i: int, x: torch.Tensor) -> torch.Tensor:
         T, spatial = x.shape[0], x.shape[3:]
         fc, bn = getattr(self, f"fc{i}_{self._fc}"), getattr(self, f"fc{i}_bn")
-        z = _fold(x)
+        z = fold_time(x)
         if self.layer == "linear":
             # Token-major contiguous input as in the published code: [T*B, N, C] -> Linear -> [T*B, C', N].
             z = bn(fc(z.flatten(2).transpose(1, 2).contiguous()).transpose(1, 2))
@@ -141,7 +135,7 @@ class SpikformerMLP(nn.Module):
             z = bn(fc(z.flatten(2)))
         else:
             z = bn(fc(z))
-        return _unfold(z, T).reshape(*x.shape[:2], -1, *spatial)
+        return unfold_time(z, T).reshape(*x.shape[:2], -1, *spatial)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1_lif(self._fc_bn(1, x))
@@ -164,33 +158,42 @@ class SpikformerBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class Spikformer(nn.Module):
+class Spikformer(SpikingModel):
     """Spikformer-L-D: SPS, ``depths`` blocks of width ``embed_dims``, token/time mean, Linear head.
 
     Args:
         variant: ``'cifar'``, ``'imagenet'`` or ``'dvs'``: the published folder whose layer types,
             SPS pooling and attention scale to use (table in the module docstring).
         embed_dims, depths, num_heads, mlp_ratios: width D, blocks L, heads (must divide D), MLP ratio.
-        in_channels, num_classes: input channels (3 images, 2 event frames) and classes.
+        in_chans (alias ``in_channels``), num_classes: input channels (3 images, 2 event frames) and
+            classes (0: no classifier).
         T: time steps a ``[B,C,H,W]`` image is repeated over; ``[B,T,C,H,W]`` frames bring their own T.
         pools, layer, mlp_layer, qkv_bias, scale: override single entries of the variant.
+        global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
+        stateful: keep membrane potentials across forward calls (default: fresh every call).
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: neuron settings reaching
             every neuron (``v_reset=None`` or ``'soft'``: soft reset); ``attn_v_threshold`` (0.5) is
             the threshold of the attention LIF.
+
+    Feature maps (``feature_info``, ``forward_intermediates``) are the block outputs (one per block,
+    all at the SPS resolution), as for timm's ViTs.
     """
 
     def __init__(self, variant: str = "cifar", embed_dims: int = 384, depths: int = 4, num_heads: int = 12,
-                 mlp_ratios: float = 4.0, in_channels: int = 3, num_classes: int = 10, T: int = 4,
+                 mlp_ratios: float = 4.0, in_channels: Optional[int] = None, num_classes: int = 10, T: int = 4,
                  pools: Optional[Sequence[bool]] = None, layer: Optional[str] = None,
                  mlp_layer: Optional[str] = None, qkv_bias: Optional[bool] = None, scale: Optional[float] = None,
-                 attn_v_threshold: float = 0.5, neuron="lif", **neuron_kwargs):
+                 attn_v_threshold: float = 0.5, neuron="lif", in_chans: Optional[int] = None,
+                 global_pool: str = "avg", stateful: bool = False, **neuron_kwargs):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown Spikformer variant {variant!r}; choose one of {tuple(VARIANTS)}")
+        in_chans = resolve_in_chans("Spikformer", in_channels, in_chans, 3)
         for name, v in (("embed_dims", embed_dims), ("depths", depths), ("num_heads", num_heads),
-                        ("in_channels", in_channels), ("num_classes", num_classes)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "depths" else 1):
-                raise ValueError(f"Spikformer: {name} must be a positive int, got {v!r}")
+                        ("num_classes", num_classes)):
+            low = 1 if name in ("embed_dims", "num_heads") else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"Spikformer: {name} must be an int >= {low}, got {v!r}")
         if embed_dims % num_heads:
             raise ValueError(f"Spikformer: embed_dims={embed_dims} is not divisible by num_heads={num_heads}; "
                              f"choose num_heads among the divisors of {embed_dims}")
@@ -199,16 +202,19 @@ class Spikformer(nn.Module):
         overrides = dict(pools=pools, layer=layer, mlp_layer=mlp_layer, qkv_bias=qkv_bias, scale=scale)
         cfg = dict(VARIANTS[variant], **{k: v for k, v in overrides.items() if v is not None})
         self.variant, self.config = variant, cfg
-        self.T = check_T(T, "Spikformer")
-        self.in_channels, self.num_classes, self.num_features = in_channels, num_classes, embed_dims
         self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, **neuron_kwargs)
+        reduction = 2 ** sum(bool(p) for p in cfg["pools"])
+        self._init_timm_api(in_chans=in_chans, num_classes=num_classes, num_features=embed_dims, T=T,
+                            global_pool=global_pool, stateful=stateful,
+                            feature_info=[dict(num_chs=embed_dims, reduction=reduction, module=f"block.{i}")
+                                          for i in range(depths)])
 
-        self.patch_embed = SPS(in_channels, embed_dims, cfg["pools"], self.neuron_cfg)
+        self.patch_embed = SPS(in_chans, embed_dims, cfg["pools"], self.neuron_cfg)
         self.block = nn.ModuleList(
             SpikformerBlock(embed_dims, num_heads, mlp_ratios, cfg["layer"], cfg["mlp_layer"], cfg["qkv_bias"],
                             cfg["scale"], self.neuron_cfg, attn_v_threshold)
             for _ in range(depths))
-        self.head = nn.Linear(embed_dims, num_classes)
+        self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_trunc_normal)  # published init: Linear only; convs and BN keep PyTorch defaults
 
     def filter_reference_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -217,19 +223,16 @@ class Spikformer(nn.Module):
         return {k: v for k, v in state_dict.items()
                 if k in own or not _UNUSED_REFERENCE_KEYS.fullmatch(k)}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The integer-valued block stream ``[T,B,D,H',W']``."""
-        x = self.patch_embed(to_time_major(x, self.T, self.in_channels, "Spikformer"))
-        for blk in self.block:
-            x = blk(x)
-        return x
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.flatten(3).mean(3).mean(0))
+    def _stages(self) -> List[List[nn.Module]]:
+        """One stage per block; the stream is integer-valued spike counts ``[T,B,D,H',W']``."""
+        return [[blk] for blk in self.block]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B,num_classes]`` from ``[B,C,H,W]`` images or ``[B,T,C,H,W]`` frames."""
-        return self.forward_head(self.forward_features(x))
+    def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        x = seq.flatten(3).mean(3).mean(0)
+        return x if pre_logits else self.head(x)
 
 
 # ------------------------------------------------------------------ registered variants
@@ -247,41 +250,57 @@ _DEFAULTS = {
 }
 
 
-def _create(name: str, pretrained: bool, kwargs: dict) -> Spikformer:
-    kwargs = pop_timm_kwargs(name, pretrained, kwargs)
-    model = Spikformer(**{**_DEFAULTS[name], **kwargs})
-    data = model.variant
-    # The published ImageNet recipe evaluates full images (crop_pct 1.0).
-    extra = {"crop_pct": 1.0} if data == "imagenet" else {}
-    model.pretrained_cfg = model.default_cfg = data_config(data, name, model, "patch_embed.proj_conv", "head", **extra)
-    return model
+def _create_spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
+    """``_DEFAULTS[variant]`` updated by ``kwargs`` through timm's builder; data config of the registered variant."""
+    config = {k: v for k, v in _DEFAULTS[variant].items() if k != "in_channels"}  # channels: the data config's
+    kwargs = {**config, **kwargs}
+    # Spikformer's own ``variant`` kwarg (the published folder) is bound here: timm's builder has one too
+    model_cls = functools.partial(Spikformer, variant=kwargs.pop("variant"))
+    return build_spiking_model(model_cls, variant, pretrained, data=_DEFAULTS[variant]["variant"],
+                               num_stages=kwargs["depths"], **kwargs)
+
+
+def _cfg(data: str, pool: int, **kwargs) -> dict:
+    size = variant_cfg(data)["input_size"][1]
+    return variant_cfg(data, first_conv="patch_embed.proj_conv", classifier="head",
+                       pool_size=(size // pool, size // pool), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "spikformer_4_384": _cfg("cifar", 4, num_classes=10),
+    # the published ImageNet recipe evaluates full images (crop_pct 1.0)
+    "spikformer_8_384": _cfg("imagenet", 16, crop_pct=1.0),
+    "spikformer_8_512": _cfg("imagenet", 16, crop_pct=1.0),
+    "spikformer_8_768": _cfg("imagenet", 16, crop_pct=1.0),
+    "spikformer_2_256": _cfg("dvs", 16, num_classes=10),
+})
 
 
 @register_model
 def spikformer_4_384(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-4-384, CIFAR (Table 2: 9.32 M at 10 classes, T=4)."""
-    return _create("spikformer_4_384", pretrained, kwargs)
+    return _create_spikformer("spikformer_4_384", pretrained, **kwargs)
 
 
 @register_model
 def spikformer_8_384(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-8-384, ImageNet (Table 3: 16.81 M, T=4)."""
-    return _create("spikformer_8_384", pretrained, kwargs)
+    return _create_spikformer("spikformer_8_384", pretrained, **kwargs)
 
 
 @register_model
 def spikformer_8_512(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-8-512, ImageNet (29.68 M, T=4; the published registry's only ImageNet model)."""
-    return _create("spikformer_8_512", pretrained, kwargs)
+    return _create_spikformer("spikformer_8_512", pretrained, **kwargs)
 
 
 @register_model
 def spikformer_8_768(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-8-768, ImageNet (Table 3: 66.34 M, T=4)."""
-    return _create("spikformer_8_768", pretrained, kwargs)
+    return _create_spikformer("spikformer_8_768", pretrained, **kwargs)
 
 
 @register_model
 def spikformer_2_256(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-2-256, CIFAR10-DVS / DVS128 Gesture (Table 2: 2.57 M at 10 classes; T=16 frames)."""
-    return _create("spikformer_2_256", pretrained, kwargs)
+    return _create_spikformer("spikformer_2_256", pretrained, **kwargs)

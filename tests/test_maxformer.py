@@ -122,15 +122,18 @@ def test_batch_invariance(config):
     alone = model.forward_head(alone_feats)
     reset_net(model)
     assert batch.abs().sum() > 0, "silent head: the comparison would be void"
-    torch.testing.assert_close(alone_feats[:, 0], feats[:, 3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone_feats[0], feats[3], atol=1e-5, rtol=0)  # [B,C,H,W,T]
     torch.testing.assert_close(alone[0], batch[3], atol=1e-6, rtol=0)
 
 
 @torch.no_grad()
-def test_neuron_state_is_reset_between_calls():
+def test_forward_is_stateless_unless_stateful():
+    """Every call starts from fresh membranes; stateful=True carries them over until reset_net."""
     x = torch.randn(2, 3, 16, 16)
     model = calibrate(tiny(T=2), x)
     first = model.forward_features(x)
+    assert torch.equal(model.forward_features(x), first)
+    model.stateful = True
     stale = model.forward_features(x)  # membranes carried over from the previous call
     reset_net(model)
     fresh = model.forward_features(x)

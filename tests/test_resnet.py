@@ -96,7 +96,7 @@ def test_input_layouts_and_shapes():
         y_frames = model(x.unsqueeze(1).repeat(1, 2, 1, 1, 1))  # [B,T,C,H,W]
         reset_net(model)
         y_again = model(x)
-    assert feats.shape == (2, 3, 16, 8, 8)
+    assert feats.shape == (3, 16, 8, 8, 2)  # [B,C,H,W,T]
     assert y_img.shape == (3, 5)
     torch.testing.assert_close(y_frames, y_img, rtol=0, atol=0)
     torch.testing.assert_close(y_again, y_img, rtol=0, atol=0)  # state was reset
@@ -130,7 +130,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="drop_path_rate"):
         timm.create_model("ms_resnet18", drop_path_rate=0.1)
     model = _tiny()
-    with pytest.raises(ValueError, match="in_channels=2"):
+    with pytest.raises(ValueError, match="in_chans=2"):
         model(torch.randn(1, 2, 16, 16))
     with pytest.raises(ValueError, match=r"\[B,C,H,W\]"):
         model(torch.randn(3, 16, 16))

@@ -157,7 +157,7 @@ def test_clear_errors():
         timm.create_model("spikformer_8_384", drop_path_rate=0.2)
     with pytest.raises(ValueError, match="unsupported .* reference kwargs"):
         REFERENCE_CTORS["cifar10/model.py::Spikformer"](dict(embed_dims=64, num_heads=4, mlp_ratios=4, depths=1, foo=1))
-    with pytest.raises(ValueError, match="in_channels=2"):
+    with pytest.raises(ValueError, match="in_chans=2"):
         _tiny()(torch.randn(1, 2, 32, 32))
 
 
