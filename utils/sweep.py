@@ -275,8 +275,8 @@ def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0, pyt
 class TrainJob:
     """One training run as a submitit job; checkpointable, so time-outs and preemptions requeue it."""
 
-    def __init__(self, run: Run, gpus_per_run: int = 0, python: str = sys.executable):
-        self.run, self.gpus_per_run, self.python = run, gpus_per_run, python
+    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable):
+        self.run, self.gpus_per_run, self.cpus, self.python = run, gpus_per_run, cpus, python
         self._proc: Optional[subprocess.Popen] = None
 
     def __getstate__(self):
@@ -286,7 +286,7 @@ class TrainJob:
         self.__dict__.update(state, _proc=None)
 
     def __call__(self) -> dict:
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus)  # what the job was given
         threads = max(1, cpus // max(1, self.gpus_per_run))
         cmd = self.run.command(self.gpus_per_run, self.python)
         print("[sweep] " + " ".join(cmd), flush=True)
@@ -311,7 +311,7 @@ class TrainJob:
                 proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.python))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python))
 
 
 @dataclasses.dataclass
@@ -373,7 +373,7 @@ def submit_slurm(runs: Sequence[Run], resources: SlurmResources, cluster: str = 
     folder = os.path.join(runs[0].output, "slurm", "%j")
     ex = make_executor(folder, resources, cluster)
     with ex.batch():
-        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, python)) for r in runs]
+        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python)) for r in runs]
     return jobs
 
 
