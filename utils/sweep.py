@@ -295,6 +295,10 @@ class TrainJob:
             time.sleep(1.0)
         code = self._proc.returncode
         st = run_state(self.run.run_dir)
+        if code < 0 or st.state == "interrupted":
+            raise RuntimeError(f"{self.run.name}: train.py stopped by signal {-code if code < 0 else code} after epoch "
+                               f"{st.epochs_done}/{st.total_epochs} (preemption or time-out); a requeued job "
+                               "continues from last.pth.tar")
         if code != 0:
             raise RuntimeError(f"{self.run.name}: train.py exited with code {code} ({st.state}, epochs "
                                f"{st.epochs_done}/{st.total_epochs}); its output is in this job's log")
