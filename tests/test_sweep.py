@@ -27,8 +27,13 @@ def tiny_config(folder, name, extra=""):
     return path
 
 
+# one thread per run: on a machine whose cores other processes keep busy, more threads wait on each other
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
 def sweep_cli(*args, timeout=600):
-    return subprocess.run([PY, "-m", "utils.sweep", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([PY, "-m", "utils.sweep", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def summary_epochs(run_dir):
@@ -85,6 +90,7 @@ def test_local_sweep_runs_every_config_and_seed(local_sweep):
     assert m["configs"] == sorted(local_sweep["configs"]) and m["seeds"] == [0, 1]
     assert m["runs"]["tiny_b_s1"]["overrides"] == ["--epochs", "1"]
     assert all(v["last_exit_code"] == 0 for v in m["runs"].values())
+    assert m["runs"]["tiny_a_s1"]["command"].endswith("--experiment tiny_a_s1 --resume auto --epochs 1")
     # each run got its own seed and half of the CPU threads
     log = open(os.path.join(out, "logs", "tiny_a_s1.log")).read()
     assert "tiny_a_s1" in log
@@ -127,7 +133,7 @@ def test_killed_run_is_continued_by_the_next_invocation(tmp_path):
     cfg = tiny_config(str(tmp_path), "slow", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     run_dir = os.path.join(out, "slow_s0")
-    p = subprocess.Popen([PY, "-m", "utils.sweep", cfg, "--output", out], cwd=ROOT, start_new_session=True,
+    p = subprocess.Popen([PY, "-m", "utils.sweep", cfg, "--output", out], cwd=ROOT, env=ENV, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: os.path.isfile(os.path.join(run_dir, "last.pth.tar")), what="the first checkpoint")
@@ -185,14 +191,17 @@ def test_manifest_refuses_a_run_with_other_overrides(tmp_path):
         sweep.record_runs(str(tmp_path), [Run("/c/a.yaml", 0, str(tmp_path), ("--epochs", "2"))], "local")
 
 
-def test_bad_input_gives_one_line_errors(tmp_path):
-    r = sweep_cli(str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o"))
-    assert r.returncode == 2 and "config file not found" in r.stderr and "Traceback" not in r.stderr
+def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+    assert sweep.main([str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o")]) == 2
+    assert "config file not found" in capsys.readouterr().err
     cfg = tiny_config(str(tmp_path), "t")
-    r = sweep_cli(cfg, "--output", str(tmp_path / "o"), "--", "--epochz", "1")
-    assert r.returncode == 2 and "unknown config key 'epochz'" in r.stderr
-    r = sweep_cli(cfg)
-    assert r.returncode == 2 and "--output DIR is required" in r.stderr
+    assert sweep.main([cfg, "--output", str(tmp_path / "o"), "--", "--epochz", "1"]) == 2
+    assert "unknown config key 'epochz'" in capsys.readouterr().err
+    assert sweep.main([cfg]) == 2 and "--output DIR is required" in capsys.readouterr().err
+    (tmp_path / "sub").mkdir()
+    twin = tiny_config(str(tmp_path / "sub"), "t")
+    assert sweep.main([cfg, twin, "--output", str(tmp_path / "o")]) == 2
+    assert "share a file name" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -203,6 +212,7 @@ def test_commands_and_thread_split():
                                     "--experiment", "a_s3", "--resume", "auto", "--epochs", "1"]
     assert run.command(4, "py")[:6] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     env = sweep.thread_env(3, [2, 3])
+    assert sweep.cpu_budget() == int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["CUDA_VISIBLE_DEVICES"]) == ("3", "3", "2,3")
 
 

@@ -12,8 +12,8 @@ others. ``DIR/sweep.json`` (the manifest) records configs, seeds, overrides, com
 
 Launchers:
 
-* ``local``: one run after another, or ``--parallel K`` at once with the CPU threads split between them
-  (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) and, with ``--gpus-per-run N``, N GPUs each
+* ``local``: one run after another, or ``--parallel K`` at once with the CPU threads (the usable cores, or
+  ``OMP_NUM_THREADS`` if set) split between them (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of each run) and, with ``--gpus-per-run N``, N GPUs each
   (``CUDA_VISIBLE_DEVICES``, ``torchrun`` for N > 1).
 * ``slurm``: one array job through submitit; each task runs one training run (``torchrun`` inside the job
   for N > 1 GPUs). On time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which stops
@@ -207,7 +207,8 @@ def save_manifest(output: str, manifest: dict) -> None:
     os.replace(tmp, os.path.join(output, MANIFEST))
 
 
-def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None) -> dict:
+def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
+                gpus_per_run: int = 0) -> dict:
     """Add ``runs`` to the manifest; refuses a run recorded earlier with another config or overrides."""
     m = load_manifest(output) or {"created": _now(), "runs": {}, "submissions": []}
     for r in runs:
@@ -218,6 +219,7 @@ def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional
                              f"{list(r.overrides) or 'no overrides'}. Use another --output, or the same overrides "
                              "to continue it.")
         m["runs"].setdefault(r.name, {"config": r.config, "seed": r.seed, "overrides": list(r.overrides)})
+        m["runs"][r.name]["command"] = " ".join(r.command(gpus_per_run))
     m["configs"] = sorted({v["config"] for v in m["runs"].values()})
     m["seeds"] = sorted({v["seed"] for v in m["runs"].values()})
     m["submissions"].append({"time": _now(), "launcher": launcher, "runs": [r.name for r in runs], **(extra or {})})
@@ -235,13 +237,21 @@ def thread_env(threads: int, gpus: Optional[Sequence[int]] = None) -> Dict[str, 
     return env
 
 
+def cpu_budget() -> int:
+    """CPU threads a sweep may use on this machine: ``OMP_NUM_THREADS`` if set, else the usable cores."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0, python: str = sys.executable) -> Dict[str, int]:
     """Run ``runs`` on this machine, ``parallel`` at a time; returns ``{run name: exit code}``.
 
     Output of each run goes to ``DIR/logs/<run>.log``. A slot keeps its GPUs for all the runs it takes.
     """
     parallel = max(1, min(parallel, len(runs))) if runs else 1
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = max(1, cpu_budget() // parallel)
     slots = list(range(parallel))
     lock = threading.Lock()
     codes: Dict[str, int] = {}
@@ -519,14 +529,15 @@ def _launch(args, runs: List[Run]) -> int:
                 len(todo), json.dumps(resources.executor_parameters())))
             print(sbatch_script(todo, resources, os.path.join(output, "slurm", "%j")))
         elif args.launcher == "local":
-            print(f"[sweep] local: {args.parallel} at a time, {max(1, (os.cpu_count() or 1) // args.parallel)} "
+            print(f"[sweep] local: {args.parallel} at a time, {max(1, cpu_budget() // args.parallel)} "
                   f"threads each" + (f", {args.gpus_per_run} GPU(s) each" if args.gpus_per_run else ""))
         return 0
     if not todo:
         print("[sweep] nothing to start: every run is finished, running or queued")
         return 0
     if args.launcher == "local":
-        record_runs(output, todo, "local", {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run})
+        record_runs(output, todo, "local", {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run},
+                    args.gpus_per_run)
         try:
             codes = run_local(todo, args.parallel, args.gpus_per_run)
         except KeyboardInterrupt:
@@ -547,7 +558,7 @@ def _launch(args, runs: List[Run]) -> int:
     except Exception as err:  # sbatch missing or refusing: say so in one line
         raise SweepError(f"SLURM submission failed: {err}") from None
     record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
-                                        "job_ids": [j.job_id for j in jobs]})
+                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run)
     m = load_manifest(output)
     for r, j in zip(todo, jobs):
         m["runs"][r.name]["job_id"] = j.job_id
