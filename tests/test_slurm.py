@@ -126,6 +126,9 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     wait_for(lambda: os.path.isfile(os.path.join(run_a, "last.pth.tar")), 300, "sa_s0's first checkpoint")
     subprocess.run(["scontrol", "requeue", jobs["sa_s0"]], env=slurm, check=True)  # preemption
     wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[1] >= 1, 60, "the requeue")
+    # SLURM holds a requeued job for a while (reason BeginTime); let it start again now
+    wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[0] == "PENDING", 60, "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"JobId={jobs['sa_s0']}", "StartTime=now"], env=slurm, check=True)
     st = run_state(run_a)
     assert st.state != "finished", "the run finished before it was preempted: the test proves nothing"
 
