@@ -5,9 +5,9 @@ as root with a private configuration in a temporary folder, on free ports, so an
 configuration is not touched). Skipped otherwise, or with ``SWEEP_SLURM_TEST=0``. Run it alone with
 ``python -m pytest -q tests/test_slurm.py``.
 
-It submits a two-run sweep as one array job, preempts one task with ``scontrol requeue`` once it has
-written its first checkpoint, and checks that the requeued task continues from ``last.pth.tar`` and that
-both runs finish.
+It submits a two-run sweep as one array job; once each run has written its first checkpoint, it preempts
+one task with ``scontrol requeue`` and sends the other the time-out warning submitit asks for (USR2), so
+that it checkpoints and requeues itself; both must continue from ``last.pth.tar`` and finish.
 """
 import os
 import shutil
@@ -113,7 +113,7 @@ def _job_state(env, job_id):
 
 def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     cfg_a = tiny_config(str(tmp_path), "sa", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
-    cfg_b = tiny_config(str(tmp_path), "sb", "model_kwargs: {embed_dims: 16, num_heads: 1}\n")
+    cfg_b = tiny_config(str(tmp_path), "sb", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     r = subprocess.run([sys.executable, "-m", "utils.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out,
                         "--cpus-per-gpu", "1", "--timeout-min", "30", "--mem-gb", "2"],
@@ -123,25 +123,32 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     assert set(jobs) == {"sa_s0", "sb_s0"} and jobs["sa_s0"].split("_")[0] == jobs["sb_s0"].split("_")[0]
 
     run_a = os.path.join(out, "sa_s0")
+    run_b = os.path.join(out, "sb_s0")
     wait_for(lambda: os.path.isfile(os.path.join(run_a, "last.pth.tar")), 300, "sa_s0's first checkpoint")
-    subprocess.run(["scontrol", "requeue", jobs["sa_s0"]], env=slurm, check=True)  # preemption
-    wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[1] >= 1, 60, "the requeue")
-    # SLURM holds a requeued job for a while (reason BeginTime); let it start again now
-    wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[0] == "PENDING", 60, "the requeued job to be pending")
+    subprocess.run(["scontrol", "requeue", jobs["sa_s0"]], env=slurm, check=True)  # preemption by the scheduler
+    wait_for(lambda: os.path.isfile(os.path.join(run_b, "last.pth.tar")), 300, "sb_s0's first checkpoint")
+    # the signal submitit asks SLURM to send before the time limit: the task checkpoints and requeues itself
+    subprocess.run(["scancel", "--signal=USR2", jobs["sb_s0"]], env=slurm, check=True)
+    for name in ("sa_s0", "sb_s0"):
+        wait_for(lambda: _job_state(slurm, jobs[name])[1] >= 1, 120, f"the requeue of {name}")
+        assert run_state(os.path.join(out, name)).state != "finished", f"{name} finished before it was stopped"
+    # SLURM holds a requeued job for about 2 minutes (reason BeginTime). The one the scheduler requeued may
+    # start at once; the self-requeued one keeps the hold (its old step may still be tearing down).
+    wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[0] == "PENDING", 60, "sa_s0 to be pending again")
     subprocess.run(["scontrol", "update", f"JobId={jobs['sa_s0']}", "StartTime=now"], env=slurm, check=True)
-    st = run_state(run_a)
-    assert st.state != "finished", "the run finished before it was preempted: the test proves nothing"
 
     status = subprocess.run([sys.executable, "-m", "utils.sweep", "--status", out], cwd=ROOT, env=slurm,
                             capture_output=True, text=True, timeout=120).stdout
     assert jobs["sa_s0"] in status and jobs["sb_s0"] in status
 
-    wait_for(lambda: run_state(run_a).state == "finished" and run_state(os.path.join(out, "sb_s0")).state == "finished",
+    wait_for(lambda: run_state(run_a).state == "finished" and run_state(run_b).state == "finished",
              600, "both runs to finish")
-    assert sorted(set(summary_epochs(run_a))) == [0, 1, 2]
-    log = "".join(open(os.path.join(dp, f)).read() for dp, _, fs in os.walk(os.path.join(out, "slurm"))
-                  for f in fs if "log" in f and jobs["sa_s0"] in f)
-    assert "resumed from" in log and "last.pth.tar" in log, log[-3000:]
+    for name, run_dir in (("sa_s0", run_a), ("sb_s0", run_b)):
+        assert sorted(set(summary_epochs(run_dir))) == [0, 1, 2]
+        log = "".join(open(os.path.join(dp, f)).read() for dp, _, fs in os.walk(os.path.join(out, "slurm"))
+                      for f in fs if "log" in f and jobs[name] in f)
+        assert "resumed from" in log and "last.pth.tar" in log, log[-3000:]
+    assert "checkpoint" in log.lower() and "requeu" in log.lower()  # sb_s0 went through TrainJob.checkpoint
     # the sweep again: nothing to submit
     r = subprocess.run([sys.executable, "-m", "utils.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out],
                        cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=300)
