@@ -420,8 +420,8 @@ def status_rows(output: str) -> List[dict]:
     for n in names:
         st = run_state(os.path.join(output, n))
         job = job_ids.get(n)
-        if st.state in ("pending", "interrupted") and job in queue:
-            st.state = "queued" if queue[job] == "PENDING" else st.state if queue[job] != "RUNNING" else "running"
+        if st.state in ("pending", "interrupted") and queue.get(job) in ("PENDING", "RUNNING"):
+            st.state = "queued" if queue[job] == "PENDING" else "running"
         if st.total_epochs is None and n in m.get("runs", {}):
             try:
                 st.total_epochs = planned_epochs(m["runs"][n]["config"], m["runs"][n]["overrides"])
