@@ -7,6 +7,10 @@ an energy estimate for models given ``--checkpoint NAME=PATH`` (see :mod:`utils.
 ``python -m utils.tables compare-log --run output/.../summary.csv --reference cifar100`` overlays a
 run's per-epoch ``summary.csv`` (columns ``epoch, eval_top1, eval_loss, train_loss``) on the
 authors' curves (shipped in ``docs/reference_logs/``) and writes a PNG.
+
+``python -m utils.tables --runs DIR [--table 2|3|4|5|7]`` collects the run folders under DIR (a sweep of
+:mod:`utils.sweep`) and writes one row per config: the paper's number, our best top-1 as mean ± std over
+seeds, epochs done/planned and the difference, as Markdown, CSV and a figure.
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import argparse
 import csv
 import math
 import os
+import re
+import statistics
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_LOG_DIR = os.path.join(ROOT, "docs", "reference_logs")
@@ -77,17 +83,6 @@ PAPER_ROWS: List[PaperRow] = [
 ]
 
 
-def registered_models() -> List[str]:
-    """Names of every model this repository registers with timm."""
-    import timm
-
-    import models  # noqa: F401
-
-    names = set(timm.list_models(module="maxformer")) | set(timm.list_models(module="spikformer"))
-    names |= set(timm.list_models(module="ms_resnet"))
-    return sorted(names)
-
-
 def count_params(name: str, **kwargs) -> int:
     """Trainable parameters of ``timm.create_model(name, **kwargs)`` (built on the meta device)."""
     import timm
@@ -128,8 +123,10 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
         if ck and r.energy_mj is not None:
             row["energy_mj"] = _energy(r.model, ck, r.T, img_size, batches)
         rows.append(row)
+    import models
+
     listed = {r.model for r in PAPER_ROWS}
-    for name in registered_models():
+    for name in models.list_our_models():
         if name not in listed:
             n = count_params(name)
             rows.append(dict(table="-", model=name, setting="(not in the paper's tables)", T=None, params=n,
@@ -139,11 +136,12 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
 
 
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
+    from models import input_spec
     from utils.energy import build_model, measure_energy, synthetic_batches
 
     model = build_model(name, checkpoint, T=T)
-    size = img_size or 224
-    report = measure_energy(model, synthetic_batches((1, 3, size, size), batches), T=T, model_name=name)
+    shape = input_spec(model).shape(1, img_size, T)
+    report = measure_energy(model, synthetic_batches(shape, batches), T=T, model_name=name)
     return report.energy_mj
 
 
@@ -221,8 +219,196 @@ def compare_logs(run: str, reference: str, out: str) -> dict:
     return summary
 
 
+# ----------------------------------------------------------------------------- sweep results vs the paper
+DATASET_SETTINGS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar10dvs": "CIFAR10-DVS",
+                    "dvsgesture": "DVS128", "imagenet": "ImageNet"}
+_CLAIM = re.compile(r"paper table (\d+)([^:]*):\s*([\d.]+)\s*%", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PaperClaim:
+    table: str
+    row: str  # the paper's row name, as we label it
+    top1: float
+
+
+def config_claims(config: str) -> List[PaperClaim]:
+    """The paper's numbers a config's header quotes (``# Paper Table 4: 82.23 % top-1.``)."""
+    stem = os.path.splitext(os.path.basename(config))[0]
+    claims = []
+    if not os.path.isfile(config):
+        return claims
+    with open(config) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            for table, qualifier, top1 in _CLAIM.findall(line):
+                qualifier = qualifier.strip().strip(",")
+                claims.append(PaperClaim(table, f"{stem} {qualifier}".strip(), float(top1)))
+    return claims
+
+
+def paper_claims(args: dict) -> List[PaperClaim]:
+    """Paper rows a run (its ``args.yaml``) reproduces: its config header's claims when the run kept the
+    config's model, T and model_kwargs; otherwise the matching row of :data:`PAPER_ROWS` (Tables 2, 3, 5)."""
+    from utils.config import ConfigError, load_yaml
+
+    config = args.get("config") or ""
+    try:
+        own = load_yaml(config) if config else {}
+    except ConfigError:
+        own = {}
+    same = all(args.get(k) == own.get(k, args.get(k)) for k in ("model", "T")) and \
+        (args.get("model_kwargs") or {}) == (own.get("model_kwargs") or {})
+    if same and config_claims(config):
+        return config_claims(config)
+    if args.get("model_kwargs"):
+        return []
+    setting = DATASET_SETTINGS.get(args.get("dataset"), "?")
+    return [PaperClaim(r.table, f"{r.model} {r.setting} T{r.T}", r.top1) for r in PAPER_ROWS
+            if r.model == args.get("model") and r.setting.startswith(setting) and r.T == args.get("T")
+            and r.top1 is not None and dict(r.kwargs).get("num_classes", args.get("num_classes")) in (
+                args.get("num_classes"), (args.get("run_info") or {}).get("num_classes"))]
+
+
+def collect_runs(runs_dir: str) -> Dict[str, List[dict]]:
+    """Run folders under ``runs_dir`` (any depth), grouped by experiment name without its ``_s<seed>``."""
+    import yaml
+
+    from utils.sweep import run_state
+
+    groups: Dict[str, List[dict]] = {}
+    for dirpath, dirnames, filenames in sorted(os.walk(runs_dir)):
+        dirnames.sort()
+        if "args.yaml" not in filenames:
+            continue
+        with open(os.path.join(dirpath, "args.yaml")) as f:
+            args = yaml.safe_load(f) or {}
+        name = re.sub(r"_s\d+$", "", args.get("experiment") or os.path.basename(dirpath))
+        groups.setdefault(name, []).append(dict(args=args, run_dir=dirpath, state=run_state(dirpath)))
+    return groups
+
+
+def result_rows(runs_dir: str, table: Optional[str] = None) -> List[dict]:
+    """One row per (config, paper row): our best top-1 as mean ± std over seeds beside the paper's."""
+    rows = []
+    for name, runs in collect_runs(runs_dir).items():
+        claims = paper_claims(runs[0]["args"]) or [PaperClaim("-", name, float("nan"))]
+        tops = [r["state"].best_top1 for r in runs if r["state"].best_top1 is not None]
+        done = [r["state"].epochs_done for r in runs]
+        planned = [r["state"].total_epochs for r in runs if r["state"].total_epochs is not None]
+        n_finished = sum(r["state"].state == "finished" for r in runs)
+        mean = statistics.fmean(tops) if tops else None
+        for c in claims:
+            if table is not None and c.table != table:
+                continue
+            paper = None if math.isnan(c.top1) else c.top1
+            rows.append(dict(
+                table=c.table, row=c.row, experiment=name, paper_top1=paper, mean_top1=mean,
+                std_top1=statistics.stdev(tops) if len(tops) > 1 else None, n_seeds=len(tops),
+                seeds=" ".join(str(r["args"].get("seed")) for r in runs),
+                epochs_done=min(done), epochs_planned=max(planned) if planned else None,
+                diff=None if mean is None or paper is None else mean - paper,
+                status="finished" if n_finished == len(runs) else f"unfinished ({n_finished}/{len(runs)} runs finished)"))
+    rows.sort(key=lambda r: (r["table"] == "-", r["table"], r["row"]))
+    return rows
+
+
+def _num(v: Optional[float], fmt: str = ".2f", signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return format(v, ("+" if signed else "") + fmt)
+
+
+def mean_std_text(row: dict) -> str:
+    return f"{_num(row['mean_top1'])} ± {_num(row['std_top1'])}"
+
+
+def results_markdown(rows: Sequence[dict]) -> str:
+    out = ["| table | paper row | paper top-1 | ours top-1 (mean ± std) | seeds | epochs done/planned | diff | status |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        status = r["status"] if r["status"] == "finished" else f"**{r['status']}**"
+        out.append(f"| {r['table']} | {r['row']} | {_num(r['paper_top1'])} | {mean_std_text(r)} | {r['n_seeds']} | "
+                   f"{r['epochs_done']}/{r['epochs_planned'] if r['epochs_planned'] is not None else '?'} | "
+                   f"{_num(r['diff'], signed=True)} | {status} |")
+    return "\n".join(out)
+
+
+def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
+    """Ours (mean, error bar = std over seeds) beside the paper, one line per row; unfinished hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)), dpi=90)
+    y = list(range(len(rows)))[::-1]
+    for yi, r in zip(y, rows):
+        if r["paper_top1"] is not None:
+            ax.plot(r["paper_top1"], yi, "x", color="black", label="paper" if yi == y[0] else None)
+        if r["mean_top1"] is not None:
+            done = r["status"] == "finished"
+            ax.errorbar(r["mean_top1"], yi, xerr=r["std_top1"] or 0, fmt="o", capsize=3, color="tab:blue",
+                        mfc="tab:blue" if done else "white", label=None)
+    ax.plot([], [], "o", color="tab:blue", label="ours (mean ± std over seeds)")
+    ax.plot([], [], "o", color="tab:blue", mfc="white", label="ours, unfinished")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"T{r['table']} {r['row']}" for r in rows], fontsize=7)
+    ax.set_xlabel("top-1 (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "") -> List[str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "csv", "png")]
+    with open(paths[0], "w") as f:
+        f.write((f"# {title}\n\n" if title else "") + results_markdown(rows) + "\n")
+    with open(paths[1], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    results_figure(rows, paths[2], title)
+    return paths
+
+
+def results_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m utils.tables --runs DIR",
+                                description="one row per config of the runs under DIR: best top-1 mean ± std over "
+                                            "seeds beside the paper's number; writes Markdown, CSV and a figure")
+    p.add_argument("--runs", required=True, help="folder of run folders (e.g. a sweep's --output)")
+    p.add_argument("--table", choices=("2", "3", "4", "5", "7"), default=None, help="only this table of the paper")
+    p.add_argument("--out", default=None, help="folder for table<N>.md/.csv/.png (default: --runs)")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.runs):
+        print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
+        return 2
+    rows = result_rows(a.runs, a.table)
+    if not rows:
+        what = f"for Table {a.table}" if a.table else ""
+        print(f"error: no run folders (with args.yaml) {what} under {a.runs}", file=sys.stderr)
+        return 2
+    stem = f"table{a.table}" if a.table else "results"
+    title = f"Paper Table {a.table}: ours vs paper" if a.table else "Runs vs the paper"
+    print(results_markdown(rows))
+    unfinished = sum(r["status"] != "finished" for r in rows)
+    if unfinished:
+        print(f"\n{unfinished} of {len(rows)} rows are unfinished (means over the epochs done so far).")
+    print("wrote " + ", ".join(write_results(rows, a.out or a.runs, stem, title)))
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--runs" or a.startswith("--runs=") for a in argv):
+        return results_main(argv)
     if argv and argv[0] == "compare-log":
         p = argparse.ArgumentParser(prog="python -m utils.tables compare-log",
                                     description="overlay a run's summary.csv on the authors' per-epoch curves")

@@ -1,0 +1,572 @@
+"""Sweeps: one training run per (config, seed), on this machine or on a SLURM cluster.
+
+    python -m utils.sweep A.yaml B.yaml --seeds 0 1 2 --output runs/table4 -- --epochs 100
+    python -m utils.sweep cifar10-100/ablations/*.yaml --seeds 0 1 2 --launcher slurm \\
+        --partition gpu --gpus-per-run 1 --timeout-min 1440 --output runs/table4
+    python -m utils.sweep --status runs/table4
+
+Each run is ``train.py -c CONFIG --seed S --output DIR --experiment <config stem>_s<S> --resume auto
+[overrides]``, so its folder is the usual run folder ``DIR/<stem>_s<S>/`` and starting a run again
+continues it from ``last.pth.tar``. Running the same sweep again skips finished runs and continues the
+others. ``DIR/sweep.json`` (the manifest) records configs, seeds, overrides, commands and SLURM job ids.
+
+Launchers:
+
+* ``local``: one run after another, or ``--parallel K`` at once with the CPU threads (the usable cores, or
+  ``OMP_NUM_THREADS`` if set) split between them (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of each run) and, with ``--gpus-per-run N``, N GPUs each
+  (``CUDA_VISIBLE_DEVICES``, ``torchrun`` for N > 1).
+* ``slurm``: one array job through submitit; each task runs one training run (``torchrun`` inside the job
+  for N > 1 GPUs). On time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which stops
+  train.py (it saves its state on SIGTERM) and requeues the same run, which continues from
+  ``last.pth.tar``; a job requeued by the scheduler itself restarts the same command with the same effect.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+MANIFEST = "sweep.json"
+STOP_GRACE_S = 60  # how long train.py may take to save its checkpoint after SIGTERM
+
+
+class SweepError(ValueError):
+    """A sweep the user has to fix (bad config, conflicting manifest, missing tool)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# runs and their state
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of the sweep."""
+
+    config: str  # absolute path
+    seed: int
+    output: str  # sweep folder (absolute)
+    overrides: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return f"{os.path.splitext(os.path.basename(self.config))[0]}_s{self.seed}"
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output, self.name)
+
+    def train_args(self) -> List[str]:
+        """train.py's arguments for this run."""
+        return ["-c", self.config, "--seed", str(self.seed), "--output", self.output, "--experiment", self.name,
+                "--resume", "auto", *self.overrides]
+
+    def command(self, gpus_per_run: int = 0, python: str = sys.executable) -> List[str]:
+        """The full command line (``torchrun`` when the run uses more than one GPU)."""
+        if gpus_per_run > 1:
+            return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus_per_run),
+                    TRAIN_PY, *self.train_args()]
+        return [python, TRAIN_PY, *self.train_args()]
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a run folder says about its run."""
+
+    state: str  # pending | running | finished | interrupted | failed | diverged
+    epochs_done: int = 0
+    total_epochs: Optional[int] = None
+    best_top1: Optional[float] = None
+    best_epoch: Optional[int] = None
+
+
+def _lock_held(path: str) -> bool:
+    """True if another process holds an flock on ``path`` (train.py's ``run.lock`` while it runs)."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def read_summary(run_dir: str) -> Dict[int, float]:
+    """``{epoch: eval_top1}`` from a run's summary.csv (a replayed epoch keeps its last row)."""
+    path = os.path.join(run_dir, "summary.csv")
+    rows: Dict[int, float] = {}
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    rows[int(float(row["epoch"]))] = float(row["eval_top1"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return rows
+
+
+def run_state(run_dir: str) -> RunState:
+    """State of one run folder: ``status.json`` when train.py wrote one, else derived from its files."""
+    summary = read_summary(run_dir)
+    best_epoch = max(summary, key=lambda e: (summary[e], -e)) if summary else None
+    st = RunState("pending", epochs_done=(max(summary) + 1) if summary else 0,
+                  best_top1=summary.get(best_epoch) if summary else None, best_epoch=best_epoch)
+    status_path = os.path.join(run_dir, "status.json")
+    if os.path.isfile(status_path):
+        try:
+            with open(status_path) as f:
+                s = json.load(f)
+            st.state = s.get("state", st.state)
+            st.epochs_done = int(s.get("epoch", -1)) + 1
+            st.total_epochs = s.get("total_epochs")
+            st.best_top1 = s.get("best_top1", st.best_top1)
+            st.best_epoch = s.get("best_epoch", st.best_epoch)
+        except (OSError, ValueError):
+            pass  # being rewritten: fall back to the files below
+        else:
+            if st.state == "running" and not _lock_held(os.path.join(run_dir, "run.lock")):
+                st.state = "interrupted"  # killed without a chance to say so
+            return st
+    args_path = os.path.join(run_dir, "args.yaml")
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            st.total_epochs = ((yaml.safe_load(f) or {}).get("run_info") or {}).get("total_epochs")
+    if _lock_held(os.path.join(run_dir, "run.lock")):
+        st.state = "running"
+    elif st.total_epochs is not None and st.epochs_done >= st.total_epochs:
+        st.state = "finished"
+    elif summary or os.path.isfile(os.path.join(run_dir, "last.pth.tar")):
+        st.state = "interrupted"
+    return st
+
+
+def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
+    """Epochs a run of ``config`` with ``overrides`` will train (schedule + cooldown); raises SweepError."""
+    from utils.config import ConfigError, parse_config
+
+    try:
+        cfg = parse_config(["-c", config, *overrides])
+    except ConfigError as err:
+        raise SweepError(f"{config}: {err}") from None
+    return cfg.epochs + cfg.cooldown_epochs
+
+
+def plan(configs: Sequence[str], seeds: Sequence[int], output: str, overrides: Sequence[str] = ()) -> List[Run]:
+    """One :class:`Run` per (config, seed); every config is checked (with the overrides) before anything starts."""
+    if not configs:
+        raise SweepError("no config given: python -m utils.sweep CONFIG [CONFIG ...] --seeds 0 1 --output DIR")
+    output = os.path.abspath(output)
+    runs = []
+    for c in configs:
+        planned_epochs(c, overrides)
+        runs += [Run(os.path.abspath(c), s, output, tuple(overrides)) for s in seeds]
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SweepError(f"two configs share a file name, so their runs would share a folder: {', '.join(dupes)}; "
+                         "rename one of them")
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_manifest(output: str) -> dict:
+    path = os.path.join(output, MANIFEST)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_manifest(output: str, manifest: dict) -> None:
+    """Write ``DIR/sweep.json`` atomically."""
+    os.makedirs(output, exist_ok=True)
+    manifest["updated"] = _now()
+    tmp = os.path.join(output, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, os.path.join(output, MANIFEST))
+
+
+def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
+                gpus_per_run: int = 0) -> dict:
+    """Add ``runs`` to the manifest; refuses a run recorded earlier with another config or overrides."""
+    m = load_manifest(output) or {"created": _now(), "runs": {}, "submissions": []}
+    for r in runs:
+        old = m["runs"].get(r.name)
+        if old and (old["config"] != r.config or old["overrides"] != list(r.overrides)):
+            raise SweepError(f"{r.run_dir} was started with config {old['config']} and overrides "
+                             f"{old['overrides'] or 'none'}; this sweep asks for {r.config} with "
+                             f"{list(r.overrides) or 'no overrides'}. Use another --output, or the same overrides "
+                             "to continue it.")
+        m["runs"].setdefault(r.name, {"config": r.config, "seed": r.seed, "overrides": list(r.overrides)})
+        m["runs"][r.name]["command"] = " ".join(r.command(gpus_per_run))
+    m["configs"] = sorted({v["config"] for v in m["runs"].values()})
+    m["seeds"] = sorted({v["seed"] for v in m["runs"].values()})
+    m["submissions"].append({"time": _now(), "launcher": launcher, "runs": [r.name for r in runs], **(extra or {})})
+    save_manifest(output, m)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# local launcher
+def thread_env(threads: int, gpus: Optional[Sequence[int]] = None) -> Dict[str, str]:
+    """Environment of one child: its share of CPU threads and, if given, its GPUs."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    return env
+
+
+def cpu_budget() -> int:
+    """CPU threads a sweep may use on this machine: ``OMP_NUM_THREADS`` if set, else the usable cores."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0, python: str = sys.executable) -> Dict[str, int]:
+    """Run ``runs`` on this machine, ``parallel`` at a time; returns ``{run name: exit code}``.
+
+    Output of each run goes to ``DIR/logs/<run>.log``. A slot keeps its GPUs for all the runs it takes.
+    """
+    parallel = max(1, min(parallel, len(runs))) if runs else 1
+    threads = max(1, cpu_budget() // parallel)
+    slots = list(range(parallel))
+    lock = threading.Lock()
+    codes: Dict[str, int] = {}
+
+    def one(run: Run) -> None:
+        with lock:
+            slot = slots.pop()
+        try:
+            gpus = list(range(slot * gpus_per_run, (slot + 1) * gpus_per_run)) if gpus_per_run else None
+            log = os.path.join(run.output, "logs", f"{run.name}.log")
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            print(f"[sweep] start {run.name}  (log {log})", flush=True)
+            with open(log, "a") as f:
+                codes[run.name] = subprocess.call(run.command(gpus_per_run, python), cwd=ROOT,
+                                                  env=thread_env(threads, gpus), stdout=f, stderr=subprocess.STDOUT)
+            st = run_state(run.run_dir)
+            print(f"[sweep] {run.name}: exit {codes[run.name]}, {st.state}, epochs {st.epochs_done}/"
+                  f"{st.total_epochs if st.total_epochs is not None else '?'}", flush=True)
+        finally:
+            with lock:
+                slots.append(slot)
+
+    with ThreadPoolExecutor(parallel) as pool:
+        for fut in [pool.submit(one, r) for r in runs]:
+            fut.result()
+    return codes
+
+
+# ----------------------------------------------------------------------------------------------
+# SLURM launcher (submitit)
+class TrainJob:
+    """One training run as a submitit job; checkpointable, so time-outs and preemptions requeue it."""
+
+    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable):
+        self.run, self.gpus_per_run, self.cpus, self.python = run, gpus_per_run, cpus, python
+        self._proc: Optional[subprocess.Popen] = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _proc=None)
+
+    def __call__(self) -> dict:
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus)  # what the job was given
+        threads = max(1, cpus // max(1, self.gpus_per_run))
+        cmd = self.run.command(self.gpus_per_run, self.python)
+        print("[sweep] " + " ".join(cmd), flush=True)
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=thread_env(threads))
+        while self._proc.poll() is None:  # not wait(): checkpoint() must be able to reap it from a signal handler
+            time.sleep(1.0)
+        code = self._proc.returncode
+        st = run_state(self.run.run_dir)
+        if code < 0 or st.state == "interrupted":
+            raise RuntimeError(f"{self.run.name}: train.py stopped by signal {-code if code < 0 else code} after epoch "
+                               f"{st.epochs_done}/{st.total_epochs} (preemption or time-out); a requeued job "
+                               "continues from last.pth.tar")
+        if code != 0:
+            raise RuntimeError(f"{self.run.name}: train.py exited with code {code} ({st.state}, epochs "
+                               f"{st.epochs_done}/{st.total_epochs}); its output is in this job's log")
+        return dataclasses.asdict(st)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on time-out/preemption: stop train.py (it saves on SIGTERM), requeue this run."""
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python))
+
+
+@dataclasses.dataclass
+class SlurmResources:
+    partition: Optional[str] = None
+    gpus_per_run: int = 0
+    cpus_per_gpu: int = 8
+    timeout_min: int = 24 * 60
+    mem_gb: Optional[float] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    array_parallelism: int = 256
+    job_name: str = "sweep"
+
+    @property
+    def cpus_per_task(self) -> int:
+        return self.cpus_per_gpu * max(1, self.gpus_per_run)
+
+    def executor_parameters(self) -> dict:
+        """Parameters for ``submitit.AutoExecutor.update_parameters`` (SLURM-only ones are prefixed)."""
+        p = dict(name=self.job_name, nodes=1, tasks_per_node=1, cpus_per_task=self.cpus_per_task,
+                 timeout_min=self.timeout_min, slurm_array_parallelism=self.array_parallelism)
+        if self.gpus_per_run:
+            p["gpus_per_node"] = self.gpus_per_run
+        if self.mem_gb:
+            p["mem_gb"] = self.mem_gb
+        for key in ("partition", "account", "qos"):
+            if getattr(self, key):
+                p[f"slurm_{key}"] = getattr(self, key)
+        return p
+
+
+def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"):
+    """A submitit executor writing its scripts and logs to ``folder``; ``cluster="local"`` runs the same
+    jobs as local processes (tests)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    ex.update_parameters(**resources.executor_parameters())
+    return ex
+
+
+def sbatch_script(runs: Sequence[Run], resources: SlurmResources, folder: str) -> str:
+    """The sbatch script the SLURM launcher submits for ``runs`` (shown by --dry-run, checked by the tests)."""
+    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex.update_parameters(**resources.executor_parameters())
+    params = dict(ex._executor.parameters)  # the SLURM names submitit derived from our parameters
+    if len(runs) > 1:
+        params["map_count"] = len(runs)
+    return _make_sbatch_string(command=" ".join([sys.executable, "-u", "-m", "submitit.core._submit", folder]),
+                               folder=folder, **params)
+
+
+def submit_slurm(runs: Sequence[Run], resources: SlurmResources, cluster: str = "slurm", python: str = sys.executable):
+    """Submit ``runs`` as one array job; returns the submitit jobs (``job.job_id`` is ``ARRAY_TASK``)."""
+    folder = os.path.join(runs[0].output, "slurm", "%j")
+    ex = make_executor(folder, resources, cluster)
+    with ex.batch():
+        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python)) for r in runs]
+    return jobs
+
+
+def slurm_queue(job_ids: Sequence[str]) -> Dict[str, str]:
+    """``{job id: state}`` of the given jobs still known to ``squeue`` (empty without SLURM)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)], capture_output=True, text=True)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# status
+def status_rows(output: str) -> List[dict]:
+    """One row per run of the sweep in ``output`` (manifest runs, then any other run folder)."""
+    m = load_manifest(output)
+    names = list(m.get("runs", {}))
+    if os.path.isdir(output):
+        names += sorted(d for d in os.listdir(output) if d not in names and (
+            os.path.isfile(os.path.join(output, d, "args.yaml")) or os.path.isfile(os.path.join(output, d, "status.json"))))
+    job_ids = {n: m["runs"][n].get("job_id") for n in names if n in m.get("runs", {})}
+    queue = slurm_queue([j for j in job_ids.values() if j])
+    rows = []
+    for n in names:
+        st = run_state(os.path.join(output, n))
+        job = job_ids.get(n)
+        if st.state in ("pending", "interrupted") and queue.get(job) in ("PENDING", "RUNNING"):
+            st.state = "queued" if queue[job] == "PENDING" else "running"
+        if st.total_epochs is None and n in m.get("runs", {}):
+            try:
+                st.total_epochs = planned_epochs(m["runs"][n]["config"], m["runs"][n]["overrides"])
+            except SweepError:
+                pass
+        rows.append(dict(run=n, job_id=job, slurm=queue.get(job, ""), **dataclasses.asdict(st)))
+    return rows
+
+
+def format_status(rows: Sequence[dict]) -> str:
+    lines = [f"{'run':44s} {'state':12s} {'epochs':>9s} {'best top-1':>16s}  job"]
+    for r in rows:
+        total = r["total_epochs"] if r["total_epochs"] is not None else "?"
+        best = f"{r['best_top1']:.2f} (ep {r['best_epoch']})" if r["best_top1"] is not None else "-"
+        job = (r["job_id"] or "") + (f" {r['slurm']}" if r["slurm"] else "")
+        lines.append(f"{r['run']:44s} {r['state']:12s} {str(r['epochs_done']) + '/' + str(total):>9s} {best:>16s}  {job}")
+    counts: Dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
+                                epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
+    p.add_argument("configs", nargs="*", help="training configs (YAML), one or more")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
+    p.add_argument("--output", "-o", default=None, help="sweep folder: DIR/<config stem>_s<seed>/ per run")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, commands, resources); start nothing")
+    p.add_argument("--status", metavar="DIR", default=None, help="print the state of every run in DIR and exit")
+    g = p.add_argument_group("local launcher")
+    g.add_argument("--parallel", type=int, default=1, help="runs at once (CPU threads are split between them)")
+    g = p.add_argument_group("both launchers")
+    g.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per run (torchrun when > 1)")
+    g = p.add_argument_group("slurm launcher")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs per GPU (per run without GPU)")
+    g.add_argument("--timeout-min", type=int, default=24 * 60, help="wall-time limit per job; "
+                   "a run that needs longer is requeued and continues")
+    g.add_argument("--mem-gb", type=float, default=None)
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--array-parallelism", type=int, default=256, help="array tasks running at once")
+    g.add_argument("--job-name", default="sweep")
+    return p
+
+
+def _split_overrides(argv: Sequence[str]):
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    own, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own)
+    try:
+        if args.status:
+            if not os.path.isdir(args.status):
+                raise SweepError(f"--status: {args.status} is not a folder")
+            print(format_status(status_rows(args.status)))
+            return 0
+        if not args.output:
+            raise SweepError("--output DIR is required: the sweep folder that holds one run folder per (config, seed)")
+        if args.parallel < 1 or args.gpus_per_run < 0:
+            raise SweepError("--parallel must be >= 1 and --gpus-per-run >= 0")
+        runs = plan(args.configs, args.seeds, args.output, overrides)
+        return _launch(args, runs)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _launch(args, runs: List[Run]) -> int:
+    output = runs[0].output
+    m = load_manifest(output)
+    states = {r.name: run_state(r.run_dir) for r in runs}
+    queued = slurm_queue([m["runs"][r.name]["job_id"] for r in runs
+                          if m.get("runs", {}).get(r.name, {}).get("job_id")])
+    todo = []
+    for r in runs:
+        st, job = states[r.name], m.get("runs", {}).get(r.name, {}).get("job_id")
+        if st.state == "finished":
+            print(f"[sweep] skip {r.name}: finished ({st.epochs_done}/{st.total_epochs} epochs, best {st.best_top1})")
+        elif st.state == "running":
+            print(f"[sweep] skip {r.name}: running now")
+        elif job in queued:
+            print(f"[sweep] skip {r.name}: SLURM job {job} is {queued[job]}")
+        else:
+            todo.append(r)
+    resources = SlurmResources(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.timeout_min, args.mem_gb,
+                               args.account, args.qos, args.array_parallelism, args.job_name)
+    if args.dry_run:
+        print(f"[sweep] plan: {len(runs)} runs, {len(todo)} to start, launcher {args.launcher}, output {output}")
+        for r in todo:
+            print(f"  {r.name} ({states[r.name].state}): " + " ".join(r.command(args.gpus_per_run)))
+        if args.launcher == "slurm" and todo:
+            print("[sweep] SLURM: one array job of %d tasks, submitit parameters %s" % (
+                len(todo), json.dumps(resources.executor_parameters())))
+            print(sbatch_script(todo, resources, os.path.join(output, "slurm", "%j")))
+        elif args.launcher == "local":
+            print(f"[sweep] local: {args.parallel} at a time, {max(1, cpu_budget() // args.parallel)} "
+                  f"threads each" + (f", {args.gpus_per_run} GPU(s) each" if args.gpus_per_run else ""))
+        return 0
+    if not todo:
+        print("[sweep] nothing to start: every run is finished, running or queued")
+        return 0
+    if args.launcher == "local":
+        record_runs(output, todo, "local", {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run},
+                    args.gpus_per_run)
+        try:
+            codes = run_local(todo, args.parallel, args.gpus_per_run)
+        except KeyboardInterrupt:
+            print("\n[sweep] interrupted; run the same command again to continue the unfinished runs", file=sys.stderr)
+            return 130
+        m = load_manifest(output)
+        for name, code in codes.items():
+            m["runs"][name]["last_exit_code"] = code
+        save_manifest(output, m)
+        failed = [n for n, c in codes.items() if c != 0]
+        if failed:
+            print(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (logs in {output}/logs/)", file=sys.stderr)
+            return 1
+        print(f"[sweep] done: {len(codes)} run(s) in {output}")
+        return 0
+    try:
+        jobs = submit_slurm(todo, resources)
+    except Exception as err:  # sbatch missing or refusing: say so in one line
+        raise SweepError(f"SLURM submission failed: {err}") from None
+    record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
+                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run)
+    m = load_manifest(output)
+    for r, j in zip(todo, jobs):
+        m["runs"][r.name]["job_id"] = j.job_id
+    save_manifest(output, m)
+    print(f"[sweep] submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
+          f"follow with: python -m utils.sweep --status {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
