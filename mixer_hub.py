@@ -97,11 +97,13 @@ def _neurons(cfg: Optional["NeuronConfig"]) -> "NeuronConfig":
     return NeuronConfig()
 
 
-def _fold(x: torch.Tensor) -> torch.Tensor:
+def fold_time(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, ...] -> [T*B, ...]``: time folded into the batch, as convolutions and BatchNorm see it."""
     return x.flatten(0, 1)
 
 
-def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
+def unfold_time(y: torch.Tensor, T: int) -> torch.Tensor:
+    """Inverse of :func:`fold_time`: ``[T*B, ...] -> [T, B, ...]``."""
     return y.reshape(T, -1, *y.shape[1:])
 
 
@@ -142,7 +144,7 @@ class PoolMixer(nn.Module):
             self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
 
     def forward(self, x):
-        return _unfold(self.pool(_fold(x)), x.shape[0])
+        return unfold_time(self.pool(fold_time(x)), x.shape[0])
 
 
 @register_mixer("max")
@@ -169,8 +171,8 @@ class _SpikingDWC(nn.Module):
         self.add_module(self._bn, nn.BatchNorm2d(dim))
 
     def forward(self, x):
-        y = getattr(self, self._bn)(getattr(self, self._conv)(_fold(self.lif(x))))
-        return _unfold(y, x.shape[0])
+        y = getattr(self, self._bn)(getattr(self, self._conv)(fold_time(self.lif(x))))
+        return unfold_time(y, x.shape[0])
 
 
 @register_mixer("dwc")
@@ -213,9 +215,9 @@ class _PointwiseProjections(nn.Module):
 
     def project(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
         fc = getattr(self, f"{prefix}_{self._suffix}")
-        z = _fold(x)
+        z = fold_time(x)
         z = fc(z) if self.layer == "conv1d" else fc(z.transpose(1, 2)).transpose(1, 2)
-        return _unfold(getattr(self, f"{prefix}_bn")(z), x.shape[0])
+        return unfold_time(getattr(self, f"{prefix}_bn")(z), x.shape[0])
 
 
 @register_mixer("ssa")
@@ -300,7 +302,7 @@ class SSADWC(SSA):
 
     def forward(self, x):
         s = self.dwc_neuron(self.attention(x).reshape(x.shape))
-        return _unfold(self.dwc_bn(self.dwc(_fold(s))), x.shape[0]) + x
+        return unfold_time(self.dwc_bn(self.dwc(fold_time(s))), x.shape[0]) + x
 
 
 @register_mixer("qka")
@@ -368,8 +370,8 @@ class SDSA(nn.Module):
         self.erode = nn.MaxPool3d((1, 3, 3), stride=1, padding=(0, 1, 1)) if erode else None
 
     def _branch(self, p: str, s: torch.Tensor) -> torch.Tensor:
-        y = getattr(self, f"{p}_bn")(getattr(self, f"{p}_conv")(_fold(s)))
-        return getattr(self, f"{p}_lif")(_unfold(y, s.shape[0]))
+        y = getattr(self, f"{p}_bn")(getattr(self, f"{p}_conv")(fold_time(s)))
+        return getattr(self, f"{p}_lif")(unfold_time(y, s.shape[0]))
 
     def _erode(self, z: torch.Tensor) -> torch.Tensor:
         if self.erode is None:
@@ -390,5 +392,5 @@ class SDSA(nn.Module):
         kv = self._erode(k * v).sum(dim=-2, keepdim=True)
         out = self._erode(q * self.talking_heads_lif(kv))
         out = out.transpose(3, 4).reshape(T, B, C, H, W)
-        y = self.proj_bn(self.proj_conv(_fold(out)))
-        return _unfold(y, T) + x
+        y = self.proj_bn(self.proj_conv(fold_time(out)))
+        return unfold_time(y, T) + x

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from mixer_hub import create_mixer
 
-from .common import fold_time, unfold_time
+from mixer_hub import fold_time, unfold_time
 from .neurons import NeuronConfig
 
 __all__ = ["SpikingMLP", "Block"]

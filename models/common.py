@@ -30,8 +30,8 @@ from timm.models._features import feature_take_indices
 
 from .neurons import NeuronConfig, reset_net
 
-__all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg", "fold_time",
-           "unfold_time", "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
+__all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
+           "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
            "init_trunc_normal"]
 
 NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
@@ -53,16 +53,6 @@ _FRAME_DATA = ("dvs",)  # datasets whose samples are [T, C, H, W] event frames
 def variant_cfg(data: str, **kwargs) -> dict:
     """One entry of a family's ``default_cfgs`` table: the data config of ``data`` plus ``kwargs``."""
     return dict(DATA_CFG[data], license="mit", **kwargs)
-
-
-def fold_time(x: torch.Tensor) -> torch.Tensor:
-    """``[T, B, ...] -> [T*B, ...]``: time folded into the batch, as convolutions and BatchNorm see it."""
-    return x.flatten(0, 1)
-
-
-def unfold_time(y: torch.Tensor, T: int) -> torch.Tensor:
-    """Inverse of :func:`fold_time`: ``[T*B, ...] -> [T, B, ...]``."""
-    return y.reshape(T, -1, *y.shape[1:])
 
 
 def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfig:

@@ -34,6 +34,8 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
+from mixer_hub import fold_time, unfold_time
+
 from .neurons import NeuronConfig
 
 __all__ = ["create_embedding", "embedding_names", "register_embedding", "SpikingConvBN", "DOWNSAMPLING"]
@@ -68,14 +70,6 @@ def create_embedding(name: str, in_channels: int, embed_dims: int,
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown patch embedding {name!r}.{hint} Known: {', '.join(embedding_names())}")
     return _EMBEDDINGS[name](in_channels, embed_dims, neuron_cfg=neuron_cfg or NeuronConfig())
-
-
-def _fold(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(0, 1)
-
-
-def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
-    return y.reshape(T, -1, *y.shape[1:])
 
 
 def _max_pool() -> nn.Module:
@@ -116,7 +110,7 @@ class SpikingConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor, return_spikes: bool = False):
         s = x if self.embed_lif is None else self.embed_lif(x)
-        y = _unfold(self.pool(self.embed_bn(self.embed_conv(_fold(s)))), x.shape[0])
+        y = unfold_time(self.pool(self.embed_bn(self.embed_conv(fold_time(s)))), x.shape[0])
         return (y, s) if return_spikes else y
 
 
@@ -129,7 +123,7 @@ class _RawConvBN(nn.Module):
         self.proj_bn = nn.BatchNorm2d(out_channels)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return _unfold(self.proj_bn(self.proj_conv(_fold(x))), x.shape[0])
+        return unfold_time(self.proj_bn(self.proj_conv(fold_time(x))), x.shape[0])
 
 
 @register_embedding("orig", downsampling=1)
@@ -299,10 +293,10 @@ class PatchEmbeddingStage(nn.Module):
 
     def forward(self, x):
         T = x.shape[0]
-        s = _fold(self.proj3_lif(x))
-        y = _unfold(self.proj3_mp(self.proj3_bn(self.proj3_conv(s))), T)
-        y = self.proj4_bn(self.proj4_conv(_fold(self.proj4_lif(y))))
-        return _unfold(y + self.proj_res_bn(self.proj_res_conv(s)), T)
+        s = fold_time(self.proj3_lif(x))
+        y = unfold_time(self.proj3_mp(self.proj3_bn(self.proj3_conv(s))), T)
+        y = self.proj4_bn(self.proj4_conv(fold_time(self.proj4_lif(y))))
+        return unfold_time(y + self.proj_res_bn(self.proj_res_conv(s)), T)
 
 
 @register_embedding("qk_init", downsampling=4)
@@ -331,8 +325,8 @@ class PatchEmbedInit(nn.Module):
 
     def forward(self, x):
         T = x.shape[0]
-        y = _unfold(self.proj_mp(self.proj_bn(self.proj_conv(_fold(x)))), T)
-        s = _fold(self.proj_lif(y))
-        y = _unfold(self.proj_mp1(self.proj_bn1(self.proj_conv1(s))), T)
-        y = self.proj_bn2(self.proj_conv2(_fold(self.proj_lif1(y))))
-        return _unfold(y + self.rpe_bn(self.rpe_conv(s)), T)
+        y = unfold_time(self.proj_mp(self.proj_bn(self.proj_conv(fold_time(x)))), T)
+        s = fold_time(self.proj_lif(y))
+        y = unfold_time(self.proj_mp1(self.proj_bn1(self.proj_conv1(s))), T)
+        y = self.proj_bn2(self.proj_conv2(fold_time(self.proj_lif1(y))))
+        return unfold_time(y + self.rpe_bn(self.rpe_conv(s)), T)

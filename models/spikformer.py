@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from mixer_hub import SSA
+from mixer_hub import SSA, fold_time, unfold_time
 
 from .neurons import NeuronConfig
-from .common import SpikingModel, build_spiking_model, variant_cfg, fold_time, init_trunc_normal, \
-    neuron_config_from_kwargs, resolve_in_chans, unfold_time
+from .common import (SpikingModel, build_spiking_model, init_trunc_normal, neuron_config_from_kwargs,
+                     resolve_in_chans, variant_cfg)
 
 __all__ = ["SPS", "SpikformerMLP", "SpikformerBlock", "Spikformer", "VARIANTS", "default_cfgs"]
 
