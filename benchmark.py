@@ -11,8 +11,10 @@ Each measurement: build the model, warm up (``--warmup`` steps, compilation incl
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
 (the last line starting with ``{`` is the result) and appended to ``--csv``.
 
-Defaults are ``utils.fastpath.default_config(mode, amp)`` (flags resolved by ``utils.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
-within the golden tolerances; under ``--amp`` the fastest settings outright. ``--eager`` gives the plain path (spikingjelly neurons, no compile, NCHW).
+Defaults are ``utils.fastpath.default_config(mode, amp)`` (flags resolved by
+``utils.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
+within the golden tolerances; under ``--amp`` the fastest settings outright. ``--eager`` gives
+the plain path (spikingjelly neurons, no compile, NCHW).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the
 resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-up through
@@ -44,7 +46,8 @@ CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_p
               "gflop_per_img", "gflop_per_s", "peak_fraction", "ms_per_step_min", "amp", "compile",
               "channels_last", "neuron_impl", "fold_bn", "grad_checkpointing", "fast_conv", "compact_spikes",
               "fast_pool", "device", "threads",
-              "steps", "mem_method", "tensor_peak_mb", "eager_tensor_peak_mb", "tensor_peak_vs_eager", "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
+              "steps", "mem_method", "tensor_peak_mb", "eager_tensor_peak_mb", "tensor_peak_vs_eager",
+              "eager_ms_per_step", "speedup_vs_eager", "speedup_vs_eager_min",
               "model_kwargs", "torch", "host", "time"]
 
 
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-batch-sizes", default="1,4,16")
     p.add_argument("--smoke", action="store_true", help="tiny width, 1 warm-up + 1 step (tests)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-subprocess", action="store_true", help="sweep in this process (peak memory is then cumulative)")
+    p.add_argument("--no-subprocess", action="store_true",
+                   help="sweep in this process (peak memory is then cumulative)")
     p.add_argument("--compare-eager", action="store_true",
                    help="also time the plain eager float32 path, interleaved step by step in this process (robust "
                         "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
@@ -256,7 +260,8 @@ def measure(args) -> Dict[str, Any]:
         "compile": cfg.compile or "none", "channels_last": cfg.channels_last, "neuron_impl": cfg.neuron_impl,
         "fold_bn": cfg.fold_bn, "grad_checkpointing": cfg.grad_checkpointing, "fast_conv": cfg.fast_conv,
         "compact_spikes": cfg.compact_spikes, "fast_pool": cfg.fast_pool,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu:{platform.processor() or platform.machine()}",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu:{platform.processor() or platform.machine()}"),
         "threads": torch.get_num_threads(), "steps": len(times), "mem_method": mem_method,
         "model_kwargs": json.dumps(kwargs, default=str) if kwargs else "",
         "torch": torch.__version__, "host": platform.node(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -401,7 +406,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                 else:
                     proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + child,
                                           capture_output=True, text=True)
-                    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+                    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
                     if proc.returncode or not lines:
                         print(json.dumps({"model": args.model, "T": T, "batch_size": b,
                                           "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}), flush=True)

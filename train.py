@@ -441,8 +441,9 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                     copy_checkpoint(last_path, best_path)
                 folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
                 ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
-                _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}  train_loss {stats['train_loss']:.4f}"
-                          f"  eval_loss {row['eval_loss']:.4f}  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
+                _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}"
+                          f"  train_loss {stats['train_loss']:.4f}  eval_loss {row['eval_loss']:.4f}"
+                          f"  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
                           f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
                           f"  {row['epoch_seconds']:.1f}s")
             barrier()
@@ -525,7 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if is_main():
             last = os.path.join(cfg.output, cfg.experiment, "last.pth.tar")
             kept = (f"The last good checkpoint is kept: {last}. A changed --lr takes effect on resume:\n"
-                    f"  {resume_command(argv)} --lr <lower>" if os.path.isfile(last) else "No checkpoint was written yet.")
+                    f"  {resume_command(argv)} --lr <lower>"
+                    if os.path.isfile(last) else "No checkpoint was written yet.")
             print(f"error: training diverged: {err}. Try a lower --lr, --clip-grad 1.0 or --amp none. {kept}",
                   file=sys.stderr)
         return 1

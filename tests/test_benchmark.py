@@ -18,11 +18,12 @@ def _run(tmp_path, *args):
 
 def test_smoke_train_eager_prints_json_and_appends_csv(tmp_path, capsys):
     rows, out = _run(tmp_path, "--model", "maxformer_cifar", "--eager")
-    last = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]
     row = json.loads(last)
     assert KEYS <= set(row)
     assert row == rows[0]
-    assert (row["model"], row["mode"], row["batch_size"], row["T"], row["img_size"]) == ("maxformer_cifar", "train", 2, 1, 32)
+    assert (row["model"], row["mode"], row["batch_size"], row["T"], row["img_size"]) == (
+        "maxformer_cifar", "train", 2, 1, 32)
     assert row["neuron_impl"] == "spikingjelly" and row["compile"] == "none"
     assert row["img_per_s"] > 0 and row["peak_mem_mb"] > 0 and row["gflop_per_img"] > 0
     # a train step counts 3 forward passes

@@ -46,7 +46,8 @@ def manifest_state_dict(name, device="meta"):
         for line in f:
             key, shape = line.rstrip("\n").split("\t")
             dims = [int(d) for d in shape.strip("[]").split(",") if d.strip()]
-            sd[key] = torch.zeros(dims, device=device, dtype=torch.long if key.endswith("num_batches_tracked") else None)
+            dtype = torch.long if key.endswith("num_batches_tracked") else None
+            sd[key] = torch.zeros(dims, device=device, dtype=dtype)
     return sd
 
 

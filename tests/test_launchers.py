@@ -37,7 +37,8 @@ def _calls(log):
 
 
 @pytest.mark.parametrize("script,env,expect", [
-    ("cifar10-100/run.sh", {}, ["train.py -c {root}/cifar10-100/cifar100.yaml", "train.py -c {root}/cifar10-100/cifar10.yaml"]),
+    ("cifar10-100/run.sh", {},
+     ["train.py -c {root}/cifar10-100/cifar100.yaml", "train.py -c {root}/cifar10-100/cifar10.yaml"]),
     ("cifar10-100/run.sh", {"NPROC": "2", "DATASETS": "cifar10"},
      ["-m torch.distributed.run --standalone --nproc_per_node 2 train.py -c {root}/cifar10-100/cifar10.yaml"]),
     ("event/run.sh", {"CONFIG": "dvsgesture"}, ["train.py -c {root}/event/dvsgesture.yaml"]),

@@ -115,7 +115,8 @@ def test_broken_legacy_files_are_refused_with_a_listing(name):
     keys = list(sd)
     bn_main = [k for k in keys if k.startswith(conv.replace("conv.weight", "bn.").replace("proj3", "proj4")
                                                .replace("max_embed1.embed_conv", "embed1.embed_bn"))]
-    bn_short = [k for k in keys if k.startswith(shortcut.replace("_conv.weight", "_bn.").replace("embed_conv", "embed_bn"))]
+    bn_short = [k for k in keys
+                if k.startswith(shortcut.replace("_conv.weight", "_bn.").replace("embed_conv", "embed_bn"))]
     assert len(bn_main) == len(bn_short) == 5
     order = [k for k in keys if k not in bn_short]
     i = order.index(bn_main[0])
@@ -132,7 +133,8 @@ def test_plain_mismatch_is_not_mistaken_for_older_names():
 
 
 # ------------------------------------------------------------------ this repository's earlier names
-EARLIER = {"embed2.": "embed3.", "orig_embed1.": "embed2.", "attn.dwc.": "attn.dwc.conv.", "attn.dwc_bn.": "attn.dwc.conv_bn."}
+EARLIER = {"embed2.": "embed3.", "orig_embed1.": "embed2.",
+           "attn.dwc.": "attn.dwc.conv.", "attn.dwc_bn.": "attn.dwc.conv_bn."}
 
 
 def earlier_names(sd):
@@ -172,7 +174,8 @@ def test_files_with_this_repositorys_earlier_names_load(tmp_path, capsys):
     for k, v in src.state_dict().items():
         assert torch.equal(v, dst.state_dict()[k]), k
     out = capsys.readouterr().out
-    assert "patch_embed3.embed3.embed_bn -> patch_embed3.embed2.embed_bn  (table: this repository's earlier names)" in out
+    assert ("patch_embed3.embed3.embed_bn -> patch_embed3.embed2.embed_bn"
+            "  (table: this repository's earlier names)") in out
     assert "stage2.0.attn.dwc.conv -> stage2.0.attn.dwc  (table: this repository's earlier names)" in out
     x = torch.rand(1, 3, 16, 16)
     src.eval(), dst.eval()
@@ -191,7 +194,8 @@ def test_convert_command_writes_current_names(tmp_path, capsys):
     legacy_path, out_path = tmp_path / "10-384-T4.pth.tar", tmp_path / "converted.pth.tar"
     torch.save({"epoch": 199, "arch": "maxformer_10_384", "state_dict": legacy(src.state_dict(), names),
                 "optimizer": {"state": {}}, "args": argparse.Namespace(model="maxformer_10_384")}, legacy_path)
-    code = main(["convert", str(legacy_path), str(out_path), "--model-kwargs", "embed_dims=64", "num_heads=1", "num_classes=10"])
+    code = main(["convert", str(legacy_path), str(out_path),
+                 "--model-kwargs", "embed_dims=64", "num_heads=1", "num_classes=10"])
     assert code == 0
     out = capsys.readouterr().out
     assert "patch_embed1.proj_conv -> patch_embed1.embed1.embed_conv  (table: QKFormer-era embedding names)" in out

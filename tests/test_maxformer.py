@@ -232,13 +232,13 @@ def test_ablation_row_builds_and_runs(table, embeds, mixers):
 
 # ------------------------------------------------------------------------- embeddings
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["orig", "orig_later", "orig_plus", "orig_imagenet", "max", "max_plus", "1max", "1max_imagenet",
-                                  "qk_init", "avg"])
+@pytest.mark.parametrize("name", ["orig", "orig_later", "orig_plus", "orig_imagenet", "max", "max_plus", "1max",
+                                  "1max_imagenet", "qk_init", "avg"])
 def test_embedding_downsampling(name):
     emb = create_embedding(name, 4, 16).eval()
     y = emb(torch.randn(2, 1, 4, 32, 32))
-    factor = {"orig": 1, "orig_later": 2, "orig_plus": 8, "max": 2, "1max": 2, "1max_imagenet": 2, "avg": 2, "orig_imagenet": 4,
-              "qk_init": 4, "max_plus": 8}[name]
+    factor = {"orig": 1, "orig_later": 2, "orig_plus": 8, "max": 2, "1max": 2, "1max_imagenet": 2, "avg": 2,
+              "orig_imagenet": 4, "qk_init": 4, "max_plus": 8}[name]
     assert y.shape == (2, 1, 16, 32 // factor, 32 // factor)
 
 

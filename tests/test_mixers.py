@@ -67,7 +67,10 @@ def test_ssa_matches_functional_reference(x, heads):
     s = lif(x).flatten(3)
     q, k, v = (lif(conv1d_bn(s, getattr(m, f"{p}_conv"), getattr(m, f"{p}_bn"))) for p in "qkv")
     d = C // heads
-    split = lambda z: z.reshape(T, B, heads, d, -1).transpose(3, 4)  # channel c = head*d + j
+
+    def split(z):  # channel c = head*d + j
+        return z.reshape(T, B, heads, d, -1).transpose(3, 4)
+
     pre = ((split(q) @ split(k).transpose(-2, -1) @ split(v)) * 0.125).transpose(3, 4).reshape(T, B, C, -1)
     out = lif(pre, v_th=0.5)
     ref = conv1d_bn(out, m.proj_conv, m.proj_bn).reshape(x.shape) + x

@@ -59,7 +59,8 @@ def test_bad_settings_are_named(kwargs, match):
 def test_reporting_names_what_runs():
     assert neuron_implementation("lif", "cpu") == "spikingjelly lif cpu-op (torch.ops.sj_lif)"
     net = torch.nn.Sequential(NeuronConfig().make(), NeuronConfig(kind="if").make(), NeuronConfig().make())
-    assert describe_neurons(net) == "1 if: spikingjelly if cpu-op (torch.ops.sj_if); 2 lif: spikingjelly lif cpu-op (torch.ops.sj_lif)"
+    assert describe_neurons(net) == ("1 if: spikingjelly if cpu-op (torch.ops.sj_if);"
+                                     " 2 lif: spikingjelly lif cpu-op (torch.ops.sj_lif)")
     assert convert_neurons(net, "torch") == 3
     assert describe_neurons(net) == "1 if: pure-PyTorch loop (impl='torch'); 2 lif: pure-PyTorch loop (impl='torch')"
     assert describe_neurons(torch.nn.Linear(2, 2)) == "no spiking neurons"

@@ -6,7 +6,6 @@ import timm
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
 
-import models
 from models import reset_net
 from models.neurons import spiking_modules
 from models.ms_resnet import ResNetLayer, SpikingResNet

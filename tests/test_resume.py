@@ -63,7 +63,8 @@ def _train(out, name, *extra, patch="", new_session=False):
 
 
 def _rows(out, name):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_summary(os.path.join(out, name, "summary.csv"))]
+    return [{k: v for k, v in r.items() if k not in TIMING}
+            for r in read_summary(os.path.join(out, name, "summary.csv"))]
 
 
 @pytest.fixture(scope="module")

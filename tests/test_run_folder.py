@@ -86,7 +86,8 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
     assert _run(tmp_path, "--epochs", "4", "--resume", "auto") == 0
     log = "".join(capsys.readouterr())
     assert "epochs 2 -> 4" in log and "in effect from here on" in log
-    cosine = [min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / n)) for n, e in ((2, 0), (2, 1), (4, 2), (4, 3))]
+    cosine = [min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / n))
+              for n, e in ((2, 0), (2, 1), (4, 2), (4, 3))]
     assert _lrs(tmp_path) == pytest.approx(cosine, rel=1e-3)  # epochs 2, 3 on the 4-epoch cosine, not at min_lr
     assert read_status(str(tmp_path / "x"))["total_epochs"] == 4
 

@@ -112,8 +112,10 @@ def _job_state(env, job_id):
 
 
 def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
-    cfg_a = tiny_config(str(tmp_path), "sa", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
-    cfg_b = tiny_config(str(tmp_path), "sb", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
+    cfg_a = tiny_config(str(tmp_path), "sa",
+                        "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
+    cfg_b = tiny_config(str(tmp_path), "sb",
+                        "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     r = subprocess.run([sys.executable, "-m", "utils.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out,
                         "--cpus-per-gpu", "1", "--timeout-min", "30", "--mem-gb", "2"],
@@ -130,7 +132,7 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     # the signal submitit asks SLURM to send before the time limit: the task checkpoints and requeues itself
     subprocess.run(["scancel", "--signal=USR2", jobs["sb_s0"]], env=slurm, check=True)
     for name in ("sa_s0", "sb_s0"):
-        wait_for(lambda: _job_state(slurm, jobs[name])[1] >= 1, 120, f"the requeue of {name}")
+        wait_for(lambda name=name: _job_state(slurm, jobs[name])[1] >= 1, 120, f"the requeue of {name}")
         assert run_state(os.path.join(out, name)).state != "finished", f"{name} finished before it was stopped"
     # SLURM holds a requeued job for about 2 minutes (reason BeginTime). The one the scheduler requeued may
     # start at once; the self-requeued one keeps the hold (its old step may still be tearing down).

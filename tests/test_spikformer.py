@@ -1,4 +1,5 @@
-"""Spikformer: golden conformance (all six files), sizes, published keys, SPS, residual stream, inputs, neurons, errors."""
+"""Spikformer: golden conformance (all six files), sizes, published keys, SPS, residual stream, inputs, neurons,
+errors."""
 import os
 
 import pytest
@@ -6,7 +7,6 @@ import timm
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
 
-import models
 from models import reset_net
 from models.neurons import spiking_modules
 from models.published import REFERENCE_CTORS
@@ -172,7 +172,8 @@ def test_batch_invariance(variant):
 def test_authors_checkpoint_layout_loads():
     """A ``.pth.tar``-style dict with every published key (LayerNorms, pos_embed, norm included) loads strictly."""
     published = _manifest("spikformer_cifar10dvs_2_256")
-    ckpt = {"epoch": 95, "state_dict": {k: torch.full(s, 0.5) if s.numel() else torch.tensor(3) for k, s in published.items()}}
+    ckpt = {"epoch": 95,
+            "state_dict": {k: torch.full(s, 0.5) if s.numel() else torch.tensor(3) for k, s in published.items()}}
     model = timm.create_model("spikformer_2_256")
     load_checkpoint(model, ckpt)
     assert torch.equal(model.block[1].mlp.fc2_conv.weight, torch.full((256, 1024, 1), 0.5))

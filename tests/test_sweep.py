@@ -67,7 +67,8 @@ def local_sweep(tmp_path_factory):
     """Two tiny configs x two seeds, one epoch each, two runs at a time (timed)."""
     d = tmp_path_factory.mktemp("sweep")
     a = tiny_config(str(d), "tiny_a", "model_kwargs: {embed_dims: 16, num_heads: 1}\n")
-    b = tiny_config(str(d), "tiny_b", "model_kwargs: {embed_dims: 16, num_heads: 1, mixers: [identity, identity, ssa]}\n")
+    b = tiny_config(str(d), "tiny_b",
+                    "model_kwargs: {embed_dims: 16, num_heads: 1, mixers: [identity, identity, ssa]}\n")
     out = str(d / "runs")
     args = [a, b, "--seeds", "0", "1", "--parallel", "2", "--output", out, "--", "--epochs", "1"]
     t0 = time.perf_counter()
@@ -121,7 +122,8 @@ def test_tables_cli_on_the_sweep(local_sweep):
     rows = {row["row"]: row for row in csv.DictReader(open(os.path.join(out, "results.csv")))}
     assert set(rows) == {"tiny_a", "tiny_b"}
     for name, row in rows.items():
-        tops = [max(float(x["eval_top1"]) for x in csv.DictReader(open(os.path.join(out, f"{name}_s{s}", "summary.csv"))))
+        tops = [max(float(x["eval_top1"])
+                    for x in csv.DictReader(open(os.path.join(out, f"{name}_s{s}", "summary.csv"))))
                 for s in (0, 1)]
         assert float(row["mean_top1"]) == pytest.approx(sum(tops) / 2)
         assert float(row["std_top1"]) == pytest.approx(abs(tops[0] - tops[1]) / 2 ** 0.5)
@@ -130,7 +132,8 @@ def test_tables_cli_on_the_sweep(local_sweep):
 
 
 def test_killed_run_is_continued_by_the_next_invocation(tmp_path):
-    cfg = tiny_config(str(tmp_path), "slow", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
+    cfg = tiny_config(str(tmp_path), "slow",
+                      "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     run_dir = os.path.join(out, "slow_s0")
     p = subprocess.Popen([PY, "-m", "utils.sweep", cfg, "--output", out], cwd=ROOT, env=ENV, start_new_session=True,
@@ -236,7 +239,8 @@ def test_slurm_dry_run_starts_nothing(tmp_path):
     r = sweep_cli(cfg, "--seeds", "0", "1", "--launcher", "slurm", "--dry-run", "--output", str(out),
                   "--partition", "p1", "--gpus-per-run", "2", "--qos", "q", "--", "--epochs", "1")
     assert r.returncode == 0, r.stderr
-    assert "#SBATCH --array=0-1%2" in r.stdout and "#SBATCH --partition=p1" in r.stdout and "#SBATCH --qos=q" in r.stdout
+    assert "#SBATCH --array=0-1%2" in r.stdout and "#SBATCH --partition=p1" in r.stdout
+    assert "#SBATCH --qos=q" in r.stdout
     assert r.stdout.count("--nproc_per_node 2") == 2 and "--epochs 1" in r.stdout
     assert not out.exists()
 
@@ -244,7 +248,8 @@ def test_slurm_dry_run_starts_nothing(tmp_path):
 def test_slurm_path_through_submitit_local_executor(tmp_path, monkeypatch, capsys):
     """The SLURM launcher's code path with submitit's local executor: submission, manifest, job ids, and a
     preemption signal (USR2) that makes the job checkpoint, requeue and continue the run from last.pth.tar."""
-    cfg = tiny_config(str(tmp_path), "pre", "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
+    cfg = tiny_config(str(tmp_path), "pre",
+                      "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     jobs = []
     real_submit = sweep.submit_slurm
@@ -275,7 +280,8 @@ def test_slurm_path_through_submitit_local_executor(tmp_path, monkeypatch, capsy
 
 
 # ---------------------------------------------------------------------------------------- launchers
-@pytest.mark.parametrize("script,n_configs", [("cifar10-100/ablations/run_all.sh", 29), ("event/ablations/run_all.sh", 8)])
+@pytest.mark.parametrize("script,n_configs",
+                         [("cifar10-100/ablations/run_all.sh", 29), ("event/ablations/run_all.sh", 8)])
 def test_run_all_passes_every_config_and_extra_args(tmp_path, script, n_configs):
     log = tmp_path / "calls.txt"
     fake = tmp_path / "fakepython"

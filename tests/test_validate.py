@@ -11,7 +11,8 @@ from models import create_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
 TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--T", "1", "--batch-size", "16",
-        "--progress", "false", "--workers", "0", "--fastpath", "false", "--max-eval-batches", "1", "--val-batch-size", "16"]
+        "--progress", "false", "--workers", "0", "--fastpath", "false", "--max-eval-batches", "1",
+        "--val-batch-size", "16"]
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,8 @@ def _build_synthetic(cfg, spec, include_train):
 def _build_digits(cfg, spec, include_train):
     size = get_option(cfg, 'img_size') or spec.img_size
     mean, std = get_option(cfg, 'mean'), get_option(cfg, 'std')
-    train = DigitsDataset(True, size, mean, std, augment=bool(get_option(cfg, 'digits_augment'))) if include_train else None
+    train = (DigitsDataset(True, size, mean, std, augment=bool(get_option(cfg, 'digits_augment')))
+             if include_train else None)
     return train, DigitsDataset(False, size, mean, std)
 
 
@@ -380,9 +381,11 @@ def _cifar_transforms(cfg, spec):
     img_size = get_option(cfg, 'img_size') or spec.img_size
     mean, std = tuple(get_option(cfg, 'mean') or spec.mean), tuple(get_option(cfg, 'std') or spec.std)
     primary, _, final = create_transform(
-        img_size, is_training=True, separate=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
+        img_size, is_training=True, separate=True,
+        scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
         hflip=get_option(cfg, 'hflip'), color_jitter=None, interpolation=get_option(cfg, 'train_interpolation'),
-        mean=mean, std=std, re_prob=get_option(cfg, 'reprob'), re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
+        mean=mean, std=std, re_prob=get_option(cfg, 'reprob'), re_mode=get_option(cfg, 'remode'),
+        re_count=get_option(cfg, 'recount'))
     aa = get_option(cfg, 'aa')
     secondary = [snn_rand_augment(aa, img_size, mean, get_option(cfg, 'train_interpolation'))] if aa else []
     train_tf = T_.Compose(list(primary.transforms) + secondary + list(final.transforms))
@@ -483,7 +486,8 @@ def _check_frames(name: str, root: Path, T: int):
         expected = [frames / split / str(c) for split in ('train', 'test') for c in range(11)]
     missing = [str(p.relative_to(root)) for p in expected if not p.is_dir() or not any(p.glob('*.np[yz]'))]
     if missing:
-        raise missing_data_error(name, root, f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
+        raise missing_data_error(name, root,
+                                 f'frames incomplete: empty or missing class folders {", ".join(missing)}', T)
 
 
 def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAIN_RATIO):
@@ -548,8 +552,9 @@ def _imagenet_transforms(cfg, spec):
     crop_pct = get_option(cfg, 'crop_pct') or (0.875 if img_size <= 224 else 1.0)
     train_tf = create_transform(
         img_size, is_training=True, scale=tuple(get_option(cfg, 'scale')), ratio=tuple(get_option(cfg, 'ratio')),
-        hflip=get_option(cfg, 'hflip'), color_jitter=get_option(cfg, 'color_jitter'), auto_augment=get_option(cfg, 'aa'),
-        interpolation=get_option(cfg, 'train_interpolation'), mean=mean, std=std, re_prob=get_option(cfg, 'reprob'),
+        hflip=get_option(cfg, 'hflip'), color_jitter=get_option(cfg, 'color_jitter'),
+        auto_augment=get_option(cfg, 'aa'), interpolation=get_option(cfg, 'train_interpolation'),
+        mean=mean, std=std, re_prob=get_option(cfg, 'reprob'),
         re_mode=get_option(cfg, 'remode'), re_count=get_option(cfg, 'recount'))
     eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, 'interpolation'),
                                crop_pct=crop_pct, mean=mean, std=std)
@@ -573,7 +578,8 @@ def _build_imagefolder(cfg, spec, include_train):
             raise missing_data_error(name, root, f'{root / split} has no class folders with images ({e})') from None
     if include_train and sets['train'].classes != sets['val'].classes:
         only = sorted(set(sets['train'].classes) ^ set(sets['val'].classes))
-        raise missing_data_error(name, root, f'train/ and val/ have different class folders (e.g. {", ".join(only[:5])})')
+        raise missing_data_error(name, root,
+                                 f'train/ and val/ have different class folders (e.g. {", ".join(only[:5])})')
     return sets.get('train'), sets['val']
 
 

@@ -55,7 +55,6 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun; otherwise a single-process DistInfo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local)
     if world <= 1:

@@ -222,9 +222,11 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     except (ValueError, AssertionError) as err:
         raise ConfigError(f"scheduler '{cfg.sched}': {err}") from None
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
-    t = Training(model=model, eval_model=model, optimizer=optimizer, scheduler=sched, scaler=make_scaler(cfg.amp, device),
+    t = Training(model=model, eval_model=model, optimizer=optimizer, scheduler=sched,
+                 scaler=make_scaler(cfg.amp, device),
                  ema=ema, loss_fn=build_train_loss(cfg, mixup_fn is not None).to(device), mixup_fn=mixup_fn,
-                 autocast=autocast, fastpath=None, channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
+                 autocast=autocast, fastpath=None,
+                 channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
                  lr=lr, effective_batch=effective_batch, updates_per_epoch=updates_per_epoch,
                  total_epochs=total_epochs, n_params=n_params, warnings=warnings)
     if state is not None:
@@ -235,7 +237,8 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if distributed:
-        t.model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        t.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     return t
 
 

@@ -13,8 +13,8 @@ conformance case within tolerance (``tests/test_fastpath.py`` runs them through 
   running one example batch with hooks (only pairs whose BN input *is* the conv output fold).
 * ``grad_checkpointing`` (training): recompute each block in backward instead of storing its
   activations; neuron state and BatchNorm running statistics are handled so results match.
-* ``fast_conv`` (training, without whole-model compile): convolutions keep their eager forward (bitwise), but the backward of
-  large 1x1 convolutions runs as matrix products (oneDNN's NCHW 1x1 backward is slow on CPU).
+* ``fast_conv`` (training, without whole-model compile): convolutions keep their eager forward (bitwise), but
+  the backward of large 1x1 convolutions runs as matrix products (oneDNN's NCHW 1x1 backward is slow on CPU).
 * ``compact_spikes`` (training): a convolution whose input is binary (spikes) saves it for
   backward as ``bool`` instead of float (4x smaller, exact).
 * ``fast_pool`` (without whole-model compile): max-pooling computed in channels-last, where

@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
     parser.add_argument('--T', type=int, default=16, help='frames per event sample (= model time steps), default 16')
     parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
-    parser.add_argument('--verify', action='store_true', help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
-                        'and list the unreadable ones')
+    parser.add_argument('--verify', action='store_true',
+                        help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
+                             'and list the unreadable ones')
     args = parser.parse_args(argv)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()

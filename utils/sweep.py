@@ -13,8 +13,8 @@ others. ``DIR/sweep.json`` (the manifest) records configs, seeds, overrides, com
 Launchers:
 
 * ``local``: one run after another, or ``--parallel K`` at once with the CPU threads (the usable cores, or
-  ``OMP_NUM_THREADS`` if set) split between them (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of each run) and, with ``--gpus-per-run N``, N GPUs each
-  (``CUDA_VISIBLE_DEVICES``, ``torchrun`` for N > 1).
+  ``OMP_NUM_THREADS`` if set) split between them (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of each run) and,
+  with ``--gpus-per-run N``, N GPUs each (``CUDA_VISIBLE_DEVICES``, ``torchrun`` for N > 1).
 * ``slurm``: one array job through submitit; each task runs one training run (``torchrun`` inside the job
   for N > 1 GPUs). On time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which stops
   train.py (it saves its state on SIGTERM) and requeues the same run, which continues from
@@ -245,7 +245,8 @@ def cpu_budget() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0, python: str = sys.executable) -> Dict[str, int]:
+def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0,
+              python: str = sys.executable) -> Dict[str, int]:
     """Run ``runs`` on this machine, ``parallel`` at a time; returns ``{run name: exit code}``.
 
     Output of each run goes to ``DIR/logs/<run>.log``. A slot keeps its GPUs for all the runs it takes.
@@ -413,7 +414,8 @@ def status_rows(output: str) -> List[dict]:
     names = list(m.get("runs", {}))
     if os.path.isdir(output):
         names += sorted(d for d in os.listdir(output) if d not in names and (
-            os.path.isfile(os.path.join(output, d, "args.yaml")) or os.path.isfile(os.path.join(output, d, "status.json"))))
+            os.path.isfile(os.path.join(output, d, "args.yaml"))
+            or os.path.isfile(os.path.join(output, d, "status.json"))))
     job_ids = {n: m["runs"][n].get("job_id") for n in names if n in m.get("runs", {})}
     queue = slurm_queue([j for j in job_ids.values() if j])
     rows = []
@@ -437,7 +439,8 @@ def format_status(rows: Sequence[dict]) -> str:
         total = r["total_epochs"] if r["total_epochs"] is not None else "?"
         best = f"{r['best_top1']:.2f} (ep {r['best_epoch']})" if r["best_top1"] is not None else "-"
         job = (r["job_id"] or "") + (f" {r['slurm']}" if r["slurm"] else "")
-        lines.append(f"{r['run']:44s} {r['state']:12s} {str(r['epochs_done']) + '/' + str(total):>9s} {best:>16s}  {job}")
+        epochs = str(r['epochs_done']) + '/' + str(total)
+        lines.append(f"{r['run']:44s} {r['state']:12s} {epochs:>9s} {best:>16s}  {job}")
     counts: Dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

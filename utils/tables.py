@@ -152,7 +152,8 @@ def format_rows(rows: List[dict]) -> str:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
         out.append(f"{r['table']:5s} {r['model']:20s} {r['setting'][:22]:22s} {fmt(r['T'], 'd'):>3s} "
                    f"{r['params_m']:11.4f} {fmt(r['paper_params_m'], '.2f'):>7s} {r['match']:2s} "
-                   f"{fmt(r['energy_mj'], '.2f'):>8s} {fmt(r['paper_energy_mj'], '.2f'):>8s} {fmt(r['paper_top1'], '.2f'):>11s}")
+                   f"{fmt(r['energy_mj'], '.2f'):>8s} {fmt(r['paper_energy_mj'], '.2f'):>8s} "
+                   f"{fmt(r['paper_top1'], '.2f'):>11s}")
     return "\n".join(out)
 
 
@@ -180,7 +181,8 @@ def reference_path(name: str) -> str:
     if os.path.exists(name):
         return name
     if name not in REFERENCE_LOGS:
-        raise SystemExit(f"unknown reference log {name!r}; choose one of {', '.join(REFERENCE_LOGS)} or give a CSV path")
+        raise SystemExit(f"unknown reference log {name!r}; choose one of {', '.join(REFERENCE_LOGS)}"
+                         " or give a CSV path")
     return os.path.join(REFERENCE_LOG_DIR, REFERENCE_LOGS[name])
 
 
@@ -309,7 +311,8 @@ def result_rows(runs_dir: str, table: Optional[str] = None) -> List[dict]:
                 seeds=" ".join(str(r["args"].get("seed")) for r in runs),
                 epochs_done=min(done), epochs_planned=max(planned) if planned else None,
                 diff=None if mean is None or paper is None else mean - paper,
-                status="finished" if n_finished == len(runs) else f"unfinished ({n_finished}/{len(runs)} runs finished)"))
+                status=("finished" if n_finished == len(runs)
+                        else f"unfinished ({n_finished}/{len(runs)} runs finished)")))
     rows.sort(key=lambda r: (r["table"] == "-", r["table"], r["row"]))
     return rows
 
@@ -325,7 +328,8 @@ def mean_std_text(row: dict) -> str:
 
 
 def results_markdown(rows: Sequence[dict]) -> str:
-    out = ["| table | paper row | paper top-1 | ours top-1 (mean ± std) | seeds | epochs done/planned | diff | status |",
+    out = ["| table | paper row | paper top-1 | ours top-1 (mean ± std) | seeds | epochs done/planned | diff"
+           " | status |",
            "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         status = r["status"] if r["status"] == "finished" else f"**{r['status']}**"
@@ -416,16 +420,18 @@ def main(argv=None) -> int:
         p.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
         p.add_argument("--out", default=None, help="PNG path (default: next to the run's CSV)")
         a = p.parse_args(argv[1:])
-        out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.run)), f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
+        out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.run)),
+                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
         s = compare_logs(a.run, a.reference, out)
         print(f"this run: best {s['run_best']:.2f} last {s['run_last']:.2f} over {s['run_epochs']} epochs; "
               f"authors: best {s['ref_best']:.2f} last {s['ref_last']:.2f} over {s['ref_epochs']} epochs "
               f"({s['ref_at_run_last_epoch']:.2f} at this run's last epoch)")
         print(f"wrote {out}")
         return 0
-    p = argparse.ArgumentParser(prog="python -m utils.tables",
-                                description="parameter counts (and energy) of every registered model beside the paper's "
-                                            "Tables 2, 3, 5; `compare-log` overlays training curves")
+    p = argparse.ArgumentParser(
+        prog="python -m utils.tables",
+        description="parameter counts (and energy) of every registered model beside the paper's "
+                    "Tables 2, 3, 5; `compare-log` overlays training curves")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="NAME=PATH or NAME@T4=PATH: estimate energy for that model (synthetic input)")
     p.add_argument("--img-size", type=int, default=None)

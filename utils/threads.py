@@ -74,7 +74,8 @@ class ThreadPolicy:
         self.others = 0.0
 
     @classmethod
-    def start(cls, requested: Optional[int] = None, world_size: int = 1, probe: float = 0.3, **kwargs) -> "ThreadPolicy":
+    def start(cls, requested: Optional[int] = None, world_size: int = 1, probe: float = 0.3,
+              **kwargs) -> "ThreadPolicy":
         """A policy whose first count comes from a short measurement (``probe`` seconds), applied at once."""
         policy = cls(requested, world_size, **kwargs)
         if not policy.fixed:
