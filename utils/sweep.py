@@ -23,10 +23,8 @@ Launchers:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
-import fcntl
 import json
 import os
 import shutil
@@ -39,6 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import yaml
+
+from utils.logger import read_summary
+from utils.run_folder import is_running, read_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -93,60 +94,38 @@ class RunState:
     best_epoch: Optional[int] = None
 
 
-def _lock_held(path: str) -> bool:
-    """True if another process holds an flock on ``path`` (train.py's ``run.lock`` while it runs)."""
-    if not os.path.exists(path):
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
-def read_summary(run_dir: str) -> Dict[int, float]:
+def read_top1(run_dir: str) -> Dict[int, float]:
     """``{epoch: eval_top1}`` from a run's summary.csv (a replayed epoch keeps its last row)."""
-    path = os.path.join(run_dir, "summary.csv")
     rows: Dict[int, float] = {}
-    if os.path.isfile(path):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                try:
-                    rows[int(float(row["epoch"]))] = float(row["eval_top1"])
-                except (KeyError, TypeError, ValueError):
-                    continue
+    for row in read_summary(os.path.join(run_dir, "summary.csv")):
+        try:
+            rows[int(float(row["epoch"]))] = float(row["eval_top1"])
+        except (KeyError, TypeError, ValueError):
+            continue
     return rows
 
 
 def run_state(run_dir: str) -> RunState:
     """State of one run folder: ``status.json`` when train.py wrote one, else derived from its files."""
-    summary = read_summary(run_dir)
+    summary = read_top1(run_dir)
     best_epoch = max(summary, key=lambda e: (summary[e], -e)) if summary else None
     st = RunState("pending", epochs_done=(max(summary) + 1) if summary else 0,
                   best_top1=summary.get(best_epoch) if summary else None, best_epoch=best_epoch)
-    status_path = os.path.join(run_dir, "status.json")
-    if os.path.isfile(status_path):
-        try:
-            with open(status_path) as f:
-                s = json.load(f)
-            st.state = s.get("state", st.state)
-            st.epochs_done = int(s.get("epoch", -1)) + 1
-            st.total_epochs = s.get("total_epochs")
-            st.best_top1 = s.get("best_top1", st.best_top1)
-            st.best_epoch = s.get("best_epoch", st.best_epoch)
-        except (OSError, ValueError):
-            pass  # being rewritten: fall back to the files below
-        else:
-            if st.state == "running" and not _lock_held(os.path.join(run_dir, "run.lock")):
-                st.state = "interrupted"  # killed without a chance to say so
-            return st
+    s = read_status(run_dir)
+    if s is not None:
+        st.state = s.get("state", st.state)
+        st.epochs_done = int(s.get("epoch", -1)) + 1
+        st.total_epochs = s.get("total_epochs")
+        st.best_top1 = s.get("best_top1", st.best_top1)
+        st.best_epoch = s.get("best_epoch", st.best_epoch)
+        if st.state == "running" and not is_running(run_dir):
+            st.state = "interrupted"  # killed without a chance to say so
+        return st
     args_path = os.path.join(run_dir, "args.yaml")
     if os.path.isfile(args_path):
         with open(args_path) as f:
             st.total_epochs = ((yaml.safe_load(f) or {}).get("run_info") or {}).get("total_epochs")
-    if _lock_held(os.path.join(run_dir, "run.lock")):
+    if is_running(run_dir):
         st.state = "running"
     elif st.total_epochs is not None and st.epochs_done >= st.total_epochs:
         st.state = "finished"
