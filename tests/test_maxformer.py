@@ -14,7 +14,7 @@ from models.neurons import reset_net, spiking_modules
 
 MANIFESTS = os.path.join(os.path.dirname(__file__), "data", "golden", "manifests")
 
-# name, kwargs, exact parameter count (issue 2 / spec/param_counts.md), manifest (if any)
+# name, kwargs, exact parameter count (as the published code counts them), manifest (if any)
 PARAM_COUNTS = [
     ("maxformer_cifar", {}, 6_568_282, "cifar_max_former_c10"),
     ("maxformer_cifar", {"num_classes": 100}, 6_602_932, "cifar_max_former_c100"),
@@ -103,7 +103,8 @@ def calibrate(model, x):
 @torch.no_grad()
 @pytest.mark.parametrize("config", ["maxformer", "ms_qkformer", "event"])
 def test_batch_invariance(config):
-    """A sample's eval output does not depend on the rest of the batch (QKFormer issue #14)."""
+    """A sample's eval output does not depend on the rest of the batch (a bug class
+    reported against the published QKFormer code)."""
     torch.manual_seed(0)
     if config == "maxformer":
         model, x = tiny(T=2), torch.randn(8, 3, 16, 16)

@@ -163,7 +163,8 @@ def test_clear_errors():
 
 @pytest.mark.parametrize("variant", ["cifar", "imagenet"])
 def test_batch_invariance(variant):
-    """A sample's eval logits do not depend on the rest of the batch (QKFormer issue #14 bug class)."""
+    """A sample's eval logits do not depend on the rest of the batch (a bug class
+    reported against the published QKFormer code)."""
     torch.manual_seed(0)
     model = _tiny(variant, depths=1).eval()
     assert_batch_invariant(model, torch.randn(8, 3, 32, 32))
