@@ -136,7 +136,7 @@ def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
     # flip near-threshold spikes, so later losses are only close
     common = ["-c", DIGITS, "--epochs", "2", "--max-train-batches", "1", "--max-eval-batches", "1", "--progress",
               "false", "--plot", "false", "--tensorboard", "false", "--output", str(tmp_path)]
-    assert train.main(common + ["--experiment", "fast"]) == 0
+    assert train.main(common + ["--experiment", "fast", "--fastpath", "true"]) == 0
     assert train.main(common + ["--experiment", "eager", "--fastpath", "false"]) == 0
     fast, eager = (read_summary(str(tmp_path / name / "summary.csv")) for name in ("fast", "eager"))
     assert float(fast[0]["train_loss"]) == pytest.approx(float(eager[0]["train_loss"]), rel=1e-5)
