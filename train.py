@@ -53,20 +53,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    """The configured model (``models.create_model``) with config-level errors."""
-    from models import ModelError, create_model
-
-    kwargs = dict(cfg.model_kwargs or {})
-    for k in ("T", "num_classes"):
-        if k in kwargs:
-            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    try:
-        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
-    except ModelError as err:
-        raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
-
-
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from torch.utils.data import DataLoader
 
@@ -328,7 +314,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     from utils import data as data_lib
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
     from utils.distributed import all_reduce_sum, barrier
-    from utils.engine import (build_training, current_lr, epoch_seed, seed_everything, set_epoch_lr,
+    from utils.engine import (build_model, build_training, current_lr, epoch_seed, seed_everything, set_epoch_lr,
                               train_one_epoch, training_state)
     from utils.logger import RunLogger
 

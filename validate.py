@@ -29,20 +29,6 @@ VALIDATE_OPTIONS = {
 }
 
 
-def build_model(cfg, num_classes: int):
-    """The configured model through ``models.create_model``; bad names or kwargs become a ConfigError."""
-    from models import ModelError, create_model
-
-    kwargs = dict(cfg.model_kwargs or {})
-    for k in ("T", "num_classes"):
-        if k in kwargs:
-            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    try:
-        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
-    except ModelError as err:
-        raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
-
-
 def check_input(cfg, model, eval_set) -> None:
     """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
     from models import input_spec
@@ -97,7 +83,7 @@ def build_eval(cfg):
     from utils import data as data_lib
     from utils.checkpoint import load_checkpoint
     from utils.distributed import ShardSampler, init_distributed
-    from utils.engine import place_model, seed_everything
+    from utils.engine import build_model, place_model, seed_everything
 
     if not cfg.checkpoint:
         raise ConfigError("no checkpoint given: pass --checkpoint PATH")

@@ -5,7 +5,6 @@ import math
 import os
 
 import pytest
-import torch
 
 import train
 from utils.checkpoint import read_training_state
@@ -16,16 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--img-size", "16", "--model-kwargs", "embed_dims=16",
         "--T", "1", "--batch-size", "16", "--progress", "false", "--workers", "0", "--fastpath", "false",
         "--max-train-batches", "2", "--max-eval-batches", "1", "--plot", "false", "--tensorboard", "false",
-        "--warmup-epochs", "0", "--sched-on-updates", "false", "--min-lr", "1e-5"]
+        "--warmup-epochs", "0", "--sched-on-updates", "false", "--lr", "5e-3", "--min-lr", "1e-5"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(tmp_path, *extra, name="x"):

@@ -22,14 +22,7 @@ TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--
         "--progress", "false", "--workers", "0", "--fastpath", "false"]
 
 
-@pytest.fixture(autouse=True)
-def _torch_globals():
-    # one thread: robust to a busy CI machine (OpenMP threads spin when oversubscribed); restored after
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_short_digits_run_learns_and_writes_the_run_folder(tmp_path):

@@ -170,6 +170,22 @@ class Training:
     warnings: list = dataclasses.field(default_factory=list)
 
 
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The configured model (``models.create_model``: ``cfg.model``, ``cfg.T``, ``cfg.model_kwargs``);
+    bad names or kwargs raise ``ConfigError``."""
+    from models import ModelError, create_model
+    from utils.config import ConfigError
+
+    kwargs = dict(cfg.model_kwargs or {})
+    for k in ("T", "num_classes"):
+        if k in kwargs:
+            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
+    try:
+        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
+    except ModelError as err:
+        raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
+
+
 def build_training(cfg, model: nn.Module, device: torch.device, world_size: int, train_batches: int,
                    mixup_fn: Optional[Callable] = None, state: Optional[Dict[str, Any]] = None) -> Training:
     """Model on its device, fast path, optimizer, schedule, scaler, EMA and loss for ``cfg``.

@@ -40,6 +40,7 @@ import yaml
 
 from utils.logger import read_summary
 from utils.run_folder import is_running, read_status
+from utils.threads import usable_cpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -221,7 +222,7 @@ def cpu_budget() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0,
