@@ -122,6 +122,14 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
     return _report(name, root, problems)
 
 
+def _load_quietly(name: str, root: Path, verify: bool):
+    """Both splits of ``name`` under ``root`` (``verify``: every sample file read once); count warnings are
+    silenced because the callers report the counts themselves."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return create_datasets(argparse.Namespace(dataset=name, data_path=str(root), verify_data=verify))
+
+
 def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
@@ -136,10 +144,7 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
             return 1
     problems = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
-                                                                      verify_data=verify))
+        train_set, eval_set = _load_quietly(name, root, verify)
         info = dataset_info(name)
         print(f'{name}: {len(train_set)} train / {len(eval_set)} test samples '
               f'(expected {info["train_size"]} / {info["eval_size"]})')
@@ -159,10 +164,7 @@ def prepare_folders(name: str, root: Path, verify: bool = False) -> int:
     spec = DATASETS[name]
     problems = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # counts are reported below
-            train_set, eval_set = create_datasets(argparse.Namespace(dataset=name, data_path=str(root),
-                                                                      verify_data=verify))
+        train_set, eval_set = _load_quietly(name, root, verify)
         print(f'{name}: {len(train_set.classes)} classes, {len(train_set)} train / {len(eval_set)} '
               f'{spec.eval_split} samples (expected {spec.num_classes} classes, {spec.train_size} / {spec.eval_size})')
         if len(train_set.classes) != spec.num_classes:
