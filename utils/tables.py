@@ -84,17 +84,18 @@ PAPER_ROWS: List[PaperRow] = [
 
 
 def count_params(name: str, **kwargs) -> int:
-    """Trainable parameters of ``timm.create_model(name, **kwargs)`` (built on the meta device)."""
-    import timm
+    """Trainable parameters of ``models.create_model(name, **kwargs)`` (built on the meta device)."""
     import torch
 
-    import models  # noqa: F401
+    from models import ModelError, create_model
 
     try:
         with torch.device("meta"):
-            model = timm.create_model(name, **kwargs)
+            model = create_model(name, **kwargs)
+    except ModelError:
+        raise
     except Exception:  # some init may not support meta tensors: fall back to a real build
-        model = timm.create_model(name, **kwargs)
+        model = create_model(name, **kwargs)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
