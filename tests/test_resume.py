@@ -54,12 +54,12 @@ torch.save = _torn_save
 """
 
 
-def _train(out, name, *extra, patch="", new_session=False):
+def _train(out, name, *extra, patch="", own_group=False):
     code = "\n".join(["import os, signal, sys", patch, "import train",
                        f"sys.exit(train.main({ARGS + ['--output', str(out), '--experiment', name] + list(extra)!r}))"])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, start_new_session=new_session)
+                          timeout=600, start_new_session=own_group)
 
 
 def _rows(out, name):
@@ -111,7 +111,7 @@ def test_stop_signals_save_a_resumable_checkpoint(tmp_path, reference, sig, k, r
     group = workers > 0
     extra = ["--workers", str(workers)]
     r = _train(tmp_path, "run", *extra, patch=KILL_AT_STEP.format(k=k, sig=sig, send=GROUP if group else SELF),
-               new_session=group)
+               own_group=group)
     assert r.returncode == rc, r.stderr[-3000:]
     assert f"stopped by {sig} {where}" in r.stderr
     command = r.stderr.split("Continue with:")[1].split("\n")[1].strip()
