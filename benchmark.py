@@ -369,19 +369,10 @@ def append_csv(path: str, row: Dict[str, Any]):
 
 def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
     """``argv`` without the sweep options, for one (T, batch) point."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--sweep", "--peak"):
-            continue
-        if a in ("--sweep-T", "--sweep-batch-sizes", "--T", "-b", "--batch-size", "--csv"):
-            skip = True
-            continue
-        if a.split("=")[0] in ("--sweep-T", "--sweep-batch-sizes", "--T", "--batch-size", "--csv"):
-            continue
-        out.append(a)
+    from utils.config import without_options
+
+    out = without_options(argv, valued=("--sweep-T", "--sweep-batch-sizes", "--T", "-b", "--batch-size", "--csv"),
+                          flags=("--sweep", "--peak"))
     return out + ["--T", str(T), "--batch-size", str(b), "--csv", ""]
 
 

@@ -476,17 +476,9 @@ def resume_command(argv: Sequence[str]) -> str:
     """``python train.py <argv without --resume/--overwrite> --resume auto``, shell-quoted."""
     import shlex
 
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--resume", "--overwrite"):
-            skip = True
-            continue
-        if a.split("=", 1)[0] in ("--resume", "--overwrite"):
-            continue
-        out.append(a)
+    from utils.config import without_options
+
+    out = without_options(argv, valued=("--resume", "--overwrite"))
     return shlex.join(["python", "train.py", *out, "--resume", "auto"])
 
 

@@ -467,6 +467,21 @@ def schedule_note(cfg) -> str:
     return text
 
 
+def without_options(argv: Sequence[str], valued: Sequence[str] = (), flags: Sequence[str] = ()) -> List[str]:
+    """``argv`` without the options ``valued`` (``--key value`` or ``--key=value``) and ``flags`` (no value)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            continue
+        elif a in valued:
+            skip = True
+        elif a.split("=", 1)[0] not in valued:
+            out.append(a)
+    return out
+
+
 def dump_yaml(data: Dict[str, Any]) -> str:
     """YAML text of a plain dict (tuples as lists), keys in insertion order."""
     def plain(v):
