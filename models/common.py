@@ -28,6 +28,7 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
+from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
 from .neurons import NeuronConfig, reset_net
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
@@ -252,19 +253,14 @@ class SpikingModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each patch embedding / block in backward instead of storing its activations.
 
-        Runs through :func:`utils.fastpath.enable_grad_checkpointing`, which restores each unit's
-        membrane state before the recomputation and keeps BatchNorm statistics from updating twice,
-        so values and gradients equal the plain model's.
+        Runs through :func:`models.grad_checkpointing.enable_grad_checkpointing`, which restores each
+        unit's membrane state before the recomputation and keeps BatchNorm statistics from updating
+        twice, so values and gradients equal the plain model's.
         """
-        from utils.fastpath import block_modules, enable_grad_checkpointing
-
         if enable:
             enable_grad_checkpointing(self)
         else:
-            for _, unit in block_modules(self):
-                if getattr(unit, "_grad_checkpointing", False):
-                    del unit.forward  # the instance attribute set by enable_grad_checkpointing
-                    unit._grad_checkpointing = False
+            disable_grad_checkpointing(self)
         self.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ family hooks

@@ -21,10 +21,23 @@ from .maxformer import (MAXFORMER_CIFAR, MAXFORMER_DVS, MAXFORMER_IMAGENET, MS_Q
 from .ms_resnet import max_resnet18
 from .spikformer import Spikformer
 
-__all__ = ["REFERENCE_CTORS", "RenameTable", "LEGACY_NAMES", "RELEASED_FILES"]
+__all__ = ["REFERENCE_CTORS", "Prepared", "RenameTable", "LEGACY_NAMES", "RELEASED_FILES"]
 
 
 # ------------------------------------------------------------------ reference constructors
+@dataclasses.dataclass
+class Prepared:
+    """What a builder's ``prepare(model, golden)`` hands back.
+
+    ``state_dict``: reference weights loaded before the eval and the train pass (None: the
+    file's ``state_dict``; if that is None too, the model's current state is snapshotted).
+    ``checks``: extra named checks ``{name: (passed, detail)}``, e.g. sha256 of regenerated weights.
+    """
+
+    state_dict: Optional[Dict[str, torch.Tensor]] = None
+    checks: Dict[str, Tuple[bool, str]] = dataclasses.field(default_factory=dict)
+
+
 _REFERENCE_ARGS = ("in_channels", "num_classes", "embed_dims", "mlp_ratios", "T")
 _REFERENCE_IGNORED = ("drop_rate", "depths", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay")
 
@@ -93,8 +106,6 @@ def _regenerated_reference_state(model: nn.Module, golden: dict):
     draws are the stored ``x``/``targets`` (same RNG use) and that every tensor hashes like the
     reference's (``state_dict_sha256``).
     """
-    from utils.conformance import Prepared
-
     from .neurons import reset_net
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

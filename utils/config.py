@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import os
 import sys
@@ -25,36 +24,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
+from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
+
 __all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "parse_config", "load_yaml", "all_options"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix (bad key, value, type or file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    """One configuration key: default, value type (``None`` = any YAML value), help text and valid values.
-
-    ``low``/``high`` bound a number (for a list: every element); ``length`` is a list's required length.
-    """
-
-    default: Any
-    type: Optional[type] = None
-    help: str = ""
-    choices: Optional[Sequence[Any]] = None
-    short: Optional[str] = None  # e.g. "-b"
-    low: Optional[float] = None
-    high: Optional[float] = None
-    length: Optional[int] = None
-
-    @property
-    def kind(self):
-        if self.type is not None:
-            return self.type
-        if self.default is None:
-            return None
-        return type(self.default)
 
 
 def _o(default, type_=None, help="", choices=None, short=None):

@@ -34,24 +34,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import published
+from models.neurons import reset_net
+from models.published import Prepared  # the result type of the table's prepare hooks
+
 __all__ = ["Prepared", "ConformanceResult", "reference_ctors", "build_reference_model", "check_file",
            "LOGIT_ATOL", "LOGIT_RTOL", "GRAD_RTOL", "GRAD_ATOL_FRACTION", "main"]
 
 LOGIT_ATOL, LOGIT_RTOL = 1e-5, 1e-4
 GRAD_RTOL, GRAD_ATOL_FRACTION = 1e-4, 1e-5
-
-
-@dataclasses.dataclass
-class Prepared:
-    """What a builder's ``prepare(model, golden)`` hands back.
-
-    ``state_dict``: reference weights loaded before the eval and the train pass (None: the
-    file's ``state_dict``; if that is None too, the model's current state is snapshotted).
-    ``checks``: extra named checks ``{name: (passed, detail)}``, e.g. sha256 of regenerated weights.
-    """
-
-    state_dict: Optional[Dict[str, torch.Tensor]] = None
-    checks: Dict[str, Tuple[bool, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -89,10 +80,8 @@ class ConformanceResult:
 
 
 def reference_ctors() -> Dict[str, Callable]:
-    """``{published ctor: builder}``: the table of :mod:`models.published`."""
-    from models.published import REFERENCE_CTORS
-
-    return REFERENCE_CTORS
+    """``{published ctor: builder}``: the table of :mod:`models.published` (looked up at call time)."""
+    return published.REFERENCE_CTORS
 
 
 def build_reference_model(ctor: str, kwargs: dict) -> Tuple[nn.Module, Optional[Callable]]:
@@ -118,7 +107,6 @@ def _filter(model: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Te
 
 
 def _reset(model: nn.Module):
-    from models.neurons import reset_net
     reset_net(model)
 
 

@@ -41,7 +41,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
 from models.common import DATA_CFG  # owner of the CIFAR-10 / ImageNet normalisation statistics
 
 from .augment import EventTrivialAugment, SpatialMixup, snn_rand_augment
-from .config import ConfigError, Option
+from .options import ConfigError, Option
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

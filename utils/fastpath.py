@@ -27,20 +27,17 @@ conformance case within tolerance (``tests/test_fastpath.py`` runs them through 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from spikingjelly.activation_based import base as sj_base
-
-from models.neurons import convert_neurons, spiking_modules
+from models.grad_checkpointing import block_modules, enable_grad_checkpointing
+from models.neurons import convert_neurons, reset_net, spiking_modules
 
 __all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "resolve_config", "cpp_compiler",
            "prepare_model", "prepare_input", "fold_batchnorm", "enable_grad_checkpointing", "enable_fast_conv",
@@ -140,24 +137,6 @@ def _check_mode(mode: str):
         raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
 
 
-def block_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """The units to compile or checkpoint one by one: patch embeddings and blocks.
-
-    Found structurally: every child of an ``nn.ModuleList``/``nn.Sequential`` that holds spiking
-    neurons, plus every other direct child of ``model`` that holds neurons (embeddings); the
-    head LIF alone is left out.
-    """
-    units = []
-    for name, child in model.named_children():
-        if isinstance(child, (nn.ModuleList, nn.Sequential)):
-            for sub_name, sub in child.named_children():
-                if any(True for _ in spiking_modules(sub)):
-                    units.append((f"{name}.{sub_name}", sub))
-        elif any(True for _ in spiking_modules(child)) and not isinstance(child, sj_base.MemoryModule):
-            units.append((name, child))
-    return units
-
-
 # ----------------------------------------------------------------------------- BN folding
 def _bn_pairs(model: nn.Module, example_input: torch.Tensor) -> List[Tuple[str, str]]:
     """(conv name, bn name) pairs where the BN's input tensor is exactly the conv's output."""
@@ -190,7 +169,6 @@ def _bn_pairs(model: nn.Module, example_input: torch.Tensor) -> List[Tuple[str, 
     finally:
         for h in handles:
             h.remove()
-        from models.neurons import reset_net
         reset_net(model)
     # a conv feeding two BNs (or used twice) cannot be folded
     users: Dict[str, int] = {}
@@ -219,68 +197,6 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
         parent_name, _, attr = bn_name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, attr, nn.Identity())
-        n += 1
-    return n
-
-
-# --------------------------------------------------------------------- gradient checkpointing
-@contextlib.contextmanager
-def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
-    """Run train-mode BN without touching running stats (used for the recomputation pass)."""
-    saved = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0  # running = running * 1 + batch * 0: bitwise unchanged
-    try:
-        yield
-    finally:
-        for m, momentum, nbt in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(nbt)
-
-
-def _checkpointed_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if not (block.training and torch.is_grad_enabled()):
-        return type(block).forward(block, x)
-    neurons = [m for _, m in spiking_modules(block)]
-    states = [m._memories["v"] for m in neurons]
-    first = [True]
-
-    def run(inp):
-        after = [m._memories["v"] for m in neurons]
-        for m, v in zip(neurons, states):
-            m._memories["v"] = v
-        if first[0]:
-            first[0] = False
-            return type(block).forward(block, inp)
-        try:
-            with _frozen_bn_stats(block):
-                return type(block).forward(block, inp)
-        finally:
-            # the recomputation's membranes would keep its graph (every recomputed activation)
-            # alive until reset_net; keep the forward pass's values. ``finally``: torch stops
-            # the recomputation early, by an exception, once the saved tensors are recomputed
-            for m, v in zip(neurons, after):
-                m._memories["v"] = v
-
-    return checkpoint(run, x, use_reentrant=False)
-
-
-def enable_grad_checkpointing(model: nn.Module) -> int:
-    """Recompute every block / patch embedding of ``model`` in backward; returns the count.
-
-    Uses ``torch.utils.checkpoint`` (non-reentrant) on each unit of :func:`block_modules`.
-    Spiking neurons carry state: the membrane state at entry is restored before the
-    recomputation, and BatchNorm running statistics are not updated a second time, so values
-    and gradients equal the plain model's. Modules and state-dict keys are unchanged.
-    """
-    n = 0
-    for _, unit in block_modules(model):
-        if getattr(unit, "_grad_checkpointing", False):
-            continue
-        unit.forward = functools.partial(_checkpointed_forward, unit)
-        unit._grad_checkpointing = True
         n += 1
     return n
 

@@ -1,0 +1,142 @@
+"""The import graph of the tree: no circles, and ``models/`` stands alone (imports nothing from ``utils/``).
+
+Every import counts, also those inside functions (a lazy import hides a circle, it does not remove it).
+"""
+import ast
+import os
+from typing import Dict, List, Set
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {"data", "runs", "output", "build", "dist", "node_modules"}
+
+
+def _modules(root: str = ROOT) -> Dict[str, str]:
+    """``{dotted module name: file}`` of every Python file of the tree (packages as their ``__init__``)."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")) and d not in SKIP_DIRS
+                         and "venv" not in d)
+        rel = os.path.relpath(folder, root)
+        parts = [] if rel == "." else rel.split(os.sep)
+        for f in files:
+            if f.endswith(".py"):
+                name = parts + ([] if f == "__init__.py" else [f[:-3]])
+                if name:
+                    found[".".join(name)] = os.path.join(folder, f)
+    return found
+
+
+def _imports(name: str, path: str, modules: Dict[str, str]) -> Set[str]:
+    """The tree's modules that ``name`` (at ``path``) imports, at any level of the file."""
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+
+    def internal(dotted: str):
+        while dotted and dotted not in modules:  # a name inside a module: the module
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    with open(path, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read(), path)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(internal(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:  # ``from pkg import submodule`` imports the submodule
+                sub = f"{base}.{alias.name}" if base else alias.name
+                out.add(sub if sub in modules else internal(base))
+    return {m for m in out if m and m != name}
+
+
+def import_graph(root: str = ROOT) -> Dict[str, Set[str]]:
+    modules = _modules(root)
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def import_circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """One circle (``[a, b, ..., a]``) per strongly connected group of modules (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    groups: List[Set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+
+    def circle(group: Set[str]) -> List[str]:  # shortest way back to the first module, breadth first
+        start = min(group)
+        paths = {start: [start]}
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v] & group):
+                    if w == start:
+                        return paths[v] + [start]
+                    if w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+        return sorted(group)
+
+    return [circle(g) for g in groups]
+
+
+def test_no_import_circles():
+    circles = import_circles(import_graph())
+    assert not circles, "import circles (every import counts, also inside functions):\n" + "\n".join(
+        "  " + " -> ".join(c) for c in circles)
+
+
+def test_models_import_nothing_from_utils():
+    graph = import_graph()
+    bad = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.split(".")[0] == "models"
+                 for d in deps if d.split(".")[0] == "utils")
+    assert not bad, "models/ must stand alone (move what it needs into models/ or pass it in):\n  " + "\n  ".join(bad)
+
+
+def test_the_graph_sees_function_level_imports_and_circles(tmp_path):
+    """The checker itself: a lazy import inside a function closes a circle, relative imports resolve."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import a\n    return a\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    graph = import_graph(str(tmp_path))
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
+    assert import_circles(graph) == [["pkg.a", "pkg.b", "pkg.a"]]
+    (pkg / "b.py").write_text("def f():\n    return 1\n")
+    assert import_circles(import_graph(str(tmp_path))) == []
+
+
+if __name__ == "__main__":  # python tests/test_imports.py: print the circles
+    for c in import_circles(import_graph()):
+        print(" -> ".join(c))
