@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from .data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATASETS, GESTURE_FILES, GESTURE_URL, DatasetError,
-                   _frames_dir, canonical_name, create_datasets, dataset_info, expected_tree)
+                   canonical_name, create_datasets, dataset_info, expected_tree, frames_dir)
 
 CIFAR10DVS_PER_CLASS = 1000
 GESTURE_COUNTS = {'train': 1176, 'test': 288}
@@ -30,7 +30,7 @@ def _count_files(folder: Path) -> int:
 
 def frame_counts(name: str, root: Path, T: int) -> dict:
     """Number of frame files per class folder (CIFAR10-DVS) or per split and class (Gesture)."""
-    frames = _frames_dir(root, T)
+    frames = frames_dir(root, T)
     if name == 'cifar10dvs':
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
         return {c: _count_files(frames / c) for c in CIFAR10DVS_CLASS_NAMES}
@@ -68,7 +68,7 @@ def _raw_available(name: str, root: Path) -> bool:
 
 
 def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool = False) -> int:
-    frames = _frames_dir(root, T)
+    frames = frames_dir(root, T)
     stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
     if stale:
         print(f'A previous conversion was interrupted (found {", ".join(str(p) for p in stale)}).\n'
