@@ -314,8 +314,8 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     from utils import data as data_lib
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
     from utils.distributed import all_reduce_sum, barrier
-    from utils.engine import (build_model, build_training, current_lr, epoch_seed, seed_everything, set_epoch_lr,
-                              train_one_epoch, training_state)
+    from utils.engine import (EpochStart, build_model, build_training, epoch_seed, seed_everything,
+                              start_epoch_schedule, train_one_epoch, training_state)
     from utils.logger import RunLogger
 
     main, device = dist_info.is_main, dist_info.device
@@ -334,7 +334,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
         _log.warning(warning)
 
     # ---- resume position
-    start_epoch, num_updates, best, partial = _position(state)
+    start_epoch, _, best, partial = _position(state)  # the update count is restored into t
     if state is not None:
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
@@ -349,7 +349,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" and t.ema is not None else "eval_top1"
 
     def checkpoint(**fields):
-        return training_state(t, arch=cfg.model, num_updates=num_updates, best_metric=best["metric"],
+        return training_state(t, arch=cfg.model, num_updates=t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
                               config=_plain(cfg.to_dict()), **fields)
 
@@ -378,26 +378,15 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 raise TrainingStopped(stop.signum, f"before epoch {epoch} ({last_path} holds epoch {epoch - 1})")
             t_epoch = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch, dist_info.rank))
-            start_step = partial["step"] if partial else 0
-            train_sampler.set_epoch(epoch, skip=start_step * cfg.batch_size)
+            start = EpochStart(partial["step"], partial["loss_sum"], state["rng"]) if partial else EpochStart()
+            train_sampler.set_epoch(epoch, skip=start.step * cfg.batch_size)
             if t.mixup_fn is not None and hasattr(t.mixup_fn, "mixup_enabled"):
                 t.mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
-            set_epoch_lr(t.scheduler, epoch, t.updates_per_epoch, cfg.sched_on_updates)
-            lr_epoch = current_lr(t.optimizer)
-            if partial and cfg.sched_on_updates and t.scheduler is not None:
-                t.scheduler.step_update(num_updates)
-            stats = train_one_epoch(
-                t.model, train_loader, t.optimizer, t.loss_fn, device=device, epoch=epoch, autocast=t.autocast,
-                scaler=t.scaler, mixup_fn=t.mixup_fn, ema=t.ema, sched=t.scheduler,
-                sched_on_updates=cfg.sched_on_updates, num_updates=num_updates, accum_steps=cfg.accum_steps,
-                clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, channels_last=t.channels_last,
-                log_interval=cfg.log_interval, max_batches=cfg.max_train_batches, world_size=dist_info.world_size,
-                progress=cfg.progress and main, on_log=on_log,
-                start_step=start_step, loss_sum=partial["loss_sum"] if partial else 0.0,
-                rng_state=state["rng"] if partial else None, should_stop=stop.requested,
-                loader_errors=(data_lib.BadSampleError,))
+            lr_epoch = start_epoch_schedule(t, epoch, resumed_inside=bool(partial))
+            stats = train_one_epoch(t, train_loader, epoch, start=start, max_batches=cfg.max_train_batches,
+                                    log_interval=cfg.log_interval, progress=cfg.progress and main, on_log=on_log,
+                                    should_stop=stop.requested, loader_errors=(data_lib.BadSampleError,))
             partial = None
-            num_updates = stats["num_updates"]
 
             if stats["error"] is not None:  # an unreadable training sample: keep the work done, name the file
                 save_position(epoch, stats["stopped_at"], stats["loss_sum"])

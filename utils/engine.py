@@ -1,30 +1,39 @@
 """Training engine shared by every dataset: :func:`build_training` (model, optimizer, schedule, scaler,
-EMA, loss in one step), one train epoch, eval.
+EMA, loss in one step), :func:`train_step` (one batch), :func:`train_one_epoch` (the loop around it), eval.
 
 The fast-path switches are resolved by ``utils.fastpath.resolve_config`` and applied by
 ``utils.fastpath.prepare_model``; mixed precision is :func:`amp_context`. Every forward pass is followed
 by ``models.reset_net`` so no membrane state leaks between batches.
+
+Imports of timm, ``models`` and ``utils.fastpath`` sit in the functions that use them: together they take
+seconds to import, and ``train.py`` imports this module before it parses the config, so ``-h`` and a bad
+config answer at once.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
 import dataclasses
+import itertools
 import math
 import random
+import signal
 import time
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
+from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from utils.config import ConfigError
 from utils.distributed import all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
            "SampleSeededDataset", "amp_context", "make_scaler", "place_model", "Training", "build_training",
            "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
-           "build_train_loss", "train_one_epoch", "evaluate", "current_lr", "resolve_lr"]
+           "start_epoch_schedule", "build_train_loss", "EpochStart", "train_step", "train_one_epoch", "evaluate",
+           "current_lr", "resolve_lr"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,7 +41,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _reset_net(model: nn.Module) -> None:
-    import models
+    import models  # lazy: see the module docstring
 
     models.reset_net(model)
 
@@ -58,8 +67,6 @@ def seed_worker(worker_id: int) -> None:
     Workers ignore the stop signals (Ctrl-C and schedulers signal every process of the job): the main
     process stops the run cleanly and then shuts its workers down.
     """
-    import signal
-
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     s = torch.initial_seed() % (2**32)
@@ -168,13 +175,20 @@ class Training:
     total_epochs: int
     n_params: int
     warnings: list = dataclasses.field(default_factory=list)
+    # how a batch becomes an optimizer update (train_step), and the updates done so far
+    device: torch.device = torch.device("cpu")
+    world_size: int = 1
+    accum_steps: int = 1
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    sched_on_updates: bool = False
+    num_updates: int = 0
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
     """The configured model (``models.create_model``: ``cfg.model``, ``cfg.T``, ``cfg.model_kwargs``);
     bad names or kwargs raise ``ConfigError``."""
-    from models import ModelError, create_model
-    from utils.config import ConfigError
+    from models import ModelError, create_model  # lazy: see the module docstring
 
     kwargs = dict(cfg.model_kwargs or {})
     for k in ("T", "num_classes"):
@@ -194,10 +208,9 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     with :func:`restore_training` after the EMA copy and before the fast path. Bad settings raise
     ``ConfigError``.
     """
-    from timm.utils import ModelEmaV3
+    from timm.utils import ModelEmaV3  # lazy: see the module docstring
 
     from utils import fastpath as fp_lib
-    from utils.config import ConfigError
 
     warnings = []
     fastpath = None
@@ -244,7 +257,9 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
                  autocast=autocast, fastpath=None,
                  channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
                  lr=lr, effective_batch=effective_batch, updates_per_epoch=updates_per_epoch,
-                 total_epochs=total_epochs, n_params=n_params, warnings=warnings)
+                 total_epochs=total_epochs, n_params=n_params, warnings=warnings, device=device,
+                 world_size=world_size, accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
+                 sched_on_updates=cfg.sched_on_updates)
     if state is not None:
         restore_training(t, state)
     if fastpath is not None:  # in place: same parameters, so the optimizer is unaffected
@@ -259,14 +274,12 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
 
 
 def restore_training(t: Training, state: Dict[str, Any]) -> None:
-    """Load a training checkpoint into ``t``: weights, optimizer moments, scaler and EMA.
+    """Load a training checkpoint into ``t``: weights, optimizer moments, scaler, EMA and the update count.
 
     The optimizer's hyperparameters (lr, weight decay, betas, ...) and the schedule stay those of the
     current config: the schedule is rebuilt from it and positioned by epoch/update count, so a changed
     ``lr``, ``epochs``, warm-up/cooldown or ``sched`` takes effect on resume.
     """
-    from utils.checkpoint import load_checkpoint
-
     load_checkpoint(t.eval_model, state, strict=True, key="state_dict")
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in t.optimizer.param_groups]
     t.optimizer.load_state_dict(state["optimizer"])
@@ -279,12 +292,11 @@ def restore_training(t: Training, state: Dict[str, Any]) -> None:
             load_checkpoint(t.ema.module, state, strict=True, key="state_dict_ema")
         else:
             t.ema.set(t.eval_model)
+    t.num_updates = int(state.get("num_updates", 0))
 
 
 def training_state(t: Training, **fields) -> Dict[str, Any]:
     """A resumable checkpoint of ``t`` (weights, optimizer, scaler, EMA, RNG) plus ``fields``."""
-    from utils.checkpoint import capture_rng_state
-
     unwrapped = getattr(t.eval_model, "_orig_mod", t.eval_model)
     state = {"version": 1, **fields, "state_dict": unwrapped.state_dict(), "optimizer": t.optimizer.state_dict(),
              "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
@@ -303,7 +315,7 @@ def resolve_lr(cfg, effective_batch: int) -> float:
 
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     """timm optimizer; weight decay 0 for 1-D parameters (BN, biases) and ``no_weight_decay()`` names."""
-    from timm.optim import create_optimizer_v2
+    from timm.optim import create_optimizer_v2  # lazy: see the module docstring
 
     kw: Dict[str, Any] = {}
     if cfg.get("opt_eps") is not None:
@@ -321,7 +333,7 @@ def build_scheduler(optimizer, cfg, updates_per_epoch: int):
     from the end of warmup (MAE/ImageNet recipe), otherwise over ``epochs`` from epoch 0 with the
     published small jump at the end of warmup (timm 0.6 CIFAR/event recipe).
     """
-    from timm.scheduler import create_scheduler_v2
+    from timm.scheduler import create_scheduler_v2  # lazy: see the module docstring
 
     total = cfg.epochs + cfg.cooldown_epochs
     if cfg.sched == "none":
@@ -345,13 +357,24 @@ def set_epoch_lr(sched, epoch: int, updates_per_epoch: int, on_updates: bool) ->
         sched.step(epoch)
 
 
+def start_epoch_schedule(t: Training, epoch: int, resumed_inside: bool) -> float:
+    """Put the lr of the start of ``epoch`` into the optimizer (resuming inside the epoch with a per-update
+    schedule: then that of the update reached); returns the epoch's starting lr, for the log."""
+    set_epoch_lr(t.scheduler, epoch, t.updates_per_epoch, t.sched_on_updates)
+    lr = current_lr(t.optimizer)
+    if resumed_inside and t.sched_on_updates and t.scheduler is not None:
+        t.scheduler.step_update(t.num_updates)
+    return lr
+
+
 def current_lr(optimizer) -> float:
+    """The largest lr of the optimizer's parameter groups."""
     return max(g["lr"] for g in optimizer.param_groups)
 
 
 def build_train_loss(cfg, mixup_active: bool) -> nn.Module:
     """Soft-target CE with mixup/cutmix (targets carry the smoothing), else (smoothed) CE."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # lazy: see the module docstring
 
     if mixup_active:
         return SoftTargetCrossEntropy()
@@ -373,157 +396,166 @@ def _to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
     return x
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    epoch: int,
-    autocast: Callable = contextlib.nullcontext,
-    scaler=None,
-    mixup_fn: Optional[Callable] = None,
-    ema=None,
-    sched=None,
-    sched_on_updates: bool = False,
-    num_updates: int = 0,
-    accum_steps: int = 1,
-    clip_grad: Optional[float] = None,
-    clip_mode: str = "norm",
-    channels_last: bool = False,
-    log_interval: int = 20,
-    max_batches: int = 0,
-    world_size: int = 1,
-    progress: bool = False,
-    on_log: Optional[Callable[[int, float, float], None]] = None,
-    start_step: int = 0,
-    loss_sum: float = 0.0,
-    rng_state: Optional[Dict[str, Any]] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
-    loader_errors: tuple = (),
-) -> Dict[str, float]:
-    """One pass over ``loader``; returns ``train_loss`` (mean over processes), ``img_per_s``, ``num_updates``.
+@dataclasses.dataclass
+class EpochStart:
+    """Where a pass over the loader starts: ``step`` batches in (the sampler already skips them), with
+    ``loss_sum`` their summed loss and ``rng_state`` the RNG state after them (restored once the loader
+    iterator exists). The default is the start of the epoch."""
 
-    Resuming inside an epoch: the loader's sampler already skips the first ``start_step`` batches,
-    ``loss_sum`` is the loss summed over them and ``rng_state`` (restored once the loader iterator
-    exists) the RNG state after them. ``should_stop()`` is asked after each optimizer update (under DDP
-    at the loss syncs, agreed by all processes); when it says yes the pass ends there and the result has
-    ``stopped_at`` (steps done) and ``loss_sum`` for a checkpoint that continues exactly. An exception of
-    ``loader_errors`` raised by the loader (an unreadable sample) ends the pass the same way, with the
-    exception as ``error``, when it comes between two optimizer updates (inside an accumulation group it
-    propagates: no consistent position exists there).
+    step: int = 0
+    loss_sum: float = 0.0
+    rng_state: Optional[Dict[str, Any]] = None
 
-    ``img_per_s`` counts the training steps after the first one of the epoch (which carries the loader
-    start-up and, in the first epoch, compilation), so it compares with ``benchmark.py``'s timed steps;
-    ``train_seconds`` is the whole pass. The loss is accumulated on the device and read (one host sync)
-    every ``log_interval`` steps and at the end, where NaN/inf raises :class:`NonFiniteLossError`
-    before anything else is saved.
+
+def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, group: int, update: bool) -> torch.Tensor:
+    """One batch: forward, loss, backward; with ``update`` also clipping, optimizer step, EMA and schedule.
+
+    ``group`` is the number of batches of this accumulation group (the loss is divided by it); ``update``
+    says the group is complete. Under DDP the gradients are synchronised only by the updating batch. The
+    neuron state is reset after the backward pass. Returns the batch loss, detached, on the device.
     """
-    from timm.utils import dispatch_clip_grad
+    model, scaler = t.model, t.scaler
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    with model.no_sync() if ddp and not update else contextlib.nullcontext():
+        with t.autocast():
+            loss = t.loss_fn(model(x), y)
+        scaled = loss / group
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    _reset_net(model)
+    if not update:
+        return loss.detach()
+    if t.clip_grad is not None:
+        from timm.utils import dispatch_clip_grad  # lazy: see the module docstring
 
-    model.train()
+        if scaler is not None:
+            scaler.unscale_(t.optimizer)
+        dispatch_clip_grad([p for p in model.parameters() if p.requires_grad], t.clip_grad, mode=t.clip_mode)
+    if scaler is not None:
+        scaler.step(t.optimizer)
+        scaler.update()
+    else:
+        t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    t.num_updates += 1
+    if t.ema is not None:
+        t.ema.update(getattr(model, "module", model), step=t.num_updates)
+    if t.scheduler is not None and t.sched_on_updates:
+        t.scheduler.step_update(t.num_updates)
+    return loss.detach()
+
+
+class _EpochMeter:
+    """The loss summed on the device (read once per log interval) and the steady-state image rate of a pass."""
+
+    def __init__(self, t: Training, loss_sum: float):
+        self.device, self.world_size = t.device, t.world_size
+        self.loss_sum = torch.full((), loss_sum, device=self.device, dtype=torch.float64)
+        self.window = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.window_steps = self.seen = self.seen_first = 0
+        self.t0, self.t_steady = time.perf_counter(), None
+
+    def add(self, loss: torch.Tensor, images: int, first: bool) -> None:
+        """Count one step; ``first``: the rate is measured from the end of this step on (synchronised)."""
+        d = loss.to(torch.float64)
+        self.loss_sum += d
+        self.window += d
+        self.window_steps += 1
+        self.seen += images
+        if first:
+            _sync(self.device)
+            self.t_steady, self.seen_first = time.perf_counter(), self.seen
+
+    def window_mean(self) -> float:
+        """Mean loss over all processes since the last call (one host sync)."""
+        value = float(all_reduce_sum(self.window) / self.world_size) / self.window_steps
+        self.window.zero_()
+        self.window_steps = 0
+        return value
+
+    def rate(self, end: float) -> float:
+        return (self.seen - self.seen_first) * self.world_size / max(end - self.t_steady, 1e-9)
+
+    def result(self, n: int) -> Dict[str, Any]:
+        total = float(all_reduce_sum(self.loss_sum)) / self.world_size  # syncs the device: timings are complete
+        t_end = time.perf_counter()
+        if self.t_steady is None:  # a single step: time it whole
+            self.t_steady, self.seen_first = self.t0, 0
+        return {"train_loss": total / n, "train_seconds": t_end - self.t0, "img_per_s": self.rate(t_end),
+                "loss_sum": total}
+
+
+def _agreed_stop(t: Training, should_stop: Callable[[], bool]) -> bool:
+    stop = should_stop()
+    if t.world_size > 1:  # every process stops at the same step
+        stop = float(all_reduce_sum(torch.tensor(float(stop), device=t.device))) > 0
+    return stop
+
+
+def train_one_epoch(t: Training, loader, epoch: int, *, start: Optional[EpochStart] = None, max_batches: int = 0,
+                    log_interval: int = 20, progress: bool = False,
+                    on_log: Optional[Callable[[int, float, float], None]] = None,
+                    should_stop: Optional[Callable[[], bool]] = None, loader_errors: tuple = ()) -> Dict[str, Any]:
+    """One pass over ``loader`` with :func:`train_step`; returns ``train_loss`` (mean over processes),
+    ``img_per_s``, ``train_seconds``, ``num_updates``, ``stopped_at``, ``loss_sum`` and ``error``.
+
+    ``start``: resuming inside the epoch (:class:`EpochStart`). ``should_stop()`` is asked after each
+    optimizer update (under DDP at the loss syncs, agreed by all processes); when it says yes the pass ends
+    there and the result has ``stopped_at`` (steps done) and ``loss_sum`` for a checkpoint that continues
+    exactly. An exception of ``loader_errors`` raised by the loader (an unreadable sample) ends the pass the
+    same way, with the exception as ``error``, when it comes between two optimizer updates (inside an
+    accumulation group it propagates: no consistent position exists there).
+
+    ``img_per_s`` counts the steps after the first one of the pass (which carries the loader start-up and,
+    in the first epoch, compilation), so it compares with ``benchmark.py``'s timed steps. The loss is read
+    every ``log_interval`` steps and at the end (``on_log(step, loss, lr)``), where NaN/inf raises
+    :class:`NonFiniteLossError` before anything else is saved.
+    """
+    start = start or EpochStart()
+    t.model.train()
     n = len(loader) if not max_batches else min(len(loader), max_batches)
     if n == 0:
         raise ValueError("the train loader yields no batch: the dataset per process is smaller than batch_size")
-    last_group_start = (n // accum_steps) * accum_steps
-    unwrapped = getattr(model, "module", model)
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, unit="batch")
-
-    t_steady, seen_first = None, 0
-    loss_sum = torch.full((), loss_sum, device=device, dtype=torch.float64)
-    window = torch.zeros((), device=device, dtype=torch.float64)
-    window_steps = 0
-    seen = 0
-    t0 = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    if bar is not None and start_step:
-        bar.update(start_step)
+    accum, last_group_start = t.accum_steps, (n // t.accum_steps) * t.accum_steps
+    bar = tqdm(total=n, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, unit="batch") if progress else None
+    meter = _EpochMeter(t, start.loss_sum)
+    t.optimizer.zero_grad(set_to_none=True)
+    if bar is not None and start.step:
+        bar.update(start.step)
     batches = iter(loader)
-    if rng_state is not None:
-        from utils.checkpoint import restore_rng_state
-
-        restore_rng_state(rng_state)
-    first, stopped_at, error = start_step, None, None
-    for i in itertools.count(start_step):
+    if start.rng_state is not None:
+        restore_rng_state(start.rng_state)
+    stopped_at, error = None, None
+    for i in itertools.count(start.step):
         try:
             x, y = next(batches)
         except StopIteration:
             break
         except loader_errors as err:
-            if i % accum_steps:
+            if i % accum:
                 raise
             stopped_at, error = i, err
             break
         if i >= n:
             break
-        x = _to_device(x, device, channels_last)
-        y = y.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
-        group = accum_steps if i < last_group_start else n - last_group_start
-        update_now = (i + 1) % accum_steps == 0 or i + 1 == n
-        sync_ctx = model.no_sync() if ddp and not update_now else contextlib.nullcontext()
-        with sync_ctx:
-            with autocast():
-                out = model(x)
-                loss = loss_fn(out, y)
-            scaled = loss / group
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-        _reset_net(model)
-        if update_now:
-            if clip_grad is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                dispatch_clip_grad(params, clip_grad, mode=clip_mode)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if ema is not None:
-                ema.update(unwrapped, step=num_updates)
-            if sched is not None and sched_on_updates:
-                sched.step_update(num_updates)
-        d = loss.detach().to(torch.float64)
-        loss_sum += d
-        window += d
-        window_steps += 1
-        seen += x.shape[0]
-        if i == first and n > first + 1:  # steady-state rate: from the end of the first step (synchronised) on
-            _sync(device)
-            t_steady, seen_first = time.perf_counter(), seen
+        x, y = _to_device(x, t.device, t.channels_last), y.to(t.device, non_blocking=True)
+        if t.mixup_fn is not None:
+            x, y = t.mixup_fn(x, y)
+        update = (i + 1) % accum == 0 or i + 1 == n
+        loss = train_step(t, x, y, accum if i < last_group_start else n - last_group_start, update)
+        meter.add(loss, x.shape[0], first=i == start.step and n > start.step + 1)
         log_now = (i + 1) % log_interval == 0 or i + 1 == n
-        stop = False
-        if should_stop is not None and update_now and i + 1 < n and (world_size == 1 or log_now):
-            stop = should_stop()
-            if world_size > 1:
-                stop = float(all_reduce_sum(torch.tensor(float(stop), device=device))) > 0
+        stop = (should_stop is not None and update and i + 1 < n and (t.world_size == 1 or log_now)
+                and _agreed_stop(t, should_stop))
         if log_now or stop:
-            w = all_reduce_sum(window) / world_size  # one host sync per log interval
-            value = float(w) / window_steps
+            value = meter.window_mean()
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {i + 1}/{n}")
-            lr = current_lr(optimizer)
-            rate = (seen - seen_first) * world_size / max(time.perf_counter() - t_steady, 1e-9) if t_steady else 0.0
+            lr = current_lr(t.optimizer)
             if bar is not None:
+                rate = meter.rate(time.perf_counter()) if meter.t_steady else 0.0
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             if on_log is not None:
                 on_log(epoch * n + i + 1, value, lr)
-            window.zero_()
-            window_steps = 0
         if bar is not None:
             bar.update(1)
         if stop:
@@ -531,13 +563,7 @@ def train_one_epoch(
             break
     if bar is not None:
         bar.close()
-    total = float(all_reduce_sum(loss_sum)) / world_size  # syncs the device: the timings below are complete
-    t_end = time.perf_counter()
-    if t_steady is None:  # a single step: time it whole
-        t_steady, seen_first = t0, 0
-    return {"train_loss": total / n, "num_updates": num_updates, "train_seconds": t_end - t0,
-            "img_per_s": (seen - seen_first) * world_size / max(t_end - t_steady, 1e-9),
-            "stopped_at": stopped_at, "loss_sum": total, "error": error}
+    return {**meter.result(n), "num_updates": t.num_updates, "stopped_at": stopped_at, "error": error}
 
 
 @torch.no_grad()
@@ -549,11 +575,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, autocast: Callab
     stats = torch.zeros(4, device=device, dtype=torch.float64)  # loss_sum, correct1, correct5, count
     ce = nn.CrossEntropyLoss(reduction="sum")
     n = len(loader) if not max_batches else min(len(loader), max_batches)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=desc, dynamic_ncols=True, leave=False, unit="batch")
+    bar = tqdm(total=n, desc=desc, dynamic_ncols=True, leave=False, unit="batch") if progress else None
     for i, (x, y) in enumerate(loader):
         if i >= n:
             break
