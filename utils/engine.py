@@ -156,7 +156,8 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool = Fa
 
 @dataclasses.dataclass
 class Training:
-    """Everything the epoch loop needs, built in one step by :func:`build_training`."""
+    """Everything :func:`train_step` and the epoch loop need (objects, settings, the update count), built in
+    one step by :func:`build_training`."""
 
     model: nn.Module  # what trains (DDP-wrapped when distributed)
     eval_model: nn.Module  # the same model, unwrapped
