@@ -152,16 +152,15 @@ def parse_sinfo(text: str) -> List[SlurmNode]:
 
 
 def partition_nodes() -> Optional[List[SlurmNode]]:
-    """Every node of every partition from ``sinfo``; None when sinfo is absent or fails."""
+    """Every node of every partition from ``sinfo``; None when sinfo is absent, fails or lists no node."""
     if shutil.which("sinfo") is None:
         return None
     try:
         r = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if r.returncode != 0:
-        return None
-    return parse_sinfo(r.stdout)
+    nodes = parse_sinfo(r.stdout) if r.returncode == 0 else []
+    return nodes or None
 
 
 def check_request(resources: SlurmResources, nodes: Sequence[SlurmNode]) -> None:
