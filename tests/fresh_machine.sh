@@ -58,6 +58,7 @@ export TRITON_CACHE_DIR=$fresh/.triton TMPDIR=/tmp
 unset FRESH_MACHINE_INSIDE
 
 if [ "${FRESH_NETWORK:-0}" != 1 ]; then  # loopback up (torch.distributed's tests talk over 127.0.0.1)
+    export GLOO_SOCKET_IFNAME=lo  # gloo binds to the host name's address, which may be on a hidden interface
     "$PYTHON" - <<'EOF'
 import fcntl, socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

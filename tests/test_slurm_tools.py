@@ -153,7 +153,7 @@ def test_submission_checks_the_partition_and_status_shows_pending_reasons(tmp_pa
     rows = {line.split()[0]: line for line in status.splitlines() if line.startswith("t_s")}
     assert "queued" in rows["t_s0"] and rows["t_s0"].endswith("4242_0 PENDING (PartitionConfig)")
     assert rows["t_s1"].endswith("4242_1 PENDING (Priority)")
-    assert "pending (PartitionConfig) will not start as submitted" in status and "scancel" in status
+    assert "pending (PartitionConfig) will not start as submitted" in status and "(scancel 4242_0)" in status
     assert "(Priority) will not start" not in status
     # the same sweep again submits nothing while its jobs are queued, and says why they wait
     log.unlink()

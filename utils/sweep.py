@@ -380,10 +380,13 @@ def format_status(rows: Sequence[dict]) -> str:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs")
-    stuck = {r["slurm_reason"] for r in rows if r.get("slurm_reason") in HOPELESS_REASONS}
-    for reason in sorted(stuck):
-        lines.append(f"pending ({reason}) will not start as submitted: {HOPELESS_REASONS[reason]}; cancel it "
-                     "(scancel JOB_ID) and submit the sweep again with the request changed")
+    stuck: Dict[str, List[str]] = {}
+    for r in rows:
+        if r.get("slurm_reason") in HOPELESS_REASONS:
+            stuck.setdefault(r["slurm_reason"], []).append(r["job_id"])
+    for reason, jobs in sorted(stuck.items()):
+        lines.append(f"pending ({reason}) will not start as submitted: {HOPELESS_REASONS[reason]}; cancel "
+                     f"(scancel {' '.join(jobs)}) and submit the sweep again with the request changed")
     return "\n".join(lines)
 
 
