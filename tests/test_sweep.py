@@ -260,6 +260,9 @@ def test_slurm_path_through_submitit_local_executor(tmp_path, monkeypatch, capsy
         return jobs
 
     monkeypatch.setattr(sweep, "submit_slurm", submit_local)
+    # the machine's own SLURM, if any, has no say: no partition check, no queue
+    monkeypatch.setattr(sweep, "partition_nodes", lambda: None)
+    monkeypatch.setattr(sweep, "job_states", lambda job_ids: {})
     assert sweep.main([cfg, "--launcher", "slurm", "--output", out, "--cpus-per-gpu", "1", "--timeout-min", "10"]) == 0
     assert "submitted array job" in capsys.readouterr().out
     (job,) = jobs
