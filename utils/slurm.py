@@ -152,11 +152,12 @@ def parse_sinfo(text: str) -> List[SlurmNode]:
 
 
 def partition_nodes() -> Optional[List[SlurmNode]]:
-    """Every node of every partition from ``sinfo``; None when sinfo is absent, fails or lists no node."""
+    """Every node of every partition (hidden ones too) from ``sinfo``; None when sinfo is absent, fails or
+    lists no node."""
     if shutil.which("sinfo") is None:
         return None
     try:
-        r = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["sinfo", "-h", "-a", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     nodes = parse_sinfo(r.stdout) if r.returncode == 0 else []
