@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fresh lint clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# the suite as on a fresh machine: SLURM's tools, caches, /tmp and the network hidden (docs/testing.md)
+test-fresh: $(STAMP)
+	PYTHON=$(PY) tests/fresh_machine.sh -q tests
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -1,4 +1,5 @@
-"""Assertions shared by the model test modules."""
+"""Assertions shared by the model test modules, and skips for what a fresh machine may lack."""
+import pytest
 import torch
 
 from models import reset_net
@@ -21,3 +22,11 @@ def assert_batch_invariant(model: torch.nn.Module, x: torch.Tensor, index: int =
     reset_net(model)
     assert batch.std(0).max() > 0, "all samples give the same logits: the comparison would be void"
     torch.testing.assert_close(alone[0], batch[index], atol=1e-6, rtol=0)
+
+
+def require_cpp_compiler() -> None:
+    """Skip the calling test where torch.compile cannot build CPU kernels (no C++ compiler, e.g. a slim image)."""
+    from utils.fastpath import cpp_compiler
+
+    if cpp_compiler() is None:
+        pytest.skip("needs a C++ compiler (g++, c++ or clang++) for torch.compile on CPU")

@@ -19,6 +19,7 @@ from models.neurons import NeuronConfig, TorchIFNode, TorchLIFNode, convert_neur
 from spikingjelly.activation_based import neuron as sj_neuron
 from utils import fastpath
 from utils.conformance import check_file
+from tests.helpers import require_cpp_compiler
 from utils.engine import amp_context
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
@@ -103,6 +104,7 @@ def test_golden_through_compiled_defaults(case):
 
     Case 1 is the one whose gradients break under whole-model compilation of the train pass.
     """
+    require_cpp_compiler()
     res = check_file(os.path.join(GOLDEN, case + ".pt"), transform=_transform())
     assert res.passed, res.line()
 

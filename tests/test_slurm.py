@@ -2,8 +2,9 @@
 
 Needs Debian's ``slurm-wlm`` and ``munge`` (``apt-get install -y slurm-wlm munge``) and root (the daemons run
 as root with a private configuration in a temporary folder, on free ports, so an existing cluster
-configuration is not touched). Skipped otherwise, or with ``SWEEP_SLURM_TEST=0``. Run it alone with
-``python -m pytest -q tests/test_slurm.py``.
+configuration is not touched). Marked ``needs_slurm``; skipped otherwise (the reason names what is missing),
+or with ``SWEEP_SLURM_TEST=0``. Run it alone with ``python -m pytest -q tests/test_slurm.py`` (or
+``-m needs_slurm``).
 
 It submits a two-run sweep as one array job; once each run has written its first checkpoint, it preempts
 one task with ``scontrol requeue`` and sends the other the time-out warning submitit asks for (USR2), so
@@ -21,10 +22,23 @@ import pytest
 from tests.test_sweep import ROOT, summary_epochs, tiny_config, wait_for
 from utils.sweep import load_manifest, run_state
 
-BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "munge", "unmunge")
-pytestmark = pytest.mark.skipif(
-    os.environ.get("SWEEP_SLURM_TEST") == "0" or any(shutil.which(b) is None for b in BINARIES)
-    or os.geteuid() != 0, reason="needs slurm-wlm and munge installed, and root (see the module docstring)")
+BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel", "munged", "munge",
+            "unmunge")
+
+
+def _why_skip():
+    """Why this machine cannot run a real SLURM (None when it can)."""
+    if os.environ.get("SWEEP_SLURM_TEST") == "0":
+        return "SWEEP_SLURM_TEST=0"
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing:
+        return f"needs a real SLURM: {', '.join(missing)} not found (apt-get install slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "needs root to start slurmctld and slurmd"
+    return None
+
+
+pytestmark = [pytest.mark.needs_slurm, pytest.mark.skipif(_why_skip() is not None, reason=str(_why_skip()))]
 
 
 def _free_port():

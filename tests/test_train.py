@@ -12,6 +12,7 @@ import yaml
 
 import train
 import validate
+from tests.helpers import require_cpp_compiler
 from utils.checkpoint import read_training_state
 from utils.logger import read_summary
 
@@ -127,6 +128,7 @@ def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
     # the fast path (utils.fastpath train defaults: compiled PyTorch neurons) computes the eager maths up to
     # float rounding: the first step's loss (before any update) is equal; after one update rounding may
     # flip near-threshold spikes, so later losses are only close
+    require_cpp_compiler()
     common = ["-c", DIGITS, "--epochs", "2", "--max-train-batches", "1", "--max-eval-batches", "1", "--progress",
               "false", "--plot", "false", "--tensorboard", "false", "--output", str(tmp_path)]
     assert train.main(common + ["--experiment", "fast", "--fastpath", "true"]) == 0

@@ -19,6 +19,8 @@ Launchers:
   for N > 1 GPUs). On time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which stops
   train.py (it saves its state on SIGTERM) and requeues the same run, which continues from
   ``last.pth.tar``; a job requeued by the scheduler itself restarts the same command with the same effect.
+  The request is checked against the partition's nodes (``sinfo``) before submission; ``--dry-run`` prints
+  the ``#SBATCH`` options without needing SLURM on this machine (:mod:`utils.slurm`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ import yaml
 
 from utils.logger import read_summary
 from utils.run_folder import is_running, read_status
+from utils.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
+                         partition_nodes, sbatch_preview)
 from utils.threads import usable_cpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,36 +313,6 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python))
 
 
-@dataclasses.dataclass
-class SlurmResources:
-    partition: Optional[str] = None
-    gpus_per_run: int = 0
-    cpus_per_gpu: int = 8
-    timeout_min: int = 24 * 60
-    mem_gb: Optional[float] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    array_parallelism: int = 256
-    job_name: str = "sweep"
-
-    @property
-    def cpus_per_task(self) -> int:
-        return self.cpus_per_gpu * max(1, self.gpus_per_run)
-
-    def executor_parameters(self) -> dict:
-        """Parameters for ``submitit.AutoExecutor.update_parameters`` (SLURM-only ones are prefixed)."""
-        p = dict(name=self.job_name, nodes=1, tasks_per_node=1, cpus_per_task=self.cpus_per_task,
-                 timeout_min=self.timeout_min, slurm_array_parallelism=self.array_parallelism)
-        if self.gpus_per_run:
-            p["gpus_per_node"] = self.gpus_per_run
-        if self.mem_gb:
-            p["mem_gb"] = self.mem_gb
-        for key in ("partition", "account", "qos"):
-            if getattr(self, key):
-                p[f"slurm_{key}"] = getattr(self, key)
-        return p
-
-
 def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"):
     """A submitit executor writing its scripts and logs to ``folder``; ``cluster="local"`` runs the same
     jobs as local processes (tests)."""
@@ -349,41 +323,19 @@ def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"
     return ex
 
 
-def sbatch_script(runs: Sequence[Run], resources: SlurmResources, folder: str) -> str:
-    """The sbatch script the SLURM launcher submits for ``runs`` (shown by --dry-run, checked by the tests)."""
-    import submitit
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    ex.update_parameters(**resources.executor_parameters())
-    params = dict(ex._executor.parameters)  # the SLURM names submitit derived from our parameters
-    if len(runs) > 1:
-        params["map_count"] = len(runs)
-    return _make_sbatch_string(command=" ".join([sys.executable, "-u", "-m", "submitit.core._submit", folder]),
-                               folder=folder, **params)
-
-
 def submit_slurm(runs: Sequence[Run], resources: SlurmResources, cluster: str = "slurm", python: str = sys.executable):
     """Submit ``runs`` as one array job; returns the submitit jobs (``job.job_id`` is ``ARRAY_TASK``)."""
+    if cluster == "slurm":
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise SweepError(f"{' and '.join(missing)} not found: SLURM's client tools are not installed on this "
+                             "machine (or not on PATH). Submit from a cluster's login node; here, --dry-run previews "
+                             "the job and --launcher local runs the sweep on this machine")
     folder = os.path.join(runs[0].output, "slurm", "%j")
     ex = make_executor(folder, resources, cluster)
     with ex.batch():
         jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python)) for r in runs]
     return jobs
-
-
-def slurm_queue(job_ids: Sequence[str]) -> Dict[str, str]:
-    """``{job id: state}`` of the given jobs still known to ``squeue`` (empty without SLURM)."""
-    if not job_ids or shutil.which("squeue") is None:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)], capture_output=True, text=True)
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out[parts[0]] = parts[1]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,19 +349,22 @@ def status_rows(output: str) -> List[dict]:
             os.path.isfile(os.path.join(output, d, "args.yaml"))
             or os.path.isfile(os.path.join(output, d, "status.json"))))
     job_ids = {n: m["runs"][n].get("job_id") for n in names if n in m.get("runs", {})}
-    queue = slurm_queue([j for j in job_ids.values() if j])
+    queue = job_states([j for j in job_ids.values() if j])
     rows = []
     for n in names:
         st = run_state(os.path.join(output, n))
         job = job_ids.get(n)
-        if st.state in ("pending", "interrupted") and queue.get(job) in ("PENDING", "RUNNING"):
-            st.state = "queued" if queue[job] == "PENDING" else "running"
+        slurm = queue.get(job)
+        if st.state in ("pending", "interrupted") and slurm and slurm.state in ("PENDING", "RUNNING"):
+            st.state = "queued" if slurm.state == "PENDING" else "running"
         if st.total_epochs is None and n in m.get("runs", {}):
             try:
                 st.total_epochs = planned_epochs(m["runs"][n]["config"], m["runs"][n]["overrides"])
             except SweepError:
                 pass
-        rows.append(dict(run=n, job_id=job, slurm=queue.get(job, ""), **dataclasses.asdict(st)))
+        rows.append(dict(run=n, job_id=job, slurm=slurm.describe() if slurm else "",
+                         slurm_reason=slurm.reason if slurm and slurm.state == "PENDING" else "",
+                         **dataclasses.asdict(st)))
     return rows
 
 
@@ -425,6 +380,13 @@ def format_status(rows: Sequence[dict]) -> str:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs")
+    stuck: Dict[str, List[str]] = {}
+    for r in rows:
+        if r.get("slurm_reason") in HOPELESS_REASONS:
+            stuck.setdefault(r["slurm_reason"], []).append(r["job_id"])
+    for reason, jobs in sorted(stuck.items()):
+        lines.append(f"pending ({reason}) will not start as submitted: {HOPELESS_REASONS[reason]}; cancel "
+                     f"(scancel {' '.join(jobs)}) and submit the sweep again with the request changed")
     return "\n".join(lines)
 
 
@@ -484,12 +446,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
+def check_partition(resources: SlurmResources) -> None:
+    """Refuse (SweepError) a request that no node of the partition can run; a note when sinfo cannot tell."""
+    nodes = partition_nodes()
+    if nodes is None:
+        print("[sweep] sinfo not found (or it failed): the request is not checked against the partition here; "
+              "it is on a machine with SLURM's tools")
+        return
+    try:
+        check_request(resources, nodes)
+    except SlurmRequestError as err:
+        raise SweepError(str(err)) from None
+
+
 def _launch(args, runs: List[Run]) -> int:
     output = runs[0].output
     m = load_manifest(output)
     states = {r.name: run_state(r.run_dir) for r in runs}
-    queued = slurm_queue([m["runs"][r.name]["job_id"] for r in runs
-                          if m.get("runs", {}).get(r.name, {}).get("job_id")])
+    queued = job_states([m["runs"][r.name]["job_id"] for r in runs
+                         if m.get("runs", {}).get(r.name, {}).get("job_id")])
     todo = []
     for r in runs:
         st, job = states[r.name], m.get("runs", {}).get(r.name, {}).get("job_id")
@@ -498,11 +473,13 @@ def _launch(args, runs: List[Run]) -> int:
         elif st.state == "running":
             print(f"[sweep] skip {r.name}: running now")
         elif job in queued:
-            print(f"[sweep] skip {r.name}: SLURM job {job} is {queued[job]}")
+            print(f"[sweep] skip {r.name}: SLURM job {job} is {queued[job].describe()}")
         else:
             todo.append(r)
     resources = SlurmResources(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.timeout_min, args.mem_gb,
                                args.account, args.qos, args.array_parallelism, args.job_name)
+    if args.launcher == "slurm" and todo:
+        check_partition(resources)
     if args.dry_run:
         print(f"[sweep] plan: {len(runs)} runs, {len(todo)} to start, launcher {args.launcher}, output {output}")
         for r in todo:
@@ -510,7 +487,7 @@ def _launch(args, runs: List[Run]) -> int:
         if args.launcher == "slurm" and todo:
             print("[sweep] SLURM: one array job of %d tasks, submitit parameters %s" % (
                 len(todo), json.dumps(resources.executor_parameters())))
-            print(sbatch_script(todo, resources, os.path.join(output, "slurm", "%j")))
+            print(sbatch_preview(resources, len(todo), os.path.join(output, "slurm", "%j")))
         elif args.launcher == "local":
             print(f"[sweep] local: {args.parallel} at a time, {max(1, cpu_budget() // args.parallel)} "
                   f"threads each" + (f", {args.gpus_per_run} GPU(s) each" if args.gpus_per_run else ""))
@@ -538,6 +515,8 @@ def _launch(args, runs: List[Run]) -> int:
         return 0
     try:
         jobs = submit_slurm(todo, resources)
+    except SweepError:
+        raise
     except Exception as err:  # sbatch missing or refusing: say so in one line
         raise SweepError(f"SLURM submission failed: {err}") from None
     record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
