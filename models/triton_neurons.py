@@ -33,7 +33,7 @@ import torch
 from spikingjelly.activation_based import neuron as sj_neuron
 
 __all__ = ["SPIKINGJELLY_VERSION", "INTERPRETER_BLOCK", "TritonKernels", "TritonAPIError", "load_kernels",
-           "triton_multi_step", "TritonLIFNode", "TritonIFNode", "describe"]
+           "check_device", "interpreter_requested", "triton_multi_step", "TritonLIFNode", "TritonIFNode", "describe"]
 
 SPIKINGJELLY_VERSION = "2.0.0"
 # Neurons per program instance in the interpreter (capped at the layer's size rounded up to a power of
@@ -67,9 +67,9 @@ class TritonKernels:
         if not self.interpreted:
             raise RuntimeError(
                 f"spikingjelly's Triton {self.kind} kernels were compiled for the GPU, so they cannot run on {device} "
-                "tensors: TRITON_INTERPRET was not 1 when they were imported. Start Python with TRITON_INTERPRET=1 "
-                "(e.g. TRITON_INTERPRET=1 python -m utils.conformance --neuron-impl triton FILE) or move the model "
-                "to CUDA.")
+                "tensors: TRITON_INTERPRET was not 1 when they were imported. Run the command with "
+                "TRITON_INTERPRET=1 in its environment (e.g. TRITON_INTERPRET=1 python train.py ...; slow: for "
+                "checks) or run on CUDA.")
         return self.cpu_forward, self.cpu_backward
 
 
@@ -187,6 +187,16 @@ def load_kernels(kind: str) -> TritonKernels:
     interpreted = all(isinstance(k, InterpretedFunction) for k in kernels)
     return TritonKernels(kind, forward, backward, _without_device_guard(forward), _without_device_guard(backward),
                          interpreted)
+
+
+def check_device(device: "torch.device | str") -> None:
+    """Fail now, with the fix, if ``impl='triton'`` neurons cannot run on ``device``.
+
+    Loads the kernels (so ``TRITON_INTERPRET`` must already be set for CPU use); raises ``ImportError``
+    (no Triton), :class:`TritonAPIError` (another spikingjelly) or ``RuntimeError`` (compiled kernels, CPU).
+    """
+    for kind in _MODULES:
+        load_kernels(kind).launchers(torch.device(device))
 
 
 def interpreter_requested() -> bool:

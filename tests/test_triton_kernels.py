@@ -13,14 +13,17 @@ import types
 
 import pytest
 import torch
+import yaml
+
+from models.neurons import spiking_modules
 
 from tests.triton_cases import case_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden", "case1_cifar_max_former.pt")
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                                reason="triton is not importable (it ships with the CUDA builds of torch)")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="triton is not importable (it ships with the CUDA builds of torch)")
 
 
 def _run(args, device="cpu", timeout=300):
@@ -43,12 +46,14 @@ def results(request):
     return {row["case"]: row for row in rows}
 
 
+@needs_triton
 def test_kernels_ran_as_intended(results):
     info = results["kernels"]
     expect_interpreter = info["device"] == "cpu"
     assert info["interpreted"] == {"lif": expect_interpreter, "if": expect_interpreter}
 
 
+@needs_triton
 @pytest.mark.parametrize("case", list(case_ids()))
 def test_kernel_matches_torch_path(results, case):
     row = results[case]
@@ -60,10 +65,41 @@ def test_kernel_matches_torch_path(results, case):
     assert row["grad_layout_kept"] and 0.05 < row["rate"] < 0.6, row  # the neurons fire, not always
 
 
+@needs_triton
 def test_golden_case_through_triton_kernels():
     proc = _run(["-m", "utils.conformance", "--neuron-impl", "triton", GOLDEN])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.startswith("PASS  case1_cifar_max_former.pt"), proc.stdout
+
+
+@needs_triton
+def test_train_config_key_runs_the_kernels(tmp_path):
+    # fastpath (the default) with neuron_impl: triton: no compile, Triton neurons, recorded in args.yaml
+    proc = _run(["train.py", "-c", "demo/digits.yaml", "--img-size", "16", "--model-kwargs", "embed_dims=16",
+                 "--T", "2", "--batch-size", "16", "--progress", "false", "--workers", "0", "--fastpath", "true",
+                 "--neuron-impl", "triton", "--epochs", "1", "--max-train-batches", "1", "--max-eval-batches", "1",
+                 "--plot", "false", "--tensorboard", "false", "--output", str(tmp_path), "--experiment", "tri"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    info = yaml.safe_load((tmp_path / "tri" / "args.yaml").read_text())["run_info"]
+    assert info["fastpath"]["neuron_impl"] == "triton" and info["fastpath"]["compile"] is False
+    expected = "25 lif: spikingjelly lif Triton kernels (impl='triton', Triton interpreter on CPU)"
+    assert info["neuron_implementation"] == expected
+
+
+def test_neuron_impl_model_kwarg_and_fast_path_rules():
+    from models import create_model, describe_neurons
+    from models.neurons import TritonIFNode
+    from utils.fastpath import resolve_config
+
+    model = create_model("maxformer_cifar", neuron_impl="triton", neuron="if", embed_dims=16, num_heads=1)
+    assert describe_neurons(model).startswith("25 if: spikingjelly if Triton kernels (impl='triton'")
+    assert all(type(m) is TritonIFNode for _, m in spiking_modules(model))
+    with pytest.raises(Exception, match="neuron_impl='triton' and impl='torch' disagree"):
+        create_model("maxformer_cifar", neuron_impl="triton", impl="torch")
+    cfg, _ = resolve_config("train", neuron_impl="triton")  # the default neuron compile is dropped
+    assert cfg.neuron_impl == "triton" and cfg.compile is False
+    with pytest.raises(ValueError, match="compile 'model' cannot trace them"):
+        resolve_config("train", neuron_impl="triton", compile="model")
 
 
 # ------------------------------------------------ the pin on spikingjelly's private API (no kernels run)
