@@ -74,9 +74,10 @@ def test_golden_case_through_triton_kernels():
 
 @needs_triton
 def test_train_config_key_runs_the_kernels(tmp_path):
-    # fastpath (the default) with neuron_impl: triton: no compile, Triton neurons, recorded in args.yaml
+    # the fast path with neuron_impl: triton: no compile, Triton neurons, recorded in args.yaml
     proc = _run(["train.py", "-c", "demo/digits.yaml", "--img-size", "16", "--model-kwargs", "embed_dims=16",
-                 "--T", "2", "--batch-size", "16", "--progress", "false", "--workers", "0", "--fastpath", "true",
+                 "--T", "2", "--batch-size", "16", "--progress", "false", "--workers", "0", "--device", "cpu",
+                 "--fastpath", "true",
                  "--neuron-impl", "triton", "--epochs", "1", "--max-train-batches", "1", "--max-eval-batches", "1",
                  "--plot", "false", "--tensorboard", "false", "--output", str(tmp_path), "--experiment", "tri"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
