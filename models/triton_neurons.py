@@ -38,11 +38,11 @@ __all__ = ["SPIKINGJELLY_VERSION", "INTERPRETER_BLOCK", "TritonKernels", "Triton
 SPIKINGJELLY_VERSION = "2.0.0"
 # Neurons per program instance in the interpreter (capped at the layer's size rounded up to a power of
 # two). LIF forward+backward, T=4, 2 CPU cores: 65,536 neurons take 17 s at block 256 (the GPU block),
-# 1.5 s at 4096, 0.37 s at 65536; 16,384 neurons 3.1 s / 0.23 s / 0.09 s (docs/testing.md).
+# 1.5 s at 4096, 0.37 s at 65536; 16,384 neurons 3.1 s / 0.23 s / 0.09 s (docs/speed.md).
 INTERPRETER_BLOCK = 65536
 _MODULES = {"lif": "spikingjelly._ops.lif.triton", "if": "spikingjelly._ops.if_.triton"}
 # What the shim relies on in each module: launcher guards it waives, kernel arguments it sets.
-_GUARDS = ('torch._check(', '.device.type == "cuda"', "with torch.cuda.device(")
+_GUARDS = ("torch._check(", '.device.type == "cuda"', "requires CUDA", "with torch.cuda.device(")
 _KERNEL_ARGS = ("N", "BLOCK", "LAYOUT")
 
 
