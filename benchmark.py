@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "block/embedding), neurons (only the neuron loops; the training default), none")
     p.add_argument("--channels-last", default=None, action=bool_flag)
     p.add_argument("--fold-bn", default=None, action=bool_flag, help="fold BN into convs (infer only)")
-    p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch"))
+    p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch", "triton"))
     p.add_argument("--grad-checkpointing", default=None, action=bool_flag, help="recompute blocks in backward")
     p.add_argument("--fast-conv", default=None, action=bool_flag, help="matmul backward of large 1x1 convs (train)")
     p.add_argument("--compact-spikes", default=None, action=bool_flag,

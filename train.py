@@ -81,7 +81,7 @@ def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
 
 def _describe_fastpath(fp) -> str:
     if fp is None:
-        return "off: plain eager path (spikingjelly neurons, no compile)"
+        return "off: plain eager path (the model's neurons, no compile)"
     compiled = {False: "no compile", "model": "whole model compiled (backward not bitwise-faithful)",
                 "blocks": "blocks compiled", "neurons": "neurons compiled"}[fp.compile]
     extras = [name for name in ("channels_last", "grad_checkpointing", "compact_spikes") if getattr(fp, name)]

@@ -56,14 +56,24 @@ def variant_cfg(data: str, **kwargs) -> dict:
     return dict(DATA_CFG[data], license="mit", **kwargs)
 
 
-def neuron_config_from_kwargs(model: str, neuron="lif", **kwargs) -> NeuronConfig:
-    """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error."""
+def neuron_config_from_kwargs(model: str, neuron="lif", neuron_impl: Optional[str] = None,
+                              **kwargs) -> NeuronConfig:
+    """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error.
+
+    ``neuron_impl`` is the model-level name of :attr:`NeuronConfig.impl` (``'spikingjelly'``, ``'torch'``,
+    ``'triton'``); passing both with different values is an error.
+    """
+    if neuron_impl is not None:
+        if kwargs.get("impl", neuron_impl) != neuron_impl:
+            raise ValueError(f"{model}: neuron_impl={neuron_impl!r} and impl={kwargs['impl']!r} disagree; "
+                             "they are the same setting, pass one of them")
+        kwargs["impl"] = neuron_impl
     unknown = sorted(set(kwargs) - set(NEURON_KWARGS))
     if unknown:
         raise TypeError(
             f"{model} got unexpected keyword argument(s) {unknown}. Model kwargs besides the architecture are "
             f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron='lif'|'if' and "
-            f"the neuron kwargs {', '.join(NEURON_KWARGS)}."
+            f"the neuron kwargs {', '.join(NEURON_KWARGS)} (impl also as neuron_impl)."
         )
     return NeuronConfig.from_kwargs(neuron, **kwargs)
 

@@ -7,11 +7,13 @@ Defaults reproduce the published neuron: LIF, tau=2, V_th=1, hard reset to 0,
 ``detach_reset=True``, Sigmoid surrogate with alpha=4 (``H = V + (X - V)/tau``,
 spike if ``H >= V_th``).
 
-Two interchangeable implementations of the same maths (``NeuronConfig.impl``):
+Interchangeable implementations of the same maths (``NeuronConfig.impl``):
 ``'spikingjelly'`` (default) runs spikingjelly's registered kernels (CPU operator, CUDA/Triton);
 ``'torch'`` runs a plain PyTorch time loop (:class:`TorchLIFNode`, :class:`TorchIFNode`) that
-``torch.compile`` can fuse with the surrounding layers. Spikes are bitwise identical on CPU;
-gradients agree to a few ulp (spikingjelly's CPU backward multiplies in a different order).
+``torch.compile`` can fuse with the surrounding layers; ``'triton'`` always runs spikingjelly's
+Triton kernels (:mod:`models.triton_neurons`; on CPU tensors in Triton's interpreter, under
+``TRITON_INTERPRET=1``). Spikes are bitwise identical on CPU; gradients agree to a few ulp
+(the kernels multiply in different orders).
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
+from .triton_neurons import TritonIFNode, TritonLIFNode
+from .triton_neurons import describe as describe_triton
+
 __all__ = [
     "NeuronConfig",
     "make_neuron",
@@ -33,6 +38,8 @@ __all__ = [
     "spiking_modules",
     "TorchLIFNode",
     "TorchIFNode",
+    "TritonLIFNode",
+    "TritonIFNode",
     "convert_neurons",
 ]
 
@@ -44,7 +51,7 @@ SURROGATES = {
     "piecewise_quadratic": sj_surrogate.PiecewiseQuadratic,
 }
 NEURON_KINDS = ("lif", "if")
-NEURON_IMPLS = ("spikingjelly", "torch")
+NEURON_IMPLS = ("spikingjelly", "torch", "triton")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +100,9 @@ class NeuronConfig:
             detach_reset=self.detach_reset,
             step_mode="m",
         )
-        torch_impl = self.impl == "torch"
-        if self.kind == "lif":
-            cls = TorchLIFNode if torch_impl else sj_neuron.LIFNode
-            return cls(tau=self.tau, decay_input=True, **common)
-        return (TorchIFNode if torch_impl else sj_neuron.IFNode)(**common)
+        base = sj_neuron.LIFNode if self.kind == "lif" else sj_neuron.IFNode
+        cls = _IMPL_CLASSES[self.impl][base]
+        return cls(tau=self.tau, decay_input=True, **common) if self.kind == "lif" else cls(**common)
 
 
 def _multi_step(node: sj_neuron.BaseNode, x_seq: torch.Tensor, tau: Optional[float]) -> torch.Tensor:
@@ -149,10 +154,11 @@ class TorchIFNode(sj_neuron.IFNode):
 _IMPL_CLASSES = {
     "spikingjelly": {sj_neuron.LIFNode: sj_neuron.LIFNode, sj_neuron.IFNode: sj_neuron.IFNode},
     "torch": {sj_neuron.LIFNode: TorchLIFNode, sj_neuron.IFNode: TorchIFNode},
+    "triton": {sj_neuron.LIFNode: TritonLIFNode, sj_neuron.IFNode: TritonIFNode},
 }
 
 
-_CONVERTIBLE = (sj_neuron.LIFNode, sj_neuron.IFNode, TorchLIFNode, TorchIFNode)
+_CONVERTIBLE = (sj_neuron.LIFNode, sj_neuron.IFNode, TorchLIFNode, TorchIFNode, TritonLIFNode, TritonIFNode)
 
 
 def convert_neurons(model: nn.Module, impl: str = "torch") -> int:
@@ -217,7 +223,8 @@ def describe_neurons(model: nn.Module, device: "torch.device | str" = "cpu") -> 
     counts: dict = {}
     for _, m in spiking_modules(model):
         kind = "lif" if isinstance(m, sj_neuron.LIFNode) else "if"
-        impl = "pure-PyTorch loop (impl='torch')" if isinstance(m, (TorchLIFNode, TorchIFNode)) else None
+        impl = ("pure-PyTorch loop (impl='torch')" if isinstance(m, (TorchLIFNode, TorchIFNode))
+                else describe_triton(kind, device) if isinstance(m, (TritonLIFNode, TritonIFNode)) else None)
         key = (kind, impl or neuron_implementation(kind, device))
         counts[key] = counts.get(key, 0) + 1
     if not counts:

@@ -83,6 +83,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
                    "false = plain eager path (spikingjelly neurons, no compile)"),
     "compile": _o(False, bool, "with fastpath: torch.compile the whole model (faster; backward not bitwise-faithful: "
                   "near-threshold spikes may flip)"),
+    "neuron_impl": _o("auto", str, "neuron kernels: auto (the fast path's PyTorch loop; spikingjelly's without "
+                      "fastpath) | spikingjelly | torch | triton (spikingjelly's Triton kernels on any device; CPU "
+                      "tensors need TRITON_INTERPRET=1)", choices=("auto", "spikingjelly", "torch", "triton")),
     "grad_checkpointing": _o(False, bool, "activation checkpointing (model must support it)"),
     "compact_spikes": _o(False, bool, "with fastpath: convolutions save binary (spike) inputs for backward as bool, "
                          "4x smaller, exact (a memory option, see README 'Memory options')"),

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m utils.conformance tests/data/golden/case*.pt [--threads 2] [--verbose]
+    python -m utils.conformance tests/data/golden/case*.pt [--threads 2] [--verbose] [--neuron-impl IMPL]
 
 Each FILE is a golden dict (format: ``tests/data/golden/README.md``). Its ``model_ctor``
 (``folder/module.py::Name`` of the published code) selects a builder from the
@@ -14,6 +14,8 @@ train forward, mean cross-entropy backward. Tolerances (golden README):
 * gradients: per tensor ``allclose(rtol=1e-4, atol=1e-5 * G)``, ``G`` = max |ref grad|.
 
 One line per file with the max deviations and PASS/FAIL; exit status 0 only if all pass.
+``--neuron-impl`` runs every neuron through one implementation of :mod:`models.neurons`
+(``triton``: spikingjelly's Triton kernels, in Triton's interpreter on these CPU tensors).
 
 Extending it (no edit here): add ``{ctor: builder}`` to ``models.published.REFERENCE_CTORS``,
 with ``builder(kwargs) -> model`` or ``-> (model, prepare)``. The global RNG is seeded with
@@ -114,8 +116,12 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item() if a.numel() else 0.0
 
 
-def check_file(path: str, verbose: bool = False, transform: Optional[Callable] = None) -> ConformanceResult:
+def check_file(path: str, verbose: bool = False, transform: Optional[Callable] = None,
+               neuron_impl: Optional[str] = None) -> ConformanceResult:
     """Run the published procedure of one golden file against our model.
+
+    ``neuron_impl`` (e.g. ``'triton'``) switches every neuron to that implementation
+    (:func:`models.neurons.convert_neurons`) before the passes.
 
     ``transform(model, mode, x) -> model`` (optional, e.g. :func:`utils.fastpath.prepare_model`)
     runs each pass through a transformed model: ``mode`` is ``'infer'`` for the eval pass and
@@ -128,6 +134,9 @@ def check_file(path: str, verbose: bool = False, transform: Optional[Callable] =
 
     torch.manual_seed(int(golden.get("seed", 0)))
     model, prepare = build_reference_model(golden["model_ctor"], golden.get("kwargs") or {})
+    if neuron_impl is not None:
+        from models.neurons import convert_neurons
+        convert_neurons(model, neuron_impl)
     prepared = prepare(model, golden) if prepare is not None else None
     prepared = prepared or Prepared()
     res.checks.update(prepared.checks)
@@ -226,13 +235,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (the golden files were made with 2)")
     parser.add_argument("--verbose", action="store_true", help="per-tensor gradient deviations on stderr")
+    parser.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch", "triton"),
+                        help="run every neuron through this implementation (default: the model's, spikingjelly); "
+                        "triton: spikingjelly's Triton kernels in Triton's interpreter (sets TRITON_INTERPRET=1)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.neuron_impl == "triton":
+        # the golden passes run on CPU tensors: the kernels must be imported (lazily, at the first
+        # neuron call) in interpreter mode
+        os.environ["TRITON_INTERPRET"] = "1"
     all_ok = True
     for path in args.files:
         try:
-            res = check_file(path, verbose=args.verbose)
+            res = check_file(path, verbose=args.verbose, neuron_impl=args.neuron_impl)
         except Exception as err:  # one bad file must not hide the others
             res = ConformanceResult(path)
             res.failures.append(f"{type(err).__name__}: {err}")

@@ -195,6 +195,12 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     for k in ("T", "num_classes"):
         if k in kwargs:
             raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
+    impl = getattr(cfg, "neuron_impl", "auto")
+    if impl != "auto":
+        if kwargs.get("neuron_impl", impl) != impl:
+            raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
+                              "set one of them")
+        kwargs["neuron_impl"] = impl
     try:
         return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
     except ModelError as err:
@@ -220,7 +226,8 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
             fastpath, warning = fp_lib.resolve_config(
                 "train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
                 grad_checkpointing=cfg.grad_checkpointing or None, compact_spikes=cfg.compact_spikes or None,
-                compile="model" if cfg.compile else None)
+                compile="model" if cfg.compile else None,
+                neuron_impl=None if getattr(cfg, "neuron_impl", "auto") == "auto" else cfg.neuron_impl)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         warnings += [warning] if warning else []
@@ -230,6 +237,12 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     elif cfg.compact_spikes:
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.fastpath); "
                           "drop compact_spikes or set fastpath: true")
+    if getattr(cfg, "neuron_impl", "auto") == "triton":
+        from models.triton_neurons import check_device
+        try:
+            check_device(device)
+        except (ImportError, RuntimeError) as err:
+            raise ConfigError(f"neuron_impl: triton: {err}") from None
     try:
         autocast = amp_context(cfg.amp, device)
     except ValueError as err:

@@ -115,7 +115,8 @@ def resolve_config(mode: str, amp: str = "none", *, eager: bool = False, device:
     """The one place a command line's fast-path switches become a :class:`FastPathConfig`.
 
     Starts from :data:`EAGER` (``eager=True``) or :func:`default_config`; each keyword override that is
-    not None replaces its field (``compile=True`` means ``'model'``, ``'none'`` means off). On CPU
+    not None replaces its field (``compile=True`` means ``'model'``, ``'none'`` means off;
+    ``neuron_impl='triton'`` runs uncompiled). On CPU
     without a C++ compiler compilation is switched off and the returned warning says so (else None).
     """
     cfg = EAGER if eager else default_config(mode, amp)
@@ -123,6 +124,11 @@ def resolve_config(mode: str, amp: str = "none", *, eager: bool = False, device:
     if over.get("compile") == "none":
         over["compile"] = False
     cfg = dataclasses.replace(cfg, **over)
+    if cfg.neuron_impl == "triton" and cfg.compile:
+        if over.get("compile"):
+            raise ValueError(f"neuron_impl 'triton' launches spikingjelly's Triton kernels eagerly; compile "
+                             f"{cfg.compile!r} cannot trace them: drop compile or choose neuron_impl 'torch'")
+        cfg = dataclasses.replace(cfg, compile=False)  # the default neuron compile: nothing left to compile
     warning = None
     if cfg.compile and torch.device(device).type == "cpu" and cpp_compiler() is None:
         cfg = dataclasses.replace(cfg, compile=False)
