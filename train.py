@@ -512,8 +512,8 @@ def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int
 def _report_reconciled(logger, state) -> None:
     """Say which ``summary.csv`` rows a resume restored from the checkpoint, and which neither file holds."""
     if logger.restored:
-        _log.warning(f"summary.csv lacked the rows of epochs {_epochs_text(logger.restored)} (cut short or "
-                     f"edited); restored them from {state['path']}")
+        _log.warning(f"summary.csv lacked the rows of epochs {_epochs_text(logger.restored)}: restored them from "
+                     f"{state['path']}")
     if logger.missing:
         _log.warning(f"summary.csv has no rows for epochs {_epochs_text(logger.missing)} and {state['path']} "
                      f"does not carry them (written by an older version): those rows are lost; the run goes on")
@@ -599,9 +599,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileWriteError as err:
         if is_main():
             print(f"error: {err}. The file that was there before is intact. {err.kept + ' ' if err.kept else ''}"
-                  f"Free space on that disk (or "
-                  f"make the folder writable, or choose another --output), then continue with:\n"
-                  f"  {resume_command(argv)}", file=sys.stderr)
+                  f"{err.remedy}, then continue with:\n  {resume_command(argv)}", file=sys.stderr)
         return 1
     except input_errors() as err:
         if getattr(err, "saved_position", None) and is_main():

@@ -18,6 +18,9 @@ __all__ = ["atomic_write", "FileWriteError"]
 _REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
             errno.EPERM: "permission denied"}
+_REMEDIES = {errno.ENOSPC: "Free space on that disk", errno.EDQUOT: "Free space within your quota",
+             errno.EROFS: "Make that file system writable again", errno.EACCES: "Make that folder writable for you",
+             errno.EPERM: "Make that folder writable for you"}
 
 
 class FileWriteError(OSError):
@@ -25,6 +28,7 @@ class FileWriteError(OSError):
 
     def __init__(self, path: str, err: OSError):
         self.path, self.reason = path, _REASONS.get(err.errno, err.strerror or str(err))
+        self.remedy = _REMEDIES.get(err.errno, "Fix the cause")  # the first words of the advice
         super().__init__(err.errno, f"could not write {path}: {self.reason}")
         self.kept = ""  # what the caller still holds, for the message (e.g. "last.pth.tar holds epoch 3")
 

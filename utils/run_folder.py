@@ -19,7 +19,7 @@ import shutil
 import socket
 from typing import Any, Dict, Optional
 
-from utils.atomic_file import atomic_write
+from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import ConfigError
 
 __all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "STATUS_NAME"]
@@ -83,8 +83,12 @@ class RunFolder:
     # ------------------------------------------------------------------ lock
     def lock(self, command: str) -> None:
         """Hold ``run.lock`` until :meth:`release` or process exit; ConfigError naming the holder if taken."""
-        os.makedirs(self.path, exist_ok=True)
-        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        path = os.path.join(self.path, LOCK_NAME)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            f = open(path, "a+")
+        except OSError as err:
+            raise FileWriteError(path, err) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
