@@ -355,15 +355,17 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
             restore_rng_state(state["rng"])
         if main:
             _report_resume(cfg, state, start_epoch, dist_info.world_size)
-    if main:
-        _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
     # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
     history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
     last_path, best_path = os.path.join(run_dir, "last.pth.tar"), os.path.join(run_dir, "best.pth.tar")
-    held = {"what": f"epoch {start_epoch - 1}" if state is not None else None}  # what last.pth.tar holds
+    held = {"what": None}  # what last.pth.tar holds, for the message when the disk fails
+    if state is not None:
+        held["what"] = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
+                        else f"epoch {start_epoch - 1}")
     logger = None
     try:
         if main:
+            _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
             logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
                                history=history)
             _report_reconciled(logger, state)
