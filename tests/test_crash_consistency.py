@@ -153,3 +153,38 @@ def test_summary_rows_a_checkpoint_cannot_restore_are_named(tmp_path, capsys):
     assert _run(tmp_path, "--resume", "auto") == 0
     assert "no rows for epochs 0" in capsys.readouterr().err
     assert [int(r["epoch"]) for r in read_summary(os.path.join(run_dir, "summary.csv"))] == [1]
+
+
+def test_a_full_disk_inside_torch_save_is_named_as_such(tmp_path, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError ("unexpected pos"): the writer names the cause."""
+    import builtins
+
+    import torch
+
+    from utils.atomic_file import FileWriteError
+    from utils.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pth.tar"
+    save_checkpoint({"epoch": 0}, path)
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("utils.atomic_file.open", lambda *a, **kw: FullDisk(builtins.open(*a, **kw)), raising=False)
+    with pytest.raises(FileWriteError, match=f"could not write {path}: no space left on the device"):
+        save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 0 and os.listdir(tmp_path) == ["last.pth.tar"]

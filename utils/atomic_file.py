@@ -37,17 +37,22 @@ class FileWriteError(OSError):
 
 
 class _RecordingFile:
-    """A file whose ``write`` remembers the OSError it raised (``torch.save`` turns it into a RuntimeError)."""
+    """A file whose ``write`` writes all of ``data`` or raises, and remembers the OSError it raised: on a full
+    disk a write can be short without an error, which ``torch.save`` reports as a RuntimeError."""
 
     def __init__(self, f: IO):
         self._f, self.error = f, None
 
     def write(self, data):
+        view, done = memoryview(data).cast("B"), 0
         try:
-            return self._f.write(data)
+            while done < len(view):
+                n = self._f.write(view[done:])
+                done += len(view) - done if n is None else n
         except OSError as err:
             self.error = err
             raise
+        return done
 
     def __getattr__(self, name):
         return getattr(self._f, name)
