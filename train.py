@@ -223,6 +223,7 @@ def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_s
 def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
     """The banner on the console and ``args.yaml`` (config + what was resolved) in the run folder."""
     import models
+    from utils.atomic_file import atomic_write
 
     neuron_impl = models.describe_neurons(t.eval_model, dist_info.device)
     run_info = {
@@ -234,8 +235,7 @@ def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) ->
         "total_epochs": t.total_epochs, "threads": dist_info.threads.describe(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    with open(os.path.join(run_dir, "args.yaml"), "w") as f:
-        f.write(dump_yaml({**_plain(cfg.to_dict()), "run_info": _plain(run_info)}))
+    atomic_write(os.path.join(run_dir, "args.yaml"), dump_yaml({**_plain(cfg.to_dict()), "run_info": _plain(run_info)}))
     v = run_info["versions"]
     lr_desc = (f"lr {t.lr:.4g} = blr {cfg.blr:g} x effective batch {t.effective_batch} / 256" if cfg.blr
                else f"lr {t.lr:.4g}")
@@ -267,9 +267,13 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     signal handlers) ends the run after the current step with a resumable checkpoint
     (:class:`TrainingStopped`); ``command`` is written into ``run.lock``.
     """
+    from utils.atomic_file import FileWriteError
     from utils.engine import NonFiniteLossError
     from utils.run_folder import RunFolder
 
+    if cfg.eval_metric == "ema_top1" and not cfg.model_ema:
+        raise ConfigError("eval_metric ema_top1 selects best.pth.tar by the EMA's top-1, but model_ema is false "
+                          "(no EMA is kept): pass --model-ema true, or --eval-metric top1")
     dist_info = _setup_process(cfg)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
@@ -277,7 +281,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
         state = _claim_run_folder(cfg, folder, command or "train.py")
         total = cfg.epochs + cfg.cooldown_epochs
         if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
-            return _finished(state, run_dir, total, dist_info.is_main)
+            return _finished(cfg, state, run_dir, total, dist_info.is_main)
         if folder is not None:
             folder.write_status(state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
                                 best_top1=state.get("best_metric") if state else None,
@@ -288,7 +292,11 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
                         "interrupted" if isinstance(err, (TrainingStopped, KeyboardInterrupt)) else "failed")
-                folder.write_status(state=kind, exit_message=f"{type(err).__name__}: {err}")
+                try:
+                    folder.write_status(state=kind, exit_message=f"{type(err).__name__}: {err}")
+                except FileWriteError as status_err:  # the disk refuses: read_status reconciles with the checkpoint
+                    if isinstance(err, FileWriteError) and status_err.path != err.path:
+                        err.kept += f" {os.path.basename(status_err.path)} could not be updated either."
             raise
         if folder is not None:
             folder.write_status(state="finished", exit_message="done")
@@ -298,20 +306,27 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
             folder.release()
 
 
-def _finished(state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
-    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten)."""
+def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
+    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten).
+
+    ``--overwrite true`` cannot be honoured together with ``--resume``: that is refused (ConfigError)."""
     best, best_epoch = state.get("best_metric"), int(state.get("best_epoch", -1))
+    best_txt = f"best top-1 {best:.2f}% at epoch {best_epoch}" if best is not None else "no evaluation yet"
+    done = f"run {os.path.abspath(run_dir)} is finished ({int(state['epoch']) + 1}/{total} epochs, {best_txt})"
+    if cfg.overwrite:
+        raise ConfigError(f"{done}; --resume continues a run, so --overwrite true has nothing to replace. To start "
+                          f"this run over, drop --resume (keep --overwrite true); to train it longer, drop "
+                          f"--overwrite and pass a larger --epochs with --resume auto")
     if main:
-        best_txt = f"best top-1 {best:.2f}% at epoch {best_epoch}" if best is not None else "no evaluation yet"
-        _log.info(f"run {os.path.abspath(run_dir)} is finished ({int(state['epoch']) + 1}/{total} epochs, {best_txt}). "
-                  f"To train it longer pass a larger --epochs with --resume auto; to start a new run choose another "
-                  f"--experiment (or pass --overwrite true to replace this one).")
+        _log.info(f"{done}. To train it longer pass a larger --epochs with --resume auto; to start a new run choose "
+                  f"another --experiment (or run without --resume and with --overwrite true to replace this one).")
     return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
 
 
 def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     """Data, model and training objects, then the epochs."""
     from utils import data as data_lib
+    from utils.atomic_file import FileWriteError
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
     from utils.distributed import all_reduce_sum, barrier
     from utils.engine import (EpochStart, build_model, build_training, epoch_seed, seed_everything,
@@ -340,25 +355,55 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
             restore_rng_state(state["rng"])
         if main:
             _report_resume(cfg, state, start_epoch, dist_info.world_size)
-    if main:
-        _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
-    logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch) if main else None
+    # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
+    history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
+    last_path, best_path = os.path.join(run_dir, "last.pth.tar"), os.path.join(run_dir, "best.pth.tar")
+    held = {"what": None}  # what last.pth.tar holds, for the message when the disk fails
+    if state is not None:
+        held["what"] = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
+                        else f"epoch {start_epoch - 1}")
+    logger = None
+    try:
+        if main:
+            _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
+            logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
+                               history=history)
+            _report_reconciled(logger, state)
+            _rederive_best(state, best_path)
+    except FileWriteError as err:
+        err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "Nothing was trained yet."
+        raise
 
     # ---- epochs
-    last_path, best_path = os.path.join(run_dir, "last.pth.tar"), os.path.join(run_dir, "best.pth.tar")
-    metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" and t.ema is not None else "eval_top1"
+    metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" else "eval_top1"
 
     def checkpoint(**fields):
         return training_state(t, arch=cfg.model, num_updates=t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
-                              config=_plain(cfg.to_dict()), **fields)
+                              config=_plain(cfg.to_dict()), history=history, **fields)
 
     def save_position(epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
         if main:
-            save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step,
+            samples = skip + (step - start_step) * cfg.batch_size  # per process, from the epoch's start
+            save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step, "samples": samples,
                                                                        "loss_sum": loss_sum}), last_path)
+            held["what"] = f"the position in epoch {epoch} after step {step}"
         barrier()
+
+    def commit_epoch(epoch: int, row: Dict[str, Any]) -> None:
+        """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
+        (the commit point: weights, position, best, every row so far), then ``status.json``, ``best.pth.tar``
+        (a copy of last.pth.tar) and the ``summary.csv`` row, which a resume re-derives from the checkpoint."""
+        history.append(_plain(row))
+        save_checkpoint(checkpoint(epoch=epoch), last_path)
+        held["what"] = f"epoch {epoch}"
+        folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
+        if best["epoch"] == epoch:
+            held["what"] += " (the best so far: a resume re-derives best.pth.tar from it)"
+            copy_checkpoint(last_path, best_path)
+            held["what"] = f"epoch {epoch}"
+        logger.log_epoch(row)
 
     def on_log(step: int, loss: float, lr: float) -> None:
         if dist_info.threads.update() is not None and main:
@@ -378,8 +423,13 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 raise TrainingStopped(stop.signum, f"before epoch {epoch} ({last_path} holds epoch {epoch - 1})")
             t_epoch = time.perf_counter()
             seed_everything(epoch_seed(cfg.seed, epoch, dist_info.rank))
-            start = EpochStart(partial["step"], partial["loss_sum"], state["rng"]) if partial else EpochStart()
-            train_sampler.set_epoch(epoch, skip=start.step * cfg.batch_size)
+            skip, start_step = _resume_offset(partial, state, cfg.batch_size, len(train_sampler), len(train_loader),
+                                              cfg.max_train_batches)
+            if partial and start_step != partial["step"] and main:
+                _log.info(f"epoch {epoch} continues at its sample {skip} (per process): step {start_step} "
+                          f"of batch size {cfg.batch_size}")
+            start = EpochStart(start_step, partial["loss_sum"], state["rng"]) if partial else EpochStart()
+            train_sampler.set_epoch(epoch, skip=skip)
             if t.mixup_fn is not None and hasattr(t.mixup_fn, "mixup_enabled"):
                 t.mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
             lr_epoch = start_epoch_schedule(t, epoch, resumed_inside=bool(partial))
@@ -410,11 +460,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
             best["last"] = metric
             row["epoch_seconds"] = time.perf_counter() - t_epoch
             if main:
-                logger.log_epoch(row)  # the row first: a kill before the checkpoint re-runs (and re-logs) the epoch
-                save_checkpoint(checkpoint(epoch=epoch), last_path)
-                if improved:
-                    copy_checkpoint(last_path, best_path)
-                folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
+                commit_epoch(epoch, row)
                 ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
                 _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}"
                           f"  train_loss {stats['train_loss']:.4f}  eval_loss {row['eval_loss']:.4f}"
@@ -422,15 +468,73 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                           f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
                           f"  {row['epoch_seconds']:.1f}s")
             barrier()
+    except FileWriteError as err:
+        err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "No checkpoint was written yet."
+        raise
     finally:
         if logger is not None:
             logger.close()
     if main:
         best_txt = f"{best['metric']:.2f}% at epoch {best['epoch']}" if best["metric"] is not None else "n/a"
+        outputs = [n for n in ("summary.csv", "learning_curve.png", "tensorboard/", "last.pth.tar", "best.pth.tar",
+                               "args.yaml") if os.path.exists(os.path.join(run_dir, n))]
         _log.info(f"done. best {metric_key.replace('eval_', '')} {best_txt}\n"
-                  f"outputs in {os.path.abspath(run_dir)}: summary.csv, learning_curve.png, tensorboard/, "
-                  f"last.pth.tar, best.pth.tar, args.yaml")
+                  f"outputs in {os.path.abspath(run_dir)}: {', '.join(outputs)}")
     return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run_dir}
+
+
+def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int, max_steps: int = 0):
+    """(samples to skip, first step) to continue an epoch at the first sample it has not trained on.
+
+    Counted in samples, so a batch size changed on resume neither repeats nor skips samples. The step
+    index is that of the new batch size: counted back from the epoch's end, so that the epoch's last step
+    (and the last update of an accumulation group) stays its last, or from its start when
+    ``max_steps`` (``max_train_batches``) ends the epoch early."""
+    if not partial:
+        return 0, 0
+    saved_batch = int((state.get("config") or {}).get("batch_size", batch_size))
+    samples = int(partial.get("samples", partial["step"] * saved_batch))
+    if samples == partial["step"] * batch_size:  # the same batch size: the same steps
+        return samples, partial["step"]
+    if max_steps and max_steps < steps:
+        return samples, -(-samples // batch_size)
+    return samples, max(0, steps - (per_process - samples) // batch_size)
+
+
+def _report_reconciled(logger, state) -> None:
+    """Say which ``summary.csv`` rows a resume restored from the checkpoint, and which neither file holds."""
+    if logger.restored:
+        _log.warning(f"summary.csv lacked the rows of epochs {_epochs_text(logger.restored)}: restored them from "
+                     f"{state['path']}")
+    if logger.missing:
+        _log.warning(f"summary.csv has no rows for epochs {_epochs_text(logger.missing)} and {state['path']} "
+                     f"does not carry them (written by an older version): those rows are lost; the run goes on")
+
+
+def _epochs_text(epochs) -> str:
+    return ", ".join(str(e) for e in epochs)
+
+
+def _rederive_best(state, best_path: str) -> None:
+    """``best.pth.tar`` after a run that ended between ``last.pth.tar`` and the copy: copied from the checkpoint
+    (it holds the best epoch); a best.pth.tar that cannot be re-derived is named as missing."""
+    from utils.checkpoint import checkpoint_position, copy_checkpoint
+
+    if state is None or int(state.get("best_epoch", -1)) < 0:
+        return
+    best_epoch = int(state["best_epoch"])
+    have = checkpoint_position(best_path)
+    if have is not None and have["epoch"] == best_epoch and not have["partial_epoch"]:
+        return
+    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
+        copy_checkpoint(state["path"], best_path)
+        _log.warning(f"best.pth.tar did not hold epoch {best_epoch} (the run ended before copying it): "
+                     f"re-derived it from {state['path']}")
+    else:
+        _log.warning(f"warning: best.pth.tar does not hold the best epoch {best_epoch} "
+                     f"({'it is missing' if have is None else 'it holds epoch %d' % have['epoch']}) and "
+                     f"{state['path']} holds a later position: best.pth.tar is rewritten when an epoch beats "
+                     f"{state.get('best_metric')}")
 
 
 def _saved(err, where: str):
@@ -472,6 +576,7 @@ def resume_command(argv: Sequence[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.atomic_file import FileWriteError
     from utils.config import input_errors, report_input_error
     from utils.distributed import cleanup, is_main
     from utils.engine import NonFiniteLossError
@@ -483,6 +588,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with StopSignals() as stop:
             run(cfg, stop, command=" ".join(["train.py", *argv]))
         return 0
+    except FileWriteError as err:
+        if is_main():
+            print(f"error: {err}. The file that was there before is intact. {err.kept + ' ' if err.kept else ''}"
+                  f"{err.remedy}, then continue with:\n  {resume_command(argv)}", file=sys.stderr)
+        return 1
     except input_errors() as err:
         if getattr(err, "saved_position", None) and is_main():
             print(f"error: {err}\nThe run stopped in {err.saved_position}; its position is saved. Fix or remove "

@@ -134,3 +134,65 @@ def test_an_unreadable_sample_keeps_the_work_done_and_names_the_file(tmp_path, c
     assert _run(tmp_path, *args, "--resume", "auto") == 0
     rows = read_summary(str(tmp_path / "x" / "summary.csv"))
     assert [int(r["epoch"]) for r in rows] == [0] and math.isfinite(float(rows[0]["train_loss"]))
+
+
+def test_a_batch_size_changed_mid_epoch_trains_each_sample_once(tmp_path, monkeypatch):
+    """Stopped after 384 samples of epoch 0 (3 steps of 128), resumed with batch 96: the epoch continues at the
+    385th sample of its order; no sample is trained twice or skipped (the last 69 fall off as drop_last)."""
+    import signal
+
+    from torch.utils.data import Dataset
+
+    from utils import data as data_lib
+    from utils.config import parse_config
+    from utils.engine import SeededDistributedSampler
+
+    fetched = []
+
+    class Recording(Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            fetched.append(i)
+            return self.ds[i]
+
+    real = data_lib.create_datasets
+    monkeypatch.setattr(data_lib, "create_datasets", lambda cfg: (Recording(real(cfg)[0]), real(cfg)[1]))
+
+    class StopAfter384:
+        signum = signal.SIGTERM
+
+        def requested(self):
+            return len(fetched) >= 384
+
+    args = TINY + ["--output", str(tmp_path), "--experiment", "x", "--epochs", "1", "--max-train-batches", "0"]
+    with pytest.raises(train.TrainingStopped):
+        train.run(parse_config(args + ["--batch-size", "128"]), StopAfter384())
+    first = list(fetched)
+    fetched.clear()
+    assert train.main(args + ["--batch-size", "96", "--resume", "auto"]) == 0
+    order = SeededDistributedSampler(range(1437), num_replicas=1, rank=0, shuffle=True, seed=0)
+    order.set_epoch(0)
+    order = list(order)
+    assert first == order[:384]
+    assert fetched == order[384:384 + (1437 - 384) // 96 * 96]
+
+
+def test_refusals_that_name_the_fix(tmp_path, capsys):
+    # --eval-metric ema_top1 without an EMA: refused before anything is written
+    assert _run(tmp_path, "--epochs", "1", "--eval-metric", "ema_top1") == 2
+    err = capsys.readouterr().err
+    assert "eval_metric ema_top1" in err and "model_ema is false" in err and "--model-ema true" in err
+    assert not (tmp_path / "x").exists()
+    # --resume auto --overwrite true on a finished run: refused, advising what does help
+    assert _run(tmp_path, "--epochs", "1") == 0
+    before = (tmp_path / "x" / "last.pth.tar").read_bytes()
+    capsys.readouterr()
+    assert _run(tmp_path, "--epochs", "1", "--resume", "auto", "--overwrite", "true") == 2
+    err = capsys.readouterr().err
+    assert "is finished" in err and "drop --resume (keep --overwrite true)" in err and "larger --epochs" in err
+    assert (tmp_path / "x" / "last.pth.tar").read_bytes() == before

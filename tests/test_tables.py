@@ -106,3 +106,21 @@ def test_results_errors(tmp_path, capsys):
     assert main(["--runs", str(tmp_path / "nope")]) == 2
     assert main(["--runs", str(tmp_path)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_copies_of_a_run_folder_count_once_and_are_named(tmp_path, capsys):
+    import shutil
+
+    fake_run(tmp_path, ABLATION, 0, [50.0, 80.0, 79.0], 3)
+    fake_run(tmp_path, ABLATION, 1, [50.0, 82.0, 81.0], 3)
+    name = os.path.splitext(os.path.basename(ABLATION))[0]
+    shutil.copytree(tmp_path / f"{name}_s0", tmp_path / "backup" / f"{name}_s0")
+    shutil.copytree(tmp_path / f"{name}_s0", tmp_path / "renamed")
+    args = yaml.safe_load(open(tmp_path / "renamed" / "args.yaml"))
+    (tmp_path / "renamed" / "args.yaml").write_text(yaml.safe_dump({**args, "experiment": "renamed",
+                                                                    "output": "/elsewhere"}))
+    assert results_main(["--runs", str(tmp_path), "--table", "4", "--out", str(tmp_path / "t")]) == 0
+    out, err = capsys.readouterr()
+    assert "81.00 ± 1.41 | 2 |" in out  # seeds 0 and 1, not 0, 0, 0 and 1
+    note = [line for line in err.splitlines() if "hold the same run" in line]
+    assert len(note) == 1 and all(p in note[0] for p in (f"{name}_s0", "backup", "renamed")) and "seed 0" in note[0]

@@ -302,68 +302,45 @@ def load_checkpoint(
 
 # ----------------------------------------------------------------------------------------------
 # Training state: atomic saving, RNG capture and resume (training engine).
-__all__ += ["save_checkpoint", "copy_checkpoint", "capture_rng_state", "restore_rng_state",
+__all__ += ["save_checkpoint", "copy_checkpoint", "checkpoint_position", "capture_rng_state", "restore_rng_state",
             "read_training_state", "auto_resume_path"]
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> str:
-    """Write ``state`` with ``torch.save`` atomically: temp file in the same folder, fsync, rename.
+    """Write ``state`` with ``torch.save`` atomically (:func:`utils.atomic_file.atomic_write`).
 
-    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a torn one.
+    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a torn one; a
+    full or read-only disk raises :class:`utils.atomic_file.FileWriteError` and leaves the previous one.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-    import glob
+    from utils.atomic_file import atomic_write
 
-    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a process killed mid-write
-        try:
-            os.remove(stale)
-        except OSError:
-            pass
-    return path
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def copy_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> str:
     """Atomically copy a checkpoint file (used for ``best.pth.tar``)."""
     import shutil
 
-    src, dst = os.fspath(src), os.fspath(dst)
-    tmp = f"{dst}.tmp-{os.getpid()}"
+    from utils.atomic_file import atomic_write
+
+    def copy(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+
+    return atomic_write(dst, copy)
+
+
+def checkpoint_position(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """``epoch``, ``partial_epoch``, ``best_metric`` and ``best_epoch`` of a training checkpoint, or None when
+    it is absent or unreadable. Memory-maps the file: cheap even for a large checkpoint."""
     try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
-    return dst
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(obj, Mapping) or "epoch" not in obj:
+        return None
+    return {"epoch": int(obj["epoch"]), "partial_epoch": obj.get("partial_epoch"),
+            "best_metric": obj.get("best_metric"), "best_epoch": int(obj.get("best_epoch", -1))}
 
 
 def capture_rng_state() -> Dict[str, Any]:

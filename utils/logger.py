@@ -5,9 +5,12 @@ Only the main process creates a :class:`RunLogger`; every method is cheap to cal
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence
+
+from utils.atomic_file import atomic_write
 
 __all__ = ["RunLogger", "SUMMARY_COLUMNS", "read_summary", "setup_console_logging"]
 
@@ -42,22 +45,43 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
+def _epoch_of(row: Mapping[str, Any]):
+    """The epoch of a ``summary.csv`` row, or None when the row is cut short or damaged."""
+    try:
+        epoch = int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    complete = all(row.get(k) not in (None, "") for k in SUMMARY_COLUMNS)
+    return epoch if complete else None
+
+
 class RunLogger:
     """Writes the per-epoch outputs of one run folder.
 
-    ``start_epoch`` > 0 (a resumed run) drops any ``summary.csv`` rows of epochs that will be re-run,
-    so a run killed after logging an epoch but before its checkpoint still ends with one row per epoch.
+    A resumed run (``start_epoch`` > 0) reconciles ``summary.csv`` with the checkpoint it resumes from:
+    rows of epochs that will be re-run are dropped, and rows missing, cut short or damaged are restored
+    from ``history`` (the rows the checkpoint carries). ``self.restored`` and ``self.missing`` list the
+    epochs restored and those neither file holds.
     """
 
-    def __init__(self, run_dir: str, cfg: Mapping[str, Any], ema: bool = False, start_epoch: int = 0):
+    def __init__(self, run_dir: str, cfg: Mapping[str, Any], ema: bool = False, start_epoch: int = 0,
+                 history: Sequence[Mapping[str, Any]] = ()):
         self.run_dir = run_dir
         self.cfg = cfg
         self.columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema else []) + TIME_COLUMNS
         self.summary_path = os.path.join(run_dir, "summary.csv")
         self.plot_path = os.path.join(run_dir, "learning_curve.png")
         os.makedirs(run_dir, exist_ok=True)
-        rows = [r for r in read_summary(self.summary_path) if int(r["epoch"]) < start_epoch]
-        self.rows: List[Dict[str, Any]] = rows
+        on_disk = {}
+        for r in read_summary(self.summary_path):
+            epoch = _epoch_of(r)
+            if epoch is not None and epoch < start_epoch:
+                on_disk[epoch] = r
+        saved = {int(h["epoch"]): h for h in history if int(h["epoch"]) < start_epoch}
+        self.restored = sorted(e for e in saved if e not in on_disk)
+        rows = {**on_disk, **{e: self._format(h) for e, h in saved.items()}}  # the checkpoint's rows win
+        self.missing = [e for e in range(start_epoch) if e not in rows]
+        self.rows: List[Dict[str, Any]] = [rows[e] for e in sorted(rows)]
         self._rewrite()
         self.tb = None
         if cfg.get("tensorboard", True):
@@ -96,14 +120,17 @@ class RunLogger:
             f.write(rid)
         return rid
 
+    def _format(self, metrics: Mapping[str, Any]) -> Dict[str, str]:
+        return {k: _fmt(k, metrics.get(k)) for k in self.columns}
+
     def _rewrite(self):
-        tmp = self.summary_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: r.get(k, "") for k in self.columns})
-        os.replace(tmp, self.summary_path)
+        """``summary.csv`` with every row, written atomically (a full disk leaves the previous file)."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: r.get(k, "") for k in self.columns})
+        atomic_write(self.summary_path, buf.getvalue())
 
     # ------------------------------------------------------------------
     def log_step(self, step: int, loss: float, lr: float) -> None:
@@ -113,24 +140,25 @@ class RunLogger:
             self.tb.add_scalar("train/lr_step", lr, step)
 
     def log_epoch(self, metrics: Dict[str, Any]) -> None:
-        """Append one ``summary.csv`` row and push the epoch to TensorBoard / W&B / the PNG."""
-        row = {k: _fmt(k, metrics.get(k)) for k in self.columns}
-        self.rows.append(row)
-        with open(self.summary_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        """Add one ``summary.csv`` row (the file is rewritten atomically: a few KB) and push the epoch to
+        TensorBoard / W&B / the PNG. A failed ``summary.csv`` write raises FileWriteError; the optional
+        outputs only warn."""
         epoch = int(metrics["epoch"])
+        self.rows = [r for r in self.rows if _epoch_of(r) != epoch] + [self._format(metrics)]
+        self._rewrite()
         scalars = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and v is not None}
-        if self.tb is not None:
-            for k, v in scalars.items():
-                group = "train" if k.startswith("train") or k == "lr" else "time" if k in TIME_COLUMNS else "eval"
-                self.tb.add_scalar(f"{group}/{k}", v, epoch)
-            self.tb.flush()
+        try:
+            if self.tb is not None:
+                for k, v in scalars.items():
+                    group = "train" if k.startswith("train") or k == "lr" else "time" if k in TIME_COLUMNS else "eval"
+                    self.tb.add_scalar(f"{group}/{k}", v, epoch)
+                self.tb.flush()
+            if self.cfg.get("plot", True):
+                self.plot()
+        except OSError as err:
+            _log.warning(f"warning: TensorBoard events / learning curve of epoch {epoch} not written ({err})")
         if self.wandb is not None:
             self.wandb.log(scalars, step=epoch)
-        if self.cfg.get("plot", True):
-            self.plot()
 
     def plot(self) -> None:
         """Loss and top-1 per epoch as ``learning_curve.png`` (written atomically)."""
@@ -157,10 +185,10 @@ class RunLogger:
         ax2.set_xlabel("epoch"), ax2.set_ylabel("eval accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
         fig.suptitle(f"{self.cfg.get('experiment', '')} ({self.cfg.get('model', '')})")
         fig.tight_layout()
-        tmp = self.plot_path + ".tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        try:
+            atomic_write(self.plot_path, lambda f: fig.savefig(f, format="png"))
+        finally:
+            plt.close(fig)
 
     def close(self) -> None:
         if self.tb is not None:

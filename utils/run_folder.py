@@ -6,7 +6,8 @@
   folder whose ``run.lock`` is flock-held as running (:func:`is_running`).
 * :meth:`RunFolder.check_fresh_start` refuses to start a new run over a folder that already holds one.
 * :meth:`RunFolder.write_status` keeps ``status.json`` (written atomically) up to date: ``state`` is
-  running | finished | failed | interrupted | diverged.
+  running | finished | failed | interrupted | diverged. It follows ``last.pth.tar`` (the commit point of an
+  epoch); :func:`read_status` reconciles the two when the run ended between them.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import shutil
 import socket
 from typing import Any, Dict, Optional
 
+from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import ConfigError
 
 __all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "STATUS_NAME"]
@@ -44,12 +46,30 @@ def is_running(run_dir: str) -> bool:
 
 
 def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
-    """``<run_dir>/status.json`` as a dict, or None when absent or unreadable."""
+    """``<run_dir>/status.json`` as a dict, or None when absent or unreadable.
+
+    ``last.pth.tar`` is the run's commit point and ``status.json`` follows it: when the checkpoint is the
+    newer file (the run was killed, or the disk refused ``status.json``, between the two writes) its
+    epoch and best are read from the checkpoint, so the answer agrees with what ``--resume auto`` does.
+    """
+    path = os.path.join(run_dir, STATUS_NAME)
     try:
-        with open(os.path.join(run_dir, STATUS_NAME)) as f:
-            return json.load(f)
+        with open(path) as f:
+            status = json.load(f)
     except (OSError, ValueError):
         return None
+    last = os.path.join(run_dir, "last.pth.tar")
+    try:
+        newer = os.stat(last).st_mtime_ns > os.stat(path).st_mtime_ns
+    except OSError:
+        newer = False
+    if newer and status.get("state") != "finished":
+        from utils.checkpoint import checkpoint_position
+
+        held = checkpoint_position(last)
+        if held is not None and held["epoch"] != status.get("epoch"):
+            status.update(epoch=held["epoch"], best_top1=held["best_metric"], best_epoch=held["best_epoch"])
+    return status
 
 
 class RunFolder:
@@ -63,8 +83,12 @@ class RunFolder:
     # ------------------------------------------------------------------ lock
     def lock(self, command: str) -> None:
         """Hold ``run.lock`` until :meth:`release` or process exit; ConfigError naming the holder if taken."""
-        os.makedirs(self.path, exist_ok=True)
-        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        path = os.path.join(self.path, LOCK_NAME)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            f = open(path, "a+")
+        except OSError as err:
+            raise FileWriteError(path, err) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -112,9 +136,4 @@ class RunFolder:
         self.status.update(fields)
         self.status.update(pid=os.getpid(),
                            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        path = os.path.join(self.path, STATUS_NAME)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.status, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write(os.path.join(self.path, STATUS_NAME), json.dumps(self.status, indent=1) + "\n")

@@ -274,28 +274,49 @@ def paper_claims(args: dict) -> List[PaperClaim]:
                 args.get("num_classes"), (args.get("run_info") or {}).get("num_classes"))]
 
 
-def collect_runs(runs_dir: str) -> Dict[str, List[dict]]:
-    """Run folders under ``runs_dir`` (any depth), grouped by experiment name without its ``_s<seed>``."""
+# args.yaml keys that say where a run lives or how it was started, not what it trains
+NOT_THE_RUN = ("output", "experiment", "config", "resume", "overwrite", "run_info")
+
+
+def run_identity(args: dict) -> str:
+    """What makes two run folders the same run: the config (seed included) without :data:`NOT_THE_RUN`."""
+    import json
+
+    return json.dumps({k: v for k, v in args.items() if k not in NOT_THE_RUN}, sort_keys=True, default=str)
+
+
+def collect_runs(runs_dir: str, notes: Optional[List[str]] = None) -> Dict[str, List[dict]]:
+    """Run folders under ``runs_dir`` (any depth), one per run (:func:`run_identity`), grouped by experiment name
+    without its ``_s<seed>``. Folders holding the same run (copies) count once, the one furthest along; a
+    line naming them is appended to ``notes``."""
     import yaml
 
     from utils.sweep import run_state
 
-    groups: Dict[str, List[dict]] = {}
+    same: Dict[str, List[dict]] = {}
     for dirpath, dirnames, filenames in sorted(os.walk(runs_dir)):
         dirnames.sort()
         if "args.yaml" not in filenames:
             continue
         with open(os.path.join(dirpath, "args.yaml")) as f:
             args = yaml.safe_load(f) or {}
-        name = re.sub(r"_s\d+$", "", args.get("experiment") or os.path.basename(dirpath))
-        groups.setdefault(name, []).append(dict(args=args, run_dir=dirpath, state=run_state(dirpath)))
+        run = dict(args=args, run_dir=dirpath, state=run_state(dirpath))
+        same.setdefault(run_identity(args), []).append(run)
+    groups: Dict[str, List[dict]] = {}
+    for copies in same.values():
+        run = max(copies, key=lambda r: (r["state"].state == "finished", r["state"].epochs_done))
+        if len(copies) > 1 and notes is not None:
+            notes.append(f"{', '.join(r['run_dir'] for r in copies)} hold the same run (same config, seed "
+                         f"{run['args'].get('seed')}): counted once, as {run['run_dir']}")
+        name = re.sub(r"_s\d+$", "", run["args"].get("experiment") or os.path.basename(run["run_dir"]))
+        groups.setdefault(name, []).append(run)
     return groups
 
 
-def result_rows(runs_dir: str, table: Optional[str] = None) -> List[dict]:
+def result_rows(runs_dir: str, table: Optional[str] = None, notes: Optional[List[str]] = None) -> List[dict]:
     """One row per (config, paper row): our best top-1 as mean ± std over seeds beside the paper's."""
     rows = []
-    for name, runs in collect_runs(runs_dir).items():
+    for name, runs in collect_runs(runs_dir, notes).items():
         claims = paper_claims(runs[0]["args"]) or [PaperClaim("-", name, float("nan"))]
         tops = [r["state"].best_top1 for r in runs if r["state"].best_top1 is not None]
         done = [r["state"].epochs_done for r in runs]
@@ -395,7 +416,10 @@ def results_main(argv: Sequence[str]) -> int:
     if not os.path.isdir(a.runs):
         print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
         return 2
-    rows = result_rows(a.runs, a.table)
+    notes: List[str] = []
+    rows = result_rows(a.runs, a.table, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if not rows:
         what = f"for Table {a.table}" if a.table else ""
         print(f"error: no run folders (with args.yaml) {what} under {a.runs}", file=sys.stderr)
