@@ -19,6 +19,7 @@ from .maxformer import (MAXFORMER_CIFAR, MAXFORMER_DVS, MAXFORMER_IMAGENET, MS_Q
                         MS_QKFORMER_IMAGENET, SpikingTransformer)
 from .legacy_names import LEGACY_NAMES, RenameTable
 from .ms_resnet import max_resnet18
+from .pretrained import RELEASED
 from .spikformer import Spikformer
 
 __all__ = ["REFERENCE_CTORS", "RenameTable", "LEGACY_NAMES", "RELEASED_FILES"]
@@ -173,12 +174,4 @@ REFERENCE_CTORS: Dict[str, Callable] = {**_MAXFORMER_CTORS, **_RESNET_CTORS, **_
 
 
 # The authors' released ImageNet files (``imagenet/checkpoints/download.sh``) -> our model and config.
-RELEASED_FILES: Dict[str, Tuple[str, str]] = {
-    "10-384-T4": ("maxformer_10_384", "imagenet/10_384_t4.yaml"),
-    "10-512-T1": ("maxformer_10_512", "imagenet/10_512_t1.yaml"),
-    "10-512-T4": ("maxformer_10_512", "imagenet/10_512_t4.yaml"),
-    "10-768-T1": ("maxformer_10_768", "imagenet/10_768_t1.yaml"),
-    "10-768-T4": ("maxformer_10_768", "imagenet/10_768_t4.yaml"),
-    "ms_qk_10-384_T4": ("ms_qkformer_10_384", "imagenet/ms_qkformer_10_384_t4.yaml"),
-    "ms_qk_10-768_T1": ("ms_qkformer_10_768", "imagenet/ms_qkformer_10_768_t1.yaml"),
-}
+RELEASED_FILES: Dict[str, Tuple[str, str]] = {w.file: (w.model, w.config) for w in RELEASED}
