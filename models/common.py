@@ -307,8 +307,14 @@ def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optiona
 
     from .pretrained import as_pretrained_cfg
 
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=as_pretrained_cfg(pretrained_cfg),
-                                 pretrained_cfg_overlay=overlay)
+    try:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=as_pretrained_cfg(pretrained_cfg),
+                                     pretrained_cfg_overlay=overlay)
+    except RuntimeError as err:  # timm's "Invalid pretrained tag"
+        import timm
+
+        tags = timm.list_pretrained(f"{variant}.*")
+        raise ValueError(f"{variant}: {err} Tags: {', '.join(tags) or 'none (no released weights)'}") from None
     if pretrained and not cfg.has_weights:
         raise ValueError(
             f"{variant}: no released weights for pretrained=True (released: {_released_names()}). "

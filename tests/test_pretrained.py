@@ -175,3 +175,77 @@ def test_hub_export_command_errors(tmp_path, capsys):
     assert "not a released weights name; one of: maxformer_10_384.t4_in1k" in capsys.readouterr().err
     assert hub_export.main(["maxformer_10_384.t4_in1k", str(tmp_path / "x.pth.tar"), str(tmp_path / "out")]) == 2
     assert "weights file not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ validate.py / train.py --pretrained
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """``serve(NAME.TAG, **kwargs)``: a released-layout file that torch.hub's download of the tag's URL copies."""
+    files = {}
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        shutil.copyfile(files[url], dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def add(name, **kwargs):
+        path = tmp_path / f"{name}.pth.tar"
+        model = released_file(path, name, **kwargs)
+        files[timm.models.get_pretrained_cfg(name).url] = path
+        return model
+
+    return add
+
+
+@pytest.fixture
+def digits_without_T(tmp_path):
+    """The digits demo config with T left at its default (so a tag's T applies)."""
+    text = (ROOT / "demo/digits.yaml").read_text()
+    assert "\nT: 2\n" in text
+    path = tmp_path / "digits.yaml"
+    path.write_text(text.replace("\nT: 2\n", "\n"))
+    return str(path)
+
+
+def _recording(monkeypatch, module, name):
+    """Wrap ``module.name`` so that the model it receives (or returns) is kept, with its weights at that moment."""
+    seen = {}
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        model = out if name == "build_model" else args[0]
+        seen.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
+        seen.setdefault("T", model.T)
+        return out
+
+    monkeypatch.setattr(module, name, wrapper)
+    return seen
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, monkeypatch, capsys):
+    import train
+    import utils.engine
+    import validate
+
+    name = "maxformer_10_768.t1_in1k"
+    src = serve(name, **SMALL)  # digits.yaml has embed_dims 32, num_heads 1
+    common = ["-c", digits_without_T, "--model", name, "--model-kwargs", "depths=[1,1,1]", "--progress", "false",
+              "--workers", "0", "--fastpath", "false", "--max-eval-batches", "1", "--batch-size", "16"]
+    # validate: the released classifier has 1000 classes, digits 10
+    assert validate.main(common + ["--pretrained"]) == 2
+    assert "its classifier has 1000 classes but digits is evaluated with 10" in capsys.readouterr().err
+    seen = _recording(monkeypatch, utils.engine, "evaluate")
+    out = tmp_path / "r.json"
+    assert validate.main(common + ["--pretrained", "--num-classes", "1000", "--results-file", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["T"] == 1 and seen["T"] == 1 and res["checkpoint"] == f"pretrained:{name}"
+    assert all(torch.equal(v, seen["state"][k]) for k, v in src.state_dict().items())
+    # train: fine-tuning on digits, a new 10-class head, everything else from the weights
+    seen = _recording(monkeypatch, utils.engine, "build_model")
+    assert train.main(common + ["--pretrained", "--epochs", "1", "--max-train-batches", "1",
+                                "--output", str(tmp_path), "--experiment", "ft"]) == 0
+    assert seen["T"] == 1 and seen["state"]["head.weight"].shape == (10, 32)
+    assert all(torch.equal(v, seen["state"][k]) for k, v in src.state_dict().items() if not k.startswith("head."))
