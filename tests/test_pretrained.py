@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-import models  # noqa: F401  (registration)
+import models
 from models.pretrained import RELEASE_URL, RELEASED
 from tests.test_legacy_checkpoints import EMBEDS, legacy, other_family_names
 from utils import hub_export
@@ -249,3 +249,13 @@ def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, m
                                 "--output", str(tmp_path), "--experiment", "ft"]) == 0
     assert seen["T"] == 1 and seen["state"]["head.weight"].shape == (10, 32)
     assert all(torch.equal(v, seen["state"][k]) for k, v in src.state_dict().items() if not k.startswith("head."))
+
+
+def test_license_and_citation():
+    """The cfgs say MIT and there is an MIT LICENSE; the README cites the paper as the model cards do."""
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 the Max-Former repository authors" in text
+    assert {timm.models.get_pretrained_cfg(n).license for n in models.list_our_models()} == {"mit"}
+    readme = (ROOT / "README.md").read_text()
+    assert f"```bibtex\n{hub_export.CITATION}\n```" in readme
+    assert "timm.create_model('maxformer_10_768.t4_in1k', pretrained=True)" in readme
