@@ -83,7 +83,7 @@ def released_cfgs(model: str, base: dict) -> Dict[str, SpikingPretrainedCfg]:
         if w.model == model:
             family = "MS-QKFormer" if model.startswith("ms_qkformer") else "Max-Former"
             out[w.name] = SpikingPretrainedCfg(
-                **base, url=w.url, hf_hub_id=f"{HF_HUB_ORG}/" if HF_HUB_ORG else None, T=w.T, top1=w.top1,
+                **base, url=w.url, hf_hub_id=f"{HF_HUB_ORG}/{w.name}" if HF_HUB_ORG else None, T=w.T, top1=w.top1,
                 description=f"{family}-10-{model.rsplit('_10_', 1)[1]}, T={w.T}, trained on ImageNet-1K "
                             f"by the paper's authors; top-1 {w.top1:.2f} % (paper Table 3)",
                 origin_url=ORIGIN_URL, paper_name=PAPER_NAME, paper_ids=PAPER_ID)

@@ -71,6 +71,17 @@ def test_every_released_file_has_a_tagged_cfg():
         assert f"T: {w.T}\n" in (ROOT / w.config).read_text()
 
 
+def test_hub_organisation_names_every_mirror(monkeypatch):
+    import models.pretrained as pretrained
+
+    base = dict(timm.models.get_pretrained_cfg("ms_qkformer_10_512").to_dict(), architecture=None)
+    assert pretrained.released_cfgs("maxformer_10_512", base)["maxformer_10_512.t1_in1k"].hf_hub_id is None
+    monkeypatch.setattr(pretrained, "HF_HUB_ORG", "me")
+    cfgs = pretrained.released_cfgs("maxformer_10_512", base)
+    assert [c.hf_hub_id for c in cfgs.values()] == ["me/maxformer_10_512.t4_in1k", "me/maxformer_10_512.t1_in1k"]
+    assert pretrained.released_cfgs("ms_qkformer_10_512", base)["ms_qkformer_10_512"].hf_hub_id is None
+
+
 def test_a_tag_sets_T_unless_T_is_given():
     with torch.device("meta"):
         assert timm.create_model("maxformer_10_512.t1_in1k").T == 1
