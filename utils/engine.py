@@ -188,6 +188,8 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     except ModelError as err:
         raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
     except (OSError, RuntimeError) as err:  # pretrained weights missing, not downloadable or not fitting
+        if not pretrained:
+            raise
         raise ConfigError(f"--pretrained {cfg.model}: {err} (without network: fetch the file with "
                           f"imagenet/checkpoints/download.sh and pass it as --initial-checkpoint / --checkpoint)") \
             from None
