@@ -289,7 +289,7 @@ class SSADWC(SSA):
 
     Published names, directly on the attention module: ``dwc_neuron`` (LIF), ``dwc`` (the
     depth-wise Conv2d) and ``dwc_bn``. Files written with this repository's earlier names
-    (``dwc.conv`` / ``dwc.conv_bn``) load through ``models.published.LEGACY_NAMES``.
+    (``dwc.conv`` / ``dwc.conv_bn``) load through ``models.legacy_names.LEGACY_NAMES``.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, kernel_size: int = 5,

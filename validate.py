@@ -3,6 +3,7 @@
 
     python validate.py -c cifar10-100/cifar10.yaml --checkpoint output/cifar10/best.pth.tar
     python validate.py -c imagenet/10_768_t4.yaml --checkpoint imagenet/checkpoints/10-768-T4.pth.tar
+    python validate.py -c imagenet/10_768_t1.yaml --model maxformer_10_768.t1_in1k --pretrained
     torchrun --nproc_per_node 8 validate.py -c imagenet/10_768_t4.yaml --checkpoint ... --results-file r.json
 
 The config supplies the model, T and dataset (any key can be overridden as in train.py). Prints top-1 /
@@ -76,6 +77,25 @@ def write_results(path: str, out: Dict[str, Any]) -> None:
             os.remove(tmp)
 
 
+def _check_pretrained_classes(cfg, num_classes: int) -> None:
+    """``--pretrained`` evaluates the released classifier: the number of classes must be the weights'."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        weights = get_pretrained_cfg(cfg.model).num_classes
+    except RuntimeError:  # unknown tag: build_model says which tags exist
+        return
+    if weights != num_classes:
+        raise ConfigError(f"--pretrained {cfg.model}: its classifier has {weights} classes but {cfg.dataset} is "
+                          f"evaluated with {num_classes}; evaluate on the weights' dataset (e.g. --dataset imagenet) "
+                          f"or fine-tune first (train.py --pretrained)")
+
+
+def weights_source(cfg) -> str:
+    """What was evaluated: the checkpoint path, or the pretrained weights (``NAME.TAG``)."""
+    return os.path.abspath(cfg.checkpoint) if cfg.checkpoint else f"pretrained:{cfg.model}"
+
+
 def build_eval(cfg):
     """Model (with weights), eval loader and dist info for ``cfg``; reusable by analysis tools."""
     from torch.utils.data import DataLoader
@@ -85,8 +105,11 @@ def build_eval(cfg):
     from utils.distributed import ShardSampler, init_distributed
     from utils.engine import build_model, place_model, seed_everything
 
-    if not cfg.checkpoint:
-        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
+    if not cfg.checkpoint and not cfg.pretrained:
+        raise ConfigError("no weights given: pass --checkpoint PATH, or --pretrained for the model's released "
+                          "weights (e.g. --model maxformer_10_768.t4_in1k --pretrained)")
+    if cfg.checkpoint and cfg.pretrained:
+        raise ConfigError("--checkpoint and --pretrained both name the weights to evaluate; pass one of them")
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
@@ -94,11 +117,14 @@ def build_eval(cfg):
     seed_everything(cfg.seed)
     _, eval_set = data_lib.create_datasets(cfg, include_train=False)
     num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]
+    if cfg.pretrained:
+        _check_pretrained_classes(cfg, num_classes)
     model = build_model(cfg, num_classes)
     check_input(cfg, model, eval_set)
-    key = "state_dict_ema" if cfg.use_ema else None
-    load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint,
-                    trust_flag="--trust-checkpoint", log=print if dist_info.is_main else None)
+    if cfg.checkpoint:
+        key = "state_dict_ema" if cfg.use_ema else None
+        load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint,
+                        trust_flag="--trust-checkpoint", log=print if dist_info.is_main else None)
     model = place_model(model, dist_info.device, cfg.channels_last)
     loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                         sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),
@@ -119,7 +145,7 @@ def run(cfg) -> Dict[str, Any]:
     t0 = time.perf_counter()
     res = evaluate(model, loader, device=dist_info.device, autocast=autocast, channels_last=cfg.channels_last,
                    max_batches=cfg.max_eval_batches, progress=cfg.progress and dist_info.is_main)
-    out = {"model": cfg.model, "checkpoint": os.path.abspath(cfg.checkpoint), "ema": cfg.use_ema,
+    out = {"model": cfg.model, "checkpoint": weights_source(cfg), "ema": cfg.use_ema,
            "dataset": cfg.dataset, "T": cfg.T, "num_classes": num_classes, "samples": res["count"],
            "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "amp": cfg.amp,
            "seconds": time.perf_counter() - t0}
@@ -139,10 +165,11 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     from utils.energy import measure_energy, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
-                            input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {cfg.checkpoint}")
+                            input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
     if dist_info.is_main:
         print(report.format_table(per_layer=False))
-        out_dir = cfg.energy_out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "energy")
+        folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
+        out_dir = cfg.energy_out or os.path.join(folder, "energy")
         write_report(report, out_dir, f"{cfg.model}_T{cfg.T}", title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 

@@ -19,7 +19,9 @@ spikingjelly's multi-step mode). At the timm API the time axis moves out of the 
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -299,34 +301,80 @@ def _data_overlay(data: str, in_chans: int, num_classes: Optional[int]) -> Dict[
     return overlay
 
 
+def _released_names() -> str:
+    from .pretrained import RELEASED
+
+    return ", ".join(w.name for w in RELEASED)
+
+
+def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optional[dict]):
+    """The pretrained cfg the weights are read with (tag or cfg resolved, ``overlay`` applied), checked."""
+    from timm.models import resolve_pretrained_cfg
+
+    from .pretrained import as_pretrained_cfg
+
+    try:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=as_pretrained_cfg(pretrained_cfg),
+                                     pretrained_cfg_overlay=overlay)
+    except RuntimeError as err:  # timm's "Invalid pretrained tag"
+        import timm
+
+        tags = timm.list_pretrained(f"{variant}.*")
+        raise ValueError(f"{variant}: {err} Tags: {', '.join(tags) or 'none (no released weights)'}") from None
+    if pretrained and not cfg.has_weights:
+        raise ValueError(
+            f"{variant}: no released weights for pretrained=True (released: {_released_names()}). "
+            "For a checkpoint of your own pass pretrained_cfg_overlay=dict(file=PATH) or build the model and "
+            "call utils.checkpoint.load_checkpoint(model, PATH)")
+    if pretrained and cfg.file and not cfg.state_dict and not os.path.isfile(cfg.file):
+        raise FileNotFoundError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
+                                f"given as pretrained_cfg_overlay=dict(file=...)")
+    return cfg
+
+
 def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str, num_stages: int,
-                        **kwargs) -> nn.Module:
+                        variant_kwargs: Optional[dict] = None, **kwargs) -> nn.Module:
     """The one builder of every family: ``timm.models.build_model_with_cfg`` plus what spiking models need.
 
-    Refuses ``pretrained=True`` (no weights are hosted), maps ``in_channels`` to timm's ``in_chans``,
-    makes the model's ``pretrained_cfg`` follow ``in_chans``/``num_classes``, and turns
-    ``features_only=True`` into timm's feature extractor over :meth:`SpikingModel.forward_intermediates`
-    (``out_indices`` default: every stage). ``data`` names the dataset family of the config.
+    Maps ``in_channels`` to timm's ``in_chans``, makes the model's ``pretrained_cfg`` follow
+    ``in_chans``/``num_classes``, and turns ``features_only=True`` into timm's feature extractor over
+    :meth:`SpikingModel.forward_intermediates` (``out_indices`` default: every stage). ``data`` names the
+    dataset family of the config, ``variant_kwargs`` the variant's architecture (``kwargs`` override it).
+
+    ``pretrained=True`` loads the weights of the cfg (a tag such as ``maxformer_10_768.t4_in1k``: URL, or
+    ``pretrained_cfg_overlay`` ``file`` / ``hf_hub_id``) with ``timm.models.load_pretrained``: older names
+    converted by :func:`models.legacy_names.filter_pretrained_state_dict`, a new classifier when
+    ``num_classes`` differs, the stem adapted when ``in_chans`` does. A named tag or ``pretrained=True``
+    sets ``T`` to the cfg's (models.pretrained) over the variant's, unless ``T`` is given.
     """
-    if pretrained:
-        raise ValueError(
-            f"{variant}: no weights are hosted for timm's pretrained=True; build the model, then load the "
-            "authors' checkpoint with utils.checkpoint.load_checkpoint(model, path)"
-        )
+    from timm.models import load_pretrained
+
+    from .legacy_names import filter_pretrained_state_dict
+
     for k in _DROP_KWARGS:
         if kwargs.pop(k, 0.0):
             raise ValueError(f"{variant}: {k} is not supported (the published models use no dropout/DropPath)")
-    kwargs.pop("cache_dir", None)
+    cache_dir = kwargs.pop("cache_dir", None)
     in_chans = resolve_in_chans(variant, kwargs.pop("in_channels", None), kwargs.pop("in_chans", None),
                                 DATA_CFG[data]["input_size"][0])
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    overlay = {**_data_overlay(data, in_chans, kwargs.get("num_classes")), **overlay}
+    asked = kwargs.pop("pretrained_cfg", None)
+    source = _source_cfg(variant, pretrained, asked, kwargs.pop("pretrained_cfg_overlay", None))
+    weights_T = getattr(source, "T", None) if pretrained or asked is not None else None
+    kwargs = {**(variant_kwargs or {}), **({"T": weights_T} if weights_T else {}), **kwargs}
+    overlay = _data_overlay(data, in_chans, kwargs.get("num_classes"))
     model = build_model_with_cfg(
-        model_cls, variant, pretrained=False, pretrained_cfg_overlay=overlay,
+        model_cls, variant, pretrained=False, pretrained_cfg=source, pretrained_cfg_overlay=overlay,
         feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(num_stages))),
         in_chans=in_chans, **kwargs)
-    model.input_frames = data in _FRAME_DATA  # read by models.factory.input_spec
-    if not isinstance(model, SpikingModel):  # the features_only wrapper
-        model.T = model.model.T
-        model.model.input_frames = model.input_frames
+    target = model if isinstance(model, SpikingModel) else model.model  # the features_only wrapper holds it
+    if pretrained:
+        # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            load_pretrained(target, pretrained_cfg=source.to_dict(),
+                            num_classes=target.num_classes if target is model else 0, in_chans=in_chans,
+                            filter_fn=filter_pretrained_state_dict, strict=True, cache_dir=cache_dir)
+    target.input_frames = data in _FRAME_DATA  # read by models.factory.input_spec
+    if target is not model:
+        model.T = target.T
+        model.input_frames = target.input_frames
     return model

@@ -238,7 +238,7 @@ class EmbedOrigLater(nn.Module):
     spikes. Downsamples by 2 with strided convs, no pooling.
 
     Files written with this repository's earlier names (``embed2`` for the strided conv,
-    ``embed3`` for the shortcut) load through ``models.published.LEGACY_NAMES``.
+    ``embed3`` for the shortcut) load through ``models.legacy_names.LEGACY_NAMES``.
     """
 
     def __init__(self, in_channels: int, embed_dims: int, neuron_cfg: Optional[NeuronConfig] = None):

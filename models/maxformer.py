@@ -30,6 +30,7 @@ from .embeddings import DOWNSAMPLING, create_embedding
 from .common import (SpikingModel, build_spiking_model, init_trunc_normal, neuron_config_from_kwargs, resolve_in_chans,
                      variant_cfg)
 from .neurons import NeuronConfig
+from .pretrained import released_cfgs
 
 __all__ = ["SpikingTransformer", "VARIANTS", "default_cfgs"]
 
@@ -208,9 +209,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 def _create_spiking_transformer(variant: str, data: str, pretrained: bool = False, **kwargs) -> SpikingTransformer:
     """``VARIANTS[variant]`` updated by ``kwargs``, built for ``data`` (cifar/dvs/imagenet) by timm's builder."""
     config = {k: v for k, v in VARIANTS[variant].items() if k != "in_channels"}  # channels: the data config's
-    kwargs = {**config, **kwargs}
-    return build_spiking_model(SpikingTransformer, variant, pretrained, data=data, num_stages=len(kwargs["embeds"]),
-                               **kwargs)
+    return build_spiking_model(SpikingTransformer, variant, pretrained, data=data,
+                               num_stages=len(kwargs.get("embeds", config["embeds"])), variant_kwargs=config, **kwargs)
 
 
 def _cfg(data: str, first_conv: str, pool: int, **kwargs) -> dict:
@@ -224,8 +224,11 @@ default_cfgs = generate_default_cfgs({
     "ms_qkformer_cifar": _cfg("cifar", "patch_embed1.proj_conv", 4, num_classes=10),
     "maxformer_dvs": _cfg("dvs", "patch_embed1.proj_conv", 16, num_classes=10),
     "ms_qkformer_dvs": _cfg("dvs", "patch_embed1.proj_conv", 16, num_classes=10),
-    **{f"maxformer_10_{w}": _cfg("imagenet", "patch_embed1.embed1.embed_conv", 16) for w in (384, 512, 768)},
-    **{f"ms_qkformer_10_{w}": _cfg("imagenet", "patch_embed1.proj_conv", 16) for w in (384, 512, 768)},
+    # ImageNet: one tagged cfg per released file (models.pretrained), e.g. maxformer_10_768.t4_in1k
+    **{k: v for w in (384, 512, 768)
+       for k, v in released_cfgs(f"maxformer_10_{w}", _cfg("imagenet", "patch_embed1.embed1.embed_conv", 16)).items()},
+    **{k: v for w in (384, 512, 768)
+       for k, v in released_cfgs(f"ms_qkformer_10_{w}", _cfg("imagenet", "patch_embed1.proj_conv", 16)).items()},
 })
 
 

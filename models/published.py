@@ -4,21 +4,23 @@
 golden files) to a builder ``builder(kwargs) -> model`` or ``-> (model, prepare)`` that turns the
 published constructor's kwargs into our equivalent model (used by :mod:`utils.conformance`).
 
-``LEGACY_NAMES`` lists the older parameter names that files may carry, per module class, with
-the names this repository uses now (used by :func:`utils.checkpoint.load_checkpoint`).
+``RELEASED_FILES`` maps the authors' released ImageNet files to our models and configs. The older
+parameter names those files carry (``LEGACY_NAMES``) and their conversion live in :mod:`models.legacy_names`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .maxformer import (MAXFORMER_CIFAR, MAXFORMER_DVS, MAXFORMER_IMAGENET, MS_QKFORMER_CIFAR, MS_QKFORMER_DVS,
                         MS_QKFORMER_IMAGENET, SpikingTransformer)
+from .legacy_names import LEGACY_NAMES, RenameTable
 from .ms_resnet import max_resnet18
+from .pretrained import RELEASED
 from .spikformer import Spikformer
 
 __all__ = ["REFERENCE_CTORS", "Prepared", "RenameTable", "LEGACY_NAMES", "RELEASED_FILES"]
@@ -183,59 +185,5 @@ _SPIKFORMER_CTORS = {
 REFERENCE_CTORS: Dict[str, Callable] = {**_MAXFORMER_CTORS, **_RESNET_CTORS, **_SPIKFORMER_CTORS}
 
 
-# ------------------------------------------------------------------ older parameter names
-@dataclasses.dataclass(frozen=True)
-class RenameTable:
-    """Older sub-module names of every module of class ``module_class``, mapped to the current ones.
-
-    ``names`` maps a module path relative to such a module (``proj3_conv``) to ours
-    (``max_embed1.embed_conv``); a path also renames everything below it. ``source`` says where the
-    older names come from (printed when a file is converted).
-    """
-
-    source: str
-    module_class: type
-    names: Mapping[str, str]
-
-
-def _legacy_tables() -> Tuple[RenameTable, ...]:
-    from mixer_hub import SSADWC
-
-    from .embeddings import EmbedMax, EmbedOrigImageNet, EmbedOrigLater, PatchEmbeddingStage, PatchEmbedInit
-
-    qkformer_era = "QKFormer-era embedding names"
-    maxformer_hub = "Max-Former embedding-hub names"
-    earlier = "this repository's earlier names"
-    # Max-Former ImageNet: the released files most likely carry the names of the MS-QKFormer embeddings
-    # with the same shapes in the same order (PatchEmbedInit for stage 1, PatchEmbeddingStage for 2 and 3).
-    init_names = {"proj_conv": "embed1.embed_conv", "proj_bn": "embed1.embed_bn",
-                  "proj_conv1": "embed2.embed_conv", "proj_bn1": "embed2.embed_bn",
-                  "proj_conv2": "embed3.embed_conv", "proj_bn2": "embed3.embed_bn",
-                  "rpe_conv": "embed4.embed_conv", "rpe_bn": "embed4.embed_bn"}
-    stage_names = {"proj3_conv": "max_embed1.embed_conv", "proj3_bn": "max_embed1.embed_bn",
-                   "proj4_conv": "embed1.embed_conv", "proj4_bn": "embed1.embed_bn",
-                   "proj_res_conv": "max_embed2.embed_conv", "proj_res_bn": "max_embed2.embed_bn"}
-    return (
-        RenameTable(qkformer_era, EmbedOrigImageNet, init_names),
-        RenameTable(qkformer_era, EmbedMax, stage_names),
-        # MS-QKFormer ImageNet: the same correspondence read the other way (Max-Former hub names).
-        RenameTable(maxformer_hub, PatchEmbedInit, {v: k for k, v in init_names.items()}),
-        RenameTable(maxformer_hub, PatchEmbeddingStage, {v: k for k, v in stage_names.items()}),
-        # Files written by this repository before it adopted the published names.
-        RenameTable(earlier, EmbedOrigLater, {"embed2": "orig_embed1", "embed3": "embed2"}),
-        RenameTable(earlier, SSADWC, {"dwc.conv": "dwc", "dwc.conv_bn": "dwc_bn"}),
-    )
-
-
-LEGACY_NAMES: Tuple[RenameTable, ...] = _legacy_tables()
-
 # The authors' released ImageNet files (``imagenet/checkpoints/download.sh``) -> our model and config.
-RELEASED_FILES: Dict[str, Tuple[str, str]] = {
-    "10-384-T4": ("maxformer_10_384", "imagenet/10_384_t4.yaml"),
-    "10-512-T1": ("maxformer_10_512", "imagenet/10_512_t1.yaml"),
-    "10-512-T4": ("maxformer_10_512", "imagenet/10_512_t4.yaml"),
-    "10-768-T1": ("maxformer_10_768", "imagenet/10_768_t1.yaml"),
-    "10-768-T4": ("maxformer_10_768", "imagenet/10_768_t4.yaml"),
-    "ms_qk_10-384_T4": ("ms_qkformer_10_384", "imagenet/ms_qkformer_10_384_t4.yaml"),
-    "ms_qk_10-768_T1": ("ms_qkformer_10_768", "imagenet/ms_qkformer_10_768_t1.yaml"),
-}
+RELEASED_FILES: Dict[str, Tuple[str, str]] = {w.file: (w.model, w.config) for w in RELEASED}

@@ -14,8 +14,8 @@ def _modules(root: str = ROOT) -> Dict[str, str]:
     """``{dotted module name: file}`` of every Python file of the tree (packages as their ``__init__``)."""
     found = {}
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")) and d not in SKIP_DIRS
-                         and "venv" not in d)
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")) and "venv" not in d
+                         and (d not in SKIP_DIRS or os.path.exists(os.path.join(folder, d, "__init__.py"))))
         rel = os.path.relpath(folder, root)
         parts = [] if rel == "." else rel.split(os.sep)
         for f in files:

@@ -54,8 +54,11 @@ def test_every_family_is_registered_with_configs():
     assert {timm.models.get_pretrained_cfg(n).architecture for n in MODELS} == set(MODELS)
     assert sorted(timm.list_models(module=list(OUR_MODULES))) == MODELS
     assert len(MODELS) == 18
-    # no weights are hosted, so none is listed as pretrained
-    assert timm.list_models(pretrained=True, module=list(OUR_MODULES)) == []
+    # the released ImageNet weights (models.pretrained) are the only pretrained ones
+    assert timm.list_models(pretrained=True, module=list(OUR_MODULES)) == [
+        "maxformer_10_384.t4_in1k", "maxformer_10_512.t1_in1k", "maxformer_10_512.t4_in1k",
+        "maxformer_10_768.t1_in1k", "maxformer_10_768.t4_in1k", "ms_qkformer_10_384.t4_in1k",
+        "ms_qkformer_10_768.t1_in1k"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -77,9 +80,9 @@ def test_registered_config_matches_the_model(name):
     assert model.pretrained_cfg["num_classes"] == model.num_classes == cfg.num_classes
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_pretrained_true_points_to_load_checkpoint(name):
-    with pytest.raises(ValueError, match="utils.checkpoint.load_checkpoint"):
+@pytest.mark.parametrize("name", [n for n in MODELS if not timm.models.get_pretrained_cfg(n).has_weights])
+def test_pretrained_true_without_released_weights_points_to_load_checkpoint(name):
+    with pytest.raises(ValueError, match=r"no released weights .*maxformer_10_768\.t4_in1k.*utils.checkpoint"):
         timm.create_model(name, pretrained=True)
 
 

@@ -14,16 +14,17 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from models.legacy_names import STATE_DICT_KEYS as _STATE_DICT_KEYS
+from models.legacy_names import convert_state_dict, top_module
+from models.legacy_names import strip_wrapper_prefixes as _strip_prefixes
+
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint"]
 
-# Wrapper prefixes added by DDP and torch.compile; removed by name, never by position.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _CONVERT_COMMAND = "python -m utils.checkpoint convert"
 
 
@@ -102,142 +103,6 @@ def extract_state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, torch.T
     return sd
 
 
-def _strip_prefixes(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _WRAPPER_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-# ------------------------------------------------------------------ older names -> ours
-def _unit(key: str) -> str:
-    """The top-level module a key belongs to (``patch_embed2``, ``stage3``, ``head``); '' for root tensors."""
-    return key.split(".", 1)[0] if "." in key else ""
-
-
-def _kind(key: str) -> str:
-    """``weight`` / ``bias`` / ``running_mean`` / ``running_var`` / ``num_batches_tracked`` ..."""
-    return key.rsplit(".", 1)[-1]
-
-
-def _table_names(model: nn.Module, keys: Sequence[str]) -> Dict[str, Tuple[str, str]]:
-    """``{file key: (current key, source)}`` for the keys that ``models.published.LEGACY_NAMES`` renames."""
-    from models.published import LEGACY_NAMES
-
-    owners = [(path, table) for path, m in model.named_modules() for table in LEGACY_NAMES
-              if type(m) is table.module_class]
-    owners.sort(key=lambda o: -len(o[0]))
-    out = {}
-    for key in keys:
-        for path, table in owners:
-            head = path + "." if path else ""
-            if not key.startswith(head):
-                continue
-            rel, _, param = key[len(head):].rpartition(".")
-            for old in sorted(table.names, key=len, reverse=True):
-                if rel == old or rel.startswith(old + "."):
-                    out[key] = (f"{head}{table.names[old]}{rel[len(old):]}.{param}", table.source)
-                    break
-            break  # the innermost owner decides
-    return out
-
-
-def _shape(t: Optional[torch.Tensor]) -> str:
-    return "-" if t is None else str(tuple(t.shape))
-
-
-def _listing(unit: str, file_keys: List[str], model_keys: List[str], sd, own, table, reason: str) -> str:
-    """Each file key of ``unit`` with the current name it would take, and the model keys left without one."""
-    lines = [f"  {unit or '(root)'}.*: the file's names differ from the model's and no verified correspondence "
-             f"exists ({reason}). Each tensor, file name -> current name:"]
-    taken = set()
-    for i, f in enumerate(file_keys):
-        cur = table[f][0] if f in table else (f if f in own else (model_keys[i] if i < len(model_keys) else None))
-        note = ""
-        if cur is None:
-            note = "  <- no tensor of the model left for it"
-        elif cur not in own:
-            note = "  <- not in the model"
-        elif sd[f].shape != own[cur].shape:
-            note = f"  <- shape {_shape(sd[f])} vs {_shape(own[cur])}"
-        elif _kind(f) != _kind(cur):
-            note = f"  <- {_kind(f)} vs {_kind(cur)}"
-        taken.add(cur)
-        lines.append(f"    {f} {_shape(sd[f])} -> {cur or '?'}{note}")
-    for o in model_keys:
-        if o not in taken:
-            lines.append(f"    (missing in the file) -> {o} {_shape(own[o])}")
-    return "\n".join(lines)
-
-
-def convert_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]
-                       ) -> Tuple[Dict[str, torch.Tensor], List[Tuple[str, str, str]], Dict[str, str]]:
-    """Rename the tensors of a file with older parameter names to ``model``'s names.
-
-    Works per top-level module (``patch_embed2``, ``stage3``...). A module whose names already
-    fit, or that only lacks or adds tensors, is left alone (a plain mismatch, reported by
-    :func:`load_checkpoint`). Where the file's names and the model's differ on both sides:
-
-    * the rename table (``models.published.LEGACY_NAMES``, per module class) gives the names it knows;
-    * a positional alignment, the way the authors' test script loads by state-dict order, but
-      checked: the module's tensor count, and at every position the shape and the kind of entry
-      (weight / bias / running_mean / running_var / num_batches_tracked) must agree, and it must
-      agree with the table and with every name the file shares with the model.
-
-    Returns ``(state_dict, renames, refusals)``: ``renames`` lists ``(file module, current module,
-    how)`` once per module, ``refusals`` ``{top-level module: listing}`` for those that could not be matched.
-    """
-    own = model.state_dict()
-    sd = dict(sd)
-    if sd.keys() == own.keys():
-        return sd, [], {}
-    file_units: Dict[str, List[str]] = {}
-    for k in sd:
-        file_units.setdefault(_unit(k), []).append(k)
-    model_units: Dict[str, List[str]] = {}
-    for k in own:
-        model_units.setdefault(_unit(k), []).append(k)
-    table = _table_names(model, list(sd))
-    mapping: Dict[str, str] = {}
-    renames: List[Tuple[str, str, str]] = []
-    refusals: Dict[str, str] = {}
-    for unit, fkeys in file_units.items():
-        okeys = model_units.get(unit, [])
-        fset, oset = set(fkeys), set(okeys)
-        if not okeys or not (fset - oset) or not (oset - fset):
-            continue
-        reason = None
-        if len(fkeys) != len(okeys):
-            reason = f"{len(fkeys)} tensors in the file, {len(okeys)} in the model"
-        else:
-            for i, (f, o) in enumerate(zip(fkeys, okeys)):
-                want = table[f][0] if f in table else (f if f in own else o)
-                if sd[f].shape != own[o].shape or _kind(f) != _kind(o):
-                    reason = (f"position {i}: {f} {_shape(sd[f])} cannot be {o} {_shape(own[o])}")
-                    break
-                if want != o:
-                    reason = f"position {i}: {f} is named {want} but sits where the model has {o}"
-                    break
-        if reason:
-            refusals[unit] = _listing(unit, fkeys, okeys, sd, own, table, reason)
-            continue
-        seen = set()
-        for f, o in zip(fkeys, okeys):
-            mapping[f] = o
-            how = f"table: {table[f][1]}" if f in table else "alignment: same order, shapes and kinds"
-            entry = (f.rpartition(".")[0], o.rpartition(".")[0], how)
-            if f != o and entry not in seen:
-                seen.add(entry)
-                renames.append(entry)
-    return {mapping.get(k, k): v for k, v in sd.items()}, renames, refusals
-
-
 def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: Union[str, os.PathLike, Mapping[str, Any]],
@@ -283,7 +148,7 @@ def load_checkpoint(
         lines = [f"{source} does not fit {name} ({len(own)} tensors in the model, {len(sd)} in the file):"]
         lines += refusals.values()
         for label, items in report.items():
-            items = [k for k in items if _unit(k.split(":")[0]) not in refusals]  # listed above
+            items = [k for k in items if top_module(k.split(":")[0]) not in refusals]  # listed above
             if items:
                 shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
                 lines.append(f"  {label} ({len(items)}):\n    {shown}")

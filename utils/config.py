@@ -41,6 +41,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "resume": _o("", str, "checkpoint to resume from, or 'auto' (= <output>/<experiment>/last.pth.tar if present)"),
     "overwrite": _o(False, bool, "start afresh in a run folder that already holds a run, deleting its outputs"),
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
+    "pretrained": _o(False, bool, "start from the model's released weights (timm pretrained cfg, e.g. --model "
+                     "maxformer_10_768.t4_in1k; downloaded once); a new classifier if num_classes differs"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
     "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),

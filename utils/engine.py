@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import random
 import signal
@@ -201,10 +202,40 @@ def build_model(cfg, num_classes: int) -> nn.Module:
             raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
                               "set one of them")
         kwargs["neuron_impl"] = impl
+    pretrained = bool(cfg.get("pretrained"))
+    _apply_weights_T(cfg, pretrained)
     try:
-        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, **kwargs)
+        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, pretrained=pretrained, **kwargs)
     except ModelError as err:
         raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
+    except (OSError, RuntimeError) as err:  # pretrained weights missing, not downloadable or not fitting
+        if not pretrained:
+            raise
+        raise ConfigError(f"--pretrained {cfg.model}: {err} (without network: fetch the file with "
+                          f"imagenet/checkpoints/download.sh and pass it as --initial-checkpoint / --checkpoint)") \
+            from None
+
+
+def _apply_weights_T(cfg, pretrained: bool) -> None:
+    """A pretrained tag (``maxformer_10_768.t1_in1k``) or ``pretrained`` sets ``cfg.T`` to the weights' T when
+    T was left at its default; an explicit other T is kept (with a note)."""
+    if not (pretrained or "." in cfg.model):
+        return
+    from timm.models import get_pretrained_cfg
+
+    from utils.config import TRAIN_OPTIONS
+
+    try:
+        weights_T = getattr(get_pretrained_cfg(cfg.model), "T", None)
+    except RuntimeError:  # unknown tag: create_model says which tags exist
+        return
+    if weights_T is None or weights_T == cfg.T:
+        return
+    if cfg.T == TRAIN_OPTIONS["T"].default:
+        cfg.T = weights_T
+    else:
+        logging.getLogger(__name__).warning(f"{cfg.model}: the weights were trained with T={weights_T}; "
+                                            f"running with the configured T={cfg.T}")
 
 
 def build_training(cfg, model: nn.Module, device: torch.device, world_size: int, train_batches: int,
