@@ -70,7 +70,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "overwrite": _o(False, bool, "start afresh in a run folder that already holds a run, deleting its outputs"),
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
-    "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),
+    "deterministic": _o(None, bool, "the reproducibility switch: true = deterministic algorithms, fp32 without TF32 "
+                        "(bit-exact resume); false = fastest (cuDNN autotuning, TF32 on CUDA); null (default) = "
+                        "true on CPU, false on CUDA"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
     "threads": _o(0, int, "CPU threads per process; 0 = automatic: the cores other processes leave free, "
                   "re-measured during the run (OMP_NUM_THREADS, when set, is kept)"),

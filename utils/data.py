@@ -92,8 +92,8 @@ DATA_OPTIONS: Dict[str, Option] = {
     'mixup_off_epoch': Option(0, int, 'turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never',
                               low=0),
     'smoothing': Option(0.1, float, 'label smoothing of the targets (0 = one-hot)', low=0.0, high=0.999),
-    'workers': Option(4, int, 'DataLoader worker processes per training process (0 = load in the main process)',
-                      low=0),
+    'workers': Option(None, int, 'DataLoader worker processes per training process (0 = load in the main process; '
+                      'null = auto: the CPU cores per process on CUDA, at most 4 on CPU)', low=0),
     'pin_memory': Option(True, bool, 'page-locked batches for faster host-to-GPU copies'),
 }
 DATA_DEFAULTS = {k: o.default for k, o in DATA_OPTIONS.items()}
@@ -782,7 +782,7 @@ def create_datasets(cfg, include_train: bool = True):
     train_set, eval_set = spec.build(cfg, spec, include_train)
     check_num_classes(cfg, spec, eval_set)
     if get_option(cfg, 'verify_data'):
-        verify_files(train_set, eval_set, int(get_option(cfg, 'workers')))
+        verify_files(train_set, eval_set, int(get_option(cfg, 'workers') or 0))
     if spec.tree:  # datasets of files have official sizes (synthetic's are chosen, digits' fixed)
         _warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
         if train_set is not None:
