@@ -192,3 +192,16 @@ def test_ddp_wraps_before_compile(monkeypatch):
     assert events == [("ddp", None), ("compile", "model")]
     assert isinstance(t.model, real_ddp) and t.model.module is model and t.eval_model is model
     assert model._compiled_call_impl is not None and t.fastpath.compile == "model"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-CUDA answer")
+def test_gpu_check_script_says_in_one_line_that_there_is_no_cuda():
+    import subprocess
+    import sys
+
+    script = os.path.join(ROOT, "bench", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    env = dict(os.environ, PY=sys.executable, OMP_NUM_THREADS="1", LOG="/dev/null")
+    r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and r.stderr == ""
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith("gpu_check: no usable CUDA device, nothing checked: ")
