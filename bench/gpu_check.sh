@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check of a CUDA machine, about 8 minutes on one H100/H200. Run from anywhere:
 #     bash bench/gpu_check.sh        # results in bench/gpu_results.csv and bench/gpu_check.log (+ $OUT if set)
-# Steps: the preflight (utils.doctor); the Triton kernel tests on the GPU; the paper's Table 8 setting
+# Steps: the preflight (utils.doctor); the golden conformance tests on CUDA; the Triton kernel tests on the GPU; the paper's Table 8 setting
 # (maxformer_10_768, T=1, batch 32, 224x224; A30: train 0.179 s/iter 15,431 MB, inference 0.044 s 4,354 MB);
 # the paper's T=4 ImageNet setting in bf16 at the largest batch the memory planner says fits (else 32),
 # eager and compiled; fp16 autocast; a single-GPU torchrun train.py on synthetic ImageNet-shaped data,
@@ -71,6 +71,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 
 step "preflight: python -m utils.doctor -c $CFG --dataset synthetic" 180 \
   $PY -m utils.doctor -c "$CFG" --dataset synthetic
+
+step "golden conformance on CUDA (spikingjelly's GPU kernels and the fast path)" 300 \
+  $PY -m pytest -q -x tests/test_fastpath.py -k cuda
 
 if [ -f tests/test_triton_kernels.py ]; then
   step "Triton kernel tests on the GPU" 240 $PY -m pytest -q -x tests/test_triton_kernels.py
