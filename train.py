@@ -166,8 +166,6 @@ def _setup_process(cfg: Config):
     for check in cheap_checks(cfg, dist_info.device):  # before anything is written
         if check.status == "FAIL":
             raise ConfigError(f"preflight: {check.name}: {check.detail}; fix: {check.fix}")
-        if check.status == "WARN" and dist_info.is_main:
-            _log.warning(f"warning: preflight: {check.name}: {check.detail}" + (f"; {check.fix}" if check.fix else ""))
     dist_info.threads = ThreadPolicy.start(cfg.threads, dist_info.world_size)
     if cfg.workers is None:  # auto: the CPU cores of this process's share of the machine
         cfg.workers = loader_workers(dist_info.device.type, int(os.environ.get("LOCAL_WORLD_SIZE",

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 CSV=${CSV:-bench/gpu_results.csv}
 LOG=${LOG:-bench/gpu_check.log}
-STEPS=${STEPS:-8}
+STEPS=${STEPS:-5}
 CFG=imagenet/10_768_t4.yaml
 
 if ! problem=$($PY -c "from utils.doctor import cuda_problem; p = cuda_problem(); print((p or '').split(';')[0]); raise SystemExit(bool(p))" 2>&1); then
@@ -49,7 +49,7 @@ measure() {  # measure <label> <timeout s> "<plan config args>" <benchmark args.
   local label=$1 t=$2 plan_args=$3; shift 3
   say "$label"
   local line
-  line=$(timeout "$t" $PY benchmark.py --device cuda --warmup 3 --steps "$STEPS" --csv "$CSV" "$@" 2>>"$LOG" \
+  line=$(timeout "$t" $PY benchmark.py --device cuda --warmup 2 --steps "$STEPS" --csv "$CSV" "$@" 2>>"$LOG" \
          | grep '^{' | tail -1)
   local rc=$?
   echo "${line:-no result}" | tee -a "$LOG"

@@ -205,3 +205,20 @@ def test_gpu_check_script_says_in_one_line_that_there_is_no_cuda():
     r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and r.stderr == ""
     assert r.stdout.count("\n") == 1 and r.stdout.startswith("gpu_check: no usable CUDA device, nothing checked: ")
+
+
+def test_train_stops_before_writing_when_triton_cannot_build(monkeypatch, tmp_path):
+    import types
+
+    from utils.config import ConfigError
+
+    _machine(monkeypatch, gpus=[(9, 0)])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(name="H200",
+                                                                                               total_memory=2**37))
+    monkeypatch.setattr(doctor, "_c_compiler", lambda: None)
+    cfg = parse_config(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
+    lines = [c.line() for c in doctor.cheap_checks(cfg, torch.device("cuda", 0))]
+    assert any(x.startswith("PASS  gpu       0: H200, sm_90, 128.0 GiB, supported") for x in lines), lines
+    with pytest.raises(ConfigError, match="preflight: compiler: missing a C compiler.*fix: install gcc"):
+        train.run(cfg)
+    assert list(tmp_path.iterdir()) == []
