@@ -91,10 +91,9 @@ measure "T=1 b32 infer fp32 eager" 150 "" $T8 --mode infer --eager
 BATCH=32
 if $PY benchmark.py --help 2>/dev/null | grep -q -- '--max-batch'; then
   say "memory planner: largest batch for T=4 bf16 training on this GPU"
-  total_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | head -1)
-  planner=$(timeout 120 $PY benchmark.py --plan-memory --max-batch --device-memory "${total_mb}MB" \
+  planner=$(timeout 120 $PY benchmark.py --plan-memory --max-batch --device cuda \
             --model maxformer_10_768 --T 4 --img-size 224 --amp bf16 --mode train --eager 2>>"$LOG" | tee -a "$LOG")
-  found=$(echo "$planner" | grep -ioE 'batch[^0-9]*[0-9]+' | tail -1 | grep -oE '[0-9]+$')
+  found=$(echo "$planner" | sed -nE 's/.*largest batch that fits [^:]*: ([0-9]+).*/\1/p' | tail -1)
   if [ -n "$found" ] && [ "$found" -gt 0 ]; then BATCH=$found; else fail "memory planner: no largest batch found"; fi
 else
   say "memory planner: benchmark.py has no --max-batch in this version; batch 32"
