@@ -278,8 +278,9 @@ def _check_data(cfg) -> Check:
         if cfg.get("download"):
             return Check("WARN", "data", first, "download: true: train.py downloads it at start")
         return Check("FAIL", "data", first, rest.strip().replace("\n", "\n" + " " * 16) or "see docs/data.md")
-    return Check("PASS", "data", f"{data_lib.canonical_name(cfg.dataset)} in {data_lib.data_root(cfg)}: "
-                 f"{len(train_set)} train / {len(eval_set)} eval samples")
+    spec = data_lib.DATASETS[data_lib.canonical_name(cfg.dataset)]
+    where = f"in {data_lib.data_root(cfg)}" if spec.tree else f"({spec.note})"
+    return Check("PASS", "data", f"{spec.name} {where}: {len(train_set)} train / {len(eval_set)} eval samples")
 
 
 def _device_index(cfg) -> int:
