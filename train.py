@@ -152,25 +152,26 @@ class StopSignals:
 def _setup_process(cfg: Config):
     """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
     global _log
+    from utils.determinism import apply_determinism, resolve_deterministic
     from utils.distributed import init_distributed
+    from utils.doctor import cheap_checks
     from utils.logger import setup_console_logging
-    from utils.threads import ThreadPolicy
+    from utils.threads import ThreadPolicy, loader_workers
 
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
     _log = setup_console_logging(dist_info.is_main)
+    for check in cheap_checks(cfg, dist_info.device):  # before anything is written
+        if check.status == "FAIL":
+            raise ConfigError(f"preflight: {check.name}: {check.detail}; fix: {check.fix}")
     dist_info.threads = ThreadPolicy.start(cfg.threads, dist_info.world_size)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        # deterministic mode also NaN-fills every new tensor (a debugging aid for reads of uninitialised
-        # memory, ~3 % of a training step on CPU); the results do not depend on it
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
+    if cfg.workers is None:  # auto: the CPU cores of this process's share of the machine
+        cfg.workers = loader_workers(dist_info.device.type, int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                              dist_info.world_size)))
+    cfg.deterministic = resolve_deterministic(cfg.deterministic, dist_info.device)
+    apply_determinism(cfg.deterministic)
     return dist_info
 
 

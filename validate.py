@@ -104,6 +104,7 @@ def build_eval(cfg):
     from utils.checkpoint import load_checkpoint
     from utils.distributed import ShardSampler, init_distributed
     from utils.engine import build_model, place_model, seed_everything
+    from utils.threads import loader_workers
 
     if not cfg.checkpoint and not cfg.pretrained:
         raise ConfigError("no weights given: pass --checkpoint PATH, or --pretrained for the model's released "
@@ -114,6 +115,8 @@ def build_eval(cfg):
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
+    if cfg.workers is None:
+        cfg.workers = loader_workers(dist_info.device.type, dist_info.world_size)
     seed_everything(cfg.seed)
     _, eval_set = data_lib.create_datasets(cfg, include_train=False)
     num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]

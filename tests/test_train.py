@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
 # the plain eager path: compiling the fast path's neurons costs seconds per run (tested once, below)
 TINY = ["-c", DIGITS, "--img-size", "16", "--model-kwargs", "embed_dims=16", "--T", "1", "--batch-size", "16",
-        "--progress", "false", "--workers", "0", "--fastpath", "false"]
+        "--progress", "false", "--workers", "0", "--fastpath", "false", "--device", "cpu"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

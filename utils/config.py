@@ -44,7 +44,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "pretrained": _o(False, bool, "start from the model's released weights (timm pretrained cfg, e.g. --model "
                      "maxformer_10_768.t4_in1k; downloaded once); a new classifier if num_classes differs"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
-    "deterministic": _o(True, bool, "deterministic algorithms (bit-exact resume on CPU); off = faster cuDNN"),
+    "deterministic": _o(None, bool, "the reproducibility switch: true = deterministic algorithms, fp32 without TF32 "
+                        "(bit-exact resume); false = fastest (cuDNN autotuning, TF32 on CUDA); null (default) = "
+                        "true on CPU, false on CUDA"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
     "threads": _o(0, int, "CPU threads per process; 0 = automatic: the cores other processes leave free, "
                   "re-measured during the run (OMP_NUM_THREADS, when set, is kept)"),

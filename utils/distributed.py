@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 from typing import Any, Iterator
 
 import torch
@@ -37,16 +38,24 @@ class DistInfo:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else CPU. ``cuda`` -> ``cuda:<local_rank>``."""
+    """``auto`` -> this process's GPU if there is a usable one, else CPU (one warning line when torch has CUDA
+    built in). ``cuda`` -> ``cuda:<local_rank>``; a RuntimeError says why CUDA is unusable (no driver, driver
+    too old for this build, architecture not supported, torch without CUDA) and how to run on the CPU."""
+    from utils.doctor import cuda_problem
+
     name = (name or "auto").lower()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        problem = cuda_problem(local_rank)
+        if problem is not None and torch.version.cuda and local_rank == 0:
+            print(f"warning: device auto: running on the CPU, CUDA is unusable: {problem.split(';')[0]}",
+                  file=sys.stderr, flush=True)
+        name = "cpu" if problem else "cuda"
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-        return torch.device(name)
+        index = int(name.split(":", 1)[1]) if ":" in name else local_rank
+        problem = cuda_problem(index)
+        if problem is not None:
+            raise RuntimeError(f"device '{name}' requested but CUDA is unusable: {problem}")
+        return torch.device("cuda", index % torch.cuda.device_count() if ":" not in name else index)
     if name != "cpu":
         raise RuntimeError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")

@@ -309,12 +309,14 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         restore_training(t, state)
     if fastpath is not None:  # in place: same parameters, so the optimizer is unaffected
         try:
-            t.fastpath = fp_lib.prepare_model(model, "train", fastpath).fastpath_config  # what applied
+            t.fastpath = fp_lib.prepare_model(model, "train", fastpath, defer_compile=True).fastpath_config
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    if distributed:
+    if distributed:  # DDP first, then compile: all-reduce overlaps backward (utils.fastpath.compile_model)
         t.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.fastpath is not None:
+        fp_lib.compile_model(model, t.fastpath.compile)
     return t
 
 

@@ -40,8 +40,8 @@ from models.grad_checkpointing import block_modules, enable_grad_checkpointing
 from models.neurons import convert_neurons, reset_net, spiking_modules
 
 __all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "resolve_config", "cpp_compiler",
-           "prepare_model", "prepare_input", "fold_batchnorm", "enable_grad_checkpointing", "enable_fast_conv",
-           "enable_fast_pool", "block_modules", "AMP_DTYPES"]
+           "compile_model", "prepare_model", "prepare_input", "fold_batchnorm", "enable_grad_checkpointing",
+           "enable_fast_conv", "enable_fast_pool", "block_modules", "AMP_DTYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -342,14 +342,16 @@ def enable_fast_pool(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------ entry point
 def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPathConfig] = None,
-                  example_input: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
+                  example_input: Optional[torch.Tensor] = None, defer_compile: bool = False,
+                  **overrides) -> nn.Module:
     """Apply the fast path to ``model`` in place and return it.
 
     ``config`` defaults to ``DEFAULTS[mode]``; keyword ``overrides`` change single fields
     (``channels_last=True``, ``compile=False``, ...). ``fold_bn`` needs ``example_input`` (one
     batch of the shape the model will see) and eval mode; it is skipped with a log line otherwise.
     The module keeps its class, parameters and state-dict keys; ``model.fastpath_config`` records
-    the settings that applied in this mode.
+    the settings that applied in this mode. ``defer_compile``: leave compilation to the caller
+    (:func:`compile_model`, e.g. after wrapping in DDP).
     """
     _check_mode(mode)
     cfg = dataclasses.replace(config or DEFAULTS[mode], **overrides)
@@ -377,14 +379,25 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
         raise ValueError(f"{type(model).__name__} has no blocks to checkpoint; set grad_checkpointing: false")
     if cfg.fast_pool:
         enable_fast_pool(model)
-    if cfg.compile == "model":
+    if not defer_compile:
+        compile_model(model, cfg.compile)
+    model.fastpath_config = cfg
+    return model
+
+
+def compile_model(model: nn.Module, scope) -> nn.Module:
+    """``torch.compile`` ``model`` in place over ``scope`` (``'model'``, ``'blocks'``, ``'neurons'`` or False).
+
+    Under DDP call it after wrapping, on the inner module: its first compiled call then runs inside DDP's
+    forward, where dynamo splits the graph at DDP's gradient buckets so all-reduce overlaps backward.
+    """
+    if scope == "model":
         model.compile()
-    elif cfg.compile == "blocks":
+    elif scope == "blocks":
         for _, unit in block_modules(model):
             unit.compile()
-    elif cfg.compile == "neurons":
+    elif scope == "neurons":
         _compile_neurons(model)
-    model.fastpath_config = cfg
     return model
 
 

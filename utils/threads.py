@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-__all__ = ["ThreadPolicy", "usable_cpus", "read_cpu_times"]
+__all__ = ["ThreadPolicy", "usable_cpus", "read_cpu_times", "loader_workers"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -30,6 +30,14 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(device_type: str, local_processes: int = 1, cpus: Optional[int] = None) -> int:
+    """DataLoader workers per training process when the config leaves ``workers`` unset: on CUDA every core of
+    the process's share of the machine but one (which feeds the GPU), at most 16; on the CPU, where workers
+    take cores from training, one fewer than the share and at most 4."""
+    share = max(1, (cpus or usable_cpus()) // max(1, local_processes))
+    return min(share - 1, 16 if device_type == "cuda" else 4)
 
 
 def read_cpu_times() -> Optional[Tuple[float, float]]:

@@ -50,8 +50,8 @@ DATA_OPTIONS: Dict[str, Option] = {
     "mixup_off_epoch": Option(0, int, "turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never",
                               low=0),
     "smoothing": Option(0.1, float, "label smoothing of the targets (0 = one-hot)", low=0.0, high=0.999),
-    "workers": Option(4, int, "DataLoader worker processes per training process (0 = load in the main process)",
-                      low=0),
+    "workers": Option(None, int, "DataLoader worker processes per training process (0 = load in the main process; "
+                      "null = auto: the CPU cores per process on CUDA, at most 4 on CPU)", low=0),
     "pin_memory": Option(True, bool, "page-locked batches for faster host-to-GPU copies"),
 }
 DATA_DEFAULTS = {k: o.default for k, o in DATA_OPTIONS.items()}

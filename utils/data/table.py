@@ -146,7 +146,7 @@ def create_datasets(cfg, include_train: bool = True) -> Splits:
     train_set, eval_set = spec.build(cfg, spec, include_train)
     check_num_classes(cfg, spec, eval_set)
     if get_option(cfg, "verify_data"):
-        verify_files(train_set, eval_set, int(get_option(cfg, "workers")))
+        verify_files(train_set, eval_set, int(get_option(cfg, "workers") or 0))
     if spec.tree:  # datasets of files have official sizes (synthetic's are chosen, digits' fixed)
         warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
         if train_set is not None:

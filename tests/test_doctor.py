@@ -1,0 +1,224 @@
+"""GPU preflight (utils.doctor), no silent CPU fallback, and the fast GPU defaults, all checked on a CPU machine."""
+import os
+
+import pytest
+import torch
+
+import train
+from utils import doctor
+from utils.config import parse_config
+from utils.determinism import apply_determinism, resolve_deterministic
+from utils.distributed import resolve_device
+from utils.threads import loader_workers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
+IMAGENET = os.path.join(ROOT, "imagenet", "10_768_t4.yaml")
+ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1+cu130
+
+
+@pytest.mark.parametrize("capability,supported", [
+    ((9, 0), True),     # H100 / H200
+    ((8, 9), True),     # L4: the sm_86 binary runs on sm_89
+    ((10, 3), True),
+    ((7, 0), False),    # V100
+    ((6, 1), False),
+])
+def test_architecture_support_follows_cuda_binary_compatibility(capability, supported):
+    assert doctor.arch_supported(capability, ARCHES) is supported
+    assert doctor.arch_supported((7, 0), ["sm_80", "compute_70"])  # PTX is compiled for newer GPUs
+    assert not doctor.arch_supported((8, 0), ["sm_86"])  # a binary does not run on an older minor
+
+
+def _machine(monkeypatch, build="13.0", driver=(13, 0), gpus=()):
+    """Pretend this machine has a torch build for CUDA ``build``, a driver and GPUs of the given capabilities."""
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(doctor, "driver_cuda_version", lambda: driver)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(gpus))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ARCHES)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: gpus[i or 0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla V100" if gpus[i or 0] < (7, 5) else "H200")
+
+
+@pytest.mark.parametrize("machine,needles", [
+    (dict(build=None), ["built without CUDA"]),
+    (dict(driver=None), ["no NVIDIA driver", "580 or newer"]),
+    (dict(driver=(12, 4)), ["driver is too old", "CUDA 12.4", "needs CUDA 13.x"]),
+    (dict(gpus=()), ["no CUDA device is visible"]),
+    (dict(gpus=[(7, 0)]), ["Tesla V100", "sm_70", "does not support"]),
+])
+def test_cuda_problem_names_the_cause_and_the_cpu_way_out(monkeypatch, machine, needles):
+    _machine(monkeypatch, **machine)
+    problem = doctor.cuda_problem()
+    assert problem is not None and "--device cpu" in problem
+    for needle in needles:
+        assert needle in problem
+    with pytest.raises(RuntimeError, match="CUDA is unusable.*--device cpu"):
+        resolve_device("cuda")
+
+
+def test_usable_gpu_passes_and_auto_picks_it(monkeypatch):
+    _machine(monkeypatch, gpus=[(9, 0), (9, 0)])
+    assert doctor.cuda_problem() is None
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    _machine(monkeypatch, gpus=[(9, 0), (7, 0)])  # only the GPU a process uses must be supported
+    assert doctor.cuda_problem(0) is None and "sm_70" in doctor.cuda_problem(1)
+
+
+def test_auto_falls_back_to_cpu_with_one_warning_line_only_when_torch_has_cuda(monkeypatch, capsys):
+    _machine(monkeypatch, driver=None)
+    assert resolve_device("auto") == torch.device("cpu")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: device auto: running on the CPU") and "driver" in err
+    _machine(monkeypatch, build=None)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().err == ""
+
+
+def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys):
+    _machine(monkeypatch, driver=None)
+    assert doctor.main(["-c", IMAGENET]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  driver" in out and "CUDA 13.x" in out and "--device cpu" in out and "NOT READY" in out
+    assert "memory" in out and "neurons" in out and "FAIL  data" in out  # every line is printed
+    assert doctor.main(["-c", DIGITS]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "PASS  data      digits" in out and "lif: torch on cpu" in out
+    assert out.rstrip().endswith("ready")
+
+
+def test_doctor_memory_line_compares_the_plan_with_free_memory(monkeypatch):
+    import sys
+    import types
+
+    cfg = parse_config(["-c", DIGITS])
+    monkeypatch.setitem(sys.modules, "utils.memory_plan", None)  # the planner is absent: a warning, no failure
+    absent = doctor._check_memory(cfg, False, 0)
+    assert absent.status == "WARN" and absent.detail.startswith("memory plan: not available")
+    monkeypatch.setitem(sys.modules, "utils.memory_plan", types.SimpleNamespace(plan_memory=lambda c: 20 * 2**30))
+    _machine(monkeypatch, gpus=[(9, 0)])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (16 * 2**30, 80 * 2**30))
+    check = doctor._check_memory(cfg, True, 0)
+    assert check.status == "FAIL" and "plan 20.0 GiB" in check.detail and "--batch-size" in check.fix
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (60 * 2**30, 80 * 2**30))
+    assert doctor._check_memory(cfg, True, 0).status == "PASS"
+
+
+def test_compiler_is_required_on_cuda_and_optional_on_cpu(monkeypatch):
+    cfg = parse_config(["-c", DIGITS, "--fastpath", "false"])
+    monkeypatch.setattr(doctor, "_c_compiler", lambda: None)
+    cuda = doctor._check_compiler(cfg, cuda=True)
+    assert cuda.status == "FAIL" and "Triton" in cuda.detail and "gcc" in cuda.fix
+    assert doctor._check_compiler(cfg, cuda=False).status == "PASS"
+    cfg.fastpath = True
+    assert doctor._check_compiler(cfg, cuda=False).status == "WARN"
+
+
+def test_neuron_kernel_follows_spikingjelly_selection(monkeypatch):
+    assert doctor.neuron_kernel("lif", "cpu") == "torch"
+    assert doctor.neuron_kernel("if", "cuda", fastpath=True) == "torch"
+    _machine(monkeypatch, driver=None)  # no GPU here: the PyPI wheel has no compiled CUDA part -> Triton
+    assert doctor.neuron_kernel("lif", "cuda") == "triton"
+
+
+def test_imagenet_run_stops_at_once_naming_cuda_before_writing(monkeypatch, tmp_path, capsys):
+    _machine(monkeypatch, driver=None)
+    rc = train.main(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda' requested but CUDA is unusable: no NVIDIA driver" in err and "--device cpu" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deterministic_is_the_reproducibility_switch():
+    assert parse_config(["-c", DIGITS]).deterministic is None  # auto
+    cfg = parse_config(["-c", IMAGENET])
+    assert cfg.deterministic is False and cfg.device == "cuda" and cfg.workers is None
+    assert resolve_deterministic(None, "cpu") is True and resolve_deterministic(None, "cuda:0") is False
+    assert resolve_deterministic(True, "cuda") is True and resolve_deterministic(False, "cpu") is False
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        apply_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # TF32 for fp32
+        apply_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
+
+
+def test_loader_workers_follow_the_cores_per_process():
+    assert loader_workers("cuda", 8, cpus=96) == 11  # one core of each share feeds its GPU
+    assert loader_workers("cuda", 1, cpus=128) == 16
+    assert loader_workers("cpu", 1, cpus=2) == 1 and loader_workers("cpu", 1, cpus=1) == 0
+    assert loader_workers("cpu", 1, cpus=64) == 4
+
+
+def test_ddp_wraps_before_compile(monkeypatch):
+    """DDP first, then compile the inner module: its first compiled call runs inside DDP's forward, where dynamo
+    splits the graph at gradient buckets so all-reduce overlaps backward."""
+    import torch.distributed as dist
+
+    import tests.tiny_models  # noqa: F401  (registers tiny_spiking_test)
+    from utils import engine, fastpath
+
+    events = []
+    real_compile, real_ddp = fastpath.compile_model, torch.nn.parallel.DistributedDataParallel
+
+    def compile_model(model, scope):
+        events.append(("compile", scope))
+        return real_compile(model, scope)
+
+    def ddp(model, **kw):
+        events.append(("ddp", None))
+        return real_ddp(model, **kw)
+
+    monkeypatch.setattr(fastpath, "compile_model", compile_model)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", ddp)
+    cfg = parse_config(["-c", DIGITS, "--model", "tiny_spiking_test", "--model-kwargs", "none", "width=8",
+                        "--T", "1", "--amp", "bf16", "--fastpath", "true", "--compile", "true", "--sched", "none"])
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = engine.build_model(cfg, 10)
+        t = engine.build_training(cfg, model, torch.device("cpu"), world_size=2, train_batches=4)
+    finally:
+        dist.destroy_process_group()
+    assert events == [("ddp", None), ("compile", "model")]
+    assert isinstance(t.model, real_ddp) and t.model.module is model and t.eval_model is model
+    assert model._compiled_call_impl is not None and t.fastpath.compile == "model"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-CUDA answer")
+def test_gpu_check_script_says_in_one_line_that_there_is_no_cuda():
+    import subprocess
+    import sys
+
+    script = os.path.join(ROOT, "bench", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    env = dict(os.environ, PY=sys.executable, OMP_NUM_THREADS="1", LOG="/dev/null")
+    r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and r.stderr == ""
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith("gpu_check: no usable CUDA device, nothing checked: ")
+
+
+def test_train_stops_before_writing_when_triton_cannot_build(monkeypatch, tmp_path):
+    import types
+
+    from utils.config import ConfigError
+
+    _machine(monkeypatch, gpus=[(9, 0)])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(name="H200",
+                                                                                               total_memory=2**37))
+    monkeypatch.setattr(doctor, "_c_compiler", lambda: None)
+    cfg = parse_config(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
+    lines = [c.line() for c in doctor.cheap_checks(cfg, torch.device("cuda", 0))]
+    assert any(x.startswith("PASS  gpu       0: H200, sm_90, 128.0 GiB, supported") for x in lines), lines
+    with pytest.raises(ConfigError, match="preflight: compiler: missing a C compiler.*fix: install gcc"):
+        train.run(cfg)
+    assert list(tmp_path.iterdir()) == []

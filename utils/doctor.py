@@ -1,0 +1,333 @@
+"""Preflight: can this machine start this run? ``python -m utils.doctor [-c CONFIG] [--key value ...]``.
+
+Prints one line per check (PASS / WARN / FAIL; every FAIL names the fix) and exits 0 only if the run can
+start: the torch build and its CUDA version; the NVIDIA driver (present, new enough for the build); each
+visible GPU, its architecture and whether the build has kernels for it; free device memory against the
+run's memory plan; the C compiler and Python headers that Triton and ``torch.compile`` build with; the
+neuron kernel spikingjelly will run; the data folder. ``train.py`` runs the cheap checks
+(:func:`cheap_checks`) before it writes anything, and :func:`cuda_problem` decides whether a run that asks
+for CUDA may start.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import sys
+import sysconfig
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["Check", "cuda_problem", "driver_cuda_version", "arch_supported", "wants_cuda", "neuron_kernel",
+           "cheap_checks", "run_checks", "main"]
+
+# Oldest Linux driver of each CUDA major version (NVIDIA's CUDA toolkit release notes).
+_MIN_DRIVER = {11: "450", 12: "525", 13: "580"}
+CPU_HINT = "to run on the CPU anyway pass --device cpu"
+
+
+@dataclasses.dataclass
+class Check:
+    """One checklist line: ``status`` is PASS, WARN or FAIL; ``fix`` says what to do (FAIL and WARN)."""
+
+    status: str
+    name: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<5} {self.name:<9} {self.detail}"
+        return text + (f"\n{'':16}fix: {self.fix}" if self.fix else "")
+
+
+# ------------------------------------------------------------------------------------------- CUDA
+def driver_cuda_version() -> Optional[Tuple[int, int]]:
+    """The CUDA version the installed NVIDIA driver supports, e.g. ``(13, 0)``; None without a driver."""
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so", "libcuda.dylib")
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
+            return version.value // 1000, (version.value % 1000) // 10
+    return None
+
+
+def _build_cuda() -> Optional[Tuple[int, int]]:
+    if not torch.version.cuda:
+        return None
+    major, minor = (torch.version.cuda.split(".") + ["0"])[:2]
+    return int(major), int(minor)
+
+
+def arch_supported(capability: Tuple[int, int], arch_list: Sequence[str]) -> bool:
+    """Whether a build with kernels for ``arch_list`` (``torch.cuda.get_arch_list()``) runs on a GPU of
+    ``capability``: a binary for sm_XY runs on the same major X with minor >= Y; PTX (compute_XY) on any
+    capability >= XY."""
+    cap = capability[0] * 10 + capability[1]
+    for arch in arch_list:
+        kind, _, num = arch.partition("_")
+        if not num.isdigit():
+            continue
+        n = int(num)
+        if kind == "sm" and n // 10 == capability[0] and n <= cap:
+            return True
+        if kind == "compute" and n <= cap:
+            return True
+    return False
+
+
+def _sm(capability: Tuple[int, int]) -> str:
+    return f"sm_{capability[0]}{capability[1]}"
+
+
+def _driver_fix(build: Tuple[int, int]) -> str:
+    need = _MIN_DRIVER.get(build[0])
+    return (f"install an NVIDIA driver for CUDA {build[0]}.x" + (f" ({need} or newer)" if need else "")
+            + f", or a torch build for your driver's CUDA version; {CPU_HINT}")
+
+
+def cuda_problem(index: Optional[int] = None) -> Optional[str]:
+    """Why this machine cannot run CUDA with this torch build (with the fix), or None when it can.
+
+    ``index``: the GPU the run will use (default: any visible one must be usable).
+    """
+    build = _build_cuda()
+    if build is None:
+        return (f"torch {torch.__version__} is built without CUDA; install a CUDA build of torch "
+                f"(pip install -r requirements.txt on Linux x86-64); {CPU_HINT}")
+    driver = driver_cuda_version()
+    if driver is None:
+        return f"no NVIDIA driver found (libcuda cannot be loaded); {_driver_fix(build)}"
+    if driver[0] < build[0]:
+        return (f"the NVIDIA driver is too old for this build: it supports CUDA {driver[0]}.{driver[1]}, torch "
+                f"{torch.__version__} needs CUDA {build[0]}.x; {_driver_fix(build)}")
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        return f"no CUDA device is visible{where}; check nvidia-smi and CUDA_VISIBLE_DEVICES; {CPU_HINT}"
+    indices = [index % torch.cuda.device_count()] if index is not None else range(torch.cuda.device_count())
+    arches = torch.cuda.get_arch_list()
+    for i in indices:
+        cap = torch.cuda.get_device_capability(i)
+        if not arch_supported(cap, arches):
+            return (f"GPU {i} ({torch.cuda.get_device_name(i)}) is architecture {_sm(cap)}, which torch "
+                    f"{torch.__version__} does not support (it has kernels for {' '.join(arches)}); use a "
+                    f"supported GPU or a torch build for {_sm(cap)}; {CPU_HINT}")
+    return None
+
+
+def wants_cuda(device: str) -> bool:
+    """Whether a run with ``device`` (auto | cpu | cuda | cuda:N) will use a GPU on this machine."""
+    device = (device or "auto").lower()
+    return device.startswith("cuda") or (device == "auto" and cuda_problem() is None)
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _check_torch(cuda: bool) -> Check:
+    build = _build_cuda()
+    if build is None:
+        return Check("FAIL" if cuda else "PASS", "torch", f"{torch.__version__}, built without CUDA",
+                     cuda_problem() if cuda else "")
+    return Check("PASS", "torch", f"{torch.__version__}, CUDA {torch.version.cuda} build, kernels for "
+                 f"{' '.join(torch.cuda.get_arch_list())}")
+
+
+def _check_driver(cuda: bool) -> Check:
+    build, driver = _build_cuda(), driver_cuda_version()
+    if build is None:
+        return Check("PASS", "driver", "not needed: torch is built without CUDA")
+    if driver is None:
+        if not cuda:
+            return Check("PASS", "driver", "none found (not needed: the run uses the CPU)")
+        return Check("FAIL", "driver", "no NVIDIA driver found (libcuda cannot be loaded)", _driver_fix(build))
+    text = f"supports CUDA {driver[0]}.{driver[1]}; this build needs {build[0]}.x"
+    if driver[0] < build[0]:
+        return Check("FAIL" if cuda else "WARN", "driver", "too old: " + text, _driver_fix(build))
+    return Check("PASS", "driver", text)
+
+
+def _check_gpus(cuda: bool, index: Optional[int]) -> List[Check]:
+    if _build_cuda() is None or driver_cuda_version() is None:
+        return [Check("FAIL", "gpu", "no usable CUDA device (see the lines above)") if cuda else
+                Check("PASS", "gpu", "none (not needed: the run uses the CPU)")]
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        problem = cuda_problem() or ""
+        return [Check("FAIL" if cuda else "WARN", "gpu", "no CUDA device visible", problem)]
+    out, arches = [], torch.cuda.get_arch_list()
+    for i in range(torch.cuda.device_count()):
+        props, cap = torch.cuda.get_device_properties(i), torch.cuda.get_device_capability(i)
+        text = f"{i}: {props.name}, {_sm(cap)}, {props.total_memory / 2**30:.1f} GiB"
+        if arch_supported(cap, arches):
+            out.append(Check("PASS", "gpu", text + ", supported by this build"))
+        else:
+            used = cuda and (index is None or i == index % torch.cuda.device_count())
+            out.append(Check("FAIL" if used else "WARN", "gpu", text + ", NOT supported by this build",
+                             cuda_problem(i) or ""))
+    return out
+
+
+def _check_memory(cfg, cuda: bool, index: int) -> Check:
+    try:
+        from utils.memory_plan import plan_memory
+    except ImportError:
+        return Check("WARN", "memory", "memory plan: not available (this version has no utils.memory_plan)")
+    try:
+        planned = int(plan_memory(cfg))
+    except Exception as err:  # the plan is advice: report it, never stop the checklist
+        return Check("WARN", "memory", f"memory plan failed: {type(err).__name__}: {err}")
+    text = f"plan {planned / 2**30:.1f} GiB per process"
+    if not (cuda and cuda_problem(index) is None):
+        return Check("PASS", "memory", text + " (not checked against a GPU)")
+    free, total = torch.cuda.mem_get_info(index)
+    text += f", free {free / 2**30:.1f} of {total / 2**30:.1f} GiB on cuda:{index}"
+    if planned > free:
+        return Check("FAIL", "memory", text, "lower --batch-size (with --accum-steps to keep the effective batch), "
+                     "or --grad-checkpointing true, or --compact-spikes true; see python benchmark.py --plan-memory")
+    return Check("PASS", "memory", text)
+
+
+def _c_compiler() -> Optional[str]:
+    """The C compiler Triton would use (``$CC``, then cc, gcc, clang), or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return None
+
+
+def _check_compiler(cfg, cuda: bool) -> Check:
+    """Triton builds a C launcher at its first kernel launch, Inductor (``torch.compile``) C/C++ code."""
+    compiles = bool(cfg.get("fastpath") or cfg.get("compile"))
+    needed = cuda or compiles
+    cc = _c_compiler()
+    header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    missing = ([] if cc else ["a C compiler (gcc or clang)"]) + ([] if os.path.isfile(header) else
+                                                                 [f"the Python headers ({header})"])
+    why = "Triton neurons and torch.compile" if cuda else "torch.compile (fastpath)" if compiles else ""
+    if not missing:
+        return Check("PASS", "compiler", f"{cc}, {header} ({'needed by ' + why if why else 'not needed by this run'})")
+    text = f"missing {' and '.join(missing)}, needed by {why}"
+    fix = "install gcc and the Python development headers (apt install gcc python3-dev, or conda install gcc)"
+    if not needed:
+        return Check("PASS", "compiler", f"missing {' and '.join(missing)} (not needed by this run)")
+    if not cuda:  # on CPU utils.fastpath switches compilation off with a warning
+        return Check("WARN", "compiler", text + "; the run falls back to no compile", fix)
+    return Check("FAIL", "compiler", text + "; the first neuron call would fail", fix)
+
+
+def neuron_kernel(kind: str, device: "torch.device | str", fastpath: bool = False) -> str:
+    """The kernel that runs ``kind`` ('lif' / 'if') neurons on ``device``: 'torch' (spikingjelly's CPU
+    reference, or the project's PyTorch loop under the fast path), 'triton' or 'cuda' (spikingjelly's own
+    selection on a GPU; its compiled CUDA part is absent from the PyPI wheel, so it picks Triton)."""
+    device = torch.device(device)
+    if fastpath or device.type != "cuda":
+        return "torch"
+    if cuda_problem(device.index) is None:
+        from spikingjelly.activation_based import functional as sj_functional
+
+        return str(sj_functional.neuron_implementation(kind, device)["implementation"])
+    import importlib
+
+    for name, module in (("cuda", f"spikingjelly._ops.{'if_' if kind == 'if' else kind}.native"),
+                         ("triton", "triton")):
+        try:
+            importlib.import_module(module)
+            return name
+        except (ImportError, OSError):
+            continue
+    return "torch"
+
+
+def _check_neurons(cfg, device: torch.device) -> Check:
+    from spikingjelly.activation_based import neuron as sj_neuron
+
+    from models.neurons import spiking_modules
+
+    try:
+        from utils.data import dataset_info
+        from utils.engine import build_model
+
+        with torch.device("meta"):
+            model = build_model(cfg, cfg.num_classes or dataset_info(cfg.dataset)["num_classes"])
+    except Exception as err:
+        return Check("WARN", "neurons", f"not inspected: model {cfg.model} does not build on the meta device "
+                     f"({type(err).__name__}: {err})")
+    kinds = sorted({"lif" if isinstance(m, sj_neuron.LIFNode) else "if" for _, m in spiking_modules(model)})
+    if not kinds:
+        return Check("PASS", "neurons", f"{cfg.model} has no spiking neurons")
+    fast = bool(cfg.get("fastpath"))
+    how = "fastpath: the project's PyTorch loop, compiled" if fast else "spikingjelly's selection"
+    names = ", ".join(f"{k}: {neuron_kernel(k, device, fast)}" for k in kinds)
+    return Check("PASS", "neurons", f"{names} on {device.type} ({how})")
+
+
+def _check_data(cfg) -> Check:
+    from utils import data as data_lib
+    from utils.config import Config, ConfigError
+
+    quiet = Config(**{**cfg.to_dict(), "download": False, "verify_data": False})
+    try:
+        train_set, eval_set = data_lib.create_datasets(quiet)
+    except (data_lib.DatasetError, ConfigError) as err:
+        first, _, rest = str(err).partition("\n")
+        if cfg.get("download"):
+            return Check("WARN", "data", first, "download: true: train.py downloads it at start")
+        return Check("FAIL", "data", first, rest.strip().replace("\n", "\n" + " " * 16) or "see docs/data.md")
+    spec = data_lib.DATASETS[data_lib.canonical_name(cfg.dataset)]
+    where = f"in {data_lib.data_root(cfg)}" if spec.tree else f"({spec.note})"
+    return Check("PASS", "data", f"{spec.name} {where}: {len(train_set)} train / {len(eval_set)} eval samples")
+
+
+def _device_index(cfg) -> int:
+    name = (cfg.get("device") or "auto").lower()
+    if ":" in name:
+        return int(name.split(":", 1)[1])
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def cheap_checks(cfg, device: torch.device) -> List[Check]:
+    """The checks ``train.py`` runs before it writes anything: torch, driver, GPUs and compiler for ``device``."""
+    cuda = torch.device(device).type == "cuda"
+    index = torch.device(device).index or 0
+    return [_check_torch(cuda), _check_driver(cuda), *_check_gpus(cuda, index), _check_compiler(cfg, cuda)]
+
+
+def run_checks(cfg) -> List[Check]:
+    """Every check for ``cfg`` on this machine."""
+    cuda, index = wants_cuda(cfg.get("device")), _device_index(cfg)
+    device = torch.device("cuda", index) if cuda else torch.device("cpu")
+    checks = cheap_checks(cfg, device)
+    return checks + [_check_memory(cfg, cuda, index), _check_neurons(cfg, device), _check_data(cfg)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.config import ConfigError, parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    requested = cfg.get("device") or "auto"
+    cuda = wants_cuda(requested)
+    print(f"preflight for {cfg.config or 'the default config'}: {cfg.model}, dataset {cfg.dataset}, device "
+          f"{requested} -> {'cuda' if cuda else 'cpu'}")
+    checks = run_checks(cfg)
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    print(f"\n{'NOT READY: ' + ', '.join(failed) + ' failed' if failed else 'ready'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
