@@ -5,8 +5,8 @@ strides but no data), and a ``TorchDispatchMode`` follows every storage the step
 added when it appears and removed when Python frees it, so the running sum and its high-water mark are
 what ``torch.cuda.max_memory_allocated`` reports for the same step -- parameters, gradients, optimizer
 state, inputs, activations saved for backward and temporaries. A training step is the one
-``benchmark.py`` times (forward + cross-entropy + backward + optimizer step + neuron reset), run twice so
-that the second sees the gradients and optimizer state of the first, as every later step does.
+``benchmark.py`` times (forward + cross-entropy + backward + optimizer step + neuron reset), run so
+that it starts with the gradients and optimizer state of a previous step alive, as every later step does.
 
 What is modelled, and what is not:
 
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["MemoryPlan", "MemoryPlanError", "plan_step", "plan_memory", "max_batch", "fit_options", "fits",
-           "parse_bytes", "format_bytes", "device_memory_warning", "CUDA_OVERHEAD", "CUDA_BLOCK"]
+__all__ = ["MemoryPlan", "MemoryPlanError", "plan_step", "plan_memory", "fastpath_settings", "max_batch", "fit_options",
+           "fits", "parse_bytes", "format_bytes", "device_memory_warning", "CUDA_OVERHEAD", "CUDA_BLOCK"]
 
 MiB = 2 ** 20
 CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to a multiple of this
@@ -123,9 +123,11 @@ class _StorageTracker(TorchDispatchMode):
                        aten.max_pool1d_with_indices.default, aten.cat.default, aten.stack.default,
                        aten.contiguous.default, aten.flatten.using_ints, aten.index_select.default}
 
-    def __init__(self, block: int = 1):
+    def __init__(self, block: int = 1, cpu_neuron_ops: bool = False):
         super().__init__()
         self.block = block
+        # spikingjelly's CPU operator stacks its outputs from per-step lists: twice its outputs at its peak
+        self.doubled_ops = _spikingjelly_cpu_forward_ops() if cpu_neuron_ops else set()
         self.live: Dict[int, Tuple[weakref.ref, int]] = {}
         self.binary: set = set()
         self.current = 0
@@ -166,11 +168,23 @@ class _StorageTracker(TorchDispatchMode):
         tensors = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         for t in tensors:
             self.track(t)
+        if func in self.doubled_ops:
+            self.peak = max(self.peak, self.current + _state_bytes(self, tensors))
         first = next((a for a in tree_leaves(args) if isinstance(a, torch.Tensor)), None)
         if tensors and self.is_binary(first) and (func in self._BINARY_KEEPING or out is first
                                                   or tensors[0].untyped_storage() is first.untyped_storage()):
             self.binary.add(id(tensors[0].untyped_storage()))
         return out
+
+
+def _spikingjelly_cpu_forward_ops() -> set:
+    ops = set()
+    for namespace in ("sj_lif", "sj_if"):
+        try:
+            ops.add(getattr(torch.ops, namespace).forward.default)
+        except (AttributeError, RuntimeError):  # another spikingjelly version: planned without the transient
+            pass
+    return ops
 
 
 # ------------------------------------------------------------------- compiled neurons, planned
@@ -254,7 +268,7 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     train = mode == "train"
-    tracker = _StorageTracker(CUDA_BLOCK if dev == "cuda" else 1)
+    tracker = _StorageTracker(CUDA_BLOCK if dev == "cuda" else 1, cpu_neuron_ops=dev == "cpu")
     with _quiet_fake_mode():
         try:
             model = create_model(model_name, **kwargs)
@@ -263,12 +277,14 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
             raise MemoryPlanError(f"cannot build {model_name!r}: {err}") from None
         steps = getattr(model, "T", None)
         img = img_size or spec.img_size
-        fp = FastPathConfig(neuron_impl=neuron_impl, channels_last=channels_last, compile=False, fold_bn=False,
-                            grad_checkpointing=grad_checkpointing, fast_conv=fast_conv, compact_spikes=compact_spikes,
+        # under whole-model compile inductor derives the convolution backward (same saved tensors as eager)
+        # channels-last weights: same bytes; fake parameters cannot be converted in place (weak references)
+        fp = FastPathConfig(neuron_impl=neuron_impl, channels_last=False, compile=False, fold_bn=False,
+                            grad_checkpointing=grad_checkpointing, fast_conv=fast_conv and compile != "model",
+                            compact_spikes=compact_spikes,
                             fast_pool=(dev == "cpu") if fast_pool is None else fast_pool)
         prepare_model(model, mode, config=fp)  # fold_bn needs values: planned unfolded (inference only)
         applied = model.fastpath_config
-        model.fastpath_config = dataclasses.replace(applied, compile=compile)
         if compile and neuron_impl == "torch":
             from models.neurons import spiking_modules
             for _, m in spiking_modules(model):
@@ -290,8 +306,11 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
                 copies.append([p.detach().clone() for p in model.state_dict().values()])
             if ddp and train:
                 copies.append([torch.empty_like(p) for p in model.parameters() if p.requires_grad])
-            for _ in range(2 if train else 1):
-                _run_step(model, x, y, opt, amp)
+            if train:  # the steady state: gradients and optimizer state of a previous step are alive
+                for p in model.parameters():
+                    p.grad = torch.empty_like(p) if p.requires_grad else None
+                opt.step()
+            _run_step(model, x, y, opt, amp)
         weights = _state_bytes(tracker, [*model.parameters(), *model.buffers()])
         for h in hooks:
             h.remove()
@@ -346,9 +365,15 @@ def _plan_for_config(cfg, batch: Optional[int] = None, **changes) -> MemoryPlan:
     return plan_step(**{**_config_settings(cfg), **({"batch": batch} if batch else {}), **changes})
 
 
+def fastpath_settings(fp) -> Dict[str, Any]:
+    """``plan_step`` keyword arguments for a ``utils.fastpath.FastPathConfig`` (what ``prepare_model`` gets)."""
+    return dict(neuron_impl=fp.neuron_impl, compile=fp.compile, channels_last=fp.channels_last,
+                fast_conv=fp.fast_conv, grad_checkpointing=fp.grad_checkpointing, compact_spikes=fp.compact_spikes)
+
+
 def _config_settings(cfg) -> Dict[str, Any]:
     """``plan_step`` keyword arguments for a resolved training config."""
-    from utils.fastpath import resolve_config
+    from utils.fastpath import EAGER, resolve_config
 
     device = "cpu" if str(cfg.get("device", "auto")) == "cpu" else "cuda"
     grad_ckpt, compact = bool(cfg.get("grad_checkpointing")), bool(cfg.get("compact_spikes"))
@@ -356,12 +381,9 @@ def _config_settings(cfg) -> Dict[str, Any]:
         fp, _ = resolve_config("train", cfg.get("amp", "none"), device=device,
                                channels_last=cfg.get("channels_last") or None, grad_checkpointing=grad_ckpt or None,
                                compact_spikes=compact or None, compile="model" if cfg.get("compile") else None)
-        fast = dict(neuron_impl=fp.neuron_impl, compile=fp.compile, channels_last=fp.channels_last,
-                    fast_conv=fp.fast_conv and fp.compile != "model" or fp.compact_spikes,
-                    grad_checkpointing=fp.grad_checkpointing, compact_spikes=fp.compact_spikes)
     else:
-        fast = dict(neuron_impl="spikingjelly", compile=False, channels_last=bool(cfg.get("channels_last")),
-                    fast_conv=False, grad_checkpointing=grad_ckpt, compact_spikes=False)
+        fp = dataclasses.replace(EAGER, channels_last=bool(cfg.get("channels_last")), grad_checkpointing=grad_ckpt)
+    fast = fastpath_settings(fp)
     num_classes = cfg.get("num_classes")
     if not num_classes:
         try:
@@ -404,33 +426,49 @@ def fits(plan: "MemoryPlan | int", device_bytes: int, overhead: int = CUDA_OVERH
 
 def max_batch(settings: Dict[str, Any], device_bytes: int, overhead: int = CUDA_OVERHEAD,
               limit: int = 1 << 16) -> Tuple[int, Optional[MemoryPlan]]:
-    """The largest batch whose plan fits ``device_bytes`` (binary search), and its plan; ``(0, None)``
-    if not even batch 1 fits. ``settings``: :func:`plan_step` keyword arguments (``batch`` ignored)."""
+    """The largest batch (up to ``limit``) whose plan fits ``device_bytes``, and its plan; ``(0, None)`` if
+    not even batch 1 fits. ``settings``: :func:`plan_step` keyword arguments (``batch`` ignored).
+
+    Memory grows almost linearly with the batch: batches 1 and 2 give the first guess, a binary search
+    between a batch that fits and one that does not settles it (typically 4-6 plans).
+    """
     settings = {k: v for k, v in settings.items() if k != "batch"}
+    plans: Dict[int, MemoryPlan] = {}
 
-    def plan(b):
-        return plan_step(batch=b, **settings)
+    def ok(b: int) -> bool:
+        if b not in plans:
+            plans[b] = plan_step(batch=b, **settings)
+        return fits(plans[b], device_bytes, overhead)
 
-    best, best_plan = 0, None
-    lo, hi = 1, None
-    b = 1
-    while True:  # grow by doubling until it does not fit
-        p = plan(b)
-        if not fits(p, device_bytes, overhead):
+    if not ok(1):
+        return 0, None
+    lo, hi = 1, None  # lo fits; hi does not (None: not found yet)
+    if limit > 1 and not ok(2):
+        hi = 2
+    elif limit > 1:
+        lo = 2
+        slope = max(plans[2].peak - plans[1].peak, 1)
+        guess = min(max(1 + (device_bytes - overhead - plans[1].peak) // slope, 3), limit)
+        for b in (guess, guess + 1):
+            if b > limit:
+                break
+            if not ok(b):
+                hi = b
+                break
+            lo = b
+    while hi is None and lo < limit:  # grow until a batch does not fit
+        b = min(lo * 2, limit)
+        if ok(b):
+            lo = b
+        else:
             hi = b
-            break
-        best, best_plan, lo = b, p, b + 1
-        if b >= limit:
-            return best, best_plan
-        b = min(b * 2, limit)
-    while lo < hi:  # the answer is in [lo - 1, hi)
+    while hi is not None and hi - lo > 1:
         mid = (lo + hi) // 2
-        p = plan(mid)
-        if fits(p, device_bytes, overhead):
-            best, best_plan, lo = mid, p, mid + 1
+        if ok(mid):
+            lo = mid
         else:
             hi = mid
-    return best, best_plan
+    return lo, plans[lo]
 
 
 def fit_options(settings: Dict[str, Any], device_bytes: int,
