@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
 import weakref
@@ -230,7 +231,7 @@ def _state_bytes(tracker: _StorageTracker, tensors) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_fake_mode() -> Iterator[Any]:
+def _fake_mode() -> Iterator[Any]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -252,9 +253,6 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
     gradient buckets (one more gradient copy). ``device``: ``'cuda'`` (512-byte blocks, foreach optimizer,
     no channels-last pooling) or ``'cpu'`` (as ``benchmark.py``'s ``tensor_peak_mb``).
     """
-    from models import ModelError, create_model, input_spec
-    from utils.fastpath import FastPathConfig, prepare_model
-
     if mode not in ("train", "infer"):
         raise MemoryPlanError(f"mode must be 'train' or 'infer', got {mode!r}")
     if batch < 1:
@@ -262,6 +260,27 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
     dev = torch.device(device).type
     if dev not in ("cuda", "cpu"):
         raise MemoryPlanError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    compile = compile if compile not in (None, "none") else False
+    key = json.dumps([model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode,
+                      model_kwargs or {}, num_classes, neuron_impl, compile, fast_conv, fast_pool, channels_last,
+                      optimizer, ema, ddp, dev], sort_keys=True, default=str)
+    if key not in _PLANS:
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[key] = _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode,
+                            model_kwargs, num_classes, neuron_impl, compile, fast_conv, fast_pool, channels_last,
+                            optimizer, ema, ddp, dev)
+    return dataclasses.replace(_PLANS[key])
+
+
+_PLANS: Dict[str, MemoryPlan] = {}  # plans already made in this process (a batch search revisits them)
+
+
+def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
+          neuron_impl, compile, fast_conv, fast_pool, channels_last, optimizer, ema, ddp, dev) -> MemoryPlan:
+    from models import ModelError, create_model, input_spec
+    from utils.fastpath import FastPathConfig, prepare_model
+
     kwargs = dict(model_kwargs or {})
     if T is not None:
         kwargs["T"] = T
@@ -269,7 +288,7 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
         kwargs["num_classes"] = num_classes
     train = mode == "train"
     tracker = _StorageTracker(CUDA_BLOCK if dev == "cuda" else 1, cpu_neuron_ops=dev == "cpu")
-    with _quiet_fake_mode():
+    with _fake_mode():
         try:
             model = create_model(model_name, **kwargs)
             spec = input_spec(model)
