@@ -325,11 +325,7 @@ def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spike
                 copies.append([p.detach().clone() for p in model.state_dict().values()])
             if ddp and train:
                 copies.append([torch.empty_like(p) for p in model.parameters() if p.requires_grad])
-            if train:  # the steady state: gradients and optimizer state of a previous step are alive
-                for p in model.parameters():
-                    p.grad = torch.empty_like(p) if p.requires_grad else None
-                opt.step()
-            _run_step(model, x, y, opt, amp)
+            peak = _run_step(model, x, y, opt, amp, tracker)
         weights = _state_bytes(tracker, [*model.parameters(), *model.buffers()])
         for h in hooks:
             h.remove()
@@ -340,7 +336,7 @@ def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spike
             grads=_state_bytes(tracker, [p.grad for p in model.parameters() if p.grad is not None]),
             optimizer=_state_bytes(tracker, [v for s in opt.state.values() for v in s.values()]) if opt else 0,
             ema=sum(_state_bytes(tracker, c) for c in copies), inputs=_state_bytes(tracker, [x, y]),
-            peak=tracker.peak)
+            peak=peak)
     return plan
 
 
@@ -354,20 +350,32 @@ def _optimizer(model: nn.Module, name: str, foreach: bool):
         raise MemoryPlanError(f"optimizer {name!r}: {err}") from None
 
 
-def _run_step(model: nn.Module, x, y, opt, amp: str) -> None:
+def _run_step(model: nn.Module, x, y, opt, amp: str, tracker: _StorageTracker) -> int:
+    """One step under ``tracker``; returns the peak bytes of a steady-state step.
+
+    Training: the gradients of a previous step are alive at the start (``zero_grad`` comes after the
+    forward, as in ``benchmark.py``); its optimizer state, created by this first ``opt.step()``, would have
+    been alive through forward and backward too, so it is added to their peak.
+    """
     from models import reset_net
 
     if opt is None:
         with torch.inference_mode(), _autocast(amp):
             model(x)
-    else:
-        with _autocast(amp):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        del loss
-        opt.step()
+        reset_net(model)
+        return tracker.peak
+    for p in model.parameters():
+        p.grad = torch.empty_like(p) if p.requires_grad else None
+    with _autocast(amp):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    del loss
+    forward_backward, tracker.peak = tracker.peak, tracker.current
+    opt.step()
     reset_net(model)
+    state = _state_bytes(tracker, [v for s in opt.state.values() for v in s.values()])
+    return max(forward_backward + state, tracker.peak)
 
 
 def plan_memory(cfg) -> int:
