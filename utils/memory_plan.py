@@ -13,8 +13,8 @@ What is modelled, and what is not:
 * the fast path's memory options (``grad_checkpointing``, ``compact_spikes``, ``fast_conv``) run as they
   would; a binary convolution input (``compact_spikes``) is recognised by where it comes from (a
   neuron's output, or a view, copy or pooling of one), since fake tensors hold no values;
-* compiled neurons (``compile`` in the fast path) are planned as keeping only their input for backward
-  (the fused kernel recomputes the time loop); the rest of the network runs eagerly, also under
+* compiled neurons (``compile`` in the fast path) are planned as keeping for backward what the compiler
+  keeps (:class:`_FusedNeuron`; it recomputes the time loop); the rest of the network runs eagerly, also under
   whole-model compile, whose own savings are not modelled;
 * mixed precision runs under CPU autocast, whose op lists match CUDA's for convolutions, matmuls and
   BatchNorm; fp16 is planned as bf16 (same sizes);
@@ -190,19 +190,21 @@ def _spikingjelly_cpu_forward_ops() -> set:
 
 # ------------------------------------------------------------------- compiled neurons, planned
 class _FusedNeuron(torch.autograd.Function):
-    """The memory of a compiled neuron loop: its input saved for backward, the time loop recomputed."""
+    """The memory of a compiled neuron loop, as torch.compile's partitioner keeps it for backward (read
+    with saved-tensor hooks, torch 2.14): a float32 input, max(T, 2) new float32 steps; a bf16/fp16
+    input, the input itself. The time loop is recomputed in backward."""
 
     @staticmethod
     def forward(ctx, x_seq, run):
-        ctx.save_for_backward(x_seq)
+        if x_seq.dtype == torch.float32:
+            ctx.save_for_backward(*[torch.empty_like(x_seq[0]) for _ in range(max(x_seq.shape[0], 2))])
+        else:
+            ctx.save_for_backward(x_seq)
         return run(x_seq)
 
     @staticmethod
     def backward(ctx, grad):
-        (x_seq,) = ctx.saved_tensors
-        recomputed = torch.empty_like(x_seq, dtype=torch.float32)  # the fused kernel's float32 state
-        del recomputed
-        return torch.empty_like(x_seq), None
+        return torch.empty_like(grad, memory_format=torch.contiguous_format), None
 
 
 def _fused_neuron_forward(node, x_seq, *args, **kwargs):
