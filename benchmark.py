@@ -6,6 +6,7 @@
     python benchmark.py --model maxformer_10_384 --mode train --eager          # the plain path
     python benchmark.py --model maxformer_cifar --sweep --sweep-batch-sizes 4,16   # T in {1,2,4,8}
     python benchmark.py --peak                                                  # matmul peak only
+    python benchmark.py --plan-memory --max-batch --device-memory 80GB --model maxformer_10_768 --T 4 --amp bf16
 
 Each measurement: build the model, warm up (``--warmup`` steps, compilation included), then time
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
@@ -22,7 +23,8 @@ resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-
 a fresh subprocess. ``gflop_per_img`` is one forward pass counted by ``torch.utils.flop_counter``
 (matmuls/convolutions; neurons, BN and pooling are not counted); a training step is counted as
 3x the forward. ``--peak`` adds the machine's measured fp32/bf16 matmul peak and the fraction
-of it achieved.
+of it achieved. ``--plan-memory`` runs nothing: it plans the step's peak device memory with fake
+tensors (``utils.memory_plan``), and with ``--max-batch`` the largest batch that fits.
 """
 from __future__ import annotations
 
