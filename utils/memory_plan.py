@@ -172,9 +172,12 @@ class _StorageTracker(TorchDispatchMode):
         if func in self.doubled_ops:
             self.peak = max(self.peak, self.current + _state_bytes(self, tensors))
         first = next((a for a in tree_leaves(args) if isinstance(a, torch.Tensor)), None)
-        if tensors and self.is_binary(first) and (func in self._BINARY_KEEPING or out is first
-                                                  or tensors[0].untyped_storage() is first.untyped_storage()):
-            self.binary.add(id(tensors[0].untyped_storage()))
+        if not self.is_binary(first):
+            return out
+        if func.overloadpacket.__name__.endswith("_"):  # written in place: no longer known to be 0/1
+            self.binary.discard(id(first.untyped_storage()))
+        elif tensors and (func in self._BINARY_KEEPING or tensors[0].untyped_storage() is first.untyped_storage()):
+            self.binary.add(id(tensors[0].untyped_storage()))  # a copy, pooling or view of spikes
         return out
 
 
