@@ -6,6 +6,7 @@
     python benchmark.py --model maxformer_10_384 --mode train --eager          # the plain path
     python benchmark.py --model maxformer_cifar --sweep --sweep-batch-sizes 4,16   # T in {1,2,4,8}
     python benchmark.py --peak                                                  # matmul peak only
+    python benchmark.py --plan-memory --max-batch --device-memory 80GB --model maxformer_10_768 --T 4 --amp bf16
 
 Each measurement: build the model, warm up (``--warmup`` steps, compilation included), then time
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
@@ -22,7 +23,8 @@ resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-
 a fresh subprocess. ``gflop_per_img`` is one forward pass counted by ``torch.utils.flop_counter``
 (matmuls/convolutions; neurons, BN and pooling are not counted); a training step is counted as
 3x the forward. ``--peak`` adds the machine's measured fp32/bf16 matmul peak and the fraction
-of it achieved.
+of it achieved. ``--plan-memory`` runs nothing: it plans the step's peak device memory with fake
+tensors (``utils.memory_plan``), and with ``--max-batch`` the largest batch that fits.
 """
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save binary conv inputs as bool for backward (train, memory)")
     p.add_argument("--fast-pool", default=None, action=bool_flag, help="max-pool in channels-last")
     p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda; with --plan-memory the device planned "
+                   "for (default cuda)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: as train.py, the cores other processes leave free)")
     p.add_argument("--warmup", type=int, default=2)
@@ -94,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the plain eager float32 path, interleaved step by step in this process (robust "
                         "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
                         "then includes both models)")
+    p.add_argument("--plan-memory", action="store_true",
+                   help="plan the peak device memory of the step instead of running it (utils.memory_plan: fake "
+                        "tensors, seconds on CPU): weights, gradients, optimizer state, activations, total")
+    p.add_argument("--max-batch", action="store_true",
+                   help="with --plan-memory: the largest batch that fits --device-memory, or else the options "
+                        "that make --batch-size fit (accumulation, grad checkpointing, compact spikes)")
+    p.add_argument("--device-memory", default=None, metavar="SIZE",
+                   help="device memory for --max-batch, e.g. 80GB, 24GiB, 40960MB (default: the CUDA device's)")
     return p
 
 
@@ -168,7 +179,7 @@ def fastpath_config(args):
 
     switches = {f: getattr(args, f) for f in ("compile", "channels_last", "fold_bn", "neuron_impl",
                                               "grad_checkpointing", "fast_conv", "compact_spikes", "fast_pool")}
-    cfg, warning = resolve_config(args.mode, args.amp, eager=args.eager, device=args.device, **switches)
+    cfg, warning = resolve_config(args.mode, args.amp, eager=args.eager, device=args.device or "cpu", **switches)
     if warning:
         print(warning, file=sys.stderr)
     return cfg
@@ -181,7 +192,7 @@ def measure(args) -> Dict[str, Any]:
     from utils.threads import ThreadPolicy
 
     ThreadPolicy.start(args.threads)  # as train.py: the cores other processes leave free, unless --threads
-    device = torch.device(args.device)
+    device = torch.device(args.device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark.py: --device cuda but no CUDA device is visible; use --device cpu")
     torch.manual_seed(args.seed)
@@ -298,6 +309,64 @@ def tensor_peak_mb(step, live_tensors) -> float:
     return (sum(storages.values()) + peak) / 2 ** 20
 
 
+def plan(args) -> Dict[str, Any]:
+    """``--plan-memory``: print the planned memory of the step (and with ``--max-batch`` what fits);
+    returns the plan's row (``utils.memory_plan.MemoryPlan.as_dict``, plus ``max_batch`` or ``fit_options``)."""
+    from models import ModelError, parse_model_kwargs
+    from utils import memory_plan as mp
+
+    args.device = args.device or "cuda"
+    try:
+        kwargs = parse_model_kwargs(args.model_kwargs)
+        if args.smoke:
+            kwargs.setdefault("embed_dims", 32)
+            kwargs.setdefault("num_heads", 2)
+        settings = dict(model_name=args.model, T=args.T, batch=args.batch_size, img_size=args.img_size,
+                        amp=args.amp, mode=args.mode, model_kwargs=kwargs, num_classes=args.num_classes,
+                        device=args.device, **mp.fastpath_settings(fastpath_config(args)))
+        planned = mp.plan_step(**settings)
+        print(planned.describe())
+        row = planned.as_dict()
+        if args.max_batch:
+            row.update(_plan_max_batch(args, settings, planned))
+    except (ModelError, mp.MemoryPlanError) as err:
+        raise SystemExit(f"benchmark.py --plan-memory: {err}") from None
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _plan_max_batch(args, settings: Dict[str, Any], planned) -> Dict[str, Any]:
+    """``--max-batch``: the largest batch that fits the device, else the options that make the batch fit."""
+    from utils import memory_plan as mp
+
+    if args.device_memory:
+        device_bytes = mp.parse_bytes(args.device_memory)
+    elif torch.cuda.is_available():
+        device_bytes = torch.cuda.get_device_properties(0).total_memory
+    else:
+        raise mp.MemoryPlanError("--max-batch needs --device-memory SIZE (e.g. 80GB) on a machine without CUDA")
+    budget = (f"{mp.format_bytes(device_bytes)} device memory, {mp.format_bytes(mp.CUDA_OVERHEAD)} of it kept for "
+              f"the CUDA context and fragmentation")
+    best, best_plan = mp.max_batch(settings, device_bytes)
+    row = {"device_memory_mb": round(device_bytes / mp.MiB), "max_batch": best,
+           "max_batch_total_mb": round(best_plan.peak / mp.MiB, 1) if best_plan else ""}
+    if best:
+        print(f"largest batch that fits {budget}: {best} (planned {mp.format_bytes(best_plan.peak)})")
+    else:
+        print(f"not even batch 1 fits {budget} with these settings")
+    if best < args.batch_size:
+        options = mp.fit_options({**settings, "batch": args.batch_size}, device_bytes)
+        print(f"batch {args.batch_size} (planned {mp.format_bytes(planned.peak)}) does not fit; "
+              f"{'what makes it fit:' if options else 'no option tried makes it fit'}")
+        for label, p in options:
+            print(f"  {label}: planned {mp.format_bytes(p.peak)} at batch {p.batch}")
+        if not options:
+            print("  (tried grad checkpointing, compact spikes and gradient accumulation); a smaller T, image size "
+                  "or model, or a larger device is needed")
+        row["fit_options"] = {label: round(p.peak / mp.MiB, 1) for label, p in options}
+    return row
+
+
 def _make_step(model, x, y, args, device):
     """One training step (AdamW) or one inference batch, followed by the neuron reset."""
     import torch.nn.functional as F
@@ -387,6 +456,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     peak = matmul_peak(args.device) if args.peak else None
     if peak:
         print(json.dumps({"matmul_peak_gflop_per_s": {k: round(v, 1) for k, v in peak.items()}}), flush=True)
+    if args.plan_memory or args.max_batch:
+        return [plan(args)]
     rows = []
     if args.sweep:
         for T in [int(t) for t in args.sweep_T.split(",")]:

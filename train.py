@@ -333,8 +333,11 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     from utils.engine import (EpochStart, build_model, build_training, epoch_seed, seed_everything,
                               start_epoch_schedule, train_one_epoch, training_state)
     from utils.logger import RunLogger
+    from utils.memory_plan import device_memory_warning
 
     main, device = dist_info.is_main, dist_info.device
+    if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
+        _log.warning(memory_warning)
     # ---- setup
     train_set, eval_set = data_lib.create_datasets(cfg)
     info = data_lib.dataset_info(cfg.dataset)
