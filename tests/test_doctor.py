@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train
-from utils import doctor
+from utils import cuda_env, doctor
 from utils.config import parse_config
 from utils.determinism import apply_determinism, resolve_deterministic
 from utils.distributed import resolve_device
@@ -33,7 +33,7 @@ def test_architecture_support_follows_cuda_binary_compatibility(capability, supp
 def _machine(monkeypatch, build="13.0", driver=(13, 0), gpus=()):
     """Pretend this machine has a torch build for CUDA ``build``, a driver and GPUs of the given capabilities."""
     monkeypatch.setattr(torch.version, "cuda", build)
-    monkeypatch.setattr(doctor, "driver_cuda_version", lambda: driver)
+    monkeypatch.setattr(cuda_env, "driver_cuda_version", lambda: driver)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(gpus))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ARCHES)

@@ -10,22 +10,21 @@ for CUDA may start.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import shutil
 import sys
 import sysconfig
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 
+from utils import cuda_env
+from utils.cuda_env import (arch_supported, build_cuda_version, cuda_problem, driver_cuda_version,
+                            driver_fix, sm_name, wants_cuda)
+
 __all__ = ["Check", "cuda_problem", "driver_cuda_version", "arch_supported", "wants_cuda", "neuron_kernel",
            "cheap_checks", "run_checks", "main"]
-
-# Oldest Linux driver of each CUDA major version (NVIDIA's CUDA toolkit release notes).
-_MIN_DRIVER = {11: "450", 12: "525", 13: "580"}
-CPU_HINT = "to run on the CPU anyway pass --device cpu"
 
 
 @dataclasses.dataclass
@@ -42,94 +41,9 @@ class Check:
         return text + (f"\n{'':16}fix: {self.fix}" if self.fix else "")
 
 
-# ------------------------------------------------------------------------------------------- CUDA
-def driver_cuda_version() -> Optional[Tuple[int, int]]:
-    """The CUDA version the installed NVIDIA driver supports, e.g. ``(13, 0)``; None without a driver."""
-    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so", "libcuda.dylib")
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        version = ctypes.c_int(0)
-        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
-            return version.value // 1000, (version.value % 1000) // 10
-    return None
-
-
-def _build_cuda() -> Optional[Tuple[int, int]]:
-    if not torch.version.cuda:
-        return None
-    major, minor = (torch.version.cuda.split(".") + ["0"])[:2]
-    return int(major), int(minor)
-
-
-def arch_supported(capability: Tuple[int, int], arch_list: Sequence[str]) -> bool:
-    """Whether a build with kernels for ``arch_list`` (``torch.cuda.get_arch_list()``) runs on a GPU of
-    ``capability``: a binary for sm_XY runs on the same major X with minor >= Y; PTX (compute_XY) on any
-    capability >= XY."""
-    cap = capability[0] * 10 + capability[1]
-    for arch in arch_list:
-        kind, _, num = arch.partition("_")
-        if not num.isdigit():
-            continue
-        n = int(num)
-        if kind == "sm" and n // 10 == capability[0] and n <= cap:
-            return True
-        if kind == "compute" and n <= cap:
-            return True
-    return False
-
-
-def _sm(capability: Tuple[int, int]) -> str:
-    return f"sm_{capability[0]}{capability[1]}"
-
-
-def _driver_fix(build: Tuple[int, int]) -> str:
-    need = _MIN_DRIVER.get(build[0])
-    return (f"install an NVIDIA driver for CUDA {build[0]}.x" + (f" ({need} or newer)" if need else "")
-            + f", or a torch build for your driver's CUDA version; {CPU_HINT}")
-
-
-def cuda_problem(index: Optional[int] = None) -> Optional[str]:
-    """Why this machine cannot run CUDA with this torch build (with the fix), or None when it can.
-
-    ``index``: the GPU the run will use (default: any visible one must be usable).
-    """
-    build = _build_cuda()
-    if build is None:
-        return (f"torch {torch.__version__} is built without CUDA; install a CUDA build of torch "
-                f"(pip install -r requirements.txt on Linux x86-64); {CPU_HINT}")
-    driver = driver_cuda_version()
-    if driver is None:
-        return f"no NVIDIA driver found (libcuda cannot be loaded); {_driver_fix(build)}"
-    if driver[0] < build[0]:
-        return (f"the NVIDIA driver is too old for this build: it supports CUDA {driver[0]}.{driver[1]}, torch "
-                f"{torch.__version__} needs CUDA {build[0]}.x; {_driver_fix(build)}")
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-        return f"no CUDA device is visible{where}; check nvidia-smi and CUDA_VISIBLE_DEVICES; {CPU_HINT}"
-    indices = [index % torch.cuda.device_count()] if index is not None else range(torch.cuda.device_count())
-    arches = torch.cuda.get_arch_list()
-    for i in indices:
-        cap = torch.cuda.get_device_capability(i)
-        if not arch_supported(cap, arches):
-            return (f"GPU {i} ({torch.cuda.get_device_name(i)}) is architecture {_sm(cap)}, which torch "
-                    f"{torch.__version__} does not support (it has kernels for {' '.join(arches)}); use a "
-                    f"supported GPU or a torch build for {_sm(cap)}; {CPU_HINT}")
-    return None
-
-
-def wants_cuda(device: str) -> bool:
-    """Whether a run with ``device`` (auto | cpu | cuda | cuda:N) will use a GPU on this machine."""
-    device = (device or "auto").lower()
-    return device.startswith("cuda") or (device == "auto" and cuda_problem() is None)
-
-
 # ------------------------------------------------------------------------------------------- checks
 def _check_torch(cuda: bool) -> Check:
-    build = _build_cuda()
+    build = build_cuda_version()
     if build is None:
         return Check("FAIL" if cuda else "PASS", "torch", f"{torch.__version__}, built without CUDA",
                      cuda_problem() if cuda else "")
@@ -138,21 +52,21 @@ def _check_torch(cuda: bool) -> Check:
 
 
 def _check_driver(cuda: bool) -> Check:
-    build, driver = _build_cuda(), driver_cuda_version()
+    build, driver = build_cuda_version(), cuda_env.driver_cuda_version()
     if build is None:
         return Check("PASS", "driver", "not needed: torch is built without CUDA")
     if driver is None:
         if not cuda:
             return Check("PASS", "driver", "none found (not needed: the run uses the CPU)")
-        return Check("FAIL", "driver", "no NVIDIA driver found (libcuda cannot be loaded)", _driver_fix(build))
+        return Check("FAIL", "driver", "no NVIDIA driver found (libcuda cannot be loaded)", driver_fix(build))
     text = f"supports CUDA {driver[0]}.{driver[1]}; this build needs {build[0]}.x"
     if driver[0] < build[0]:
-        return Check("FAIL" if cuda else "WARN", "driver", "too old: " + text, _driver_fix(build))
+        return Check("FAIL" if cuda else "WARN", "driver", "too old: " + text, driver_fix(build))
     return Check("PASS", "driver", text)
 
 
 def _check_gpus(cuda: bool, index: Optional[int]) -> List[Check]:
-    if _build_cuda() is None or driver_cuda_version() is None:
+    if build_cuda_version() is None or cuda_env.driver_cuda_version() is None:
         return [Check("FAIL", "gpu", "no usable CUDA device (see the lines above)") if cuda else
                 Check("PASS", "gpu", "none (not needed: the run uses the CPU)")]
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
@@ -161,7 +75,7 @@ def _check_gpus(cuda: bool, index: Optional[int]) -> List[Check]:
     out, arches = [], torch.cuda.get_arch_list()
     for i in range(torch.cuda.device_count()):
         props, cap = torch.cuda.get_device_properties(i), torch.cuda.get_device_capability(i)
-        text = f"{i}: {props.name}, {_sm(cap)}, {props.total_memory / 2**30:.1f} GiB"
+        text = f"{i}: {props.name}, {sm_name(cap)}, {props.total_memory / 2**30:.1f} GiB"
         if arch_supported(cap, arches):
             out.append(Check("PASS", "gpu", text + ", supported by this build"))
         else:
