@@ -32,7 +32,8 @@ from .mixup import create_mixup, mixup_active
 from .options import DATA_DEFAULTS, DATA_OPTIONS, get_option
 from .spec import REPO_ROOT, DatasetSpec, Splits, prepare_cmd
 from .synthetic import SyntheticDataset, build_synthetic
-from .table import (_ALIASES, DATASETS, canonical_name, check_data_config, check_num_classes, create_datasets,
+from .table import _ALIASES as _ALIASES  # the alias map itself (tests add to it)
+from .table import (DATASETS, canonical_name, check_data_config, check_num_classes, create_datasets,
                     data_root, dataset_info, expected_tree, missing_data_error, prepare_text)
 from .transforms import EventFrames, cifar_transforms, imagenet_transforms
 
@@ -43,5 +44,4 @@ __all__ = ["DATASETS", "DatasetSpec", "Splits", "DATA_OPTIONS", "DATA_DEFAULTS",
            "verify_files", "create_mixup", "mixup_active", "cifar_transforms", "imagenet_transforms", "EventFrames",
            "DigitsDataset", "SyntheticDataset", "CIFAR10Files", "CIFAR100Files", "CheckedImageFolder",
            "split_per_class", "frames_dir", "CIFAR10DVS_TRAIN_RATIO", "CIFAR10DVS_URL", "GESTURE_URL",
-           "GESTURE_FILES", "build_digits", "build_synthetic", "build_cifar", "build_imagefolder", "build_events",
-           "_ALIASES"]
+           "GESTURE_FILES", "build_digits", "build_synthetic", "build_cifar", "build_imagefolder", "build_events"]
