@@ -32,7 +32,9 @@ def test_case6_regenerated_from_seed_matches_reference():
     """Seeded construction + BN warm-up reproduce every tensor bitwise; logits and grads within tolerance."""
     res = check_file(os.path.join(GOLDEN, "case6_cifar_max_resnet18.pt"))
     assert res.passed, res.line()
-    assert set(res.checks) == {"rng", "sha256"} and res.n_grads == 43  # all BN params and fc1
+    # "kernels": where oneDNN's convolutions round differently on this CPU, the case ran on PyTorch's own
+    assert set(res.checks) - {"kernels"} == {"rng", "sha256"} and res.n_grads == 43  # all BN params and fc1
+    assert res.checks["sha256"][1].startswith("62/62 parameters")
 
 
 def test_case6_hashes_detect_other_weights():
