@@ -488,11 +488,13 @@ def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.cli import writable_file
+
     parser = argparse.ArgumentParser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
     conv.add_argument("src", metavar="IN", help="checkpoint to read (e.g. the authors' 10-768-T4.pth.tar)")
-    conv.add_argument("dst", metavar="OUT", help="file to write")
+    conv.add_argument("dst", metavar="OUT", type=writable_file, help="file to write")
     conv.add_argument("--model", default=None, help="registered model name (default: the one the file records)")
     conv.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
                       help="model settings, e.g. num_classes=100 embed_dims=384")
@@ -513,4 +515,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))
