@@ -486,6 +486,21 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
     return cfg
 
 
+def check_run_paths(cfg) -> None:
+    """Before a run writes anything: ``<output>/<experiment>`` stays inside the output root and can be written
+    (not a file, not read-only, not full), and the checkpoints it reads exist and are readable files."""
+    from utils.cli import inside_problem, readable_file_problem, writable_folder_problem
+
+    problem = (inside_problem(cfg.output, cfg.experiment)
+               or writable_folder_problem(os.path.join(cfg.output, cfg.experiment), "run folder"))
+    for key in ("resume", "initial_checkpoint"):
+        path = cfg.get(key)
+        if not problem and path and not (key == "resume" and path == "auto"):
+            problem = readable_file_problem(os.path.expanduser(path), f"{_flag(key)} checkpoint")
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_model(cfg) -> None:
     """``cfg.model`` is registered and ``cfg.model_kwargs`` fit its constructor (names and value types)."""
     from models import ModelError, check_model_kwargs
