@@ -115,7 +115,7 @@ def _damage(path: str, size: int, err: BaseException) -> Tuple[str, str]:
         return "not a checkpoint", f"it is a text file (first line: {first!r})"
     text = str(err).lower()
     if isinstance(err, EOFError) or any(t in text for t in ("ran out of input", "unexpected eof", "truncated",
-                                                            "end of file")):
+                                                            "end of file", "unpack requires a buffer")):
         return "truncated", "its data ends early"
     return "damaged", f"torch.load cannot parse it: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
 
