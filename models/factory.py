@@ -61,6 +61,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 _BUILDER_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
                    "cache_dir", "scriptable", "exportable", "no_jit", "features_only", "out_indices", "feature_cls",
                    "drop_rate", "drop_path_rate", "drop_block_rate")
+_INT32_MAX = 2 ** 31 - 1
 # Values a constructor documents besides its annotation (NeuronConfig: v_reset='soft' is the soft reset).
 _ALSO_ACCEPTED = {"v_reset": ("soft",)}
 
@@ -175,6 +176,11 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
             hint = (f"Did you mean: {', '.join(close)}?" if close else
                     f"It takes: {', '.join(k for k in types if k not in _BUILDER_KWARGS)}.")
             raise ModelError(f"model '{name}' has no setting '{key}'. {hint}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        big = [v for v in items if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _INT32_MAX]
+        if big:
+            raise ModelError(f"'{key}' of model '{name}' is {value!r}: {big[0]} is larger than any size a model "
+                             f"can have (at most {_INT32_MAX})")
         hint_t = types[key]
         if value is None or hint_t is None or value in _ALSO_ACCEPTED.get(key, ()) or _fits(value, hint_t):
             continue

@@ -515,6 +515,29 @@ def check_model(cfg) -> None:
     except ModelError as err:
         raise ConfigError(f"config key 'model_kwargs': {err}" if kwargs and "unknown model" not in str(err)
                           else f"config key 'model': {err}") from None
+    _build_on_meta(cfg, kwargs)
+
+
+def _build_on_meta(cfg, kwargs) -> None:
+    """Build the model on the meta device (no memory, no weights): the constructor's own checks (a width that
+    the heads do not divide, per-stage list lengths, ...) stop the run before anything is written."""
+    import torch
+
+    from models import ModelError, create_model
+
+    num_classes = cfg.get("num_classes")
+    if num_classes is None and "dataset" in cfg:
+        from utils.data import dataset_info
+
+        num_classes = dataset_info(cfg.dataset)["num_classes"]
+    try:
+        with torch.device("meta"):
+            create_model(cfg.model, num_classes=num_classes, T=cfg.get("T"), **kwargs)
+    except ModelError as err:
+        raise ConfigError(f"config keys 'model'/'model_kwargs': {err}".replace("rejected kwargs",
+                                                                              "rejected model_kwargs")) from None
+    except Exception:  # anything else (a model that cannot live on the meta device) is reported by the real build
+        pass
 
 
 def _flag(key: str) -> str:

@@ -53,6 +53,9 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import BaseCounter, DispatchCounterMode, MACCounter, SynOpCounter
 
+from utils.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: F401 (re-exported)
+                       positive_int, readable_file, run_main, writable_folder)
+
 aten = torch.ops.aten
 
 __all__ = [
@@ -615,8 +618,6 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
     return model
 
 
-from utils.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: E402,F401
-                       positive_int, readable_file, run_main, writable_folder)
 
 
 def main(argv=None) -> int:
