@@ -431,13 +431,15 @@ def format_status(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # command line
 def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import any_int, existing_folder, machine_count, non_negative_int, positive_float, positive_int
+    from utils.cli import (any_int, existing_folder, machine_count, non_negative_int, positive_float, positive_int,
+                           writable_folder)
 
     p = argparse.ArgumentParser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
     p.add_argument("configs", nargs="*", help="training configs (YAML), one or more")
     p.add_argument("--seeds", type=any_int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
-    p.add_argument("--output", "-o", default=None, help="sweep folder: DIR/<config stem>_s<seed>/ per run")
+    p.add_argument("--output", "-o", default=None, type=writable_folder,
+                   help="sweep folder: DIR/<config stem>_s<seed>/ per run")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, commands, resources); start nothing")
     p.add_argument("--status", metavar="DIR", default=None, type=existing_folder,
