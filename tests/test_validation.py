@@ -304,7 +304,7 @@ def test_utils_commands_check_their_flags(tmp_path, capsys):
         (sweep.main, ["--mem-gb", "nan", "--output", str(tmp_path)], r"--mem-gb: expected a finite number > 0"),
         (sweep.main, ["--status", str(afile)], r"--status: .*f.txt is a file, not a folder"),
         (sweep.main, ["--seeds", "1e3"], r"--seeds: expected an integer"),
-        (sweep.main, ["--output", str(afile / "sub")], r"--output: output folder .*f.txt .* is a file, not a folder"),
+        (sweep.main, ["--output", str(afile / "sub")], r"--output.*: output folder .*f.txt .* is a file, not a folder"),
         (tables.main, ["--runs", str(afile)], r"--runs: .*is a file, not a folder"),
         (tables.main, ["--runs", str(tmp_path), "--out", str(afile)], r"--out: .*is a file, not a folder"),
         (tables.main, ["--img-size", "-3"], r"--img-size: expected a positive integer, got -3"),
