@@ -54,14 +54,16 @@ CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_p
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="maxformer_cifar", help="registered model name (timm)")
     p.add_argument("--mode", default="train", choices=("train", "infer"))
-    p.add_argument("-b", "--batch-size", type=int, default=16)
-    p.add_argument("--T", type=int, default=None, help="time steps (default: the model's)")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=16)
+    p.add_argument("--T", type=positive_int, default=None, help="time steps (default: the model's)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
+    p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra model kwargs, YAML values, e.g. embed_dims=64 neuron=if depths=[1,1,2]")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
@@ -80,17 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
     p.add_argument("--device", default=None, help="cpu (default) or cuda; with --plan-memory the device planned "
                    "for (default cuda)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=machine_count(), default=None,
                    help="torch threads (default: as train.py, the cores other processes leave free)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="'' disables")
+    p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="'' disables",
+                   type=lambda text: writable_file(text) if text else text)
     p.add_argument("--peak", action="store_true", help="measure the matmul peak (fp32, bf16) and report fractions")
     p.add_argument("--sweep", action="store_true", help="sweep T in --sweep-T and batch sizes in --sweep-batch-sizes")
-    p.add_argument("--sweep-T", default="1,2,4,8")
-    p.add_argument("--sweep-batch-sizes", default="1,4,16")
+    p.add_argument("--sweep-T", default=[1, 2, 4, 8], type=int_list())
+    p.add_argument("--sweep-batch-sizes", default=[1, 4, 16], type=int_list())
     p.add_argument("--smoke", action="store_true", help="tiny width, 1 warm-up + 1 step (tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--no-subprocess", action="store_true",
                    help="sweep in this process (peak memory is then cumulative)")
     p.add_argument("--compare-eager", action="store_true",
@@ -445,9 +448,27 @@ def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
     return out + ["--T", str(T), "--batch-size", str(b), "--csv", ""]
 
 
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """What argparse's types cannot see: the device string and the model kwargs (before any measurement)."""
+    from models import ModelError, check_model_kwargs, parse_model_kwargs
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"argument --device: expected cpu, cuda or cuda:N, got {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: expected cpu, cuda or cuda:N, got {args.device!r}")
+    try:
+        check_model_kwargs(args.model, parse_model_kwargs(args.model_kwargs))
+    except ModelError as err:
+        parser.error(f"argument --model/--model-kwargs: {err}")
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     if args.smoke:
         args.warmup, args.steps = min(args.warmup, 1), 1
         args.img_size = args.img_size or 32
@@ -460,8 +481,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         return [plan(args)]
     rows = []
     if args.sweep:
-        for T in [int(t) for t in args.sweep_T.split(",")]:
-            for b in [int(s) for s in args.sweep_batch_sizes.split(",")]:
+        for T in args.sweep_T:
+            for b in args.sweep_batch_sizes:
                 child = _child_argv(argv, T, b)
                 if args.no_subprocess:
                     row = measure(build_parser().parse_args(child))
@@ -487,4 +508,6 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

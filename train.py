@@ -269,12 +269,11 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     (:class:`TrainingStopped`); ``command`` is written into ``run.lock``.
     """
     from utils.atomic_file import FileWriteError
+    from utils.config import check_run_paths
     from utils.engine import NonFiniteLossError
     from utils.run_folder import RunFolder
 
-    if cfg.eval_metric == "ema_top1" and not cfg.model_ema:
-        raise ConfigError("eval_metric ema_top1 selects best.pth.tar by the EMA's top-1, but model_ema is false "
-                          "(no EMA is kept): pass --model-ema true, or --eval-metric top1")
+    check_run_paths(cfg)
     dist_info = _setup_process(cfg)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
@@ -617,6 +616,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"stopped by {signal.Signals(err.signum).name} {err.where}. Continue with:\n  {resume_command(argv)}",
                   file=sys.stderr)
         return 128 + err.signum
+    except OSError as err:  # the last line of defence: paths are checked before the run starts
+        from utils.cli import describe_os_error
+
+        if is_main():
+            print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if is_main() and cfg is not None:
             print(f"\ninterrupted; the last checkpoint is that of the last finished epoch. Continue with:\n"

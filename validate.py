@@ -25,7 +25,7 @@ VALIDATE_OPTIONS = {
     "results_file": Option("", str, "write the results as JSON to this file"),
     "trust_checkpoint": Option(False, bool, "allow arbitrary pickled objects in the checkpoint (trusted files only)"),
     "energy": Option(False, bool, "also measure firing rates, SOPs and energy (paper App. B) on the eval data"),
-    "energy_batches": Option(4, int, "eval batches the energy measurement averages over"),
+    "energy_batches": Option(4, int, "eval batches the energy measurement averages over", low=1),
     "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)"),
 }
 
@@ -58,6 +58,23 @@ def prepare_results_file(path: str) -> str:
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ConfigError(f"--results-file: {path} is not writable; choose another path")
     return path
+
+
+def check_paths(cfg) -> None:
+    """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
+    from utils.cli import readable_file_problem, writable_folder_problem
+
+    if not cfg.checkpoint:
+        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
+    if not os.path.isdir(cfg.checkpoint):  # a folder: utils.checkpoint names the files inside it
+        problem = readable_file_problem(cfg.checkpoint, "--checkpoint")
+        if problem and os.path.exists(cfg.checkpoint):
+            raise ConfigError(problem)
+    if cfg.energy:
+        out = cfg.energy_out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "energy")
+        problem = writable_folder_problem(out, "--energy-out folder")
+        if problem:
+            raise ConfigError(problem)
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
@@ -140,6 +157,7 @@ def run(cfg) -> Dict[str, Any]:
     from utils.engine import amp_context, evaluate
 
     results_file = prepare_results_file(cfg.results_file) if cfg.results_file and is_main() else None
+    check_paths(cfg)
     model, loader, dist_info, num_classes = build_eval(cfg)
     try:
         autocast = amp_context(cfg.amp, dist_info.device)
@@ -187,6 +205,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except input_errors() as err:
         return report_input_error(err)
+    except OSError as err:  # the last line of defence: paths are checked before the evaluation
+        from utils.cli import describe_os_error
+
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     finally:
         cleanup()
 

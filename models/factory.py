@@ -2,20 +2,25 @@
 
 * :func:`list_our_models` — the names this repository registers with timm (and no others);
 * :func:`create_model` — any of them from a name and kwargs, with errors that say the fix;
+* :func:`check_model_kwargs` — kwargs checked against the registered model's constructor (names with
+  did-you-mean, value types) before anything is built;
 * :func:`parse_model_kwargs` — the one ``key=value`` grammar of every ``--model-kwargs`` flag;
 * :func:`input_spec` — the input a model takes, read from its registered config (never from its name).
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import inspect
+import typing
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch.nn as nn
 import yaml
 
-__all__ = ["ModelError", "OUR_MODULES", "list_our_models", "create_model", "parse_model_kwargs", "parse_value",
-           "InputSpec", "input_spec"]
+__all__ = ["ModelError", "OUR_MODULES", "list_our_models", "create_model", "check_model_kwargs", "model_kwarg_types",
+           "parse_model_kwargs", "parse_value", "InputSpec", "input_spec"]
 
 # timm registers a model under the last component of its module's name.
 OUR_MODULES = ("maxformer", "ms_resnet", "spikformer")
@@ -42,11 +47,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """
     import timm
 
-    ours = list_our_models()
-    if name not in ours and not timm.is_model(name):
-        close = difflib.get_close_matches(name, ours, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else f" Registered: {', '.join(ours)}."
-        raise ModelError(f"unknown model '{name}'.{hint}")
+    check_model_kwargs(name, kwargs)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         return timm.create_model(name, **kwargs)
@@ -54,6 +55,141 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ModelError(f"model '{name}' rejected kwargs {kwargs}: {err}") from None
     except ValueError as err:
         raise ModelError(f"model '{name}' with kwargs {kwargs}: {err}") from None
+
+
+# Keyword arguments that timm.create_model and our builder take besides the constructor's (no type checked).
+_BUILDER_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
+                   "cache_dir", "scriptable", "exportable", "no_jit", "features_only", "out_indices", "feature_cls",
+                   "drop_rate", "drop_path_rate", "drop_block_rate")
+_INT32_MAX = 2 ** 31 - 1
+# Values a constructor documents besides its annotation (NeuronConfig: v_reset='soft' is the soft reset).
+_ALSO_ACCEPTED = {"v_reset": ("soft",)}
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    ours = list_our_models()
+    if not isinstance(name, str) or (name not in ours and not timm.is_model(name)):
+        close = difflib.get_close_matches(str(name), ours, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else f" Registered: {', '.join(ours)}."
+        raise ModelError(f"unknown model '{name}'.{hint}")
+
+
+def _model_class(name: str) -> Optional[type]:
+    """The class a registered model of ours builds: the :class:`SpikingModel` defined in its entry point's module."""
+    from timm.models import model_entrypoint
+
+    from .common import SpikingModel
+
+    module = getattr(model_entrypoint(name), "__module__", None)
+    found, todo = [], list(SpikingModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__ == module:
+            found.append(cls)
+    return found[0] if len(found) == 1 else None
+
+
+def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
+    """``{kwarg: annotation or None}`` that model ``name`` accepts, read from its class's constructor (plus the
+    neuron settings its ``**kwargs`` takes and timm's builder kwargs); None for a model that is not ours."""
+    from .common import NEURON_KWARGS
+    from .neurons import NeuronConfig
+
+    _check_name(name)
+    cls = _model_class(name) if name in list_our_models() else None
+    if cls is None:
+        return None
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: check the names only
+        hints = {}
+    out: Dict[str, Any] = {k: None for k in _BUILDER_KWARGS}
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            neuron_hints = typing.get_type_hints(NeuronConfig)
+            out.update({k: neuron_hints.get(k) for k in NEURON_KWARGS})
+        elif p.kind is not p.VAR_POSITIONAL:
+            out[p.name] = hints.get(p.name)
+    return out
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is None or hint is Any:
+        return True
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (collections.abc.Sequence, list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if origin in (collections.abc.Sequence, list, tuple) or hint in (list, tuple):
+        elem = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(
+            args[0] if args else None, "values")
+        return f"a list of {elem}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the value {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, (list, tuple)):
+        return f"the list {list(value)!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before anything is built, an unknown model, a kwarg that the model's constructor does not take
+    (did-you-mean from its own signature) or a value of the wrong type; :class:`ModelError` says which and
+    the fix. ``None`` values mean "the default" and pass."""
+    types = model_kwarg_types(name)
+    if types is None:
+        return
+    for key, value in kwargs.items():
+        if key not in types:
+            close = difflib.get_close_matches(str(key), list(types), n=3, cutoff=0.6)
+            hint = (f"Did you mean: {', '.join(close)}?" if close else
+                    f"It takes: {', '.join(k for k in types if k not in _BUILDER_KWARGS)}.")
+            raise ModelError(f"model '{name}' has no setting '{key}'. {hint}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        big = [v for v in items if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _INT32_MAX]
+        if big:
+            raise ModelError(f"'{key}' of model '{name}' is {value!r}: {big[0]} is larger than any size a model "
+                             f"can have (at most {_INT32_MAX})")
+        hint_t = types[key]
+        if value is None or hint_t is None or value in _ALSO_ACCEPTED.get(key, ()) or _fits(value, hint_t):
+            continue
+        fix = ""
+        if isinstance(value, str):
+            parsed = parse_value(value)
+            if not isinstance(parsed, str) and _fits(parsed, hint_t):
+                fix = f"; write {key}: {value} without quotes"
+        raise ModelError(f"'{key}' of model '{name}' takes {_describe(hint_t)}, got {_what(value)}{fix}")
 
 
 def parse_value(text: str) -> Any:

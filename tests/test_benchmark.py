@@ -70,17 +70,18 @@ def test_matmul_peak_and_fraction(tmp_path):
     assert set(peak) >= {"fp32", "bf16"} and all(v > 0 for v in peak.values())
 
 
-def test_model_kwargs_errors(tmp_path):
+def test_model_kwargs_errors(tmp_path, capsys):
     # the one grammar of every --model-kwargs flag (models.parse_model_kwargs): YAML values, bare comma lists
     rows, _ = _run(tmp_path, "--eager", "--mode", "infer", "--model-kwargs", "neuron=if", "v_reset=none", "tau=2.5")
     assert json.loads(rows[0]["model_kwargs"])["v_reset"] is None
     from models import parse_model_kwargs
     assert parse_model_kwargs(["depths=1,1,2", "mixers=[ssa, max]", "tau=2.5"]) == {
         "depths": [1, 1, 2], "mixers": ["ssa", "max"], "tau": 2.5}
-    with pytest.raises(SystemExit, match="key=value"):
-        _run(tmp_path, "--eager", "--model-kwargs", "embed_dims")
-    with pytest.raises(SystemExit, match="cannot build 'maxformer_cifr'"):
-        _run(tmp_path, "--eager", "--model", "maxformer_cifr")
+    for argv, message in ((["--model-kwargs", "embed_dims"], "key=value"),
+                          (["--model", "maxformer_cifr"], "unknown model 'maxformer_cifr'. Did you mean")):
+        with pytest.raises(SystemExit) as exc:  # refused before any model is built
+            _run(tmp_path, "--eager", *argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         benchmark.main(["--smoke", "--mode", "validate"])
 

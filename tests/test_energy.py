@@ -208,7 +208,7 @@ def test_cli_unknown_model_names_close_match(capsys):
     (["--e-mac", "nan"], "argument --e-mac: expected a finite number >= 0"),
     (["--e-ac", "-0.9"], "argument --e-ac: expected a finite number >= 0"),
     (["--model-kwargs", "embed_dims"], "key=value"),
-    (["--model-kwargs", "embed_dimz=8"], "rejected kwargs"),
+    (["--model-kwargs", "embed_dimz=8"], "has no setting 'embed_dimz'. Did you mean: embed_dims"),
     (["--checkpoint", "no/such/file.pth.tar"], "checkpoint not found"),
 ])
 def test_cli_bad_input_is_a_clear_error(args, message, capsys, tmp_path):

@@ -23,9 +23,12 @@ PY = sys.executable
 def tiny_config(folder, name, extra=""):
     """A digits config that trains in about a second per epoch (startup dominates)."""
     path = os.path.join(folder, f"{name}.yaml")
+    lines = ["img_size: 8", "T: 1", "epochs: 2", "fastpath: false", "max_train_batches: 4", "max_eval_batches: 1",
+             "log_interval: 100", "progress: false"]
+    given = {line.split(":")[0] for line in extra.splitlines()}  # a key of ``extra`` replaces the default one
     with open(path, "w") as f:
-        f.write(f"base: {ROOT}/demo/digits.yaml\nimg_size: 8\nT: 1\nepochs: 2\nfastpath: false\n"
-                f"max_train_batches: 4\nmax_eval_batches: 1\nlog_interval: 100\nprogress: false\n{extra}")
+        f.write(f"base: {ROOT}/demo/digits.yaml\n" + "".join(f"{line}\n" for line in lines
+                                                               if line.split(":")[0] not in given) + extra)
     return path
 
 

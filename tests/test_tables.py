@@ -103,7 +103,9 @@ def test_results_mean_std_over_seeds_and_unfinished_rows(tmp_path, capsys):
 
 
 def test_results_errors(tmp_path, capsys):
-    assert main(["--runs", str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--runs", str(tmp_path / "nope")])
+    assert exc.value.code == 2 and "folder not found" in capsys.readouterr().err
     assert main(["--runs", str(tmp_path)]) == 2
     assert "no run folders" in capsys.readouterr().err
 

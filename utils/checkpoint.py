@@ -14,7 +14,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,23 +33,105 @@ class CheckpointError(RuntimeError):
 
 
 # ------------------------------------------------------------------ reading files
-def _broken_reason(err: BaseException) -> str:
-    text = str(err)
-    if isinstance(err, EOFError) or "Ran out of input" in text:
-        return "the data ends early"
-    if "zip archive" in text or "central directory" in text:
-        return "its zip archive is incomplete"
-    return f"torch.load cannot parse it: {type(err).__name__}"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+# Modules whose callables torch's weights_only unpickler never admits: a file naming them holds code to run.
+_CODE_MODULES = ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "shutil", "socket",
+                 "importlib", "runpy", "pty", "code", "ctypes", "marshal", "pickle", "webbrowser", "commands")
+
+
+def _pickle_scan(data: bytes) -> Tuple[List[str], Optional[str]]:
+    """Globals a pickle stream names and why it cannot be read to its end (None: it can), without running it."""
+    import pickletools
+
+    found: List[str] = []
+    strings: List[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STOP":
+                break
+        else:
+            return found, "its data ends before its end marker"
+    except ValueError as err:
+        text = str(err)
+        return found, ("its data ends before its end marker" if "exhausted" in text or "STOP" in text
+                       else f"its data is damaged ({text})")
+    return found, None
+
+
+def _unsafe_globals(path: str, err: BaseException) -> List[str]:
+    """What safe loading refused in ``path``: the globals outside torch's allowlist (and ``argparse.Namespace``)."""
+    names: List[str] = []
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint (a raw or legacy pickle), or damaged
+        text = str(err)
+        if "Weights only load failed" in text or "weights_only" in text:
+            names = re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"got <class '([\w.]+)'>", text)
+            if os.path.getsize(path) <= 1 << 26:  # the pickle's own globals (read, never run)
+                with open(path, "rb") as f:
+                    scanned, _ = _pickle_scan(f.read())
+                names += [n for n in scanned if not n.startswith(("torch.", "collections.OrderedDict"))]
+    return sorted({n for n in names if n != "argparse.Namespace"})
+
+
+def _damage(path: str, size: int, err: BaseException) -> Tuple[str, str]:
+    """``(kind, detail)`` of a file ``torch.load`` cannot read: kind is truncated | damaged | not a checkpoint."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(min(size, 1 << 16))
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                bad = z.testzip()
+        except zipfile.BadZipFile:
+            return "truncated", "its zip archive ends before its index (central directory)"
+        except (OSError, EOFError, zipfile.LargeZipFile) as e:
+            return "truncated", f"its zip archive cannot be read to its end ({e})"
+        if not any(n.endswith("data.pkl") for n in names):
+            return "not a checkpoint", "a zip archive without the data.pkl of torch.save"
+        if bad:
+            return "damaged", f"its entry {bad} fails its checksum"
+    elif head[:1] == bytes([_PICKLE_PROTO]) and size <= 1 << 26:
+        with open(path, "rb") as f:
+            _, why = _pickle_scan(f.read())
+        if why and "ends before" in why:
+            return "truncated", why
+        if why:
+            return "damaged", why
+    elif not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTO]):
+        try:
+            text = head[:200].decode("utf-8")
+        except UnicodeDecodeError:
+            return "not a checkpoint", f"unknown format, it starts with the bytes {head[:8]!r}"
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return "not a checkpoint", f"it is a text file (first line: {first!r})"
+    text = str(err).lower()
+    if isinstance(err, EOFError) or any(t in text for t in ("ran out of input", "unexpected eof", "truncated",
+                                                            "end of file", "unpack requires a buffer")):
+        return "truncated", "its data ends early"
+    return "damaged", f"torch.load cannot parse it: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
 
 
 def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False,
-                    trust_flag: Optional[str] = None) -> Any:
-    """``torch.load`` on CPU with ``weights_only`` safety; every failure is a :class:`CheckpointError`.
+                    trust_flag: Optional[str] = None, resume: bool = False) -> Any:
+    """``torch.load`` on CPU with ``weights_only`` safety; every failure is a :class:`CheckpointError` with the path.
 
     The authors' ``.pth.tar`` files also pickle an ``argparse.Namespace``; that one class is
     allow-listed. Files holding other objects need ``trust_pickle=True`` (only for files you trust).
     ``trust_flag`` names the command-line flag that sets ``trust_pickle`` for the caller (e.g.
-    ``"--trust-checkpoint"``); without one the advice points to ``convert --trust-checkpoint``.
+    ``"--trust-checkpoint"``); without one the advice points to ``convert --trust-checkpoint`` (and, with
+    ``resume``, to starting from the converted weights: a weights-only copy cannot be resumed).
+    A refusal is told apart from damage by reading the file's pickle, never by running it: pickled code
+    (``os.system`` and the like) is named as such, with no advice to trust it; a truncated file says truncated.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -57,9 +139,11 @@ def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False,
     if not os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
         near = sorted(f for f in os.listdir(folder) if ".pth" in f or f.endswith(".pt"))[:5] \
-            if os.path.isdir(folder) else []
+            if os.path.isdir(folder) and os.access(folder, os.R_OK) else []
         hint = f" Checkpoints in that folder: {', '.join(near)}." if near else ""
         raise CheckpointError(f"checkpoint not found: {path!r}.{hint}")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path!r} is not readable (permission denied); fix its permissions")
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): it was not written completely "
@@ -69,20 +153,41 @@ def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False,
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files; each is classified below
-        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if unsafe and not trust_pickle:
-            if trust_flag:
-                advice = f"If you trust where this file comes from, pass {trust_flag}."
-            else:
-                advice = (f"If you trust where this file comes from, write a weights-only copy once with "
-                          f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and use OUT.pth.tar.")
-            raise CheckpointError(
-                f"checkpoint {path!r} holds pickled Python objects ({', '.join(sorted(set(unsafe)))}) that safe "
-                f"(weights_only) loading refuses, because unpickling them can run code. {advice}") from None
-        raise CheckpointError(
-            f"checkpoint {path!r} ({size} bytes) is truncated, damaged or not a PyTorch checkpoint "
-            f"({_broken_reason(err)}). Fetch or copy it again, or check the path.") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {err.strerror or err}") from None
+    except Exception as err:  # torch raises many types for damaged or refused files; each is classified below
+        unsafe = [] if trust_pickle else _unsafe_globals(path, err)
+        if unsafe:
+            raise CheckpointError(_refusal(path, unsafe, trust_flag, resume)) from None
+        kind, detail = _damage(path, size, err)
+        if kind == "not a checkpoint":
+            raise CheckpointError(f"{path!r} ({size} bytes) is not a PyTorch checkpoint: {detail}. Check the path "
+                                  f"(a checkpoint is a file written by torch.save, e.g. last.pth.tar).") from None
+        raise CheckpointError(f"checkpoint {path!r} ({size} bytes) is {kind}: {detail}. It was not written or copied "
+                              f"completely; fetch or copy it again (or use another checkpoint of the run, e.g. "
+                              f"best.pth.tar)." if kind == "truncated" else
+                              f"checkpoint {path!r} ({size} bytes) is {kind}: {detail}. Fetch or copy it again.") \
+            from None
+
+
+def _refusal(path: str, unsafe: List[str], trust_flag: Optional[str], resume: bool = False) -> str:
+    """The message for a file that safe loading refuses because of the pickled objects ``unsafe``."""
+    code = [n for n in unsafe if n.split(".")[0] in _CODE_MODULES]
+    if code:
+        return (f"checkpoint {path!r} holds pickled code ({', '.join(code)}): loading it would run that code, so "
+                f"it is refused. A checkpoint needs no code; do not load this file, get the checkpoint again from "
+                f"a source you trust.")
+    if trust_flag:
+        advice = f"If you trust where this file comes from, pass {trust_flag}."
+    elif resume:
+        advice = (f"A run resumes only from a checkpoint train.py wrote. If you trust where this file comes from, "
+                  f"write a weights-only copy with '{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and "
+                  f"start from it with --initial-checkpoint OUT.pth.tar.")
+    else:
+        advice = (f"If you trust where this file comes from, write a weights-only copy once with "
+                  f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and use OUT.pth.tar.")
+    return (f"checkpoint {path!r} holds pickled Python objects ({', '.join(unsafe)}) that safe (weights_only) "
+            f"loading refuses, because unpickling them can run code. {advice}")
 
 
 def extract_state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -96,7 +201,8 @@ def extract_state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, torch.T
             break
     else:
         if key:
-            raise CheckpointError(f"checkpoint has no entry {key!r}; it has {sorted(obj)[:10]}")
+            hint = " (was it trained without model_ema? then leave out --use-ema)" if key == "state_dict_ema" else ""
+            raise CheckpointError(f"checkpoint has no entry {key!r}{hint}; it has {sorted(map(str, obj))[:10]}")
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"no tensors found in checkpoint (top-level keys: {sorted(obj)[:10]})")
@@ -128,7 +234,10 @@ def load_checkpoint(
     if not isinstance(obj, Mapping):
         source = f"checkpoint {os.fspath(obj)!r}"
         obj = read_checkpoint(obj, trust_pickle=trust_pickle, trust_flag=trust_flag)
-    sd = _strip_prefixes(extract_state_dict(obj, key))
+    try:
+        sd = _strip_prefixes(extract_state_dict(obj, key))
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     target = getattr(model, "module", model)  # accept a DDP-wrapped model
     hook = getattr(target, "filter_reference_state_dict", None)
     if callable(hook):
@@ -249,7 +358,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 def read_training_state(path: Union[str, os.PathLike], trust_flag: Optional[str] = None) -> Dict[str, Any]:
     """Load a checkpoint written by ``train.py`` for resuming; clear error for weights-only files."""
-    obj = read_checkpoint(path, trust_flag=trust_flag)
+    obj = read_checkpoint(path, trust_flag=trust_flag, resume=True)
     needed = ("state_dict", "optimizer", "epoch")
     if not isinstance(obj, Mapping) or any(k not in obj for k in needed):
         have = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
@@ -297,7 +406,7 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
         with torch.device("meta"):  # names and shapes only
             model = create_model(name, **dict(model_kwargs or {}))
     except ModelError as err:
-        raise CheckpointError(f"cannot build the model to convert to: {err}") from None
+        raise CheckpointError(f"cannot build the model to convert {os.fspath(src)!r} to: {err}") from None
     entries = [k for k in _STATE_DICT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
     out: Dict[str, Any] = {}
     if entries:
@@ -315,13 +424,19 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
 
 def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict[str, torch.Tensor]:
     """One state dict of ``obj`` renamed for ``model`` (checked to fit strictly, on the meta device)."""
-    sd = _strip_prefixes(extract_state_dict(obj, key))
+    try:
+        sd = _strip_prefixes(extract_state_dict(obj, key))
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {os.fspath(src)!r}: {err}") from None
     hook = getattr(model, "filter_reference_state_dict", None)
     if callable(hook):
         sd = hook(sd)
     renamed, renames, _ = convert_state_dict(model, sd)
     on_meta = {k: v.to("meta") for k, v in renamed.items()}
-    load_checkpoint(model, on_meta, log=None)  # raises the full listing if it does not fit
+    try:
+        load_checkpoint(model, on_meta, log=None)  # raises the full listing if it does not fit
+    except CheckpointError as err:
+        raise CheckpointError(f"{os.fspath(src)!r}: {err}") from None
     if not renames:
         log("  names already current")
     for old, new, how in renames:
@@ -330,11 +445,13 @@ def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.cli import writable_file
+
     parser = argparse.ArgumentParser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
     conv.add_argument("src", metavar="IN", help="checkpoint to read (e.g. the authors' 10-768-T4.pth.tar)")
-    conv.add_argument("dst", metavar="OUT", help="file to write")
+    conv.add_argument("dst", metavar="OUT", type=writable_file, help="file to write")
     conv.add_argument("--model", default=None, help="registered model name (default: the one the file records)")
     conv.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
                       help="model settings, e.g. num_classes=100 embed_dims=384")
@@ -355,4 +472,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

@@ -10,14 +10,23 @@
   current folder);
 * values are coerced to the key's type, so ``6e-2`` (a *string* for PyYAML) becomes 0.06, and checked
   against the key's range and choices;
-* an unknown key, a value of the wrong type or range, an empty or non-text config file raises
+* numbers must be finite and within the key's range (integers also within what their use can hold);
+  :data:`RELATIONS` checks the keys against each other (``min_lr`` never above the lr, a [min, max] pair
+  in order, ...), and ``model``/``model_kwargs`` are checked against the model's constructor before
+  anything is built or written;
+* YAML is strict: a key given twice in one mapping is refused with both line numbers; in a child config
+  ``key: null`` restores the key's default and ``key: {}`` replaces an inherited mapping (a non-empty
+  mapping is merged into the inherited one);
+* an unknown key, a value of the wrong type or range, an empty, unreadable or non-text config file raises
   :class:`ConfigError` naming the key, the value and the fix; the entry points print it and exit with
   status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import math
 import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -29,8 +38,11 @@ from utils.options import ConfigError, Option  # shared with utils.data, which d
 __all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "parse_config", "load_yaml", "all_options"]
 
 
-def _o(default, type_=None, help="", choices=None, short=None):
-    return Option(default, type_, help, choices, short)
+def _o(default, type_=None, help="", choices=None, short=None, low=None, high=None, length=None):
+    return Option(default, type_, help, choices, short, low, high, length)
+
+
+INT32_MAX = 2 ** 31 - 1  # the largest count a key may hold unless its Option says otherwise (tensor sizes, loaders)
 
 
 # Keys owned by the training engine. Data keys come from utils.data.DATA_OPTIONS.
@@ -43,42 +55,42 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
     "pretrained": _o(False, bool, "start from the model's released weights (timm pretrained cfg, e.g. --model "
                      "maxformer_10_768.t4_in1k; downloaded once); a new classifier if num_classes differs"),
-    "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)"),
+    "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)", low=-2 ** 63, high=2 ** 63 - 1),
     "deterministic": _o(None, bool, "the reproducibility switch: true = deterministic algorithms, fp32 without TF32 "
                         "(bit-exact resume); false = fastest (cuDNN autotuning, TF32 on CUDA); null (default) = "
                         "true on CPU, false on CUDA"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
     "threads": _o(0, int, "CPU threads per process; 0 = automatic: the cores other processes leave free, "
-                  "re-measured during the run (OMP_NUM_THREADS, when set, is kept)"),
+                  "re-measured during the run (OMP_NUM_THREADS, when set, is kept)", low=0),
     # model
     "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
     "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ... adds to "
                         "the YAML's; start with 'none' to replace them"),
-    "num_classes": _o(None, int, "number of classes, >= the dataset's (default: from the dataset)"),
-    "T": _o(4, int, "time steps (model attribute .T)", short="-T"),
+    "num_classes": _o(None, int, "number of classes, >= the dataset's (default: from the dataset)", low=1),
+    "T": _o(4, int, "time steps (model attribute .T)", short="-T", low=1),
     # schedule / optimisation
-    "epochs": _o(400, int, "epochs of the lr schedule (warmup included), cooldown epochs come on top"),
-    "cooldown_epochs": _o(0, int, "epochs at min_lr after the schedule"),
-    "warmup_epochs": _o(0, int, "linear warmup epochs"),
-    "warmup_lr": _o(1e-5, float, "lr at the start of warmup"),
+    "epochs": _o(400, int, "epochs of the lr schedule (warmup included), cooldown epochs come on top", low=1),
+    "cooldown_epochs": _o(0, int, "epochs at min_lr after the schedule", low=0),
+    "warmup_epochs": _o(0, int, "linear warmup epochs", low=0),
+    "warmup_lr": _o(1e-5, float, "lr at the start of warmup", low=0),
     "warmup_prefix": _o(False, bool, "cosine counts from the end of warmup (MAE style) instead of from epoch 0"),
-    "lr": _o(1e-3, float, "peak learning rate (ignored when blr is set)"),
-    "blr": _o(None, float, "base lr: lr = blr * effective_batch / 256 (ImageNet recipe)"),
-    "min_lr": _o(1e-5, float, "final lr of the cosine"),
+    "lr": _o(1e-3, float, "peak learning rate (ignored when blr is set)", low=0),
+    "blr": _o(None, float, "base lr: lr = blr * effective_batch / 256 (ImageNet recipe)", low=0),
+    "min_lr": _o(1e-5, float, "final lr of the cosine", low=0),
     "sched": _o("cosine", str, "timm scheduler name (cosine, step, constant, none, ...)"),
     "sched_on_updates": _o(False, bool, "step the schedule every optimizer update instead of every epoch"),
     "opt": _o("adamw", str, "timm optimizer name"),
-    "opt_eps": _o(None, float, "optimizer epsilon (default: optimizer default)"),
-    "opt_betas": _o(None, list, "optimizer betas, e.g. [0.9, 0.999]"),
-    "momentum": _o(0.9, float, "SGD momentum"),
-    "weight_decay": _o(0.05, float, "weight decay (not applied to 1-D parameters and biases)"),
-    "batch_size": _o(64, int, "batch size per process", short="-b"),
-    "val_batch_size": _o(None, int, "eval batch size per process (default: batch_size)"),
-    "accum_steps": _o(1, int, "gradient accumulation steps"),
-    "clip_grad": _o(None, float, "gradient clipping threshold (off when null)"),
+    "opt_eps": _o(None, float, "optimizer epsilon (default: optimizer default)", low=0),
+    "opt_betas": _o(None, list, "optimizer betas, e.g. [0.9, 0.999]", low=0, high=1, length=2),
+    "momentum": _o(0.9, float, "SGD momentum", low=0, high=1),
+    "weight_decay": _o(0.05, float, "weight decay (not applied to 1-D parameters and biases)", low=0),
+    "batch_size": _o(64, int, "batch size per process", short="-b", low=1),
+    "val_batch_size": _o(None, int, "eval batch size per process (default: batch_size)", low=1),
+    "accum_steps": _o(1, int, "gradient accumulation steps", low=1),
+    "clip_grad": _o(None, float, "gradient clipping threshold (off when null)", low=0),
     "clip_mode": _o("norm", str, "norm | value | agc", choices=("norm", "value", "agc")),
-    "mixup_off_epoch": _o(0, int, "turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never"),
-    "reference_batch": _o(None, int, "effective batch of the published recipe (a warning if yours differs)"),
+    "mixup_off_epoch": _o(0, int, "turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never", low=0),
+    "reference_batch": _o(None, int, "effective batch of the published recipe (a warning if yours differs)", low=1),
     # engine switches
     "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA)", choices=("none", "bf16", "fp16")),
     "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
@@ -96,14 +108,14 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
     "dist_backend": _o("auto", str, "auto | nccl | gloo"),
     "model_ema": _o(False, bool, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"),
-    "model_ema_decay": _o(0.9998, float, "EMA decay"),
+    "model_ema_decay": _o(0.9998, float, "EMA decay", low=0, high=1),
     "model_ema_warmup": _o(False, bool, "EMA decay warmup"),
     "eval_metric": _o("top1", str, "metric that selects best.pth.tar: top1 | ema_top1", choices=("top1", "ema_top1")),
     # logging
-    "log_interval": _o(20, int, "steps between loss syncs / progress-bar and TensorBoard updates"),
+    "log_interval": _o(20, int, "steps between loss syncs / progress-bar and TensorBoard updates", low=1),
     "progress": _o(True, bool, "tqdm progress bar"),
-    "max_train_batches": _o(0, int, "cap on train batches per epoch (0 = all); for smoke tests"),
-    "max_eval_batches": _o(0, int, "cap on eval batches (0 = all); for smoke tests"),
+    "max_train_batches": _o(0, int, "cap on train batches per epoch (0 = all); for smoke tests", low=0),
+    "max_eval_batches": _o(0, int, "cap on eval batches (0 = all); for smoke tests", low=0),
     "tensorboard": _o(True, bool, "write TensorBoard events to the run folder"),
     "plot": _o(True, bool, "write learning_curve.png to the run folder"),
     "log_wandb": _o(False, bool, "log to Weights & Biases (WANDB_MODE=offline works without network)"),
@@ -178,6 +190,10 @@ def _coerce_scalar(value, t, where: str):
             return int(value)
         if isinstance(value, str):
             try:
+                return int(value.strip())
+            except ValueError:
+                pass
+            try:
                 f = float(value.strip())
             except ValueError:
                 raise bad() from None
@@ -187,14 +203,13 @@ def _coerce_scalar(value, t, where: str):
     if t is float:
         if isinstance(value, bool):
             raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
+        try:
+            out = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad() from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r} (nan and inf are no setting)")
+        return out
     if t is str:
         if isinstance(value, str):
             return value
@@ -286,14 +301,57 @@ def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigErro
 
 # ----------------------------------------------------------------------------------------------
 # YAML loading
-def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Read a YAML config (following ``base:`` chains); keys normalised to underscores."""
-    path = os.path.abspath(os.path.expanduser(path))
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (``a-b`` and ``a_b`` are one key)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                norm = key.replace("-", "_") if isinstance(key, str) else key
+                first = lines.get(norm)
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise ConfigError(f"key '{key}' is given twice (line {first} and line {line}); keep one of them")
+            lines[norm] = line
+        return super().construct_mapping(node, deep)
+
+
+def config_file_error(path: str, what: str = "config file") -> Optional[str]:
+    """Why ``path`` cannot be read as a file (missing, a folder, unreadable), or None when it can."""
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))[:3] \
+            if os.access(path, os.R_OK | os.X_OK) else []
+        hint = f" (in it: {', '.join(inside)})" if inside else ""
+        return f"{what} {path} is a folder; give a YAML file{hint}"
+    if not os.path.exists(path):
+        return f"{what} not found: {path}"
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        return f"{what} {path} is not a regular file; give a YAML file"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path} is not readable (permission denied); fix its permissions or copy it"
+    return None
+
+
+def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Read a YAML config (following ``base:`` chains); keys normalised to underscores.
+
+    In a child config ``key: null`` stands for the key's default (it clears the inherited value) and an empty
+    mapping replaces the inherited one; a non-empty mapping is merged into the inherited one.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    problem = config_file_error(path)
+    if problem:
+        raise ConfigError(problem)
     _seen = (_seen or []) + [path]
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
         if b"\0" in raw:
             raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
@@ -303,7 +361,9 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
                           f"cifar10-100/cifar10.yaml; a checkpoint goes to --resume / --initial-checkpoint "
                           f"(validate.py: --checkpoint)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if data is None:
@@ -321,9 +381,12 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
         base_path = os.path.join(os.path.dirname(path), str(base))
         if os.path.abspath(base_path) in _seen:
             raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+        problem = config_file_error(os.path.abspath(base_path), "base config")
+        if problem:
+            raise ConfigError(f"{path}: 'base: {base}': {problem}")
         parent = load_yaml(base_path, _seen)
         for k, v in data.items():
-            if isinstance(v, dict) and isinstance(parent.get(k), dict):
+            if isinstance(v, dict) and v and isinstance(parent.get(k), dict):
                 parent[k] = {**parent[k], **v}
             else:
                 parent[k] = v
@@ -379,7 +442,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
         for k, v in load_yaml(args.config).items():
             if k not in options:
                 raise _unknown_key_error(k, options, f"in {args.config}")
-            values[k] = coerce(k, v, options[k])
+            if v is not None:  # null: the key's default
+                values[k] = coerce(k, v, options[k])
     for k, v in cli.items():
         new = coerce(k, v, options[k], from_cli=True)
         if options[k].kind is dict and isinstance(values.get(k), dict) and not new.pop("__reset__", False):
@@ -392,11 +456,72 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
     if "experiment" in values and not cfg.experiment:
         cfg.experiment = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
     _check_ranges(cfg, options)
+    check_relations(cfg)
     if "dataset" in cfg:
         from utils.data import check_data_config
 
         check_data_config(cfg)
+    if "model" in cfg:
+        check_model(cfg)
     return cfg
+
+
+def check_run_paths(cfg) -> None:
+    """Before a run writes anything: ``<output>/<experiment>`` stays inside the output root and can be written
+    (not a file, not read-only, not full), and the checkpoints it reads exist and are readable files."""
+    from utils.cli import inside_problem, readable_file_problem, writable_folder_problem
+
+    problem = (inside_problem(cfg.output, cfg.experiment)
+               or writable_folder_problem(os.path.join(cfg.output, cfg.experiment), "run folder"))
+    for key in ("resume", "initial_checkpoint"):
+        path = cfg.get(key)
+        if not problem and path and not (key == "resume" and path == "auto"):
+            problem = readable_file_problem(os.path.expanduser(path), f"{_flag(key)} checkpoint")
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_model(cfg) -> None:
+    """``cfg.model`` is registered and ``cfg.model_kwargs`` fit its constructor (names and value types)."""
+    from models import ModelError, check_model_kwargs
+
+    kwargs = dict(cfg.get("model_kwargs") or {})
+    for k in ("T", "num_classes"):
+        if k in kwargs:
+            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead "
+                              f"(e.g. --{k.replace('_', '-')} {kwargs[k]})")
+    try:
+        check_model_kwargs(cfg.model, kwargs)
+    except ModelError as err:
+        raise ConfigError(f"config key 'model_kwargs': {err}" if kwargs and "unknown model" not in str(err)
+                          else f"config key 'model': {err}") from None
+    _build_on_meta(cfg, kwargs)
+
+
+def _build_on_meta(cfg, kwargs) -> None:
+    """Build the model on the meta device (no memory, no weights): the constructor's own checks (a width that
+    the heads do not divide, per-stage list lengths, ...) stop the run before anything is written."""
+    import torch
+
+    from models import ModelError, create_model
+
+    num_classes = cfg.get("num_classes")
+    if num_classes is None and "dataset" in cfg:
+        from utils.data import dataset_info
+
+        num_classes = dataset_info(cfg.dataset)["num_classes"]
+    try:
+        with torch.device("meta"):
+            create_model(cfg.model, num_classes=num_classes, T=cfg.get("T"), **kwargs)
+    except ModelError as err:
+        raise ConfigError(f"config keys 'model'/'model_kwargs': {err}".replace("rejected kwargs",
+                                                                              "rejected model_kwargs")) from None
+    except Exception:  # anything else (a model that cannot live on the meta device) is reported by the real build
+        pass
+
+
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
 
 
 def _check_bounds(key: str, value, opt: Option) -> None:
@@ -404,37 +529,117 @@ def _check_bounds(key: str, value, opt: Option) -> None:
         return
     items = value if isinstance(value, (list, tuple)) else [value]
     if opt.length is not None and isinstance(value, (list, tuple)) and len(value) != opt.length:
-        raise ConfigError(f"config key '{key}' needs {opt.length} values, got {len(value)}: {list(value)}")
+        raise ConfigError(f"config key '{key}' needs {opt.length} values, got {len(value)}: {list(value)} "
+                          f"(e.g. {_flag(key)} {' '.join(map(str, opt.default or [0.5] * opt.length))})")
     for v in items:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
-        if (opt.low is not None and v < opt.low) or (opt.high is not None and v > opt.high):
-            rng = (f"between {opt.low:g} and {opt.high:g}" if opt.low is not None and opt.high is not None
-                   else f">= {opt.low:g}" if opt.low is not None else f"<= {opt.high:g}")
-            raise ConfigError(f"config key '{key}' must be {rng}, got {v}")
+        if opt.low is not None and opt.high is not None and not opt.low <= v <= opt.high:
+            rng = f"between {opt.low:g} and {opt.high:g}"
+        elif opt.low is not None and v < opt.low:
+            rng = f">= {opt.low:g}"
+        elif opt.high is not None and v > opt.high:
+            rng = f"<= {opt.high:g}"
+        elif isinstance(v, int) and opt.high is None and v > INT32_MAX:
+            rng = f"<= {INT32_MAX} (the largest count it can hold)"
+        else:
+            continue
+        null = " or null (the default)" if opt.default is None else ""
+        raise ConfigError(f"config key '{key}' must be {rng}, got {v}; set {_flag(key)} (or '{key}:' in "
+                          f"the config) to a value {rng.split(' (')[0]}{null}")
 
 
 def _check_ranges(cfg: Config, options: Optional[Dict[str, Option]] = None) -> None:
     for k, opt in (options or {}).items():
         if k in cfg:
             _check_bounds(k, cfg[k], opt)
-    positive = ["epochs", "batch_size", "accum_steps", "T", "log_interval"]
-    for k in positive:
-        if k in cfg and cfg[k] is not None and cfg[k] <= 0:
-            raise ConfigError(f"config key '{k}' must be > 0, got {cfg[k]}")
-    if "num_classes" in cfg and cfg.num_classes is not None and cfg.num_classes < 1:
-        raise ConfigError(f"config key 'num_classes' must be >= 1 (or null = the dataset's number of classes), "
-                          f"got {cfg.num_classes}")
-    for k in ["lr", "blr", "min_lr", "weight_decay", "warmup_lr", "cooldown_epochs", "warmup_epochs",
-              "max_train_batches", "max_eval_batches", "mixup_off_epoch"]:
-        if k in cfg and cfg[k] is not None and cfg[k] < 0:
-            raise ConfigError(f"config key '{k}' must be >= 0, got {cfg[k]}")
-    if "warmup_epochs" in cfg and "epochs" in cfg and cfg.warmup_epochs > cfg.epochs:
-        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) is larger than epochs ({cfg.epochs}): epochs counts "
-                          f"the whole schedule, warm-up included. Lower --warmup-epochs (e.g. --warmup-epochs 0) "
-                          f"or raise --epochs to at least {cfg.warmup_epochs}."
-                          + (f" Note: the {cfg.cooldown_epochs} cooldown_epochs come on top of epochs."
-                             if cfg.get("cooldown_epochs") else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """A rule between config keys: checked when every key of ``keys`` is in the config.
+
+    ``problem(cfg)`` returns None when the rule holds, else the message (the values and the fix).
+    """
+
+    keys: Sequence[str]
+    problem: Any  # Callable[[Config], Optional[str]]
+
+
+def _effective_lr(cfg) -> Optional[float]:
+    """The peak lr the run will use (``blr`` scaled by the effective batch when set; WORLD_SIZE processes)."""
+    if cfg.get("blr") is None:
+        return cfg.get("lr")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return cfg.blr * cfg.batch_size * cfg.get("accum_steps", 1) * world / 256
+
+
+def _lr_floor(cfg, key: str) -> Optional[str]:
+    lr = _effective_lr(cfg)
+    if lr is None or cfg[key] <= lr:
+        return None
+    what = (f"the lr {lr:g} (= blr {cfg.blr:g} x effective batch / 256)" if cfg.get("blr") is not None
+            else f"lr {lr:g}")
+    return (f"config key '{key}' ({cfg[key]:g}) is above {what}: the schedule would raise the lr where it should "
+            f"lower it. Set {_flag(key)} to at most {lr:g} (or raise the lr).")
+
+
+def _ordered_pair(cfg, key: str) -> Optional[str]:
+    v = cfg[key]
+    if v is None or len(v) != 2 or v[0] <= v[1]:
+        return None
+    return (f"config key '{key}' is a [min, max] range but its minimum is above its maximum: {list(v)}; "
+            f"give {_flag(key)} {v[1]:g} {v[0]:g}")
+
+
+def _cpu_count() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _machine_size(cfg, key: str, per_cpu: int, floor: int, what: str) -> Optional[str]:
+    limit = max(floor, per_cpu * _cpu_count())
+    if cfg[key] is None or cfg[key] <= limit:
+        return None
+    return (f"config key '{key}' is {cfg[key]} but this machine has {_cpu_count()} CPUs: {what}. "
+            f"Set {_flag(key)} to at most {limit}" + (" (0 = automatic)." if key == "threads" else "."))
+
+
+RELATIONS: List[Relation] = [
+    Relation(("warmup_epochs", "epochs"), lambda c: None if c.warmup_epochs <= c.epochs else (
+        f"warmup_epochs ({c.warmup_epochs}) is larger than epochs ({c.epochs}): epochs counts the whole schedule, "
+        f"warm-up included. Lower --warmup-epochs (e.g. --warmup-epochs 0) or raise --epochs to at least "
+        f"{c.warmup_epochs}." + (f" Note: the {c.cooldown_epochs} cooldown_epochs come on top of epochs."
+                                 if c.get("cooldown_epochs") else ""))),
+    Relation(("min_lr", "lr", "blr", "batch_size"), lambda c: _lr_floor(c, "min_lr")),
+    Relation(("warmup_lr", "warmup_epochs", "lr", "blr", "batch_size"),
+             lambda c: _lr_floor(c, "warmup_lr") if c.warmup_epochs else None),
+    Relation(("opt_betas",), lambda c: None if c.opt_betas is None or max(c.opt_betas) < 1 else (
+        f"config key 'opt_betas' must be below 1 (a beta of 1 never forgets and divides by zero), got "
+        f"{list(c.opt_betas)}; e.g. --opt-betas 0.9 0.999")),
+    Relation(("opt_eps",), lambda c: None if c.opt_eps is None or c.opt_eps > 0 else (
+        f"config key 'opt_eps' must be > 0 (it keeps a division finite), got {c.opt_eps}; e.g. --opt-eps 1e-8")),
+    Relation(("clip_grad",), lambda c: None if c.clip_grad is None or c.clip_grad > 0 else (
+        f"config key 'clip_grad' must be > 0 (or null = no clipping), got {c.clip_grad}; e.g. --clip-grad 1.0")),
+    Relation(("eval_metric", "model_ema"), lambda c: None if c.eval_metric != "ema_top1" or c.model_ema else (
+        "config key 'eval_metric' is ema_top1 but model_ema is false: there is no EMA to select by. "
+        "Pass --model-ema true, or --eval-metric top1")),
+    Relation(("scale",), lambda c: _ordered_pair(c, "scale")),
+    Relation(("ratio",), lambda c: _ordered_pair(c, "ratio")),
+    Relation(("cutmix_minmax",), lambda c: _ordered_pair(c, "cutmix_minmax")),
+    Relation(("threads",), lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for "
+                                                                       "each other")),
+    Relation(("workers",), lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only "
+                                                                         "compete for the CPUs")),
+]
+
+
+def check_relations(cfg) -> None:
+    """Apply :data:`RELATIONS` to ``cfg`` (rules whose keys are all present); the first broken one raises."""
+    for rule in RELATIONS:
+        if all(k in cfg for k in rule.keys):
+            problem = rule.problem(cfg)
+            if problem:
+                raise ConfigError(problem)
 
 
 def schedule_note(cfg) -> str:

@@ -249,9 +249,11 @@ def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from utils.cli import machine_count, readable_file
+
     parser = argparse.ArgumentParser(prog="python -m utils.conformance", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", metavar="FILE", help="golden .pt files")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("files", nargs="+", metavar="FILE", type=readable_file, help="golden .pt files")
+    parser.add_argument("--threads", type=machine_count(), default=None,
                         help="torch CPU threads (the golden files were made with 2)")
     parser.add_argument("--verbose", action="store_true", help="per-tensor gradient deviations on stderr")
     parser.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch", "triton"),
@@ -277,4 +279,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

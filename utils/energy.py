@@ -53,6 +53,9 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import BaseCounter, DispatchCounterMode, MACCounter, SynOpCounter
 
+from utils.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: F401 (re-exported)
+                       positive_int, readable_file, run_main, writable_folder)
+
 aten = torch.ops.aten
 
 __all__ = [
@@ -615,26 +618,6 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
     return model
 
 
-def number_type(cast, minimum, strict: bool = False, below: Optional[float] = None, what: str = "a number"):
-    """argparse ``type=``: a finite ``cast`` value >= ``minimum`` (> with ``strict``; < ``below`` if given)."""
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
-                or (below is not None and value >= below)):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return value
-
-    return parse
-
-
-positive_int = number_type(int, 1, what="a positive integer")
-non_negative_int = number_type(int, 0, what="an integer >= 0")
-non_negative_float = number_type(float, 0.0, what="a finite number >= 0")
-positive_float = number_type(float, 0.0, strict=True, what="a finite number > 0")
 
 
 def main(argv=None) -> int:
@@ -649,7 +632,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="constructor kwargs, e.g. embed_dims=64 neuron=if (the grammar of train.py's flag)")
     p.add_argument("--checkpoint", default=None, help="weights to load (ours or the authors')")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", default=None, type=readable_file,
                    help="YAML config: measure on its validation data instead of synthetic input")
     p.add_argument("--T", type=positive_int, default=None, help="time steps (default: the model's)")
     p.add_argument("--img-size", type=positive_int, default=None,
@@ -666,7 +649,7 @@ def main(argv=None) -> int:
                    help="train-mode passes to calibrate BatchNorm statistics on the input first "
                         "(default: 2 without --checkpoint, 0 with one)")
     p.add_argument("--crosscheck", action="store_true", help="also run spikingjelly's MACCounter/SynOpCounter")
-    p.add_argument("--out", default="output/energy", help="folder for JSON / CSV / PNG")
+    p.add_argument("--out", default="output/energy", type=writable_folder, help="folder for JSON / CSV / PNG")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not every layer")
     args = p.parse_args(argv)
 
@@ -712,4 +695,4 @@ def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -532,7 +532,7 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
 def main(argv=None) -> int:
     from models import ModelError
     from utils.config import input_errors
-    from utils.energy import non_negative_int, number_type, positive_float, positive_int
+    from utils.cli import non_negative_int, number_type, positive_float, positive_int, writable_folder
 
     tau_type = number_type(float, 1.0, strict=True, what="a time constant > 1 (beta = 1 - 1/tau)")
 
@@ -577,7 +577,7 @@ def main(argv=None) -> int:
     d.set_defaults(func=gradcam_command)
 
     for s in (a, b, c, d):
-        s.add_argument("--out", default="output/frequency", help="output folder")
+        s.add_argument("--out", default="output/frequency", type=writable_folder, help="output folder")
     args = p.parse_args(argv)
     try:
         args.func(args)
@@ -587,4 +587,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

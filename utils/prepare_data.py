@@ -185,17 +185,23 @@ def _report(name: str, root: Path, problems: list) -> int:
 
 
 def main(argv=None) -> int:
+    from utils.cli import positive_int, writable_folder_problem
+
     parser = argparse.ArgumentParser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset', required=True,
                         choices=[name for name, spec in DATASETS.items() if spec.tree])
     parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
-    parser.add_argument('--T', type=int, default=16, help='frames per event sample (= model time steps), default 16')
+    parser.add_argument('--T', type=positive_int, default=16,
+                        help='frames per event sample (= model time steps), default 16')
     parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
     parser.add_argument('--verify', action='store_true',
                         help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
                              'and list the unreadable ones')
     args = parser.parse_args(argv)
+    problem = writable_folder_problem(args.root, '--root') if args.download else None
+    if problem:
+        parser.error(problem)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()
     if args.T < 1:
@@ -208,4 +214,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

@@ -393,27 +393,33 @@ def format_status(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # command line
 def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import (any_int, existing_folder, machine_count, non_negative_int, positive_float, positive_int,
+                           writable_folder)
+
     p = argparse.ArgumentParser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
     p.add_argument("configs", nargs="*", help="training configs (YAML), one or more")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
-    p.add_argument("--output", "-o", default=None, help="sweep folder: DIR/<config stem>_s<seed>/ per run")
+    p.add_argument("--seeds", type=any_int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
+    p.add_argument("--output", "-o", default=None, type=writable_folder,
+                   help="sweep folder: DIR/<config stem>_s<seed>/ per run")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, commands, resources); start nothing")
-    p.add_argument("--status", metavar="DIR", default=None, help="print the state of every run in DIR and exit")
+    p.add_argument("--status", metavar="DIR", default=None, type=existing_folder,
+                   help="print the state of every run in DIR and exit")
     g = p.add_argument_group("local launcher")
-    g.add_argument("--parallel", type=int, default=1, help="runs at once (CPU threads are split between them)")
+    g.add_argument("--parallel", type=machine_count(per_cpu=2, floor=4, what="runs"), default=1,
+                   help="runs at once (CPU threads are split between them)")
     g = p.add_argument_group("both launchers")
-    g.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per run (torchrun when > 1)")
+    g.add_argument("--gpus-per-run", type=non_negative_int, default=0, help="GPUs per run (torchrun when > 1)")
     g = p.add_argument_group("slurm launcher")
     g.add_argument("--partition", default=None)
-    g.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs per GPU (per run without GPU)")
-    g.add_argument("--timeout-min", type=int, default=24 * 60, help="wall-time limit per job; "
+    g.add_argument("--cpus-per-gpu", type=positive_int, default=8, help="CPUs per GPU (per run without GPU)")
+    g.add_argument("--timeout-min", type=positive_int, default=24 * 60, help="wall-time limit per job; "
                    "a run that needs longer is requeued and continues")
-    g.add_argument("--mem-gb", type=float, default=None)
+    g.add_argument("--mem-gb", type=positive_float, default=None)
     g.add_argument("--account", default=None)
     g.add_argument("--qos", default=None)
-    g.add_argument("--array-parallelism", type=int, default=256, help="array tasks running at once")
+    g.add_argument("--array-parallelism", type=positive_int, default=256, help="array tasks running at once")
     g.add_argument("--job-name", default="sweep")
     return p
 
@@ -531,4 +537,6 @@ def _launch(args, runs: List[Run]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

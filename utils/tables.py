@@ -406,12 +406,16 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = ""
 
 
 def results_main(argv: Sequence[str]) -> int:
+    from utils.cli import existing_folder, writable_folder
+
     p = argparse.ArgumentParser(prog="python -m utils.tables --runs DIR",
                                 description="one row per config of the runs under DIR: best top-1 mean ± std over "
                                             "seeds beside the paper's number; writes Markdown, CSV and a figure")
-    p.add_argument("--runs", required=True, help="folder of run folders (e.g. a sweep's --output)")
+    p.add_argument("--runs", required=True, type=existing_folder,
+                   help="folder of run folders (e.g. a sweep's --output)")
     p.add_argument("--table", choices=("2", "3", "4", "5", "7"), default=None, help="only this table of the paper")
-    p.add_argument("--out", default=None, help="folder for table<N>.md/.csv/.png (default: --runs)")
+    p.add_argument("--out", default=None, type=writable_folder,
+                   help="folder for table<N>.md/.csv/.png (default: --runs)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.runs):
         print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
@@ -438,12 +442,16 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--runs" or a.startswith("--runs=") for a in argv):
         return results_main(argv)
+    from utils.cli import positive_int, readable_file, writable_file
+
     if argv and argv[0] == "compare-log":
         p = argparse.ArgumentParser(prog="python -m utils.tables compare-log",
                                     description="overlay a run's summary.csv on the authors' per-epoch curves")
-        p.add_argument("--run", required=True, help="summary.csv of a run (epoch, eval_top1, eval_loss, train_loss)")
+        p.add_argument("--run", required=True, type=readable_file,
+                       help="summary.csv of a run (epoch, eval_top1, eval_loss, train_loss)")
         p.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
-        p.add_argument("--out", default=None, help="PNG path (default: next to the run's CSV)")
+        p.add_argument("--out", default=None, type=writable_file,
+                       help="PNG path (default: next to the run's CSV)")
         a = p.parse_args(argv[1:])
         out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.run)),
                                     f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
@@ -459,8 +467,8 @@ def main(argv=None) -> int:
                     "Tables 2, 3, 5; `compare-log` overlays training curves")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="NAME=PATH or NAME@T4=PATH: estimate energy for that model (synthetic input)")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--csv", default=None, help="also write the table to this CSV")
+    p.add_argument("--img-size", type=positive_int, default=None)
+    p.add_argument("--csv", default=None, type=writable_file, help="also write the table to this CSV")
     a = p.parse_args(argv)
     ckpts = {}
     for c in a.checkpoint:
@@ -483,4 +491,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))
