@@ -453,7 +453,7 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     from models import ModelError, check_model_kwargs, parse_model_kwargs
 
     try:
-        device = torch.device(args.device)
+        device = torch.device(args.device or "cpu")
     except RuntimeError:
         parser.error(f"argument --device: expected cpu, cuda or cuda:N, got {args.device!r}")
     if device.type not in ("cpu", "cuda"):
@@ -474,7 +474,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         args.img_size = args.img_size or 32
         args.batch_size = min(args.batch_size, 2)
         args.T = args.T or 1
-    peak = matmul_peak(args.device) if args.peak else None
+    peak = matmul_peak(args.device or "cpu") if args.peak else None
     if peak:
         print(json.dumps({"matmul_peak_gflop_per_s": {k: round(v, 1) for k, v in peak.items()}}), flush=True)
     if args.plan_memory or args.max_batch:

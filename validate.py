@@ -64,8 +64,12 @@ def check_paths(cfg) -> None:
     """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
     from utils.cli import readable_file_problem, writable_folder_problem
 
-    if not cfg.checkpoint:
-        raise ConfigError("no checkpoint given: pass --checkpoint PATH")
+    if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
+        if cfg.energy and cfg.energy_out:
+            problem = writable_folder_problem(cfg.energy_out, "--energy-out folder")
+            if problem:
+                raise ConfigError(problem)
+        return
     if not os.path.isdir(cfg.checkpoint):  # a folder: utils.checkpoint names the files inside it
         problem = readable_file_problem(cfg.checkpoint, "--checkpoint")
         if problem and os.path.exists(cfg.checkpoint):
