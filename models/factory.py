@@ -111,6 +111,7 @@ def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
         if p.kind is p.VAR_KEYWORD:
             neuron_hints = typing.get_type_hints(NeuronConfig)
             out.update({k: neuron_hints.get(k) for k in NEURON_KWARGS})
+            out["neuron_impl"] = neuron_hints.get("impl")  # the model-level name of the neuron's impl
         elif p.kind is not p.VAR_POSITIONAL:
             out[p.name] = hints.get(p.name)
     return out

@@ -82,13 +82,16 @@ def test_cli_pass_fail_and_exit_status(tmp_path, tiny_ctor, capsys):
     torch.save(bad, tmp_path / "bad.pt")
 
     assert main([str(good)]) == 0
-    assert main([str(good), str(tmp_path / "bad.pt"), str(tmp_path / "missing.pt")]) == 1
+    assert main([str(good), str(tmp_path / "bad.pt")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("PASS  good.pt  [tests/tiny.py::Tiny]  eval 0.00e+00")
     assert lines[1].startswith("PASS  good.pt")
     assert lines[2].startswith("FAIL  bad.pt") and "eval logits differ" in lines[2]
     assert "stage2.0.attn.q_conv.weight" in lines[2] and "train logits differ" not in lines[2]
-    assert lines[3].startswith("FAIL  missing.pt") and "FileNotFoundError" in lines[3]
+    with pytest.raises(SystemExit) as stop:  # a missing file stops before any check runs
+        main([str(good), str(tmp_path / "missing.pt")])
+    assert stop.value.code == 2 and "missing.pt" in capsys.readouterr().err
+    assert capsys.readouterr().out == ""
 
 
 def test_prepare_hook_and_reference_key_filter(tmp_path, tiny_ctor, capsys):

@@ -22,14 +22,11 @@ import torch.nn as nn
 from models.legacy_names import STATE_DICT_KEYS as _STATE_DICT_KEYS
 from models.legacy_names import convert_state_dict, top_module
 from models.legacy_names import strip_wrapper_prefixes as _strip_prefixes
+from utils.errors import CheckpointError
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint"]
 
 _CONVERT_COMMAND = "python -m utils.checkpoint convert"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the model; the message says which and what to do."""
 
 
 # ------------------------------------------------------------------ reading files

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Callable, List, Optional
 
+from utils.errors import INPUT_ERRORS
+
 __all__ = ["number_type", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "any_int", "int_list", "machine_count", "readable_file_problem", "writable_folder_problem",
            "inside_problem", "readable_file", "existing_folder", "writable_folder", "writable_file",
@@ -208,11 +210,9 @@ def run_main(main: Callable[..., object], argv=None) -> int:
     """Call ``main(argv)`` for ``if __name__ == '__main__'``: an ``OSError`` prints one ``error:`` line naming
     the path (exit 1), a bad-input error (config, dataset, checkpoint, model) its message (exit 2)."""
     from models.factory import ModelError
-    from utils.config import input_errors
-
     try:
         result = main(argv)
-    except input_errors() + (ModelError,) as err:
+    except INPUT_ERRORS + (ModelError,) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

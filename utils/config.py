@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
+from utils.errors import INPUT_ERRORS
 from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
 
 __all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "parse_config", "load_yaml", "all_options"]
@@ -679,10 +680,7 @@ def dump_yaml(data: Dict[str, Any]) -> str:
 
 def input_errors() -> tuple:
     """Exception types that mean bad input (config, dataset, checkpoint): one line on stderr, exit code 2."""
-    from utils.checkpoint import CheckpointError
-    from utils.data import DatasetError
-
-    return (ConfigError, DatasetError, CheckpointError)
+    return INPUT_ERRORS
 
 
 def report_input_error(err: Exception) -> int:

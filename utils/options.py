@@ -8,11 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from utils.errors import ConfigError
+
 __all__ = ["ConfigError", "Option"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix (bad key, value, type or file)."""
 
 
 @dataclasses.dataclass(frozen=True)

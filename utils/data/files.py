@@ -18,9 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Subset
 
-
-class DatasetError(RuntimeError):
-    """A dataset is missing, incomplete or misconfigured; the message says what to do."""
+from utils.errors import DatasetError
 
 
 class BadSampleError(DatasetError):
