@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
+from utils.cli import readable_file_problem
 from utils.errors import INPUT_ERRORS
 from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
 
@@ -328,13 +329,7 @@ def config_file_error(path: str, what: str = "config file") -> Optional[str]:
             if os.access(path, os.R_OK | os.X_OK) else []
         hint = f" (in it: {', '.join(inside)})" if inside else ""
         return f"{what} {path} is a folder; give a YAML file{hint}"
-    if not os.path.exists(path):
-        return f"{what} not found: {path}"
-    if not os.path.isfile(path):
-        return f"{what} {path} is not a regular file; give a YAML file"
-    if not os.access(path, os.R_OK):
-        return f"{what} {path} is not readable (permission denied); fix its permissions or copy it"
-    return None
+    return readable_file_problem(path, what)
 
 
 def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
