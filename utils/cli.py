@@ -293,9 +293,10 @@ class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` speaking the one grammar of the entry points (docs/cli.md): defaults shown once,
     :meth:`add_bool` switches, :meth:`add_alias` old spellings that still work but stay out of ``-h``."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, legacy: Optional[Callable[[List[str]], List[str]]] = None, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
         super().__init__(*args, **kwargs)
+        self.legacy = legacy  # rewrites an old spelling that a plain alias cannot express (e.g. a changed value)
         self.aliases: Dict[str, str] = {}  # old spelling -> the flag it is an alias of
 
     def add_bool(self, *flags, default=False, help="", allow_none=False, **kwargs):
@@ -328,6 +329,8 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
+        if self.legacy is not None:
+            args = self.legacy(args)
         switches = self._bool_actions()
         takes_positionals = any(not a.option_strings for a in self._actions)
         out, i = [], 0
