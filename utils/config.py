@@ -411,6 +411,8 @@ KEY_FLAGS: Dict[str, Sequence[str]] = {
     "compile": ("--torchcompile",),
     "amp": ("--amp-dtype",),
 }
+# the grammar's name of a key whose own spelling predates it (docs/cli.md); listed first
+FIRST_FLAGS: Dict[str, str] = {"data_path": "--data-dir", "energy_out": "--energy-output"}
 # values spelled as timm/PyTorch spell them -> the key's own value
 VALUE_SPELLINGS: Dict[str, Dict[str, str]] = {
     "amp": {"bfloat16": "bf16", "float16": "fp16", "float32": "none"},
@@ -420,8 +422,8 @@ VALUE_SPELLINGS: Dict[str, Dict[str, str]] = {
 def key_flags(key: str, opt: Option) -> List[str]:
     """Every command-line spelling of config key ``key``: short, timm's name, dashes, underscores."""
     flags = [f"--{key.replace('_', '-')}", *KEY_FLAGS.get(key, ())]
-    if key == "data_path":
-        flags.insert(0, "--data-dir")  # the grammar's name of the data folder (docs/cli.md)
+    if key in FIRST_FLAGS:
+        flags.insert(0, FIRST_FLAGS[key])
     if "_" in key:
         flags.append(f"--{key}")
     if opt.short:

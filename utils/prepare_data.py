@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', required=True,
                         choices=[name for name, spec in DATASETS.items() if spec.tree])
-    parser.add_argument('--data-dir', '--data-path', dest='root', required=True, metavar='DIR',
-                        help='dataset folder (the data_path of the config)')
+    parser.add_argument('--data-dir', '--data-path', dest='root', default=None, metavar='DIR',
+                        help='dataset folder (the data_path of the config); required')
     parser.add_alias('--root', of='--data-dir')
     parser.add_argument('-T', '--T', type=positive_int, default=16,
                         help='frames per event sample (= model time steps)')
@@ -208,6 +208,8 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.root is None:
+        parser.error('--data-dir DIR is required: the dataset folder (the data_path of the config)')
     problem = writable_folder_problem(args.root, '--data-dir') if args.download else None
     if problem:
         parser.error(problem)

@@ -399,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
                epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
     p.add_argument("configs", nargs="*", help="training configs (YAML), one or more (also as -c)")
-    p.add_argument("-c", "--config", dest="more_configs", action="extend", nargs="+", default=[], metavar="CONFIG",
-                   help="training configs (YAML), as the positional CONFIGS; repeatable")
+    p.add_argument("-c", "--config", dest="more_configs", action="append", default=[], metavar="CONFIG",
+                   help="a training config (YAML), as the positional CONFIGS; repeatable")
     p.add_argument("--seeds", type=any_int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
     p.add_argument("-o", "--output", default=None, type=writable_folder,
                    help="sweep folder: DIR/<config stem>_s<seed>/ per run")
