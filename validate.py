@@ -81,7 +81,7 @@ def check_paths(cfg) -> None:
 
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
-            problem = writable_folder_problem(cfg.energy_out, "--energy-out folder")
+            problem = writable_folder_problem(cfg.energy_out, "--energy-output folder")
             if problem:
                 raise ConfigError(problem)
         return
@@ -91,7 +91,7 @@ def check_paths(cfg) -> None:
             raise ConfigError(problem)
     if cfg.energy:
         out = cfg.energy_out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "energy")
-        problem = writable_folder_problem(out, "--energy-out folder")
+        problem = writable_folder_problem(out, "--energy-output folder")
         if problem:
             raise ConfigError(problem)
 

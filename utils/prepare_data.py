@@ -1,4 +1,4 @@
-"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --root DIR [--T 16] [--download]``.
+"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --data-dir DIR [--T 16] [--download]``.
 
 * cifar10dvs / dvsgesture: convert the raw recordings into spikingjelly frames
   (``frames_number_<T>_split_by_number``, split by number of events) with spikingjelly's own dataset classes, then
