@@ -500,7 +500,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    argv = _legacy_argv(argv)
+    argv = parser.normalize(argv)  # the sweep's child commands drop --sweep / --peak in one spelling
     check_args(parser, args)
     if args.smoke:
         args.warmup, args.steps = min(args.warmup, 1), 1

@@ -227,3 +227,12 @@ def test_old_spellings_of_the_tools():
     assert (f.weights, f.output) == (["p"], "o")
     s = by_label["utils.sweep"].parse_args(["a.yaml", "-c", "b.yaml", "-c", "c.yaml"])
     assert s.configs + s.more_configs == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_benchmark_sweep_children_drop_the_sweep_switch_in_any_spelling():
+    import benchmark
+
+    p = benchmark.build_parser()
+    child = benchmark._child_argv(p.normalize(["--sweep", "true", "--compile", "blocks", "-T", "2"]), 1, 4)
+    assert "--sweep" not in child and "true" not in child and "2" not in child
+    assert benchmark.compile_scope(p.parse_args(child)) == "blocks" and p.parse_args(child).T == 1

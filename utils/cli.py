@@ -19,7 +19,7 @@ import errno
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ["number_type", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
            "any_int", "int_list", "machine_count", "readable_file_problem", "writable_folder_problem",
@@ -328,7 +328,12 @@ class Parser(argparse.ArgumentParser):
                 if not s.startswith("--no-")}
 
     def parse_known_args(self, args=None, namespace=None):
-        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self.normalize(sys.argv[1:] if args is None else args), namespace)
+
+    def normalize(self, args: Sequence[str]) -> List[str]:
+        """``args`` in this parser's canonical spelling: old spellings rewritten (``legacy``), switches as
+        ``--x`` / ``--no-x`` (a ``none`` value is kept aside for the switch's action)."""
+        args = list(args)
         if self.legacy is not None:
             args = self.legacy(args)
         switches = self._bool_actions()
@@ -362,7 +367,7 @@ class Parser(argparse.ArgumentParser):
                     self._bool_values[id(action)] = "none"
             out.append(token)
             i += 1
-        return super().parse_known_args(out, namespace)
+        return out
 
 
 def hidden_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
