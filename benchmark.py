@@ -3,7 +3,7 @@
 
     python benchmark.py --model maxformer_cifar --mode train --batch-size 16 --T 4 --img-size 32
     python benchmark.py --model maxformer_cifar --mode infer --batch-size 64 --amp bf16
-    python benchmark.py --model maxformer_10_384 --mode train --eager          # the plain path
+    python benchmark.py --model maxformer_10_384 --mode train --no-fastpath    # the plain path
     python benchmark.py --model maxformer_cifar --sweep --sweep-batch-sizes 4,16   # T in {1,2,4,8}
     python benchmark.py --peak                                                  # matmul peak only
     python benchmark.py --plan-memory --max-batch --device-memory 80GB --model maxformer_10_768 --T 4 --amp bf16
@@ -14,8 +14,8 @@ Each measurement: build the model, warm up (``--warmup`` steps, compilation incl
 
 Defaults are ``utils.fastpath.default_config(mode, amp)`` (flags resolved by
 ``utils.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
-within the golden tolerances; under ``--amp`` the fastest settings outright. ``--eager`` gives
-the plain path (spikingjelly neurons, no compile, NCHW).
+within the golden tolerances; under ``--amp`` the fastest settings outright. ``--no-fastpath`` (old
+spelling ``--eager``) gives the plain path (spikingjelly neurons, no compile, NCHW).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the
 resident-set high-water mark (``VmHWM``) over the timed steps, reset after warm-up through
@@ -53,62 +53,85 @@ CSV_FIELDS = ["model", "mode", "batch_size", "T", "img_size", "img_per_s", "ms_p
               "model_kwargs", "torch", "host", "time"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
+COMPILE_SCOPES = ("model", "blocks", "neurons", "none")
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _legacy_argv(argv: List[str]) -> List[str]:
+    """The old ``--compile SCOPE`` spelling -> ``--compile-scope SCOPE`` (``--compile`` is now the switch)."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        flag, eq, value = token.partition("=")
+        if flag == "--compile" and eq and value in COMPILE_SCOPES:
+            out[i] = f"--compile-scope={value}"
+        elif token == "--compile" and i + 1 < len(out) and out[i + 1] in COMPILE_SCOPES:
+            out[i] = "--compile-scope"
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import Parser, any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
+
+    p = Parser(description=__doc__.split("\n\n")[0], legacy=_legacy_argv)
     p.add_argument("--model", default="maxformer_cifar", help="registered model name (timm)")
     p.add_argument("--mode", default="train", choices=("train", "infer"))
     p.add_argument("-b", "--batch-size", type=positive_int, default=16)
-    p.add_argument("--T", type=positive_int, default=None, help="time steps (default: the model's)")
+    p.add_argument("-T", "--T", type=positive_int, default=None, help="time steps (default: the model's)")
     p.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
     p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra model kwargs, YAML values, e.g. embed_dims=64 neuron=if depths=[1,1,2]")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    bool_flag = argparse.BooleanOptionalAction
-    p.add_argument("--compile", default=None, choices=("model", "blocks", "neurons", "none"), nargs="?",
-                   const="model", help="torch.compile scope: model (whole; bare --compile), blocks (each "
-                   "block/embedding), neurons (only the neuron loops; the training default), none")
-    p.add_argument("--channels-last", default=None, action=bool_flag)
-    p.add_argument("--fold-bn", default=None, action=bool_flag, help="fold BN into convs (infer only)")
+    p.add_argument("--amp", "--amp-dtype", default="none", type=_amp_dtype, choices=("none", "bf16", "fp16"))
+    p.add_bool("--fastpath", default=True, help="utils.fastpath defaults as train.py's; --no-fastpath = the plain "
+               "path: spikingjelly neurons, no compile, NCHW")
+    p.add_alias("--eager", of="--fastpath", action="store_const", const=False)
+    p.aliases["--eager"] = "--no-fastpath"
+    p.add_bool("--compile", "--torchcompile", default=None,
+               help="torch.compile the whole model (= --compile-scope model; --no-compile = none)")
+    p.add_argument("--compile-scope", default=None, choices=COMPILE_SCOPES,
+                   help="torch.compile scope: model (whole), blocks (each block/embedding), neurons (only the "
+                        "neuron loops; the training default), none (default: the fast path's)")
+    p.add_bool("--channels-last", default=None)
+    p.add_bool("--fold-bn", default=None, help="fold BN into convs (infer only)")
     p.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch", "triton"))
-    p.add_argument("--grad-checkpointing", default=None, action=bool_flag, help="recompute blocks in backward")
-    p.add_argument("--fast-conv", default=None, action=bool_flag, help="matmul backward of large 1x1 convs (train)")
-    p.add_argument("--compact-spikes", default=None, action=bool_flag,
-                   help="save binary conv inputs as bool for backward (train, memory)")
-    p.add_argument("--fast-pool", default=None, action=bool_flag, help="max-pool in channels-last")
-    p.add_argument("--eager", action="store_true", help="plain path: spikingjelly neurons, no compile, NCHW")
+    p.add_bool("--grad-checkpointing", default=None, help="recompute blocks in backward")
+    p.add_bool("--fast-conv", default=None, help="matmul backward of large 1x1 convs (train)")
+    p.add_bool("--compact-spikes", default=None, help="save binary conv inputs as bool for backward (train, memory)")
+    p.add_bool("--fast-pool", default=None, help="max-pool in channels-last")
     p.add_argument("--device", default=None, help="cpu (default) or cuda; with --plan-memory the device planned "
                    "for (default cuda)")
     p.add_argument("--threads", type=machine_count(), default=None,
                    help="torch threads (default: as train.py, the cores other processes leave free)")
     p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--steps", type=positive_int, default=5)
-    p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="'' disables",
-                   type=lambda text: writable_file(text) if text else text)
-    p.add_argument("--peak", action="store_true", help="measure the matmul peak (fp32, bf16) and report fractions")
-    p.add_argument("--sweep", action="store_true", help="sweep T in --sweep-T and batch sizes in --sweep-batch-sizes")
+    p.add_argument("--csv", default=os.path.join(ROOT, "bench", "results.csv"), help="CSV file the rows are "
+                   "appended to; '' disables", type=lambda text: writable_file(text) if text else text)
+    p.add_bool("--peak", help="measure the matmul peak (fp32, bf16) and report fractions")
+    p.add_bool("--sweep", help="sweep T in --sweep-T and batch sizes in --sweep-batch-sizes")
     p.add_argument("--sweep-T", default=[1, 2, 4, 8], type=int_list())
     p.add_argument("--sweep-batch-sizes", default=[1, 4, 16], type=int_list())
-    p.add_argument("--smoke", action="store_true", help="tiny width, 1 warm-up + 1 step (tests)")
+    p.add_bool("--smoke", help="tiny width, 1 warm-up + 1 step (tests)")
     p.add_argument("--seed", type=any_int, default=0)
-    p.add_argument("--no-subprocess", action="store_true",
-                   help="sweep in this process (peak memory is then cumulative)")
-    p.add_argument("--compare-eager", action="store_true",
-                   help="also time the plain eager float32 path, interleaved step by step in this process (robust "
-                        "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
-                        "then includes both models)")
-    p.add_argument("--plan-memory", action="store_true",
-                   help="plan the peak device memory of the step instead of running it (utils.memory_plan: fake "
-                        "tensors, seconds on CPU): weights, gradients, optimizer state, activations, total")
-    p.add_argument("--max-batch", action="store_true",
-                   help="with --plan-memory: the largest batch that fits --device-memory, or else the options "
-                        "that make --batch-size fit (accumulation, grad checkpointing, compact spikes)")
+    p.add_bool("--subprocess", default=True,
+               help="sweep points in fresh subprocesses (--no-subprocess: in this process; peak memory is then "
+                    "cumulative)")
+    p.add_bool("--compare-eager",
+               help="also time the plain eager float32 path, interleaved step by step in this process (robust "
+                    "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
+                    "then includes both models)")
+    p.add_bool("--plan-memory",
+               help="plan the peak device memory of the step instead of running it (utils.memory_plan: fake "
+                    "tensors, seconds on CPU): weights, gradients, optimizer state, activations, total")
+    p.add_bool("--max-batch",
+               help="with --plan-memory: the largest batch that fits --device-memory, or else the options "
+                    "that make --batch-size fit (accumulation, grad checkpointing, compact spikes)")
     p.add_argument("--device-memory", default=None, metavar="SIZE",
                    help="device memory for --max-batch, e.g. 80GB, 24GiB, 40960MB (default: the CUDA device's)")
     return p
+
+
+def _amp_dtype(text: str) -> str:
+    """``--amp`` value; timm's/PyTorch's dtype names (bfloat16, float16, float32) name the same modes."""
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "none"}.get(text.strip().lower(), text)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -180,12 +203,21 @@ def fastpath_config(args):
     """The fast-path settings of the command line (``utils.fastpath.resolve_config``)."""
     from utils.fastpath import resolve_config
 
-    switches = {f: getattr(args, f) for f in ("compile", "channels_last", "fold_bn", "neuron_impl",
+    switches = {f: getattr(args, f) for f in ("channels_last", "fold_bn", "neuron_impl",
                                               "grad_checkpointing", "fast_conv", "compact_spikes", "fast_pool")}
-    cfg, warning = resolve_config(args.mode, args.amp, eager=args.eager, device=args.device or "cpu", **switches)
+    switches["compile"] = compile_scope(args)
+    cfg, warning = resolve_config(args.mode, args.amp, eager=not args.fastpath, device=args.device or "cpu",
+                                  **switches)
     if warning:
         print(warning, file=sys.stderr)
     return cfg
+
+
+def compile_scope(args) -> Optional[str]:
+    """``--compile-scope``, else ``--compile`` (model) / ``--no-compile`` (none), else None (the fast path's)."""
+    if args.compile_scope is not None:
+        return args.compile_scope
+    return None if args.compile is None else ("model" if args.compile else "none")
 
 
 def measure(args) -> Dict[str, Any]:
@@ -443,7 +475,7 @@ def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
     """``argv`` without the sweep options, for one (T, batch) point."""
     from utils.config import without_options
 
-    out = without_options(argv, valued=("--sweep-T", "--sweep-batch-sizes", "--T", "-b", "--batch-size", "--csv"),
+    out = without_options(argv, valued=("--sweep-T", "--sweep-batch-sizes", "--T", "-T", "-b", "--batch-size", "--csv"),
                           flags=("--sweep", "--peak"))
     return out + ["--T", str(T), "--batch-size", str(b), "--csv", ""]
 
@@ -468,6 +500,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    argv = parser.normalize(argv)  # the sweep's child commands drop --sweep / --peak in one spelling
     check_args(parser, args)
     if args.smoke:
         args.warmup, args.steps = min(args.warmup, 1), 1
@@ -484,7 +517,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         for T in args.sweep_T:
             for b in args.sweep_batch_sizes:
                 child = _child_argv(argv, T, b)
-                if args.no_subprocess:
+                if not args.subprocess:
                     row = measure(build_parser().parse_args(child))
                 else:
                     proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + child,

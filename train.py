@@ -578,6 +578,13 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "train.py", *out, "--resume", "auto"])
 
 
+def build_parser():
+    """The command line of ``train.py``: one flag per config key (``utils.config``)."""
+    from utils.config import all_options, build_arg_parser
+
+    return build_arg_parser(all_options(), __doc__.split("\n\n")[0])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.atomic_file import FileWriteError
     from utils.config import input_errors, report_input_error

@@ -29,6 +29,21 @@ VALIDATE_OPTIONS = {
     "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)"),
 }
 
+# The config keys an evaluation uses: the ones ``validate.py -h`` lists. The training keys are accepted too (from
+# a YAML config or the command line, so ``-c cifar10-100/cifar10.yaml`` works) but are not listed.
+EVAL_KEYS = ("model", "model_kwargs", "num_classes", "T", "pretrained", "device", "threads", "dist_backend", "seed",
+             "deterministic", "amp", "channels_last", "fastpath", "compile", "neuron_impl", "batch_size",
+             "val_batch_size", "max_eval_batches", "progress", "dataset", "data_path", "download", "verify_data",
+             "img_size", "mean", "std", "crop_pct", "interpolation", "synthetic_size", "workers", "pin_memory",
+             *VALIDATE_OPTIONS)
+
+
+def build_parser():
+    """The command line of ``validate.py`` (``-h`` lists :data:`EVAL_KEYS`)."""
+    from utils.config import all_options, build_arg_parser
+
+    return build_arg_parser(all_options(VALIDATE_OPTIONS), __doc__.split("\n\n")[0], shown=EVAL_KEYS)
+
 
 def check_input(cfg, model, eval_set) -> None:
     """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
@@ -66,7 +81,7 @@ def check_paths(cfg) -> None:
 
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
-            problem = writable_folder_problem(cfg.energy_out, "--energy-out folder")
+            problem = writable_folder_problem(cfg.energy_out, "--energy-output folder")
             if problem:
                 raise ConfigError(problem)
         return
@@ -76,7 +91,7 @@ def check_paths(cfg) -> None:
             raise ConfigError(problem)
     if cfg.energy:
         out = cfg.energy_out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "energy")
-        problem = writable_folder_problem(out, "--energy-out folder")
+        problem = writable_folder_problem(out, "--energy-output folder")
         if problem:
             raise ConfigError(problem)
 
@@ -204,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.distributed import cleanup
 
     try:
-        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0])
+        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
         run(cfg)
         return 0
     except input_errors() as err:

@@ -84,15 +84,15 @@ fi
 say "Table 8: maxformer_10_768, T=1, batch 32, 224x224"
 T8="--model maxformer_10_768 --T 1 -b 32 --img-size 224"
 P8="-c $CFG --T 1 --batch-size 32 --fastpath false"
-measure "T=1 b32 train fp32 eager" 150 "$P8 --amp none" $T8 --mode train --eager
-measure "T=1 b32 train bf16 eager" 150 "$P8 --amp bf16" $T8 --mode train --eager --amp bf16
-measure "T=1 b32 infer fp32 eager" 150 "" $T8 --mode infer --eager
+measure "T=1 b32 train fp32 eager" 150 "$P8 --amp none" $T8 --mode train --no-fastpath
+measure "T=1 b32 train bf16 eager" 150 "$P8 --amp bf16" $T8 --mode train --no-fastpath --amp bf16
+measure "T=1 b32 infer fp32 eager" 150 "" $T8 --mode infer --no-fastpath
 
 BATCH=32
 if $PY benchmark.py --help 2>/dev/null | grep -q -- '--max-batch'; then
   say "memory planner: largest batch for T=4 bf16 training on this GPU"
   planner=$(timeout 120 $PY benchmark.py --plan-memory --max-batch --device cuda \
-            --model maxformer_10_768 --T 4 --img-size 224 --amp bf16 --mode train --eager 2>>"$LOG" | tee -a "$LOG")
+            --model maxformer_10_768 --T 4 --img-size 224 --amp bf16 --mode train --no-fastpath 2>>"$LOG" | tee -a "$LOG")
   found=$(echo "$planner" | sed -nE 's/.*largest batch that fits [^:]*: ([0-9]+).*/\1/p' | tail -1)
   if [ -n "$found" ] && [ "$found" -gt 0 ]; then BATCH=$found; else fail "memory planner: no largest batch found"; fi
 else
@@ -101,10 +101,10 @@ fi
 say "paper's T=4 ImageNet setting: maxformer_10_768, T=4, bf16, batch $BATCH, 224x224"
 T4="--model maxformer_10_768 --T 4 -b $BATCH --img-size 224"
 P4="-c $CFG --T 4 --batch-size $BATCH --amp bf16"
-measure "T=4 b$BATCH train bf16 eager" 180 "$P4 --fastpath false" $T4 --mode train --eager --amp bf16
+measure "T=4 b$BATCH train bf16 eager" 180 "$P4 --fastpath false" $T4 --mode train --no-fastpath --amp bf16
 measure "T=4 b$BATCH train bf16 fast path (compiled)" 300 "$P4" $T4 --mode train --amp bf16
 measure "T=4 b32 train fp16 eager" 150 "-c $CFG --T 4 --batch-size 32 --amp fp16 --fastpath false" \
-  --model maxformer_10_768 --T 4 -b 32 --img-size 224 --mode train --eager --amp fp16
+  --model maxformer_10_768 --T 4 -b 32 --img-size 224 --mode train --no-fastpath --amp fp16
 
 RUN=$(mktemp -d)
 TRAIN=(train.py -c "$CFG" --dataset synthetic --synthetic-size 1024 64 --batch-size 32 --epochs 2

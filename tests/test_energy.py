@@ -199,9 +199,9 @@ def test_cli_unknown_model_names_close_match(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--T", "0"], "argument --T: expected a positive integer, got 0"),
-    (["--T", "two"], "argument --T: expected a positive integer, got 'two'"),
-    (["--batch-size", "-1"], "argument --batch-size: expected a positive integer"),
+    (["--T", "0"], "argument -T/--T: expected a positive integer, got 0"),
+    (["--T", "two"], "argument -T/--T: expected a positive integer, got 'two'"),
+    (["--batch-size", "-1"], "argument -b/--batch-size: expected a positive integer"),
     (["--batches", "0"], "argument --batches: expected a positive integer"),
     (["--img-size", "0"], "argument --img-size: expected a positive integer"),
     (["--calibrate-bn", "-2"], "argument --calibrate-bn: expected an integer >= 0"),

@@ -151,7 +151,7 @@ def test_validate_checks_the_energy_folder_before_work(tmp_path):
     torch.save({"w": torch.zeros(1)}, ckpt)
     cfg = parse_config(["--checkpoint", str(ckpt), "--energy", "true", "--energy-out", str(tmp_path / "blocker")],
                        extra=validate.VALIDATE_OPTIONS)
-    with pytest.raises(ConfigError, match="--energy-out folder .*blocker is a file, not a folder"):
+    with pytest.raises(ConfigError, match="--energy-output folder .*blocker is a file, not a folder"):
         validate.check_paths(cfg)
 
 

@@ -441,10 +441,11 @@ def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict
     return renamed
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.cli import writable_file
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m utils.checkpoint convert IN OUT``."""
+    from utils.cli import Parser, writable_file
 
-    parser = argparse.ArgumentParser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
     conv.add_argument("src", metavar="IN", help="checkpoint to read (e.g. the authors' 10-768-T4.pth.tar)")
@@ -452,9 +453,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     conv.add_argument("--model", default=None, help="registered model name (default: the one the file records)")
     conv.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
                       help="model settings, e.g. num_classes=100 embed_dims=384")
-    conv.add_argument("--trust-checkpoint", action="store_true",
-                      help="allow arbitrary pickled objects in IN (only for files you trust); OUT holds none")
-    args = parser.parse_args(argv)
+    conv.add_bool("--trust-checkpoint",
+                  help="allow arbitrary pickled objects in IN (only for files you trust); OUT holds none")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     from models.factory import ModelError, parse_model_kwargs
 
     try:

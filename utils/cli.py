@@ -19,7 +19,7 @@ import errno
 import math
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from utils.errors import INPUT_ERRORS
 
@@ -219,3 +219,162 @@ def run_main(main: Callable[..., object], argv=None) -> int:
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0
+
+
+# ------------------------------------------------------------------------------------------ one grammar (docs/cli.md)
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+NONE_WORDS = ("none", "null")
+
+
+def parse_bool(text: str, flag: str = "", allow_none: bool = False) -> Optional[bool]:
+    """``true|yes|on|1`` -> True, ``false|no|off|0`` -> False (``none|null`` -> None where allowed)."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    if allow_none and word in NONE_WORDS:
+        return None
+    forms = "true or false" + (" (or none)" if allow_none else "")
+    raise argparse.ArgumentTypeError(f"{flag + ': ' if flag else ''}expected {forms}, got {text!r}; the switch "
+                                     f"forms are {flag or '--x'}, --no-{(flag or '--x')[2:]} and "
+                                     f"{flag or '--x'} true|false")
+
+
+class BoolFlag(argparse.Action):
+    """A switch in the one grammar: ``--x``, ``--no-x``, ``--x true|false`` and ``--x=false`` (the value forms are
+    rewritten by :class:`Parser` before argparse sees them, so a switch never swallows a positional argument).
+    ``allow_none`` also takes ``--x none`` (a tri-state key whose default is "automatic")."""
+
+    def __init__(self, option_strings, dest, default=None, required=False, help=None, allow_none=False,
+                 metavar=None):
+        negatives = [f"--no-{s[2:]}" for s in option_strings if s.startswith("--") and not s.startswith("--no-")]
+        self.allow_none = allow_none
+        super().__init__(list(option_strings) + negatives, dest, nargs=0, default=default, required=required,
+                         help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = getattr(parser, "_bool_values", {}).pop(id(self), None) if option_string else None
+        if value is None:
+            value = not (option_string or "").startswith("--no-")
+        setattr(namespace, self.dest, None if value == "none" else value)
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings[:1] + [s for s in self.option_strings if s.startswith("--no-")][:1])
+
+
+class DefaultsOnceFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text with the default appended once: not when the text already names it, nor for switches that are
+    off, nor for empty or suppressed defaults. The ``--key_name`` spellings of ``--key-name`` are not listed."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        dashed = {s.replace("_", "-") for s in action.option_strings if "_" not in s}
+        strings = [s for s in action.option_strings if "_" not in s or s.replace("_", "-") not in dashed]
+        if action.nargs == 0:
+            return ", ".join(strings)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(f"{s} {metavar}" for s in strings)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, "", [], argparse.SUPPRESS) or action.nargs == 0
+                and not isinstance(action, BoolFlag) or not action.option_strings):
+            return text
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` speaking the one grammar of the entry points (docs/cli.md): defaults shown once,
+    :meth:`add_bool` switches, :meth:`add_alias` old spellings that still work but stay out of ``-h``."""
+
+    def __init__(self, *args, legacy: Optional[Callable[[List[str]], List[str]]] = None, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
+        super().__init__(*args, **kwargs)
+        self.legacy = legacy  # rewrites an old spelling that a plain alias cannot express (e.g. a changed value)
+        self.aliases: Dict[str, str] = {}  # old spelling -> the flag it is an alias of
+
+    def add_bool(self, *flags, default=False, help="", allow_none=False, **kwargs):
+        """A :class:`BoolFlag` switch (``--x``/``--no-x``/``--x true|false``)."""
+        return self.add_argument(*flags, action=BoolFlag, default=default, help=help, allow_none=allow_none,
+                                 **kwargs)
+
+    def add_alias(self, *old, of: str, **kwargs):
+        """Old spellings ``old`` of the flag ``of``: they still work (same dest and type unless ``kwargs`` say
+        otherwise), hidden from ``-h``; :attr:`aliases` lists them (docs/cli.md, tests)."""
+        target = next(a for a in self._actions if of in a.option_strings)
+        if isinstance(target, BoolFlag) and "action" not in kwargs:
+            kwargs.update(action=BoolFlag, allow_none=target.allow_none)
+        elif "action" not in kwargs:
+            kwargs.setdefault("type", target.type)
+            kwargs.setdefault("nargs", target.nargs)
+            kwargs.setdefault("choices", target.choices)
+            if target.nargs == "?":
+                kwargs.setdefault("const", target.const)
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        action = self.add_argument(*old, dest=kwargs.pop("dest", target.dest), help=argparse.SUPPRESS, **kwargs)
+        for flag in action.option_strings:
+            self.aliases[flag] = of
+        return action
+
+    # the value forms of switches: '--x true' / '--x=false' become '--x' / '--no-x' before argparse parses
+    def _bool_actions(self) -> Dict[str, BoolFlag]:
+        return {s: a for a in self._actions if isinstance(a, BoolFlag) for s in a.option_strings
+                if not s.startswith("--no-")}
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(self.normalize(sys.argv[1:] if args is None else args), namespace)
+
+    def normalize(self, args: Sequence[str]) -> List[str]:
+        """``args`` in this parser's canonical spelling: old spellings rewritten (``legacy``), switches as
+        ``--x`` / ``--no-x`` (a ``none`` value is kept aside for the switch's action)."""
+        args = list(args)
+        if self.legacy is not None:
+            args = self.legacy(args)
+        switches = self._bool_actions()
+        takes_positionals = any(not a.option_strings for a in self._actions)
+        out, i = [], 0
+        self._bool_values = {}
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                out.extend(args[i:])
+                break
+            flag, eq, value = token.partition("=")
+            action = switches.get(flag) if flag.startswith("--") else switches.get(token)
+            if action is None:
+                out.append(token)
+                i += 1
+                continue
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                nxt = args[i + 1].strip().lower()
+                known = TRUE_WORDS + FALSE_WORDS + (NONE_WORDS if action.allow_none else ())
+                if nxt in known or not takes_positionals:
+                    value, eq = args[i + 1], "="
+                    i += 1
+            if eq:
+                try:
+                    parsed = parse_bool(value, flag, action.allow_none)
+                except argparse.ArgumentTypeError as err:
+                    self.error(str(err))
+                token = flag if parsed is not False else f"--no-{flag[2:]}"
+                if parsed is None:
+                    self._bool_values[id(action)] = "none"
+            out.append(token)
+            i += 1
+        return out
+
+
+def hidden_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """The old spellings of ``parser`` (and its subcommands) -> the flag each is an alias of."""
+    out = dict(getattr(parser, "aliases", {}))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.update(hidden_flags(sub))
+    return out

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-from utils.cli import readable_file_problem
+from utils.cli import BoolFlag, Parser, readable_file_problem
 from utils.errors import INPUT_ERRORS
 from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
 
@@ -288,6 +288,8 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
         return dict(value)
     if from_cli and kind is not str and isinstance(value, str):
         value = value if kind in (bool, int, float) else _parse_yaml_scalar(value)
+    if isinstance(value, str):
+        value = VALUE_SPELLINGS.get(key, {}).get(value.strip().lower(), value)
     out = _coerce_scalar(value, kind, where)
     if opt.choices is not None and out not in opt.choices:
         raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, opt.choices))}")
@@ -391,38 +393,76 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
     def error(self, message):  # never print usage + exit from deep inside; let the caller report
         raise ConfigError(message)
 
 
-def build_arg_parser(options: Dict[str, Option], description: str = "") -> argparse.ArgumentParser:
-    """An argparse parser with one flag per key (dash and underscore spellings)."""
-    p = _Parser(description=description, allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+# timm's names (and other spellings) of config keys; listed in -h next to the key's own flag (docs/cli.md)
+KEY_FLAGS: Dict[str, Sequence[str]] = {
+    "workers": ("-j",),
+    "pin_memory": ("--pin-mem",),
+    "val_batch_size": ("-vb", "--validation-batch-size"),
+    "compile": ("--torchcompile",),
+    "amp": ("--amp-dtype",),
+}
+# the grammar's name of a key whose own spelling predates it (docs/cli.md); listed first
+FIRST_FLAGS: Dict[str, str] = {"data_path": "--data-dir", "energy_out": "--energy-output"}
+# values spelled as timm/PyTorch spell them -> the key's own value
+VALUE_SPELLINGS: Dict[str, Dict[str, str]] = {
+    "amp": {"bfloat16": "bf16", "float16": "fp16", "float32": "none"},
+}
+
+
+def key_flags(key: str, opt: Option) -> List[str]:
+    """Every command-line spelling of config key ``key``: short, timm's name, dashes, underscores."""
+    flags = [f"--{key.replace('_', '-')}", *KEY_FLAGS.get(key, ())]
+    if key in FIRST_FLAGS:
+        flags.insert(0, FIRST_FLAGS[key])
+    if "_" in key:
+        flags.append(f"--{key}")
+    if opt.short:
+        flags.insert(0, opt.short)
+    return flags
+
+
+def build_arg_parser(options: Dict[str, Option], description: str = "",
+                     shown: Optional[Iterable[str]] = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per key (dash and underscore spellings, timm's name from
+    :data:`KEY_FLAGS`). Switches take ``--x``, ``--no-x`` and ``--x true|false``. With ``shown``, only those keys
+    are listed by ``-h``; the others are still accepted (hidden)."""
+    p = _Parser(description=description, allow_abbrev=False)
     p.add_argument("-c", "--config", default="", help="YAML config file")
+    shown = None if shown is None else set(shown)
     for key, opt in sorted(options.items()):
-        flags = [f"--{key.replace('_', '-')}"]
-        if "_" in key:
-            flags.append(f"--{key}")
-        if opt.short:
-            flags.insert(0, opt.short)
+        flags = key_flags(key, opt)
         kind = opt.kind
-        text = f"{opt.help} (default: {opt.default!r})" if opt.help else f"default: {opt.default!r}"
+        text = f"{opt.help} (default: {_shown_default(opt)})" if "default" not in opt.help else opt.help
+        if shown is not None and key not in shown:
+            text = argparse.SUPPRESS
         kw: Dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
         if kind is bool:
-            kw.update(nargs="?", const="true", metavar="BOOL")
+            kw.update(action=BoolFlag, allow_none=opt.default is None)
         elif kind in (list, tuple, dict, None):
             kw.update(nargs="+", metavar="K=V" if kind is dict else "V")
+        elif opt.choices:
+            kw.update(metavar="{" + ",".join(map(str, opt.choices)) + "}")
         p.add_argument(*flags, **kw)
     return p
 
 
+def _shown_default(opt: Option) -> str:
+    if isinstance(opt.default, bool):
+        return "true" if opt.default else "false"
+    return "null" if opt.default is None else repr(opt.default)
+
+
 def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str, Option]] = None,
-                 description: str = "") -> Config:
-    """Resolve ``-c CONFIG`` plus CLI overrides into a :class:`Config` (raises :class:`ConfigError`)."""
+                 description: str = "", shown: Optional[Iterable[str]] = None) -> Config:
+    """Resolve ``-c CONFIG`` plus CLI overrides into a :class:`Config` (raises :class:`ConfigError`).
+    ``shown``: the keys ``-h`` lists (default: all)."""
     options = all_options(extra)
-    parser = build_arg_parser(options, description)
+    parser = build_arg_parser(options, description, shown)
     args, unknown = parser.parse_known_args(argv)
     for tok in unknown:
         if tok.startswith("-"):

@@ -248,18 +248,23 @@ def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbo
                             f"({res.grad_ratio:.2f}x tol): {bad[:5]}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from utils.cli import machine_count, readable_file
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m utils.conformance FILE ...``."""
+    from utils.cli import Parser, machine_count, readable_file
 
-    parser = argparse.ArgumentParser(prog="python -m utils.conformance", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.conformance", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE", type=readable_file, help="golden .pt files")
     parser.add_argument("--threads", type=machine_count(), default=None,
                         help="torch CPU threads (the golden files were made with 2)")
-    parser.add_argument("--verbose", action="store_true", help="per-tensor gradient deviations on stderr")
+    parser.add_bool("--verbose", help="per-tensor gradient deviations on stderr")
     parser.add_argument("--neuron-impl", default=None, choices=("spikingjelly", "torch", "triton"),
                         help="run every neuron through this implementation (default: the model's, spikingjelly); "
                         "triton: spikingjelly's Triton kernels in Triton's interpreter (sets TRITON_INTERPRET=1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.neuron_impl == "triton":

@@ -219,6 +219,13 @@ def run_checks(cfg) -> List[Check]:
     return checks + [_check_memory(cfg, cuda, index), _check_neurons(cfg, device), _check_data(cfg)]
 
 
+def build_parser():
+    """The command line of ``python -m utils.doctor``: train.py's (it checks a training config)."""
+    from utils.config import all_options, build_arg_parser
+
+    return build_arg_parser(all_options(), __doc__.split("\n\n")[0])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.config import ConfigError, parse_config
 

@@ -620,37 +620,44 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
 
 
 
-def main(argv=None) -> int:
-    from models import ModelError, input_spec, parse_model_kwargs
-    from utils.config import input_errors
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m utils.energy``."""
+    from utils.cli import Parser
 
-    p = argparse.ArgumentParser(
-        prog="python -m utils.energy",
-        description="Firing rates, SOPs and energy (paper App. B) of a registered model on synthetic or real input.",
-    )
+    p = Parser(prog="python -m utils.energy", description="Firing rates, SOPs and energy (paper App. B) of a "
+               "registered model on synthetic or real input.")
     p.add_argument("--model", required=True, help="registered model name, e.g. maxformer_10_768")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="constructor kwargs, e.g. embed_dims=64 neuron=if (the grammar of train.py's flag)")
     p.add_argument("--checkpoint", default=None, help="weights to load (ours or the authors')")
-    p.add_argument("--data", default=None, type=readable_file,
+    p.add_argument("-c", "--config", default=None, type=readable_file,
                    help="YAML config: measure on its validation data instead of synthetic input")
-    p.add_argument("--T", type=positive_int, default=None, help="time steps (default: the model's)")
+    p.add_alias("--data", of="--config")
+    p.add_argument("-T", "--T", type=positive_int, default=None, help="time steps (default: the model's)")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="synthetic input resolution (default: the model's registered input size)")
     p.add_argument("--num-classes", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=2)
     p.add_argument("--batches", type=positive_int, default=1, help="number of batches to average over")
     p.add_argument("--input", choices=("images", "randn"), default="images", help="synthetic input kind")
     p.add_argument("--e-mac", type=non_negative_float, default=4.6, help="pJ per MAC")
     p.add_argument("--e-ac", type=non_negative_float, default=0.9, help="pJ per AC")
-    p.add_argument("--integer-inputs-as-ac", action="store_true",
-                   help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
+    p.add_bool("--integer-inputs-as-ac", help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
     p.add_argument("--calibrate-bn", type=non_negative_int, default=None,
                    help="train-mode passes to calibrate BatchNorm statistics on the input first "
                         "(default: 2 without --checkpoint, 0 with one)")
-    p.add_argument("--crosscheck", action="store_true", help="also run spikingjelly's MACCounter/SynOpCounter")
-    p.add_argument("--out", default="output/energy", type=writable_folder, help="folder for JSON / CSV / PNG")
-    p.add_argument("--quiet", action="store_true", help="print only the summary, not every layer")
+    p.add_bool("--crosscheck", help="also run spikingjelly's MACCounter/SynOpCounter")
+    p.add_argument("-o", "--output", default="output/energy", type=writable_folder, help="folder for JSON / CSV / PNG")
+    p.add_alias("--out", of="--output")
+    p.add_bool("--quiet", help="print only the summary, not every layer")
+    return p
+
+
+def main(argv=None) -> int:
+    from models import ModelError, input_spec, parse_model_kwargs
+    from utils.config import input_errors
+
+    p = build_parser()
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -658,8 +665,8 @@ def main(argv=None) -> int:
         kwargs = parse_model_kwargs(args.model_kwargs)
         kwargs.update({k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None})
         model = build_model(args.model, args.checkpoint, **kwargs)
-        if args.data:
-            batches, desc = validation_batches(args.data, args.batch_size)
+        if args.config:
+            batches, desc = validation_batches(args.config, args.batch_size)
         else:
             shape = input_spec(model).shape(args.batch_size, args.img_size)
             batches = synthetic_batches(shape, args.batches, kind=args.input)
@@ -670,15 +677,15 @@ def main(argv=None) -> int:
     desc += ", checkpoint " + args.checkpoint if args.checkpoint else ", random init"
     n_cal = args.calibrate_bn if args.calibrate_bn is not None else (0 if args.checkpoint else 2)
     if n_cal:
-        cal = itertools.islice(iter(batches), n_cal) if args.data else synthetic_batches(shape, n_cal, seed=1,
+        cal = itertools.islice(iter(batches), n_cal) if args.config else synthetic_batches(shape, n_cal, seed=1,
                                                                                          kind=args.input)
         calibrate_bn(model, cal)
-        desc += f", BN calibrated on {n_cal} {'data' if args.data else 'synthetic'} batches"
+        desc += f", BN calibrated on {n_cal} {'data' if args.config else 'synthetic'} batches"
     config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))
-    write_report(report, args.out, f"{args.model}_T{T}", title=f"{args.model} T={T}: {desc}")
+    write_report(report, args.output, f"{args.model}_T{T}", title=f"{args.model} T={T}: {desc}")
     return 0
 
 

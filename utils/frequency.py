@@ -167,7 +167,7 @@ def transfer_command(args) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("|H(e^jw)|")
     fig.tight_layout()
-    _save(fig, rows, args.out, "transfer")
+    _save(fig, rows, args.output, "transfer")
 
 
 # ============================================================================ (b) Fig. 3 toy
@@ -239,7 +239,7 @@ def toy_command(args) -> None:
                          ratio_300_to_100=pk[300] / max(pk[100], 1e-12),
                          energy_above_350hz=band_fraction(s[k], fs, 350.0)))
     fig.tight_layout()
-    _save(fig, rows, args.out, "toy")
+    _save(fig, rows, args.output, "toy")
 
 
 # ============================================================================ (c) feature spectra
@@ -399,7 +399,7 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 def spectra_command(args) -> None:
     plt = _plt()
     specs = [parse_model_spec(s) for s in args.model]
-    ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.checkpoint or []))
+    ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
     rows = []
     for label, name, kwargs in specs:
@@ -433,7 +433,7 @@ def spectra_command(args) -> None:
     state = "checkpoints" if ckpts else "random init, BN calibrated on the batch"
     fig.suptitle(f"feature spectra ({src}, {args.img_size}px, {state})", fontsize=9)
     fig.tight_layout()
-    _save(fig, rows, args.out, args.name)
+    _save(fig, rows, args.output, args.name)
 
 
 # ============================================================================ (d) Grad-CAM
@@ -511,7 +511,7 @@ def gradcam_command(args) -> None:
     state = f"checkpoint {os.path.basename(args.checkpoint)}" if args.checkpoint else "random init (no checkpoint)"
     fig.suptitle(f"Grad-CAM {label} @ {layer} ({state})", fontsize=9)
     fig.tight_layout()
-    _save(fig, rows, args.out, "gradcam_" + name)
+    _save(fig, rows, args.output, "gradcam_" + name)
 
 
 # ============================================================================ CLI
@@ -529,14 +529,13 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
     print(f"wrote {png} and {csv_path}")
 
 
-def main(argv=None) -> int:
-    from models import ModelError
-    from utils.config import input_errors
-    from utils.cli import non_negative_int, number_type, positive_float, positive_int, writable_folder
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m utils.frequency {transfer,toy,spectra,gradcam}``."""
+    from utils.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
 
     tau_type = number_type(float, 1.0, strict=True, what="a time constant > 1 (beta = 1 - 1/tau)")
 
-    p = argparse.ArgumentParser(prog="python -m utils.frequency", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m utils.frequency", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     a = sub.add_parser("transfer", help="LIF / IF gain vs frequency against |H(e^jw)|")
@@ -558,7 +557,9 @@ def main(argv=None) -> int:
     c.add_argument("--model", action="append", required=True,
                    help="[label=]name[:key=value;...], repeat for each curve, e.g. "
                         "if=maxformer_cifar:neuron=if (values as in --model-kwargs)")
-    c.add_argument("--checkpoint", action="append", help="label=PATH (or PATH for the first model)")
+    c.add_argument("--weights", action="append", metavar="LABEL=PATH",
+                   help="LABEL=PATH (or PATH for the first model); repeatable")
+    c.add_alias("--checkpoint", of="--weights", action="append")
     c.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-learn sample photos)")
     c.add_argument("--img-size", type=positive_int, default=64)
     c.add_argument("--blocks", default=DEFAULT_BLOCKS, help="regex of module names whose outputs are analysed")
@@ -577,7 +578,16 @@ def main(argv=None) -> int:
     d.set_defaults(func=gradcam_command)
 
     for s in (a, b, c, d):
-        s.add_argument("--out", default="output/frequency", type=writable_folder, help="output folder")
+        s.add_argument("-o", "--output", default="output/frequency", type=writable_folder, help="output folder")
+        s.add_alias("--out", of="--output")
+    return p
+
+
+def main(argv=None) -> int:
+    from models import ModelError
+    from utils.config import input_errors
+
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         args.func(args)

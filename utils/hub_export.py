@@ -93,15 +93,22 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
     return out_dir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.hub_export", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m utils.hub_export NAME.TAG FILE OUTDIR``."""
+    from utils.cli import Parser
+
+    parser = Parser(prog="python -m utils.hub_export", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", metavar="NAME.TAG", help="released weights, e.g. maxformer_10_768.t4_in1k "
                                                          "(timm.list_pretrained('maxformer*'))")
     parser.add_argument("file", metavar="FILE", help="the released file, e.g. imagenet/checkpoints/10-768-T4.pth.tar")
     parser.add_argument("out_dir", metavar="OUTDIR", help="folder to write (created)")
     parser.add_argument("--repo-id", default="", help="hub repository it will be uploaded to, e.g. ORG/NAME.TAG "
                                                       "(shown in the card's usage example)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     from models.pretrained import RELEASED
 
     released = [w.name for w in RELEASED]

@@ -1,4 +1,4 @@
-"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --root DIR [--T 16] [--download]``.
+"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --data-dir DIR [--T 16] [--download]``.
 
 * cifar10dvs / dvsgesture: convert the raw recordings into spikingjelly frames
   (``frames_number_<T>_split_by_number``, split by number of events) with spikingjelly's own dataset classes, then
@@ -184,22 +184,33 @@ def _report(name: str, root: Path, problems: list) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    from utils.cli import positive_int, writable_folder_problem
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m utils.prepare_data``."""
+    from utils.cli import Parser, positive_int
 
-    parser = argparse.ArgumentParser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', required=True,
                         choices=[name for name, spec in DATASETS.items() if spec.tree])
-    parser.add_argument('--root', required=True, help='dataset folder (the data_path of the config)')
-    parser.add_argument('--T', type=positive_int, default=16,
-                        help='frames per event sample (= model time steps), default 16')
-    parser.add_argument('--download', action='store_true', help='download first (CIFAR-10/100, CIFAR10-DVS)')
-    parser.add_argument('--verify', action='store_true',
-                        help='CIFAR: also check the official md5 sums; other datasets: read every sample file '
-                             'and list the unreadable ones')
+    parser.add_argument('--data-dir', '--data-path', dest='root', default=None, metavar='DIR',
+                        help='dataset folder (the data_path of the config); required')
+    parser.add_alias('--root', of='--data-dir')
+    parser.add_argument('-T', '--T', type=positive_int, default=16,
+                        help='frames per event sample (= model time steps)')
+    parser.add_bool('--download', help='download first (CIFAR-10/100, CIFAR10-DVS)')
+    parser.add_bool('--verify', help='CIFAR: also check the official md5 sums; other datasets: read every sample '
+                                     'file and list the unreadable ones')
+    parser.add_alias('--verify-data', of='--verify')
+    return parser
+
+
+def main(argv=None) -> int:
+    from utils.cli import writable_folder_problem
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    problem = writable_folder_problem(args.root, '--root') if args.download else None
+    if args.root is None:
+        parser.error('--data-dir DIR is required: the dataset folder (the data_path of the config)')
+    problem = writable_folder_problem(args.root, '--data-dir') if args.download else None
     if problem:
         parser.error(problem)
     name = canonical_name(args.dataset)

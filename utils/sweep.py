@@ -393,17 +393,19 @@ def format_status(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # command line
 def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import (any_int, existing_folder, machine_count, non_negative_int, positive_float, positive_int,
-                           writable_folder)
+    from utils.cli import (Parser, any_int, existing_folder, machine_count, non_negative_int, positive_float,
+                           positive_int, writable_folder)
 
-    p = argparse.ArgumentParser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
-                                epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
-    p.add_argument("configs", nargs="*", help="training configs (YAML), one or more")
+    p = Parser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
+               epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
+    p.add_argument("configs", nargs="*", help="training configs (YAML), one or more (also as -c)")
+    p.add_argument("-c", "--config", dest="more_configs", action="append", default=[], metavar="CONFIG",
+                   help="a training config (YAML), as the positional CONFIGS; repeatable")
     p.add_argument("--seeds", type=any_int, nargs="+", default=[0], help="seeds, one run each (default: 0)")
-    p.add_argument("--output", "-o", default=None, type=writable_folder,
+    p.add_argument("-o", "--output", default=None, type=writable_folder,
                    help="sweep folder: DIR/<config stem>_s<seed>/ per run")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, commands, resources); start nothing")
+    p.add_bool("--dry-run", help="print the plan (runs, commands, resources); start nothing")
     p.add_argument("--status", metavar="DIR", default=None, type=existing_folder,
                    help="print the state of every run in DIR and exit")
     g = p.add_argument_group("local launcher")
@@ -445,7 +447,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SweepError("--output DIR is required: the sweep folder that holds one run folder per (config, seed)")
         if args.parallel < 1 or args.gpus_per_run < 0:
             raise SweepError("--parallel must be >= 1 and --gpus-per-run >= 0")
-        runs = plan(args.configs, args.seeds, args.output, overrides)
+        runs = plan(args.configs + args.more_configs, args.seeds, args.output, overrides)
         return _launch(args, runs)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)

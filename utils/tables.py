@@ -2,13 +2,13 @@
 
 ``python -m utils.tables`` prints every registered model's parameter count next to the paper's
 (✓ = equal at the paper's two decimals, rounded or truncated; ≈ = within 1 %; ✗ = otherwise), and
-an energy estimate for models given ``--checkpoint NAME=PATH`` (see :mod:`utils.energy`).
+an energy estimate for models given ``--weights NAME=PATH`` (see :mod:`utils.energy`).
 
 ``python -m utils.tables compare-log --run output/.../summary.csv --reference cifar100`` overlays a
 run's per-epoch ``summary.csv`` (columns ``epoch, eval_top1, eval_loss, train_loss``) on the
 authors' curves (shipped in ``docs/reference_logs/``) and writes a PNG.
 
-``python -m utils.tables --runs DIR [--table 2|3|4|5|7]`` collects the run folders under DIR (a sweep of
+``python -m utils.tables runs --runs DIR [--table 2|3|4|5|7]`` collects the run folders under DIR (a sweep of
 :mod:`utils.sweep`) and writes one row per config: the paper's number, our best top-1 as mean ± std over
 seeds, epochs done/planned and the difference, as Markdown, CSV and a figure.
 """
@@ -405,18 +405,57 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = ""
     return paths
 
 
-def results_main(argv: Sequence[str]) -> int:
-    from utils.cli import existing_folder, writable_folder
+MODES = ("params", "runs", "compare-log")
 
-    p = argparse.ArgumentParser(prog="python -m utils.tables --runs DIR",
-                                description="one row per config of the runs under DIR: best top-1 mean ± std over "
-                                            "seeds beside the paper's number; writes Markdown, CSV and a figure")
-    p.add_argument("--runs", required=True, type=existing_folder,
+
+def _legacy_argv(argv: List[str]) -> List[str]:
+    """The mode is a subcommand; without one, ``--runs DIR`` means ``runs`` and anything else ``params``."""
+    if argv and (argv[0] in MODES or argv[0] in ("-h", "--help")):
+        return argv
+    if any(a == "--runs" or a.startswith("--runs=") for a in argv):
+        return ["runs", *argv]
+    return ["params", *argv]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m utils.tables {params,runs,compare-log}`` (``params`` when no mode is given)."""
+    from utils.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
+
+    p = Parser(prog="python -m utils.tables", legacy=_legacy_argv,
+               description="Tables of the paper beside ours, in three modes (without one: params); "
+                           "python -m utils.tables MODE -h lists a mode's options.")
+    sub = p.add_subparsers(dest="mode", metavar="{params,runs,compare-log}")
+    a = sub.add_parser("params", help="parameter counts (and energy) beside the paper's Tables 2, 3, 5")
+    a.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="NAME=PATH or NAME@T4=PATH: estimate energy for that model (synthetic input); repeatable")
+    a.add_alias("--checkpoint", of="--weights", action="append")
+    a.add_argument("--img-size", type=positive_int, default=None)
+    a.add_argument("--csv", default=None, type=writable_file, help="also write the table to this CSV")
+    r = sub.add_parser("runs", help="best top-1 mean ± std over seeds per config of the runs under --runs DIR; "
+                                    "writes Markdown, CSV and a figure")
+    r.add_argument("--runs", required=True, type=existing_folder,
                    help="folder of run folders (e.g. a sweep's --output)")
-    p.add_argument("--table", choices=("2", "3", "4", "5", "7"), default=None, help="only this table of the paper")
-    p.add_argument("--out", default=None, type=writable_folder,
+    r.add_argument("--table", choices=("2", "3", "4", "5", "7"), default=None, help="only this table of the paper")
+    r.add_argument("-o", "--output", default=None, type=writable_folder,
                    help="folder for table<N>.md/.csv/.png (default: --runs)")
-    a = p.parse_args(argv)
+    r.add_alias("--out", of="--output")
+    c = sub.add_parser("compare-log", help="overlay a run's summary.csv on the authors' per-epoch curves")
+    c.add_argument("--run", required=True, type=readable_file,
+                   help="summary.csv of a run (epoch, eval_top1, eval_loss, train_loss)")
+    c.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
+    c.add_argument("--figure", default=None, type=writable_file, help="PNG path (default: next to the run's CSV)")
+    c.add_alias("--out", of="--figure")
+    return p
+
+
+def results_main(argv: Sequence[str]) -> int:
+    """``python -m utils.tables runs --runs DIR ...`` (the ``runs`` mode)."""
+    argv = list(argv)
+    a = build_parser().parse_args(argv if argv[:1] == ["runs"] else ["runs", *argv])
+    return _runs(a)
+
+
+def _runs(a) -> int:
     if not os.path.isdir(a.runs):
         print(f"error: --runs {a.runs} is not a folder", file=sys.stderr)
         return 2
@@ -434,46 +473,26 @@ def results_main(argv: Sequence[str]) -> int:
     unfinished = sum(r["status"] != "finished" for r in rows)
     if unfinished:
         print(f"\n{unfinished} of {len(rows)} rows are unfinished (means over the epochs done so far).")
-    print("wrote " + ", ".join(write_results(rows, a.out or a.runs, stem, title)))
+    print("wrote " + ", ".join(write_results(rows, a.output or a.runs, stem, title)))
     return 0
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a == "--runs" or a.startswith("--runs=") for a in argv):
-        return results_main(argv)
-    from utils.cli import positive_int, readable_file, writable_file
+def _compare_log(a) -> int:
+    out = a.figure or os.path.join(os.path.dirname(os.path.abspath(a.run)),
+                                   f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
+    s = compare_logs(a.run, a.reference, out)
+    print(f"this run: best {s['run_best']:.2f} last {s['run_last']:.2f} over {s['run_epochs']} epochs; "
+          f"authors: best {s['ref_best']:.2f} last {s['ref_last']:.2f} over {s['ref_epochs']} epochs "
+          f"({s['ref_at_run_last_epoch']:.2f} at this run's last epoch)")
+    print(f"wrote {out}")
+    return 0
 
-    if argv and argv[0] == "compare-log":
-        p = argparse.ArgumentParser(prog="python -m utils.tables compare-log",
-                                    description="overlay a run's summary.csv on the authors' per-epoch curves")
-        p.add_argument("--run", required=True, type=readable_file,
-                       help="summary.csv of a run (epoch, eval_top1, eval_loss, train_loss)")
-        p.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
-        p.add_argument("--out", default=None, type=writable_file,
-                       help="PNG path (default: next to the run's CSV)")
-        a = p.parse_args(argv[1:])
-        out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.run)),
-                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
-        s = compare_logs(a.run, a.reference, out)
-        print(f"this run: best {s['run_best']:.2f} last {s['run_last']:.2f} over {s['run_epochs']} epochs; "
-              f"authors: best {s['ref_best']:.2f} last {s['ref_last']:.2f} over {s['ref_epochs']} epochs "
-              f"({s['ref_at_run_last_epoch']:.2f} at this run's last epoch)")
-        print(f"wrote {out}")
-        return 0
-    p = argparse.ArgumentParser(
-        prog="python -m utils.tables",
-        description="parameter counts (and energy) of every registered model beside the paper's "
-                    "Tables 2, 3, 5; `compare-log` overlays training curves")
-    p.add_argument("--checkpoint", action="append", default=[],
-                   help="NAME=PATH or NAME@T4=PATH: estimate energy for that model (synthetic input)")
-    p.add_argument("--img-size", type=positive_int, default=None)
-    p.add_argument("--csv", default=None, type=writable_file, help="also write the table to this CSV")
-    a = p.parse_args(argv)
+
+def _params(a) -> int:
     ckpts = {}
-    for c in a.checkpoint:
+    for c in a.weights:
         if "=" not in c:
-            raise SystemExit(f"--checkpoint takes NAME=PATH, got {c!r}")
+            raise SystemExit(f"--weights takes NAME=PATH, got {c!r}")
         k, v = c.split("=", 1)
         ckpts[k] = v
     rows = params_table(ckpts, a.img_size)
@@ -488,6 +507,12 @@ def main(argv=None) -> int:
             w.writeheader()
             w.writerows(rows)
     return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    return {"runs": _runs, "compare-log": _compare_log}.get(a.mode, _params)(a)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 #   OUTPUT=runs/c100 bash cifar10-100/ablations/run_all.sh ...                 # sweep folder (default below)
 # Running it again skips finished runs and continues the others. Then:
 #   python -m utils.sweep --status output/c100_ablations
-#   python -m utils.tables --runs output/c100_ablations --table 4   (or --table 7)
+#   python -m utils.tables runs --runs output/c100_ablations --table 4   (or --table 7)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

@@ -7,7 +7,7 @@
 #   OUTPUT=runs/c10dvs bash event/ablations/run_all.sh ...                 # sweep folder (default below)
 # Running it again skips finished runs and continues the others. Then:
 #   python -m utils.sweep --status output/c10dvs_ablations
-#   python -m utils.tables --runs output/c10dvs_ablations --table 4
+#   python -m utils.tables runs --runs output/c10dvs_ablations --table 4
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

@@ -21,7 +21,7 @@ Splits = Tuple[Optional[Dataset], Dataset]  # what a builder returns: (train set
 
 def prepare_cmd(name: str, root, T: Optional[int] = None, download: bool = False) -> str:
     """The ``utils.prepare_data`` command that prepares ``name`` in ``root``."""
-    cmd = f"python -m utils.prepare_data --dataset {name} --root {root}"
+    cmd = f"python -m utils.prepare_data --dataset {name} --data-dir {root}"
     if T is not None:
         cmd += f" --T {T}"
     if download:
