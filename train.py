@@ -53,6 +53,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _load_datasets(cfg: Config, world_size: int):
+    """``(train_set, eval_set)``, built before the run folder is touched: a missing or wrongly laid-out dataset
+    folder, and a batch larger than a process's share of the training set (an epoch of zero steps), stop the
+    run before ``run.lock`` or ``status.json`` is written."""
+    from utils import data as data_lib
+
+    train_set, eval_set = data_lib.create_datasets(cfg)
+    per_rank = len(train_set) // world_size
+    if per_rank < cfg.batch_size:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the {per_rank} training samples "
+                          f"per process ({len(train_set)} in {cfg.dataset} / {world_size} process(es)), so an epoch "
+                          f"would have no step; lower --batch-size to at most {per_rank}")
+    return train_set, eval_set
+
+
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from torch.utils.data import DataLoader
 
@@ -60,10 +75,6 @@ def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from utils.engine import SampleSeededDataset, SeededDistributedSampler, seed_worker
 
     pin = bool(cfg.pin_memory) and dist_info.device.type == "cuda"
-    per_rank = len(train_set) // dist_info.world_size
-    if per_rank < cfg.batch_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training samples per process; "
-                          f"lower --batch-size")
     workers = cfg.workers
     # Worker processes stay alive across epochs; each training sample seeds its worker's RNGs from
     # (seed, epoch, index), so augmentations do not depend on worker state and a resumed run replays exactly.
@@ -275,6 +286,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
 
     check_run_paths(cfg)
     dist_info = _setup_process(cfg)
+    datasets = _load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
     try:
@@ -287,7 +299,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
                                 best_top1=state.get("best_metric") if state else None,
                                 best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="")
         try:
-            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder)
+            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
         except BaseException as err:
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
@@ -323,8 +335,8 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
     return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
 
 
-def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
-    """Data, model and training objects, then the epochs."""
+def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, Any]:
+    """Loaders, model and training objects for ``datasets`` (train, eval), then the epochs."""
     from utils import data as data_lib
     from utils.atomic_file import FileWriteError
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
@@ -338,7 +350,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
         _log.warning(memory_warning)
     # ---- setup
-    train_set, eval_set = data_lib.create_datasets(cfg)
+    train_set, eval_set = datasets
     info = data_lib.dataset_info(cfg.dataset)
     num_classes = cfg.num_classes or info["num_classes"]
     train_loader, eval_loader, train_sampler = _make_loaders(cfg, train_set, eval_set, dist_info)
