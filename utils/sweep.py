@@ -145,8 +145,9 @@ def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
 
     try:
         cfg = parse_config(["-c", config, *overrides])
-    except ConfigError as err:
-        raise SweepError(f"{config}: {err}") from None
+    except ConfigError as err:  # named once: most config errors already name the file
+        msg = str(err)
+        raise SweepError(msg if config in msg or os.path.abspath(config) in msg else f"{config}: {msg}") from None
     return cfg.epochs + cfg.cooldown_epochs
 
 
