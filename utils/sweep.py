@@ -184,12 +184,10 @@ def load_manifest(output: str) -> dict:
 
 def save_manifest(output: str, manifest: dict) -> None:
     """Write ``DIR/sweep.json`` atomically."""
-    os.makedirs(output, exist_ok=True)
+    from utils.atomic_file import atomic_write
+
     manifest["updated"] = _now()
-    tmp = os.path.join(output, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(output, MANIFEST))
+    atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))
 
 
 def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
