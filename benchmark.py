@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -449,21 +450,24 @@ def _sig(x: float, digits: int = 4) -> float:
 
 
 def append_csv(path: str, row: Dict[str, Any]):
-    """Append ``row``; a file written with an older column set is rewritten with the current one."""
+    """Append ``row``; a file written with an older column set is rewritten (atomically) with the current one."""
+    from utils.atomic_file import atomic_write
+
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    old_rows = None
     if not new:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != CSV_FIELDS:
-                old_rows = list(reader)
-                with open(path + ".tmp", "w", newline="") as out:
-                    w = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
-                    w.writeheader()
-                    w.writerows(old_rows)
-                os.replace(path + ".tmp", path)
+            old_rows = list(reader) if reader.fieldnames != CSV_FIELDS else None
+    if old_rows is not None:
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(old_rows)
+        atomic_write(path, text.getvalue())
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new:

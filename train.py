@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -53,6 +53,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _load_datasets(cfg: Config, world_size: int):
+    """``(train_set, eval_set)``, built before the run folder is touched: a missing or wrongly laid-out dataset
+    folder, and a batch larger than a process's share of the training set (an epoch of zero steps), stop the
+    run before ``run.lock`` or ``status.json`` is written."""
+    from utils import data as data_lib
+
+    train_set, eval_set = data_lib.create_datasets(cfg)
+    per_rank = len(train_set) // world_size
+    if per_rank < cfg.batch_size:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the {per_rank} training samples "
+                          f"per process ({len(train_set)} in {cfg.dataset} / {world_size} process(es)), so an epoch "
+                          f"would have no step; lower --batch-size to at most {per_rank}")
+    return train_set, eval_set
+
+
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from torch.utils.data import DataLoader
 
@@ -60,10 +75,6 @@ def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from utils.engine import SampleSeededDataset, SeededDistributedSampler, seed_worker
 
     pin = bool(cfg.pin_memory) and dist_info.device.type == "cuda"
-    per_rank = len(train_set) // dist_info.world_size
-    if per_rank < cfg.batch_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training samples per process; "
-                          f"lower --batch-size")
     workers = cfg.workers
     # Worker processes stay alive across epochs; each training sample seeds its worker's RNGs from
     # (seed, epoch, index), so augmentations do not depend on worker state and a resumed run replays exactly.
@@ -275,6 +286,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
 
     check_run_paths(cfg)
     dist_info = _setup_process(cfg)
+    datasets = _load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
     try:
@@ -282,12 +294,12 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
         total = cfg.epochs + cfg.cooldown_epochs
         if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
             return _finished(cfg, state, run_dir, total, dist_info.is_main)
-        if folder is not None:
-            folder.write_status(state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
-                                best_top1=state.get("best_metric") if state else None,
-                                best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="")
+        _rank0_writes(dist_info, lambda: folder.write_status(
+            state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
+            best_top1=state.get("best_metric") if state else None,
+            best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message=""))
         try:
-            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder)
+            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
         except BaseException as err:
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
@@ -323,12 +335,12 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
     return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
 
 
-def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
-    """Data, model and training objects, then the epochs."""
+def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, Any]:
+    """Loaders, model and training objects for ``datasets`` (train, eval), then the epochs."""
     from utils import data as data_lib
     from utils.atomic_file import FileWriteError
     from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
-    from utils.distributed import all_reduce_sum, barrier
+    from utils.distributed import all_reduce_sum
     from utils.engine import (EpochStart, build_model, build_training, epoch_seed, seed_everything,
                               start_epoch_schedule, train_one_epoch, training_state)
     from utils.logger import RunLogger
@@ -338,7 +350,7 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
         _log.warning(memory_warning)
     # ---- setup
-    train_set, eval_set = data_lib.create_datasets(cfg)
+    train_set, eval_set = datasets
     info = data_lib.dataset_info(cfg.dataset)
     num_classes = cfg.num_classes or info["num_classes"]
     train_loader, eval_loader, train_sampler = _make_loaders(cfg, train_set, eval_set, dist_info)
@@ -366,13 +378,16 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
         held["what"] = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
                         else f"epoch {start_epoch - 1}")
     logger = None
+
+    def setup_files() -> None:
+        nonlocal logger
+        _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
+        logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch, history=history)
+        _report_reconciled(logger, state)
+        _rederive_best(state, best_path)
+
     try:
-        if main:
-            _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
-            logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
-                               history=history)
-            _report_reconciled(logger, state)
-            _rederive_best(state, best_path)
+        _rank0_writes(dist_info, setup_files)
     except FileWriteError as err:
         err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "Nothing was trained yet."
         raise
@@ -387,12 +402,13 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
 
     def save_position(epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
-        if main:
+        def write() -> None:
             samples = skip + (step - start_step) * cfg.batch_size  # per process, from the epoch's start
             save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step, "samples": samples,
                                                                        "loss_sum": loss_sum}), last_path)
             held["what"] = f"the position in epoch {epoch} after step {step}"
-        barrier()
+
+        _rank0_writes(dist_info, write)
 
     def commit_epoch(epoch: int, row: Dict[str, Any]) -> None:
         """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
@@ -462,15 +478,14 @@ def _train(cfg, dist_info, run_dir, state, stop, folder) -> Dict[str, Any]:
                 best["metric"], best["epoch"] = metric, epoch
             best["last"] = metric
             row["epoch_seconds"] = time.perf_counter() - t_epoch
+            _rank0_writes(dist_info, commit_epoch, epoch, row)
             if main:
-                commit_epoch(epoch, row)
                 ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
                 _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}"
                           f"  train_loss {stats['train_loss']:.4f}  eval_loss {row['eval_loss']:.4f}"
                           f"  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
                           f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
                           f"  {row['epoch_seconds']:.1f}s")
-            barrier()
     except FileWriteError as err:
         err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "No checkpoint was written yet."
         raise
@@ -538,6 +553,27 @@ def _rederive_best(state, best_path: str) -> None:
                      f"({'it is missing' if have is None else 'it holds epoch %d' % have['epoch']}) and "
                      f"{state['path']} holds a later position: best.pth.tar is rewritten when an epoch beats "
                      f"{state.get('best_metric')}")
+
+
+def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:
+    """Run ``write(*args)`` (rank 0's files of the run folder) on rank 0, then tell every process whether the disk
+    refused it: all ranks raise the same :class:`FileWriteError` and exit, none waits at the next collective
+    for a rank 0 that has stopped. Also the processes' synchronisation point after the write."""
+    from utils.atomic_file import FileWriteError
+    from utils.distributed import broadcast_object
+
+    error = None
+    if dist_info.is_main:
+        try:
+            write(*args)
+        except FileWriteError as err:
+            error = err
+    if dist_info.world_size > 1:
+        shared = broadcast_object((error.path, error.errno, error.reason) if error is not None else None)
+        if shared is not None and error is None:
+            error = FileWriteError(shared[0], OSError(shared[1], shared[2]))
+    if error is not None:
+        raise error
 
 
 def _saved(err, where: str):

@@ -98,19 +98,15 @@ def check_paths(cfg) -> None:
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
+    from utils.atomic_file import FileWriteError, atomic_write
+
     text = json.dumps(out, indent=2)
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
+        atomic_write(path, text + "\n")
+    except FileWriteError as err:
         print(text)
-        raise ConfigError(f"could not write --results-file {path} ({err.strerror}); the results are printed above") \
+        raise ConfigError(f"could not write --results-file {path} ({err.reason}); the results are printed above") \
             from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _check_pretrained_classes(cfg, num_classes: int) -> None:

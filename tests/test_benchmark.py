@@ -1,6 +1,7 @@
 """benchmark.py in smoke mode (tiny model, one step): output format, CSV, options, errors. No timing asserts."""
 import csv
 import json
+import os
 
 import pytest
 
@@ -14,6 +15,17 @@ def _run(tmp_path, *args):
     out = tmp_path / "bench.csv"
     rows = benchmark.main(["--smoke", "--csv", str(out), *args])
     return rows, out
+
+
+def test_a_csv_with_old_columns_is_rewritten_with_the_current_ones(tmp_path):
+    out = tmp_path / "bench.csv"
+    out.write_text("model,mode\nold_model,train\n")
+    benchmark.append_csv(str(out), {"model": "new_model", "mode": "infer"})
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == benchmark.CSV_FIELDS
+        assert [(r["model"], r["mode"]) for r in reader] == [("old_model", "train"), ("new_model", "infer")]
+    assert os.listdir(tmp_path) == ["bench.csv"]  # no temp file left
 
 
 def test_smoke_train_eager_prints_json_and_appends_csv(tmp_path, capsys):

@@ -60,3 +60,54 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
     for col in ("eval_top1", "eval_top5"):
         assert ra[0][col] == rb[0][col]
     assert float(ra[0]["eval_loss"]) == pytest.approx(float(rb[0]["eval_loss"]), rel=1e-5)
+
+
+FULL_DISK_ON_RANK0 = """import errno, os, sys
+
+import tiny_models  # noqa: F401
+import utils.checkpoint
+from utils.atomic_file import FileWriteError
+
+if os.environ["RANK"] == "0":
+    def full_disk(state, path, *a, **kw):
+        raise FileWriteError(str(path), OSError(errno.ENOSPC, "No space left on device"))
+    utils.checkpoint.save_checkpoint = full_disk
+import train
+
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_checkpoint_that_rank0_cannot_write_stops_every_rank(tmp_path):
+    """Two processes started without torchrun (whose agent would kill the survivors): when the disk refuses
+    rank 0's last.pth.tar, rank 1 learns it at the same point and exits with the same error, instead of
+    waiting at the next collective for a rank 0 that has stopped."""
+    import socket
+
+    script = tmp_path / "train_full_disk.py"
+    script.write_text(FULL_DISK_ON_RANK0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = os.pathsep.join(p for p in (ROOT, TESTS, os.environ.get("PYTHONPATH")) if p)
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(script), *ARGS, "--batch-size", "8", "--output",
+                                       str(tmp_path), "--experiment", "full", "--threads", "1"], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            results.append((p.returncode, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    (rc0, err0), (rc1, err1) = results
+    last = str(tmp_path / "full" / "last.pth.tar")
+    assert rc0 == 1 and f"could not write {last}: no space left on the device" in err0, err0[-3000:]
+    assert "--resume auto" in err0
+    assert rc1 == 1 and "Traceback" not in err1, err1[-3000:]

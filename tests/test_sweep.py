@@ -206,7 +206,16 @@ def test_manifest_refuses_a_run_with_other_overrides(tmp_path):
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert sweep.main([str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o")]) == 2
-    assert "config file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config file not found" in err and err.count("missing.yaml") == 1, err
+    (tmp_path / "dup.yaml").write_text("epochs: 1\nepochs: 2\n")
+    assert sweep.main([str(tmp_path / "dup.yaml"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # the path once, before the problem
+    assert err.count("dup.yaml") == 1 and "given twice (line 1 and line 2)" in err, err
+    (tmp_path / "nan.yaml").write_text("lr: .nan\n")
+    assert sweep.main([str(tmp_path / "nan.yaml"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # a message that does not name the file gets it in front
+    assert err.startswith(f"error: {tmp_path / 'nan.yaml'}: ") and "'lr'" in err, err
     cfg = tiny_config(str(tmp_path), "t")
     assert sweep.main([cfg, "--output", str(tmp_path / "o"), "--", "--epochz", "1"]) == 2
     assert "unknown config key 'epochz'" in capsys.readouterr().err

@@ -209,6 +209,21 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, extra, needle):
     assert err.startswith("error: ") and needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--dataset", "synthetic", "--synthetic-size", "8", "4"], "'batch_size': 16 is larger than the 8 training"),
+    (["--dataset", "cifar10", "--data-path", "{tmp}/missing"], "missing"),
+    (["--dataset", "cifar10", "--data-path", "{tmp}/flat"], "cifar-10-batches-py/"),  # a folder, wrongly laid out
+])
+def test_data_problems_stop_before_the_run_folder_is_written(tmp_path, capsys, extra, needle):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "data_batch_1").write_bytes(b"")
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    rc = train.main(TINY + ["--epochs", "1", "--output", str(tmp_path / "out"), "--experiment", "x"] + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and needle in err, err
+    assert not (tmp_path / "out" / "x").exists()  # no run.lock, no status.json
+
+
 def test_cuda_amp_fp16_path():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA (fp16 autocast + GradScaler)")

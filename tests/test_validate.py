@@ -63,7 +63,7 @@ def test_results_are_printed_if_the_file_cannot_be_written_after_all(tmp_path, c
         return real_open(path, *a, **k)
 
     monkeypatch.setattr("builtins.open", failing_open)
-    with pytest.raises(validate.ConfigError, match="No space left on device.*printed above"):
+    with pytest.raises(validate.ConfigError, match="no space left on the device.*printed above"):
         validate.write_results(str(target), out)
     assert json.loads(capsys.readouterr().out) == out
 

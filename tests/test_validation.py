@@ -350,6 +350,15 @@ def test_run_main_turns_os_errors_into_one_line(capsys):
 
     assert cli.run_main(bad_input) == 2 and "error: config key 'x' is bad" in capsys.readouterr().err
 
+    def refused_write(argv):  # a file written through utils.atomic_file (sweep.json, a benchmark CSV)
+        from utils.atomic_file import FileWriteError
+
+        raise FileWriteError("/data/out/sweep.json", OSError(errno.EROFS, "Read-only file system"))
+
+    assert cli.run_main(refused_write) == 1
+    err = capsys.readouterr().err
+    assert "/data/out/sweep.json" in err and "read-only" in err, err
+
 
 def test_train_main_reports_an_os_error_with_its_path(tmp_path, monkeypatch, capsys):
     import train

@@ -29,7 +29,7 @@ class FileWriteError(OSError):
     def __init__(self, path: str, err: OSError):
         self.path, self.reason = path, _REASONS.get(err.errno, err.strerror or str(err))
         self.remedy = _REMEDIES.get(err.errno, "Fix the cause")  # the first words of the advice
-        super().__init__(err.errno, f"could not write {path}: {self.reason}")
+        super().__init__(err.errno, self.reason, path)  # filename: the commands' OSError line names the path
         self.kept = ""  # what the caller still holds, for the message (e.g. "last.pth.tar holds epoch 3")
 
     def __str__(self) -> str:

@@ -145,8 +145,9 @@ def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
 
     try:
         cfg = parse_config(["-c", config, *overrides])
-    except ConfigError as err:
-        raise SweepError(f"{config}: {err}") from None
+    except ConfigError as err:  # named once: most config errors already name the file
+        msg = str(err)
+        raise SweepError(msg if config in msg or os.path.abspath(config) in msg else f"{config}: {msg}") from None
     return cfg.epochs + cfg.cooldown_epochs
 
 
@@ -183,12 +184,10 @@ def load_manifest(output: str) -> dict:
 
 def save_manifest(output: str, manifest: dict) -> None:
     """Write ``DIR/sweep.json`` atomically."""
-    os.makedirs(output, exist_ok=True)
+    from utils.atomic_file import atomic_write
+
     manifest["updated"] = _now()
-    tmp = os.path.join(output, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(output, MANIFEST))
+    atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))
 
 
 def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
