@@ -202,6 +202,15 @@ def test_old_spellings_of_train_and_validate_keys():
     assert parse_config(["--deterministic", "null"]).deterministic is None  # tri-state keys also take none
 
 
+def test_timm_spellings_with_their_timm_values():
+    from utils.config import parse_config
+
+    bare = parse_config(["--amp", "--torchcompile", "inductor", "--epochs", "3"])  # as a timm user writes them
+    assert (bare.amp, bare.compile, bare.epochs) == ("bf16", True, 3)
+    assert parse_config(["--amp", "fp16"]).amp == "fp16" and parse_config(["--torchcompile=inductor"]).compile
+    assert parse_config([]).amp == "none" and not parse_config([]).compile
+
+
 def test_old_spellings_of_the_tools():
     import benchmark
 

@@ -94,7 +94,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "mixup_off_epoch": _o(0, int, "turn mixup/cutmix off from this epoch (targets stay smoothed); 0 = never", low=0),
     "reference_batch": _o(None, int, "effective batch of the published recipe (a warning if yours differs)", low=1),
     # engine switches
-    "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA)", choices=("none", "bf16", "fp16")),
+    "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA); a bare --amp means bf16",
+               choices=("none", "bf16", "fp16")),
     "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
     "fastpath": _o(True, bool, "utils.fastpath train defaults, as benchmark.py: PyTorch neurons compiled "
                    "(float32: within the golden tolerances; under amp also whole-model compile + channels-last); "
@@ -412,6 +413,20 @@ FIRST_FLAGS: Dict[str, str] = {"data_path": "--data-dir", "energy_out": "--energ
 VALUE_SPELLINGS: Dict[str, Dict[str, str]] = {
     "amp": {"bfloat16": "bf16", "float16": "fp16", "float32": "none"},
 }
+# what a valued key's flag means without a value (timm's bare ``--amp``: mixed precision on)
+BARE_VALUES: Dict[str, str] = {"amp": "bf16"}
+
+
+def _timm_values(args: List[str]) -> List[str]:
+    """timm's ``--torchcompile inductor`` (the backend, the only one used here) is the switch ``--torchcompile``."""
+    out: List[str] = []
+    for token in args:
+        if token == "--torchcompile=inductor":
+            token = "--torchcompile"
+        elif token == "inductor" and out and out[-1] == "--torchcompile":
+            continue
+        out.append(token)
+    return out
 
 
 def key_flags(key: str, opt: Option) -> List[str]:
@@ -431,7 +446,7 @@ def build_arg_parser(options: Dict[str, Option], description: str = "",
     """An argparse parser with one flag per key (dash and underscore spellings, timm's name from
     :data:`KEY_FLAGS`). Switches take ``--x``, ``--no-x`` and ``--x true|false``. With ``shown``, only those keys
     are listed by ``-h``; the others are still accepted (hidden)."""
-    p = _Parser(description=description, allow_abbrev=False)
+    p = _Parser(description=description, allow_abbrev=False, legacy=_timm_values)
     p.add_argument("-c", "--config", default="", help="YAML config file")
     shown = None if shown is None else set(shown)
     for key, opt in sorted(options.items()):
@@ -447,6 +462,8 @@ def build_arg_parser(options: Dict[str, Option], description: str = "",
             kw.update(nargs="+", metavar="K=V" if kind is dict else "V")
         elif opt.choices:
             kw.update(metavar="{" + ",".join(map(str, opt.choices)) + "}")
+        if key in BARE_VALUES:
+            kw.update(nargs="?", const=BARE_VALUES[key])
         p.add_argument(*flags, **kw)
     return p
 
