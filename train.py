@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -337,19 +337,100 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
 
 def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, Any]:
     """Loaders, model and training objects for ``datasets`` (train, eval), then the epochs."""
+    return _run_epochs(_setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the epochs of a run share: the config and process, the training objects and loaders, where the run
+    stands (resume position, best so far, every summary row) and its files (``held``: what last.pth.tar holds,
+    for the message when the disk fails)."""
+
+    cfg: Config
+    dist_info: Any
+    stop: StopSignals
+    folder: Any  # the RunFolder on rank 0, None elsewhere
+    run_dir: str
+    t: Any  # utils.engine's training objects
+    train_loader: Any
+    eval_loader: Any
+    train_sampler: Any
+    state: Optional[Dict[str, Any]]  # the checkpoint resumed from
+    start_epoch: int
+    partial: Optional[Dict[str, Any]]  # the position inside start_epoch, until that epoch has started
+    best: Dict[str, Any]
+    history: List[Dict[str, Any]]
+    held: Optional[str] = None
+    logger: Any = None  # rank 0's RunLogger
+    skip: int = 0  # the current epoch's first sample (per process) and step
+    start_step: int = 0
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.run_dir, "last.pth.tar")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.run_dir, "best.pth.tar")
+
+    @property
+    def metric_key(self) -> str:
+        return "ema_eval_top1" if self.cfg.eval_metric == "ema_top1" else "eval_top1"
+
+    def kept(self, otherwise: str) -> str:
+        """What the run folder still holds after a refused write."""
+        return f"{self.last_path} still holds {self.held}." if self.held else otherwise
+
+    def checkpoint(self, **fields) -> Dict[str, Any]:
+        from utils.engine import training_state
+
+        cfg, best = self.cfg, self.best
+        return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
+                              best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
+                              config=_plain(cfg.to_dict()), history=self.history, **fields)
+
+    def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
+        """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
+        from utils.checkpoint import save_checkpoint
+
+        def write() -> None:
+            samples = self.skip + (step - self.start_step) * self.cfg.batch_size  # per process, from the epoch's start
+            save_checkpoint(self.checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step,
+                                                                            "samples": samples, "loss_sum": loss_sum}),
+                            self.last_path)
+            self.held = f"the position in epoch {epoch} after step {step}"
+
+        _rank0_writes(self.dist_info, write)
+
+    def on_log(self, step: int, loss: float, lr: float) -> None:
+        threads = self.dist_info.threads
+        if threads.update() is not None and self.dist_info.is_main:
+            _log.info(f"threads: {threads.threads} (other processes now use "
+                      f"{threads.others:.1f} of {threads.cpus} CPUs)")
+        if self.logger is not None:
+            self.logger.log_step(step, loss, lr)
+
+    def agreed_stop(self) -> bool:
+        from utils.distributed import all_reduce_sum
+
+        if self.dist_info.world_size == 1:
+            return self.stop.requested()
+        return float(all_reduce_sum(torch.tensor(float(self.stop.requested()), device=self.dist_info.device))) > 0
+
+
+def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
+    """Loaders, model and training objects, the resume position, and rank 0's banner, args.yaml and logger
+    (summary.csv rows restored from the checkpoint, best.pth.tar re-derived)."""
     from utils import data as data_lib
     from utils.atomic_file import FileWriteError
-    from utils.checkpoint import copy_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
-    from utils.distributed import all_reduce_sum
-    from utils.engine import (EpochStart, build_model, build_training, epoch_seed, seed_everything,
-                              start_epoch_schedule, train_one_epoch, training_state)
+    from utils.checkpoint import load_checkpoint, restore_rng_state
+    from utils.engine import build_model, build_training, seed_everything
     from utils.logger import RunLogger
     from utils.memory_plan import device_memory_warning
 
     main, device = dist_info.is_main, dist_info.device
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
         _log.warning(memory_warning)
-    # ---- setup
     train_set, eval_set = datasets
     info = data_lib.dataset_info(cfg.dataset)
     num_classes = cfg.num_classes or info["num_classes"]
@@ -372,133 +453,126 @@ def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, 
             _report_resume(cfg, state, start_epoch, dist_info.world_size)
     # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
     history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
-    last_path, best_path = os.path.join(run_dir, "last.pth.tar"), os.path.join(run_dir, "best.pth.tar")
-    held = {"what": None}  # what last.pth.tar holds, for the message when the disk fails
+    run = _Run(cfg, dist_info, stop, folder, run_dir, t, train_loader, eval_loader, train_sampler, state,
+               start_epoch, partial, best, history)
     if state is not None:
-        held["what"] = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
-                        else f"epoch {start_epoch - 1}")
-    logger = None
+        run.held = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
+                    else f"epoch {start_epoch - 1}")
 
+    # ---- rank 0's files
     def setup_files() -> None:
-        nonlocal logger
         _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
-        logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch, history=history)
-        _report_reconciled(logger, state)
-        _rederive_best(state, best_path)
+        run.logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
+                               history=history)
+        _report_reconciled(run.logger, state)
+        _rederive_best(state, run.best_path)
 
     try:
         _rank0_writes(dist_info, setup_files)
     except FileWriteError as err:
-        err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "Nothing was trained yet."
+        err.kept = run.kept("Nothing was trained yet.")
         raise
+    return run
 
-    # ---- epochs
-    metric_key = "ema_eval_top1" if cfg.eval_metric == "ema_top1" else "eval_top1"
 
-    def checkpoint(**fields):
-        return training_state(t, arch=cfg.model, num_updates=t.num_updates, best_metric=best["metric"],
-                              best_epoch=best["epoch"], metric=best["last"], world_size=dist_info.world_size,
-                              config=_plain(cfg.to_dict()), history=history, **fields)
+def _run_epochs(run: _Run) -> Dict[str, Any]:
+    """The epochs from the resume position on, each ended by :func:`_end_epoch`. A stop signal or an unreadable
+    training sample saves the position reached in ``last.pth.tar`` and ends the run."""
+    from utils import data as data_lib
+    from utils.atomic_file import FileWriteError
+    from utils.engine import EpochStart, epoch_seed, seed_everything, start_epoch_schedule, train_one_epoch
 
-    def save_position(epoch: int, step: int, loss_sum: float) -> None:
-        """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
-        def write() -> None:
-            samples = skip + (step - start_step) * cfg.batch_size  # per process, from the epoch's start
-            save_checkpoint(checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step, "samples": samples,
-                                                                       "loss_sum": loss_sum}), last_path)
-            held["what"] = f"the position in epoch {epoch} after step {step}"
-
-        _rank0_writes(dist_info, write)
-
-    def commit_epoch(epoch: int, row: Dict[str, Any]) -> None:
-        """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
-        (the commit point: weights, position, best, every row so far), then ``status.json``, ``best.pth.tar``
-        (a copy of last.pth.tar) and the ``summary.csv`` row, which a resume re-derives from the checkpoint."""
-        history.append(_plain(row))
-        save_checkpoint(checkpoint(epoch=epoch), last_path)
-        held["what"] = f"epoch {epoch}"
-        folder.write_status(epoch=epoch, best_top1=best["metric"], best_epoch=best["epoch"])
-        if best["epoch"] == epoch:
-            held["what"] += " (the best so far: a resume re-derives best.pth.tar from it)"
-            copy_checkpoint(last_path, best_path)
-            held["what"] = f"epoch {epoch}"
-        logger.log_epoch(row)
-
-    def on_log(step: int, loss: float, lr: float) -> None:
-        if dist_info.threads.update() is not None and main:
-            _log.info(f"threads: {dist_info.threads.threads} (other processes now use "
-                      f"{dist_info.threads.others:.1f} of {dist_info.threads.cpus} CPUs)")
-        if logger is not None:
-            logger.log_step(step, loss, lr)
-
-    def agreed_stop() -> bool:
-        if dist_info.world_size == 1:
-            return stop.requested()
-        return float(all_reduce_sum(torch.tensor(float(stop.requested()), device=device))) > 0
-
+    cfg, t, main, stop = run.cfg, run.t, run.dist_info.is_main, run.stop
     try:
-        for epoch in range(start_epoch, t.total_epochs):
-            if agreed_stop():
-                raise TrainingStopped(stop.signum, f"before epoch {epoch} ({last_path} holds epoch {epoch - 1})")
+        for epoch in range(run.start_epoch, t.total_epochs):
+            if run.agreed_stop():
+                raise TrainingStopped(stop.signum, f"before epoch {epoch} ({run.last_path} holds epoch {epoch - 1})")
             t_epoch = time.perf_counter()
-            seed_everything(epoch_seed(cfg.seed, epoch, dist_info.rank))
-            skip, start_step = _resume_offset(partial, state, cfg.batch_size, len(train_sampler), len(train_loader),
-                                              cfg.max_train_batches)
-            if partial and start_step != partial["step"] and main:
-                _log.info(f"epoch {epoch} continues at its sample {skip} (per process): step {start_step} "
+            seed_everything(epoch_seed(cfg.seed, epoch, run.dist_info.rank))
+            partial = run.partial
+            run.skip, run.start_step = _resume_offset(partial, run.state, cfg.batch_size, len(run.train_sampler),
+                                                      len(run.train_loader), cfg.max_train_batches)
+            if partial and run.start_step != partial["step"] and main:
+                _log.info(f"epoch {epoch} continues at its sample {run.skip} (per process): step {run.start_step} "
                           f"of batch size {cfg.batch_size}")
-            start = EpochStart(start_step, partial["loss_sum"], state["rng"]) if partial else EpochStart()
-            train_sampler.set_epoch(epoch, skip=skip)
+            start = EpochStart(run.start_step, partial["loss_sum"], run.state["rng"]) if partial else EpochStart()
+            run.train_sampler.set_epoch(epoch, skip=run.skip)
             if t.mixup_fn is not None and hasattr(t.mixup_fn, "mixup_enabled"):
                 t.mixup_fn.mixup_enabled = not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
             lr_epoch = start_epoch_schedule(t, epoch, resumed_inside=bool(partial))
-            stats = train_one_epoch(t, train_loader, epoch, start=start, max_batches=cfg.max_train_batches,
-                                    log_interval=cfg.log_interval, progress=cfg.progress and main, on_log=on_log,
-                                    should_stop=stop.requested, loader_errors=(data_lib.BadSampleError,))
-            partial = None
+            stats = train_one_epoch(t, run.train_loader, epoch, start=start, max_batches=cfg.max_train_batches,
+                                    log_interval=cfg.log_interval, progress=cfg.progress and main,
+                                    on_log=run.on_log, should_stop=stop.requested,
+                                    loader_errors=(data_lib.BadSampleError,))
+            run.partial = None
 
             if stats["error"] is not None:  # an unreadable training sample: keep the work done, name the file
-                save_position(epoch, stats["stopped_at"], stats["loss_sum"])
+                run.save_position(epoch, stats["stopped_at"], stats["loss_sum"])
                 raise _saved(stats["error"], f"epoch {epoch}, step {stats['stopped_at']}")
             if stats["stopped_at"] is not None:  # a stop signal
-                save_position(epoch, stats["stopped_at"], stats["loss_sum"])
+                run.save_position(epoch, stats["stopped_at"], stats["loss_sum"])
                 raise TrainingStopped(stop.signum, f"in epoch {epoch} after step {stats['stopped_at']} "
-                                                   f"({last_path} holds that position)")
-            try:
-                ev = _evaluate(t, eval_loader, device, cfg.max_eval_batches)
-            except data_lib.BadSampleError as err:  # the epoch's training is kept: a resume only evaluates
-                save_position(epoch, min(len(train_loader), cfg.max_train_batches or len(train_loader)),
-                              stats["loss_sum"])
-                raise _saved(err, f"the evaluation after epoch {epoch}") from None
-            row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], **ev,
-                   "img_per_s": stats["img_per_s"]}
-            metric = row[metric_key]
-            improved = best["metric"] is None or metric > best["metric"]
-            if improved:
-                best["metric"], best["epoch"] = metric, epoch
-            best["last"] = metric
-            row["epoch_seconds"] = time.perf_counter() - t_epoch
-            _rank0_writes(dist_info, commit_epoch, epoch, row)
-            if main:
-                ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
-                _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}"
-                          f"  train_loss {stats['train_loss']:.4f}  eval_loss {row['eval_loss']:.4f}"
-                          f"  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
-                          f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
-                          f"  {row['epoch_seconds']:.1f}s")
+                                                   f"({run.last_path} holds that position)")
+            _end_epoch(run, epoch, lr_epoch, stats, t_epoch)
     except FileWriteError as err:
-        err.kept = f"{last_path} still holds {held['what']}." if held["what"] else "No checkpoint was written yet."
+        err.kept = run.kept("No checkpoint was written yet.")
         raise
     finally:
-        if logger is not None:
-            logger.close()
+        if run.logger is not None:
+            run.logger.close()
+    best = run.best
     if main:
         best_txt = f"{best['metric']:.2f}% at epoch {best['epoch']}" if best["metric"] is not None else "n/a"
         outputs = [n for n in ("summary.csv", "learning_curve.png", "tensorboard/", "last.pth.tar", "best.pth.tar",
-                               "args.yaml") if os.path.exists(os.path.join(run_dir, n))]
-        _log.info(f"done. best {metric_key.replace('eval_', '')} {best_txt}\n"
-                  f"outputs in {os.path.abspath(run_dir)}: {', '.join(outputs)}")
-    return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run_dir}
+                               "args.yaml") if os.path.exists(os.path.join(run.run_dir, n))]
+        _log.info(f"done. best {run.metric_key.replace('eval_', '')} {best_txt}\n"
+                  f"outputs in {os.path.abspath(run.run_dir)}: {', '.join(outputs)}")
+    return {"best_top1": best["metric"], "best_epoch": best["epoch"], "run_dir": run.run_dir}
+
+
+def _end_epoch(run: _Run, epoch: int, lr_epoch: float, stats: Dict[str, Any], t_epoch: float) -> None:
+    """Evaluate, update the best so far, write the run folder (:func:`_commit_epoch` on rank 0) and print the
+    epoch's line. An unreadable eval sample keeps the epoch's training in ``last.pth.tar``."""
+    from utils import data as data_lib
+
+    cfg, t, best = run.cfg, run.t, run.best
+    try:
+        ev = _evaluate(t, run.eval_loader, run.dist_info.device, cfg.max_eval_batches)
+    except data_lib.BadSampleError as err:  # the epoch's training is kept: a resume only evaluates
+        steps = len(run.train_loader)
+        run.save_position(epoch, min(steps, cfg.max_train_batches or steps), stats["loss_sum"])
+        raise _saved(err, f"the evaluation after epoch {epoch}") from None
+    row = {"epoch": epoch, "lr": lr_epoch, "train_loss": stats["train_loss"], **ev, "img_per_s": stats["img_per_s"]}
+    metric = row[run.metric_key]
+    if best["metric"] is None or metric > best["metric"]:
+        best["metric"], best["epoch"] = metric, epoch
+    best["last"] = metric
+    row["epoch_seconds"] = time.perf_counter() - t_epoch
+    _rank0_writes(run.dist_info, _commit_epoch, run, epoch, row)
+    if run.dist_info.is_main:
+        ema_txt = f"  ema_top1 {row['ema_eval_top1']:.2f}" if t.ema is not None else ""
+        _log.info(f"epoch {epoch:>3}/{t.total_epochs - 1}  lr {lr_epoch:.3g}"
+                  f"  train_loss {stats['train_loss']:.4f}  eval_loss {row['eval_loss']:.4f}"
+                  f"  top1 {row['eval_top1']:.2f}  top5 {row['eval_top5']:.2f}{ema_txt}"
+                  f"  best {best['metric']:.2f} (ep {best['epoch']})  {stats['img_per_s']:.0f} img/s"
+                  f"  {row['epoch_seconds']:.1f}s")
+
+
+def _commit_epoch(run: _Run, epoch: int, row: Dict[str, Any]) -> None:
+    """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
+    (the commit point: weights, position, best, every row so far), then ``status.json``, ``best.pth.tar``
+    (a copy of last.pth.tar) and the ``summary.csv`` row, which a resume re-derives from the checkpoint."""
+    from utils.checkpoint import copy_checkpoint, save_checkpoint
+
+    run.history.append(_plain(row))
+    save_checkpoint(run.checkpoint(epoch=epoch), run.last_path)
+    run.held = f"epoch {epoch}"
+    run.folder.write_status(epoch=epoch, best_top1=run.best["metric"], best_epoch=run.best["epoch"])
+    if run.best["epoch"] == epoch:
+        run.held += " (the best so far: a resume re-derives best.pth.tar from it)"
+        copy_checkpoint(run.last_path, run.best_path)
+        run.held = f"epoch {epoch}"
+    run.logger.log_epoch(row)
 
 
 def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int, max_steps: int = 0):
