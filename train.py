@@ -572,7 +572,25 @@ def _commit_epoch(run: _Run, epoch: int, row: Dict[str, Any]) -> None:
         run.held += " (the best so far: a resume re-derives best.pth.tar from it)"
         copy_checkpoint(run.last_path, run.best_path)
         run.held = f"epoch {epoch}"
+    if run.cfg.checkpoint_hist:
+        _keep_best_epochs(run, epoch)
     run.logger.log_epoch(row)
+
+
+def _keep_best_epochs(run: _Run, epoch: int) -> None:
+    """``checkpoint_hist`` (timm's ``--checkpoint-hist``): ``checkpoint-<epoch>.pth.tar`` for the N best epochs
+    by ``eval_metric`` so far (ties: the earlier epoch); copies of last.pth.tar, so a crash here loses nothing."""
+    from utils.checkpoint import copy_checkpoint
+
+    scored = [(-float(r[run.metric_key]), int(r["epoch"])) for r in run.history
+              if r.get(run.metric_key) not in (None, "")]
+    keep = {e for _, e in sorted(scored)[:run.cfg.checkpoint_hist]}
+    if epoch in keep:
+        copy_checkpoint(run.last_path, os.path.join(run.run_dir, f"checkpoint-{epoch}.pth.tar"))
+    for name in os.listdir(run.run_dir):
+        stem = name[len("checkpoint-"):-len(".pth.tar")] if name.endswith(".pth.tar") else ""
+        if name.startswith("checkpoint-") and stem.isdigit() and int(stem) not in keep:
+            os.remove(os.path.join(run.run_dir, name))
 
 
 def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int, max_steps: int = 0):

@@ -20,7 +20,8 @@ HAS_T = ("train.py", "validate.py", "benchmark.py", "utils.energy", "utils.prepa
 HAS_BATCH = ("train.py", "validate.py", "benchmark.py", "utils.energy")
 # timm's train.py / validate.py names, where the concept exists here
 TIMM_NAMES = {
-    "train.py": ("--pin-mem", "-j", "--workers", "--pretrained", "-vb", "--validation-batch-size", "--amp",
+    "train.py": ("--checkpoint-hist", "--pin-mem", "-j", "--workers", "--pretrained", "-vb", "--validation-batch-size",
+                 "--amp",
                  "--amp-dtype", "--torchcompile", "-b", "--batch-size", "--model", "--num-classes", "--img-size",
                  "--resume", "--initial-checkpoint", "--output", "--experiment", "--device", "--seed",
                  "--channels-last", "--grad-checkpointing", "--crop-pct", "--mean", "--std", "--interpolation",

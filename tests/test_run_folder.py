@@ -196,3 +196,18 @@ def test_refusals_that_name_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is finished" in err and "drop --resume (keep --overwrite true)" in err and "larger --epochs" in err
     assert (tmp_path / "x" / "last.pth.tar").read_bytes() == before
+
+
+def test_checkpoint_hist_keeps_the_best_epochs(tmp_path):
+    """timm's --checkpoint-hist N: checkpoint-<epoch>.pth.tar of the N best epochs by the eval metric, the others
+    removed as better ones come; --overwrite clears them with the other outputs."""
+    assert _run(tmp_path, "--epochs", "4", "--checkpoint-hist", "2") == 0
+    run = tmp_path / "x"
+    rows = read_summary(str(run / "summary.csv"))
+    ranked = sorted(rows, key=lambda r: (-float(r["eval_top1"]), int(r["epoch"])))
+    kept = sorted(f for f in os.listdir(run) if f.startswith("checkpoint-"))
+    assert kept == sorted(f"checkpoint-{int(r['epoch'])}.pth.tar" for r in ranked[:2])
+    for name in kept:
+        assert read_training_state(run / name)["epoch"] == int(name[len("checkpoint-"):-len(".pth.tar")])
+    assert _run(tmp_path, "--epochs", "1", "--overwrite", "true") == 0
+    assert not [f for f in os.listdir(run) if f.startswith("checkpoint-")]

@@ -55,6 +55,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "resume": _o("", str, "checkpoint to resume from, or 'auto' (= <output>/<experiment>/last.pth.tar if present)"),
     "overwrite": _o(False, bool, "start afresh in a run folder that already holds a run, deleting its outputs"),
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
+    "checkpoint_hist": _o(0, int, "also keep the checkpoints of the N best epochs by eval_metric as "
+                          "checkpoint-<epoch>.pth.tar (timm's --checkpoint-hist); 0 = last and best only", low=0),
     "pretrained": _o(False, bool, "start from the model's released weights (timm pretrained cfg, e.g. --model "
                      "maxformer_10_768.t4_in1k; downloaded once); a new classifier if num_classes differs"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)", low=-2 ** 63, high=2 ** 63 - 1),

@@ -123,7 +123,8 @@ class RunFolder:
             raise ConfigError(
                 f"run folder {self.path} already holds a run ({', '.join(found)}). Continue it with --resume auto, "
                 f"choose another --experiment, or pass --overwrite true to delete it and start again")
-        for name in _OUTPUTS:
+        kept_epochs = [f for f in os.listdir(self.path) if f.startswith("checkpoint-") and f.endswith(".pth.tar")]
+        for name in _OUTPUTS + tuple(kept_epochs):  # checkpoint-<epoch>.pth.tar: checkpoint_hist
             p = os.path.join(self.path, name)
             if os.path.isdir(p):
                 shutil.rmtree(p)
