@@ -445,7 +445,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
         _log.warning(warning)
 
     # ---- resume position
-    start_epoch, _, best, partial = _position(state)  # the update count is restored into t
+    start_epoch, best, partial = _position(state)  # the update count is restored into t (restore_training)
     if state is not None:
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
@@ -675,11 +675,11 @@ def _saved(err, where: str):
 
 
 def _position(state: Optional[Dict[str, Any]]):
-    """(first epoch, optimizer updates done, best-so-far, position inside the epoch or None) of a checkpoint."""
+    """(first epoch, best-so-far, position inside the epoch or None) of a checkpoint."""
     if state is None:
-        return 0, 0, {"metric": None, "epoch": -1, "last": None}, None
+        return 0, {"metric": None, "epoch": -1, "last": None}, None
     best = {"metric": state.get("best_metric"), "epoch": int(state.get("best_epoch", -1)), "last": state.get("metric")}
-    return int(state["epoch"]) + 1, int(state.get("num_updates", 0)), best, state.get("partial_epoch")
+    return int(state["epoch"]) + 1, best, state.get("partial_epoch")
 
 
 def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-from utils.cli import BoolFlag, Parser, readable_file_problem
+from utils.cli import INT32_MAX, BoolFlag, Parser, readable_file_problem
 from utils.errors import INPUT_ERRORS
 from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
 
@@ -44,7 +44,6 @@ def _o(default, type_=None, help="", choices=None, short=None, low=None, high=No
     return Option(default, type_, help, choices, short, low, high, length)
 
 
-INT32_MAX = 2 ** 31 - 1  # the largest count a key may hold unless its Option says otherwise (tensor sizes, loaders)
 
 
 # Keys owned by the training engine. Data keys come from utils.data.DATA_OPTIONS.
