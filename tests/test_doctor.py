@@ -89,14 +89,9 @@ def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys):
 
 
 def test_doctor_memory_line_compares_the_plan_with_free_memory(monkeypatch):
-    import sys
-    import types
 
     cfg = parse_config(["-c", DIGITS])
-    monkeypatch.setitem(sys.modules, "utils.memory_plan", None)  # the planner is absent: a warning, no failure
-    absent = doctor._check_memory(cfg, False, 0)
-    assert absent.status == "WARN" and absent.detail.startswith("memory plan: not available")
-    monkeypatch.setitem(sys.modules, "utils.memory_plan", types.SimpleNamespace(plan_memory=lambda c: 20 * 2**30))
+    monkeypatch.setattr(doctor.memory_plan, "plan_memory", lambda c: 20 * 2**30)
     _machine(monkeypatch, gpus=[(9, 0)])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (16 * 2**30, 80 * 2**30))
     check = doctor._check_memory(cfg, True, 0)

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from utils import cuda_env
+from utils import cuda_env, memory_plan
 from utils.cuda_env import (arch_supported, build_cuda_version, cuda_problem, driver_cuda_version,
                             driver_fix, sm_name, wants_cuda)
 
@@ -86,12 +86,9 @@ def _check_gpus(cuda: bool, index: Optional[int]) -> List[Check]:
 
 
 def _check_memory(cfg, cuda: bool, index: int) -> Check:
+    """The plan against free GPU memory, by the same rule as train.py's warning (:func:`memory_plan.fits`)."""
     try:
-        from utils.memory_plan import plan_memory
-    except ImportError:
-        return Check("WARN", "memory", "memory plan: not available (this version has no utils.memory_plan)")
-    try:
-        planned = int(plan_memory(cfg))
+        planned = int(memory_plan.plan_memory(cfg))
     except Exception as err:  # the plan is advice: report it, never stop the checklist
         return Check("WARN", "memory", f"memory plan failed: {type(err).__name__}: {err}")
     text = f"plan {planned / 2**30:.1f} GiB per process"
@@ -99,7 +96,7 @@ def _check_memory(cfg, cuda: bool, index: int) -> Check:
         return Check("PASS", "memory", text + " (not checked against a GPU)")
     free, total = torch.cuda.mem_get_info(index)
     text += f", free {free / 2**30:.1f} of {total / 2**30:.1f} GiB on cuda:{index}"
-    if planned > free:
+    if not memory_plan.fits(planned, free):
         return Check("FAIL", "memory", text, "lower --batch-size (with --accum-steps to keep the effective batch), "
                      "or --grad-checkpointing true, or --compact-spikes true; see python benchmark.py --plan-memory")
     return Check("PASS", "memory", text)
