@@ -664,6 +664,8 @@ def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:
         shared = broadcast_object((error.path, error.errno, error.reason) if error is not None else None)
         if shared is not None and error is None:
             error = FileWriteError(shared[0], OSError(shared[1], shared[2]))
+        if error is not None:
+            error.shared = True  # every rank raises it here
     if error is not None:
         raise error
 
@@ -720,13 +722,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.engine import NonFiniteLossError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = None
+    cfg, together = None, False  # together: every rank exits here (see utils.distributed.cleanup)
     try:
         cfg = parse_config(argv, description=__doc__.split("\n\n")[0])
         with StopSignals() as stop:
             run(cfg, stop, command=" ".join(["train.py", *argv]))
+        together = True
         return 0
     except FileWriteError as err:
+        together = err.shared
         if is_main():
             print(f"error: {err}. The file that was there before is intact. {err.kept + ' ' if err.kept else ''}"
                   f"{err.remedy}, then continue with:\n  {resume_command(argv)}", file=sys.stderr)
@@ -763,7 +767,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"  {resume_command(argv)}", file=sys.stderr)
         return 130
     finally:
-        cleanup()
+        cleanup(together)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class FileWriteError(OSError):
         self.remedy = _REMEDIES.get(err.errno, "Fix the cause")  # the first words of the advice
         super().__init__(err.errno, self.reason, path)  # filename: the commands' OSError line names the path
         self.kept = ""  # what the caller still holds, for the message (e.g. "last.pth.tar holds epoch 3")
+        self.shared = False  # raised by every rank of a distributed run at the same point
 
     def __str__(self) -> str:
         return f"could not write {self.path}: {self.reason}"

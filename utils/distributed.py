@@ -104,8 +104,14 @@ def broadcast_object(obj, src: int = 0):
     return obj
 
 
-def cleanup() -> None:
+def cleanup(together: bool = False) -> None:
+    """Leave the process group. ``together``: every rank is known to be exiting at this point (success, or an
+    error all ranks share): they wait for each other first, because rank 0 hosts the rendezvous store and a rank
+    still tearing down when rank 0 has exited aborts (SIGABRT) instead of exiting with its code. Never after an
+    error of one rank only: the others would never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if together and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
