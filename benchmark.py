@@ -12,8 +12,8 @@ Each measurement: build the model, warm up (``--warmup`` steps, compilation incl
 ``--steps`` steps one by one and report the median. One JSON line per measurement is printed
 (the last line starting with ``{`` is the result) and appended to ``--csv``.
 
-Defaults are ``utils.fastpath.default_config(mode, amp)`` (flags resolved by
-``utils.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
+Defaults are ``utils.training.fastpath.default_config(mode, amp)`` (flags resolved by
+``utils.training.fastpath.resolve_config``, as train.py's): in float32 the fastest settings that stay
 within the golden tolerances; under ``--amp`` the fastest settings outright. ``--no-fastpath`` (old
 spelling ``--eager``) gives the plain path (spikingjelly neurons, no compile, NCHW).
 
@@ -24,7 +24,7 @@ a fresh subprocess. ``gflop_per_img`` is one forward pass counted by ``torch.uti
 (matmuls/convolutions; neurons, BN and pooling are not counted); a training step is counted as
 3x the forward. ``--peak`` adds the machine's measured fp32/bf16 matmul peak and the fraction
 of it achieved. ``--plan-memory`` runs nothing: it plans the step's peak device memory with fake
-tensors (``utils.memory_plan``), and with ``--max-batch`` the largest batch that fits.
+tensors (``utils.training.memory_plan``), and with ``--max-batch`` the largest batch that fits.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _legacy_argv(argv: List[str]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import Parser, any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
+    from utils.config.cli import Parser, any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
 
     p = Parser(description=__doc__.split("\n\n")[0], legacy=_legacy_argv)
     p.add_argument("--model", default="maxformer_cifar", help="registered model name (timm)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra model kwargs, YAML values, e.g. embed_dims=64 neuron=if depths=[1,1,2]")
     p.add_argument("--amp", "--amp-dtype", default="none", type=_amp_dtype, choices=("none", "bf16", "fp16"))
-    p.add_bool("--fastpath", default=True, help="utils.fastpath defaults as train.py's; --no-fastpath = the plain "
+    p.add_bool("--fastpath", default=True, help="the fast path defaults as train.py's; --no-fastpath = the plain "
                "path: spikingjelly neurons, no compile, NCHW")
     p.add_alias("--eager", of="--fastpath", action="store_const", const=False)
     p.aliases["--eager"] = "--no-fastpath"
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ratio on a busy machine); adds eager_ms_per_step and speedup_vs_eager (peak memory "
                     "then includes both models)")
     p.add_bool("--plan-memory",
-               help="plan the peak device memory of the step instead of running it (utils.memory_plan: fake "
+               help="plan the peak device memory of the step instead of running it (utils.training.memory_plan: fake "
                     "tensors, seconds on CPU): weights, gradients, optimizer state, activations, total")
     p.add_bool("--max-batch",
                help="with --plan-memory: the largest batch that fits --device-memory, or else the options "
@@ -201,8 +201,8 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def fastpath_config(args):
-    """The fast-path settings of the command line (``utils.fastpath.resolve_config``)."""
-    from utils.fastpath import resolve_config
+    """The fast-path settings of the command line (``utils.training.fastpath.resolve_config``)."""
+    from utils.training.fastpath import resolve_config
 
     switches = {f: getattr(args, f) for f in ("channels_last", "fold_bn", "neuron_impl",
                                               "grad_checkpointing", "fast_conv", "compact_spikes", "fast_pool")}
@@ -224,8 +224,8 @@ def compile_scope(args) -> Optional[str]:
 def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
     from models import ModelError, create_model, input_spec, parse_model_kwargs
-    from utils.fastpath import EAGER, prepare_input, prepare_model
-    from utils.threads import ThreadPolicy
+    from utils.training.fastpath import EAGER, prepare_input, prepare_model
+    from utils.training.threads import ThreadPolicy
 
     ThreadPolicy.start(args.threads)  # as train.py: the cores other processes leave free, unless --threads
     device = torch.device(args.device or "cpu")
@@ -347,9 +347,9 @@ def tensor_peak_mb(step, live_tensors) -> float:
 
 def plan(args) -> Dict[str, Any]:
     """``--plan-memory``: print the planned memory of the step (and with ``--max-batch`` what fits);
-    returns the plan's row (``utils.memory_plan.MemoryPlan.as_dict``, plus ``max_batch`` or ``fit_options``)."""
+    returns the plan's row (``memory_plan.MemoryPlan.as_dict``, plus ``max_batch`` or ``fit_options``)."""
     from models import ModelError, parse_model_kwargs
-    from utils import memory_plan as mp
+    from utils.training import memory_plan as mp
 
     args.device = args.device or "cuda"
     try:
@@ -373,7 +373,7 @@ def plan(args) -> Dict[str, Any]:
 
 def _plan_max_batch(args, settings: Dict[str, Any], planned) -> Dict[str, Any]:
     """``--max-batch``: the largest batch that fits the device, else the options that make the batch fit."""
-    from utils import memory_plan as mp
+    from utils.training import memory_plan as mp
 
     if args.device_memory:
         device_bytes = mp.parse_bytes(args.device_memory)
@@ -408,7 +408,7 @@ def _make_step(model, x, y, args, device):
     import torch.nn.functional as F
 
     from models import reset_net
-    from utils.engine import amp_context
+    from utils.training.engine import amp_context
     autocast = amp_context(args.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
 
@@ -545,6 +545,6 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

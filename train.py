@@ -71,8 +71,8 @@ def _load_datasets(cfg: Config, world_size: int):
 def _make_loaders(cfg: Config, train_set, eval_set, dist_info):
     from torch.utils.data import DataLoader
 
-    from utils.distributed import ShardSampler
-    from utils.engine import SampleSeededDataset, SeededDistributedSampler, seed_worker
+    from utils.training.distributed import ShardSampler
+    from utils.training.engine import SampleSeededDataset, SeededDistributedSampler, seed_worker
 
     pin = bool(cfg.pin_memory) and dist_info.device.type == "cuda"
     workers = cfg.workers
@@ -163,11 +163,11 @@ class StopSignals:
 def _setup_process(cfg: Config):
     """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
     global _log
-    from utils.determinism import apply_determinism, resolve_deterministic
-    from utils.distributed import init_distributed
-    from utils.doctor import cheap_checks
-    from utils.logger import setup_console_logging
-    from utils.threads import ThreadPolicy, loader_workers
+    from utils.training.determinism import apply_determinism, resolve_deterministic
+    from utils.training.distributed import init_distributed
+    from utils.tools.doctor import cheap_checks
+    from utils.training.logger import setup_console_logging
+    from utils.training.threads import ThreadPolicy, loader_workers
 
     try:
         dist_info = init_distributed(cfg.device, cfg.dist_backend)
@@ -192,8 +192,8 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
     A fresh start over a folder that holds a run stops unless ``--overwrite``; every process gets rank 0's
     answer.
     """
-    from utils.checkpoint import auto_resume_path, read_training_state
-    from utils.distributed import broadcast_object
+    from utils.training.checkpoint import auto_resume_path, read_training_state
+    from utils.training.distributed import broadcast_object
 
     error, resume = None, cfg.resume
     if folder is not None:
@@ -281,8 +281,8 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     """
     from utils.atomic_file import FileWriteError
     from utils.config import check_run_paths
-    from utils.engine import NonFiniteLossError
-    from utils.run_folder import RunFolder
+    from utils.training.engine import NonFiniteLossError
+    from utils.training.run_folder import RunFolder
 
     check_run_paths(cfg)
     dist_info = _setup_process(cfg)
@@ -351,7 +351,7 @@ class _Run:
     stop: StopSignals
     folder: Any  # the RunFolder on rank 0, None elsewhere
     run_dir: str
-    t: Any  # utils.engine's training objects
+    t: Any  # utils.training.engine's training objects
     train_loader: Any
     eval_loader: Any
     train_sampler: Any
@@ -382,7 +382,7 @@ class _Run:
         return f"{self.last_path} still holds {self.held}." if self.held else otherwise
 
     def checkpoint(self, **fields) -> Dict[str, Any]:
-        from utils.engine import training_state
+        from utils.training.engine import training_state
 
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
@@ -391,7 +391,7 @@ class _Run:
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
-        from utils.checkpoint import save_checkpoint
+        from utils.training.checkpoint import save_checkpoint
 
         def write() -> None:
             samples = self.skip + (step - self.start_step) * self.cfg.batch_size  # per process, from the epoch's start
@@ -411,7 +411,7 @@ class _Run:
             self.logger.log_step(step, loss, lr)
 
     def agreed_stop(self) -> bool:
-        from utils.distributed import all_reduce_sum
+        from utils.training.distributed import all_reduce_sum
 
         if self.dist_info.world_size == 1:
             return self.stop.requested()
@@ -423,10 +423,10 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     (summary.csv rows restored from the checkpoint, best.pth.tar re-derived)."""
     from utils import data as data_lib
     from utils.atomic_file import FileWriteError
-    from utils.checkpoint import load_checkpoint, restore_rng_state
-    from utils.engine import build_model, build_training, seed_everything
-    from utils.logger import RunLogger
-    from utils.memory_plan import device_memory_warning
+    from utils.training.checkpoint import load_checkpoint, restore_rng_state
+    from utils.training.engine import build_model, build_training, seed_everything
+    from utils.training.logger import RunLogger
+    from utils.training.memory_plan import device_memory_warning
 
     main, device = dist_info.is_main, dist_info.device
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
@@ -480,7 +480,7 @@ def _run_epochs(run: _Run) -> Dict[str, Any]:
     training sample saves the position reached in ``last.pth.tar`` and ends the run."""
     from utils import data as data_lib
     from utils.atomic_file import FileWriteError
-    from utils.engine import EpochStart, epoch_seed, seed_everything, start_epoch_schedule, train_one_epoch
+    from utils.training.engine import EpochStart, epoch_seed, seed_everything, start_epoch_schedule, train_one_epoch
 
     cfg, t, main, stop = run.cfg, run.t, run.dist_info.is_main, run.stop
     try:
@@ -562,7 +562,7 @@ def _commit_epoch(run: _Run, epoch: int, row: Dict[str, Any]) -> None:
     """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
     (the commit point: weights, position, best, every row so far), then ``status.json``, ``best.pth.tar``
     (a copy of last.pth.tar) and the ``summary.csv`` row, which a resume re-derives from the checkpoint."""
-    from utils.checkpoint import copy_checkpoint, save_checkpoint
+    from utils.training.checkpoint import copy_checkpoint, save_checkpoint
 
     run.history.append(_plain(row))
     save_checkpoint(run.checkpoint(epoch=epoch), run.last_path)
@@ -580,7 +580,7 @@ def _commit_epoch(run: _Run, epoch: int, row: Dict[str, Any]) -> None:
 def _keep_best_epochs(run: _Run, epoch: int) -> None:
     """``checkpoint_hist`` (timm's ``--checkpoint-hist``): ``checkpoint-<epoch>.pth.tar`` for the N best epochs
     by ``eval_metric`` so far (ties: the earlier epoch); copies of last.pth.tar, so a crash here loses nothing."""
-    from utils.checkpoint import copy_checkpoint
+    from utils.training.checkpoint import copy_checkpoint
 
     scored = [(-float(r[run.metric_key]), int(r["epoch"])) for r in run.history
               if r.get(run.metric_key) not in (None, "")]
@@ -628,7 +628,7 @@ def _epochs_text(epochs) -> str:
 def _rederive_best(state, best_path: str) -> None:
     """``best.pth.tar`` after a run that ended between ``last.pth.tar`` and the copy: copied from the checkpoint
     (it holds the best epoch); a best.pth.tar that cannot be re-derived is named as missing."""
-    from utils.checkpoint import checkpoint_position, copy_checkpoint
+    from utils.training.checkpoint import checkpoint_position, copy_checkpoint
 
     if state is None or int(state.get("best_epoch", -1)) < 0:
         return
@@ -652,7 +652,7 @@ def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:
     refused it: all ranks raise the same :class:`FileWriteError` and exit, none waits at the next collective
     for a rank 0 that has stopped. Also the processes' synchronisation point after the write."""
     from utils.atomic_file import FileWriteError
-    from utils.distributed import broadcast_object
+    from utils.training.distributed import broadcast_object
 
     error = None
     if dist_info.is_main:
@@ -686,7 +686,7 @@ def _position(state: Optional[Dict[str, Any]]):
 
 def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:
     """The eval columns of a ``summary.csv`` row (the EMA's too when there is one)."""
-    from utils.engine import evaluate
+    from utils.training.engine import evaluate
 
     row = {}
     for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
@@ -718,11 +718,11 @@ def build_parser():
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.atomic_file import FileWriteError
     from utils.config import input_errors, report_input_error
-    from utils.distributed import cleanup, is_main
-    from utils.engine import NonFiniteLossError
+    from utils.training.distributed import cleanup, is_main
+    from utils.training.engine import NonFiniteLossError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, together = None, False  # together: every rank exits here (see utils.distributed.cleanup)
+    cfg, together = None, False  # together: every rank exits here (see utils.training.distributed.cleanup)
     try:
         cfg = parse_config(argv, description=__doc__.split("\n\n")[0])
         with StopSignals() as stop:
@@ -756,7 +756,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         return 128 + err.signum
     except OSError as err:  # the last line of defence: paths are checked before the run starts
-        from utils.cli import describe_os_error
+        from utils.config.cli import describe_os_error
 
         if is_main():
             print(f"error: {describe_os_error(err)}", file=sys.stderr)

@@ -77,7 +77,7 @@ def prepare_results_file(path: str) -> str:
 
 def check_paths(cfg) -> None:
     """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
-    from utils.cli import readable_file_problem, writable_folder_problem
+    from utils.config.cli import readable_file_problem, writable_folder_problem
 
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
@@ -85,7 +85,7 @@ def check_paths(cfg) -> None:
             if problem:
                 raise ConfigError(problem)
         return
-    if not os.path.isdir(cfg.checkpoint):  # a folder: utils.checkpoint names the files inside it
+    if not os.path.isdir(cfg.checkpoint):  # a folder: utils.training.checkpoint names the files inside it
         problem = readable_file_problem(cfg.checkpoint, "--checkpoint")
         if problem and os.path.exists(cfg.checkpoint):
             raise ConfigError(problem)
@@ -133,10 +133,10 @@ def build_eval(cfg):
     from torch.utils.data import DataLoader
 
     from utils import data as data_lib
-    from utils.checkpoint import load_checkpoint
-    from utils.distributed import ShardSampler, init_distributed
-    from utils.engine import build_model, place_model, seed_everything
-    from utils.threads import loader_workers
+    from utils.training.checkpoint import load_checkpoint
+    from utils.training.distributed import ShardSampler, init_distributed
+    from utils.training.engine import build_model, place_model, seed_everything
+    from utils.training.threads import loader_workers
 
     if not cfg.checkpoint and not cfg.pretrained:
         raise ConfigError("no weights given: pass --checkpoint PATH, or --pretrained for the model's released "
@@ -168,8 +168,8 @@ def build_eval(cfg):
 
 
 def run(cfg) -> Dict[str, Any]:
-    from utils.distributed import is_main
-    from utils.engine import amp_context, evaluate
+    from utils.training.distributed import is_main
+    from utils.training.engine import amp_context, evaluate
 
     results_file = prepare_results_file(cfg.results_file) if cfg.results_file and is_main() else None
     check_paths(cfg)
@@ -198,7 +198,7 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.energy import measure_energy, write_report
+    from utils.analysis.energy import measure_energy, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
@@ -212,7 +212,7 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.config import input_errors, report_input_error
-    from utils.distributed import cleanup
+    from utils.training.distributed import cleanup
 
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
@@ -221,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except input_errors() as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
-        from utils.cli import describe_os_error
+        from utils.config.cli import describe_os_error
 
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1

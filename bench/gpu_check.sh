@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check of a CUDA machine, about 8 minutes on one H100/H200. Run from anywhere:
 #     bash bench/gpu_check.sh        # results in bench/gpu_results.csv and bench/gpu_check.log (+ $OUT if set)
-# Steps: the preflight (utils.doctor); the golden conformance tests on CUDA; the Triton kernel tests on the GPU; the paper's Table 8 setting
+# Steps: the preflight (utils.tools.doctor); the golden conformance tests on CUDA; the Triton kernel tests on the GPU; the paper's Table 8 setting
 # (maxformer_10_768, T=1, batch 32, 224x224; A30: train 0.179 s/iter 15,431 MB, inference 0.044 s 4,354 MB);
 # the paper's T=4 ImageNet setting in bf16 at the largest batch the memory planner says fits (else 32),
 # eager and compiled; fp16 autocast; a single-GPU torchrun train.py on synthetic ImageNet-shaped data,
@@ -16,7 +16,7 @@ LOG=${LOG:-bench/gpu_check.log}
 STEPS=${STEPS:-5}
 CFG=imagenet/10_768_t4.yaml
 
-if ! problem=$($PY -c "from utils.doctor import cuda_problem; p = cuda_problem(); print((p or '').split(';')[0]); raise SystemExit(bool(p))" 2>&1); then
+if ! problem=$($PY -c "from utils.tools.doctor import cuda_problem; p = cuda_problem(); print((p or '').split(';')[0]); raise SystemExit(bool(p))" 2>&1); then
   echo "gpu_check: no usable CUDA device, nothing checked: ${problem:-python or torch failed to start}"
   exit 1
 fi
@@ -40,7 +40,7 @@ planned_mb() {  # planned_mb <train.py config args...>: the memory planner's pea
   timeout 120 $PY - "$@" 2>>"$LOG" <<'EOF' || echo n/a
 import sys
 from utils.config import parse_config
-from utils.memory_plan import plan_memory
+from utils.training.memory_plan import plan_memory
 print(round(plan_memory(parse_config(sys.argv[1:])) / 2**20))
 EOF
 }
@@ -69,8 +69,8 @@ measure() {  # measure <label> <timeout s> "<plan config args>" <benchmark args.
 say "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 
-step "preflight: python -m utils.doctor -c $CFG --dataset synthetic" 180 \
-  $PY -m utils.doctor -c "$CFG" --dataset synthetic
+step "preflight: python -m utils.tools.doctor -c $CFG --dataset synthetic" 180 \
+  $PY -m utils.tools.doctor -c "$CFG" --dataset synthetic
 
 step "golden conformance on CUDA (spikingjelly's GPU kernels and the fast path)" 300 \
   $PY -m pytest -q -x tests/test_fastpath.py -k cuda
@@ -134,12 +134,12 @@ fi
 
 step "train.py fp16 with GradScaler (T=4, synthetic 224x224, 8 steps)" 300 \
   $PY "${TRAIN[@]}" --amp fp16 --epochs 1 --max-train-batches 8 --experiment fp16 \
-  && { $PY -c "import sys; from utils.checkpoint import read_training_state as r; s = r(sys.argv[1]); \
+  && { $PY -c "import sys; from utils.training.checkpoint import read_training_state as r; s = r(sys.argv[1]); \
 sys.exit(0 if s.get('scaler') else 1)" "$RUN/fp16/last.pth.tar" 2>>"$LOG" \
        || fail "train.py fp16: no GradScaler state in the checkpoint"; }
 rm -rf "$RUN"
 
-say "planned vs measured peak memory (torch.cuda.max_memory_allocated; planner: utils.memory_plan)"
+say "planned vs measured peak memory (torch.cuda.max_memory_allocated; planner: utils.training.memory_plan)"
 printf '%s\n' "${MEMORY[@]}" | tee -a "$LOG"
 if [ -n "${OUT:-}" ]; then cp "$CSV" "$LOG" "$OUT"/ 2>/dev/null; fi
 if [ "${#FAILED[@]}" -gt 0 ]; then

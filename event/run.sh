@@ -4,7 +4,7 @@
 #   CONFIG=dvsgesture bash event/run.sh                   # DVS128 Gesture
 #   bash event/run.sh --model ms_qkformer_dvs --resume auto   # extra flags go to train.py
 #   NPROC=2 bash event/run.sh --batch-size 8              # 2 GPUs x 8 = the published batch 16
-# Prepare the frames first: python -m utils.prepare_data --dataset cifar10dvs (see README).
+# Prepare the frames first: python -m utils.tools.prepare_data --dataset cifar10dvs (see README).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

@@ -325,7 +325,7 @@ def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optiona
         raise ValueError(
             f"{variant}: no released weights for pretrained=True (released: {_released_names()}). "
             "For a checkpoint of your own pass pretrained_cfg_overlay=dict(file=PATH) or build the model and "
-            "call utils.checkpoint.load_checkpoint(model, PATH)")
+            "call utils.training.checkpoint.load_checkpoint(model, PATH)")
     if pretrained and cfg.file and not cfg.state_dict and not os.path.isfile(cfg.file):
         raise FileNotFoundError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
                                 f"given as pretrained_cfg_overlay=dict(file=...)")

@@ -4,7 +4,7 @@ Spiking neurons carry membrane state and BatchNorm updates running statistics, s
 ``torch.utils.checkpoint`` would recompute from the wrong state and count the batch twice. Here the
 membrane state at entry is restored before the recomputation and BatchNorm statistics are frozen
 during it: values and gradients equal the plain model's. Used by ``SpikingModel.set_grad_checkpointing``
-and by ``utils.fastpath`` (``grad_checkpointing``).
+and by ``utils.training.fastpath`` (``grad_checkpointing``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 * :func:`filter_pretrained_state_dict` — the same as timm's ``pretrained_filter_fn`` of the released cfgs
   (``models.pretrained``), so ``timm.create_model(..., pretrained=True)`` loads the authors' files.
 
-``utils.checkpoint.load_checkpoint`` uses this module for files loaded by path.
+``utils.training.checkpoint.load_checkpoint`` uses this module for files loaded by path.
 """
 from __future__ import annotations
 

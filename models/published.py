@@ -2,7 +2,7 @@
 
 ``REFERENCE_CTORS`` maps a published constructor (``folder/module.py::Name``, as written in the
 golden files) to a builder ``builder(kwargs) -> model`` or ``-> (model, prepare)`` that turns the
-published constructor's kwargs into our equivalent model (used by :mod:`utils.conformance`).
+published constructor's kwargs into our equivalent model (used by :mod:`utils.verify.conformance`).
 
 ``RELEASED_FILES`` maps the authors' released ImageNet files to our models and configs. The older
 parameter names those files carry (``LEGACY_NAMES``) and their conversion live in :mod:`models.legacy_names`.
@@ -46,7 +46,7 @@ _REFERENCE_IGNORED = ("drop_rate", "depths", "pretrained", "pretrained_cfg", "pr
 
 def _transformer_builder(config: dict, defaults: dict, fixed: Optional[dict] = None,
                        heads_from_width: bool = False) -> Callable[[dict], nn.Module]:
-    """Builder for ``utils.conformance``: a published constructor's kwargs -> our model.
+    """Builder for ``utils.verify.conformance``: a published constructor's kwargs -> our model.
 
     ``defaults`` are the published defaults of the arguments that matter, ``fixed`` the values a
     published registry function hard-codes. ``drop_rate`` and ``depths`` are accepted and ignored

@@ -4,7 +4,7 @@ On CUDA, spikingjelly 2.0.0 runs its Triton kernels when its native CUDA part is
 wheel). :class:`TritonLIFNode` / :class:`TritonIFNode` force those kernels on any device: on CUDA
 tensors they launch unchanged; on CPU tensors, with ``TRITON_INTERPRET=1`` set before the kernels
 are imported, the same kernels run in Triton's interpreter, so the GPU neuron code is checked on a
-machine without a GPU (``tests/test_triton_kernels.py``, ``python -m utils.conformance
+machine without a GPU (``tests/test_triton_kernels.py``, ``python -m utils.verify.conformance
 --neuron-impl triton``).
 
 The shim is thin: spikingjelly's launchers (``_forward_impl`` / ``_backward_impl`` of

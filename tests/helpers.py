@@ -26,7 +26,7 @@ def assert_batch_invariant(model: torch.nn.Module, x: torch.Tensor, index: int =
 
 def require_cpp_compiler() -> None:
     """Skip the calling test where torch.compile cannot build CPU kernels (no C++ compiler, e.g. a slim image)."""
-    from utils.fastpath import cpp_compiler
+    from utils.training.fastpath import cpp_compiler
 
     if cpp_compiler() is None:
         pytest.skip("needs a C++ compiler (g++, c++ or clang++) for torch.compile on CPU")

@@ -6,7 +6,7 @@ from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import RandAugment
 
-from utils.augment import SNN_RAND_AUGMENT_OPS, EventTrivialAugment, SpatialMixup, snn_rand_augment
+from utils.data.augment import SNN_RAND_AUGMENT_OPS, EventTrivialAugment, SpatialMixup, snn_rand_augment
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 

@@ -1,4 +1,4 @@
-"""utils.checkpoint.load_checkpoint: the authors' checkpoint layouts load by name, mismatches are listed."""
+"""utils.training.checkpoint.load_checkpoint: the authors' checkpoint layouts load by name, mismatches are listed."""
 import argparse
 import os
 
@@ -7,7 +7,7 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the variants)
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.training.checkpoint import CheckpointError, load_checkpoint
 
 MANIFESTS = os.path.join(os.path.dirname(__file__), "data", "golden", "manifests")
 
@@ -151,11 +151,11 @@ def test_unsafe_pickle_advice_fits_the_caller(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(model, str(path))
     msg = str(err.value)
-    assert f"python -m utils.checkpoint convert {path} OUT.pth.tar --trust-checkpoint" in msg
+    assert f"python -m utils.training.checkpoint convert {path} OUT.pth.tar --trust-checkpoint" in msg
     assert "pass --trust-checkpoint" not in msg
     load_checkpoint(model, str(path), trust_pickle=True)
     # and that advice works: the copy holds no pickled objects and loads safely
-    from utils.checkpoint import main, read_checkpoint
+    from utils.training.checkpoint import main, read_checkpoint
     kwargs = ["embed_dims=32", "num_heads=2"]
     src = timm.create_model("maxformer_cifar", embed_dims=32, num_heads=2)
     torch.save({"state_dict": src.state_dict(), "arch": "maxformer_cifar", "extra": PickledThing()}, path)

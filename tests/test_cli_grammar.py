@@ -6,18 +6,19 @@ import importlib
 
 import pytest
 
-from utils.cli import BoolFlag, Parser, hidden_flags
+from utils.config.cli import BoolFlag, Parser, hidden_flags
 
 ENTRY_POINTS = {
     "train.py": "train", "validate.py": "validate", "benchmark.py": "benchmark",
-    "utils.sweep": "utils.sweep", "utils.tables": "utils.tables", "utils.energy": "utils.energy",
-    "utils.frequency": "utils.frequency", "utils.prepare_data": "utils.prepare_data",
-    "utils.checkpoint": "utils.checkpoint", "utils.conformance": "utils.conformance",
-    "utils.doctor": "utils.doctor", "utils.hub_export": "utils.hub_export",
+    "utils.tools.sweep": "utils.tools.sweep", "utils.analysis.tables": "utils.analysis.tables",
+    "utils.analysis.energy": "utils.analysis.energy",
+    "utils.analysis.frequency": "utils.analysis.frequency", "utils.tools.prepare_data": "utils.tools.prepare_data",
+    "utils.training.checkpoint": "utils.training.checkpoint", "utils.verify.conformance": "utils.verify.conformance",
+    "utils.tools.doctor": "utils.tools.doctor", "utils.tools.hub_export": "utils.tools.hub_export",
 }
-READS_CONFIG = ("train.py", "validate.py", "utils.doctor", "utils.energy", "utils.sweep")
-HAS_T = ("train.py", "validate.py", "benchmark.py", "utils.energy", "utils.prepare_data")
-HAS_BATCH = ("train.py", "validate.py", "benchmark.py", "utils.energy")
+READS_CONFIG = ("train.py", "validate.py", "utils.tools.doctor", "utils.analysis.energy", "utils.tools.sweep")
+HAS_T = ("train.py", "validate.py", "benchmark.py", "utils.analysis.energy", "utils.tools.prepare_data")
+HAS_BATCH = ("train.py", "validate.py", "benchmark.py", "utils.analysis.energy")
 # timm's train.py / validate.py names, where the concept exists here
 TIMM_NAMES = {
     "train.py": ("--checkpoint-hist", "--pin-mem", "-j", "--workers", "--pretrained", "-vb", "--validation-batch-size",
@@ -72,7 +73,7 @@ def flags_of(p):
 
 def test_every_entry_point_speaks_the_shared_parser():
     for label, p in PARSERS:
-        assert isinstance(p, Parser), f"{label}: build_parser() must return a utils.cli.Parser"
+        assert isinstance(p, Parser), f"{label}: build_parser() must return a utils.config.cli.Parser"
 
 
 def test_same_flag_same_kind_and_choices_everywhere():
@@ -126,9 +127,9 @@ def test_every_switch_takes_the_same_forms():
 @pytest.mark.parametrize("label, argv, dest", [
     ("train.py", ["--download", "false"], "download"), ("train.py", ["--no-download"], "download"),
     ("train.py", ["--download=off"], "download"),
-    ("utils.prepare_data", ["--dataset", "cifar10", "--data-dir", "d", "--download", "false"], "download"),
-    ("utils.prepare_data", ["--dataset", "cifar10", "--data-dir", "d", "--no-download"], "download"),
-    ("benchmark.py", ["--smoke", "false"], "smoke"), ("utils.sweep", ["--dry-run", "no", "a.yaml"], "dry_run"),
+    ("utils.tools.prepare_data", ["--dataset", "cifar10", "--data-dir", "d", "--download", "false"], "download"),
+    ("utils.tools.prepare_data", ["--dataset", "cifar10", "--data-dir", "d", "--no-download"], "download"),
+    ("benchmark.py", ["--smoke", "false"], "smoke"), ("utils.tools.sweep", ["--dry-run", "no", "a.yaml"], "dry_run"),
 ])
 def test_the_false_forms_switch_off_on_every_command(label, argv, dest):
     assert getattr(dict(PARSERS)[label].parse_args(argv), dest) is False
@@ -148,7 +149,7 @@ def test_no_hidden_modes_and_hidden_flags_are_only_aliases():
                 ok = all(s in hidden_flags(p) for s in action.option_strings) or (
                     label == "validate.py" and action.dest not in validate.EVAL_KEYS)
                 assert ok, f"{label}: {action.option_strings} is hidden but is no alias"
-    assert "--runs" in dict(PARSERS)["utils.tables runs"].format_help()
+    assert "--runs" in dict(PARSERS)["utils.analysis.tables runs"].format_help()
 
 
 def test_validate_help_lists_only_evaluation_options():
@@ -224,18 +225,18 @@ def test_old_spellings_of_the_tools():
         assert benchmark.compile_scope(b.parse_args(argv)) == scope, argv
     assert b.parse_args(["--amp", "bfloat16"]).amp == "bf16"
     assert b.parse_args(["--no-subprocess"]).subprocess is False
-    e = by_label["utils.energy"].parse_args(["--model", "m", "--out", "o", "--data", __file__])
+    e = by_label["utils.analysis.energy"].parse_args(["--model", "m", "--out", "o", "--data", __file__])
     assert (e.output, e.config) == ("o", __file__)
-    assert by_label["utils.prepare_data"].parse_args(["--dataset", "cifar10", "--root", "r"]).root == "r"
-    import utils.tables as tables
+    assert by_label["utils.tools.prepare_data"].parse_args(["--dataset", "cifar10", "--root", "r"]).root == "r"
+    import utils.analysis.tables as tables
 
     t = tables.build_parser()
     assert t.parse_args(["--checkpoint", "a=b"]).weights == ["a=b"]  # no mode: params
     assert t.parse_args(["--runs", ".", "--out", "o"]).output == "o"
     assert t.parse_args(["compare-log", "--run", __file__, "--reference", "x", "--out", "f.png"]).figure == "f.png"
-    f = by_label["utils.frequency"].parse_args(["spectra", "--model", "m", "--checkpoint", "p", "--out", "o"])
+    f = by_label["utils.analysis.frequency"].parse_args(["spectra", "--model", "m", "--checkpoint", "p", "--out", "o"])
     assert (f.weights, f.output) == (["p"], "o")
-    s = by_label["utils.sweep"].parse_args(["a.yaml", "-c", "b.yaml", "-c", "c.yaml"])
+    s = by_label["utils.tools.sweep"].parse_args(["a.yaml", "-c", "b.yaml", "-c", "c.yaml"])
     assert s.configs + s.more_configs == ["a.yaml", "b.yaml", "c.yaml"]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils.config import ConfigError, parse_config, schedule_note
-from utils.engine import build_optimizer, build_scheduler, resolve_lr
+from utils.training.engine import build_optimizer, build_scheduler, resolve_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

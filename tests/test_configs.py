@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from utils.engine import build_model
+from utils.training.engine import build_model
 from utils.config import parse_config
 from utils.data import dataset_info
 

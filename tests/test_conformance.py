@@ -1,4 +1,4 @@
-"""Golden conformance of Max-Former / MS-QKFormer (cases 1-5) and the ``utils.conformance`` CLI."""
+"""Golden conformance of Max-Former / MS-QKFormer (cases 1-5) and the ``utils.verify.conformance`` CLI."""
 import os
 
 import pytest
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import models.published
 from models.maxformer import SpikingTransformer
 from models.neurons import reset_net
-from utils import conformance
-from utils.conformance import LOGIT_ATOL, Prepared, check_file, main
+from utils.verify import conformance
+from utils.verify.conformance import LOGIT_ATOL, Prepared, check_file, main
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 CASES = ["case1_cifar_max_former.pt", "case2_cifar_ms_qkformer.pt", "case3_event_max_former.pt",

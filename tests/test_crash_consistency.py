@@ -1,6 +1,6 @@
 """The run folder between its writes: a run killed, or refused by a full disk, after any one of an epoch's
 writes (last.pth.tar, status.json, best.pth.tar, summary.csv) is reported as what last.pth.tar holds
-(utils.sweep's run state) and resumes to the uninterrupted run's rows and best.pth.tar; summary.csv rows
+(utils.tools.sweep's run state) and resumes to the uninterrupted run's rows and best.pth.tar; summary.csv rows
 cut or deleted are restored from the checkpoint; a batch size changed mid-epoch trains each sample once.
 
 Faults are injected in-process at ``os.replace`` (every run-folder file is written through
@@ -13,10 +13,10 @@ import pytest
 
 import train
 from tests.test_run_folder import TINY
-from utils.checkpoint import checkpoint_position, read_training_state
-from utils.logger import read_summary
-from utils.run_folder import read_status
-from utils.sweep import run_state
+from utils.training.checkpoint import checkpoint_position, read_training_state
+from utils.training.logger import read_summary
+from utils.training.run_folder import read_status
+from utils.tools.sweep import run_state
 
 TIMING = ("img_per_s", "epoch_seconds")
 ARGS = TINY + ["--epochs", "2", "--max-train-batches", "1"]
@@ -96,7 +96,7 @@ def test_a_kill_after_any_write_is_reported_as_the_checkpoint_and_resumes_exactl
     monkeypatch.undo()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert read_training_state(os.path.join(run_dir, "last.pth.tar"))["epoch"] == 0  # epoch 0 is committed
-    st = run_state(run_dir)  # what `python -m utils.sweep --status` prints
+    st = run_state(run_dir)  # what `python -m utils.tools.sweep --status` prints
     assert (st.state, st.epochs_done, st.total_epochs) == ("interrupted", 1, 2), st
     log = _check_resumes_to_reference(tmp_path, reference, capsys)
     assert ("re-derived" in log) == (name in ("last.pth.tar", "status.json"))  # best.pth.tar was not copied yet
@@ -118,7 +118,7 @@ def test_a_full_disk_during_any_write_loses_nothing_and_says_how_to_resume(tmp_p
     assert held == (None if name == "last.pth.tar" else 0)
     assert f"holds epoch {held}" in err if held is not None else "No checkpoint was written yet" in err
     # status.json is true: the epoch last.pth.tar holds (none when it was refused); a status.json the disk keeps
-    # refusing says "running", which utils.sweep reports as interrupted (no process holds run.lock)
+    # refusing says "running", which utils.tools.sweep reports as interrupted (no process holds run.lock)
     status, st = read_status(run_dir), run_state(run_dir)
     assert status["epoch"] == (-1 if held is None else 0) and st.epochs_done == status["epoch"] + 1, status
     assert st.state == ("interrupted" if name == "status.json" else "failed"), st
@@ -145,7 +145,7 @@ def test_summary_rows_a_checkpoint_cannot_restore_are_named(tmp_path, capsys):
     last = os.path.join(run_dir, "last.pth.tar")
     state = read_training_state(last)
     del state["history"]  # a checkpoint of an older version
-    from utils.checkpoint import save_checkpoint
+    from utils.training.checkpoint import save_checkpoint
 
     save_checkpoint(state, last)
     os.remove(os.path.join(run_dir, "summary.csv"))
@@ -162,7 +162,7 @@ def test_a_full_disk_inside_torch_save_is_named_as_such(tmp_path, monkeypatch):
     import torch
 
     from utils.atomic_file import FileWriteError
-    from utils.checkpoint import save_checkpoint
+    from utils.training.checkpoint import save_checkpoint
 
     path = tmp_path / "last.pth.tar"
     save_checkpoint({"epoch": 0}, path)

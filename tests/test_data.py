@@ -10,8 +10,8 @@ from PIL import Image
 from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 
-from utils import prepare_data
-from utils.augment import SNN_RAND_AUGMENT_OPS, EventTrivialAugment, SpatialMixup
+from utils.tools import prepare_data
+from utils.data.augment import SNN_RAND_AUGMENT_OPS, EventTrivialAugment, SpatialMixup
 from utils.data import (DATA_DEFAULTS, DatasetError, SyntheticDataset, create_datasets, create_mixup, dataset_info,
                         expected_tree, split_per_class)
 
@@ -188,7 +188,7 @@ def test_cifar_missing_or_incomplete_names_the_tree_and_the_command(tmp_path):
         create_datasets(make_cfg(dataset='cifar10', data_path=str(tmp_path)))
     msg = str(e.value)
     assert 'not found' in msg and 'cifar-10-batches-py/' in msg and 'data_batch_1 ... data_batch_5' in msg
-    assert f'python -m utils.prepare_data --dataset cifar10 --data-dir {tmp_path} --download' in msg
+    assert f'python -m utils.tools.prepare_data --dataset cifar10 --data-dir {tmp_path} --download' in msg
     write_cifar10(tmp_path)
     (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').unlink()
     with pytest.raises(DatasetError, match='incomplete, missing data_batch_3'):
@@ -298,7 +298,7 @@ def test_event_data_missing_incomplete_or_wrong_T(tmp_path):
         create_datasets(cfg)
     msg = str(e.value)
     assert 'frames_number_16_split_by_number/' in msg and 'train/0/ ... train/10/' in msg
-    assert f'python -m utils.prepare_data --dataset dvsgesture --data-dir {tmp_path} --T 16' in msg
+    assert f'python -m utils.tools.prepare_data --dataset dvsgesture --data-dir {tmp_path} --T 16' in msg
     assert 'DvsGesture.tar.gz' in msg
     write_gesture(tmp_path, 4)
     with pytest.raises(DatasetError, match='found frames_number_4_split_by_number: frames for another T'):
@@ -393,7 +393,7 @@ def test_imagenet_missing_or_unsorted_val(tmp_path):
     with pytest.raises(DatasetError) as e:
         create_datasets(make_cfg(dataset='imagenet', data_path=str(tmp_path)))
     assert 'missing train/ and val/' in str(e.value) and 'n01440764' in str(e.value)
-    assert f'python -m utils.prepare_data --dataset imagenet --data-dir {tmp_path}' in str(e.value)
+    assert f'python -m utils.tools.prepare_data --dataset imagenet --data-dir {tmp_path}' in str(e.value)
     write_imagefolder(tmp_path)
     for c in (tmp_path / 'val').iterdir():  # val/ as extracted from the tar: no class folders
         for f in c.iterdir():

@@ -64,7 +64,7 @@ def test_a_new_dataset_is_one_table_entry_plus_its_loader(tmp_path, monkeypatch)
     with pytest.raises(DatasetError) as e:
         create_datasets(make_cfg(dataset='sq', data_path=str(tmp_path)))
     assert 'squares.txt not found' in str(e.value) and f'{tmp_path}/\n  squares.txt' in str(e.value)
-    assert f'python -m utils.prepare_data --dataset squares --data-dir {tmp_path}' in str(e.value)
+    assert f'python -m utils.tools.prepare_data --dataset squares --data-dir {tmp_path}' in str(e.value)
     (tmp_path / 'squares.txt').write_text('')
     train, val = create_datasets(make_cfg(dataset='squares', data_path=str(tmp_path)))
     assert (len(train), len(val)) == (6, 4) and dataset_info('sq')['in_channels'] == 1
@@ -203,7 +203,7 @@ def test_docs_page_lists_every_dataset_and_data_key():
 
 
 def test_prepare_data_verify_lists_unreadable_images(tmp_path, capsys):
-    from utils import prepare_data
+    from utils.tools import prepare_data
 
     write_imagefolder(tmp_path)
     bad = tmp_path / 'train' / 'n01440764' / 'n01440764_1.JPEG'

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from utils.checkpoint import read_training_state
-from utils.logger import read_summary
+from utils.training.checkpoint import read_training_state
+from utils.training.logger import read_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +48,7 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
     import timm
 
     from tests import tiny_models  # noqa: F401  (registers tiny_spiking_test)
-    from utils.engine import seed_everything
+    from utils.training.engine import seed_everything
 
     seed_everything(3)
     init = timm.create_model("tiny_spiking_test", num_classes=10, T=2, width=8).state_dict()
@@ -65,13 +65,13 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
 FULL_DISK_ON_RANK0 = """import errno, os, sys
 
 import tiny_models  # noqa: F401
-import utils.checkpoint
+import utils.training.checkpoint
 from utils.atomic_file import FileWriteError
 
 if os.environ["RANK"] == "0":
     def full_disk(state, path, *a, **kw):
         raise FileWriteError(str(path), OSError(errno.ENOSPC, "No space left on device"))
-    utils.checkpoint.save_checkpoint = full_disk
+    utils.training.checkpoint.save_checkpoint = full_disk
 import train
 
 sys.exit(train.main(sys.argv[1:]))

@@ -1,15 +1,17 @@
-"""GPU preflight (utils.doctor), no silent CPU fallback, and the fast GPU defaults, all checked on a CPU machine."""
+"""GPU preflight (utils.tools.doctor), no silent CPU fallback, and the fast GPU defaults,
+all checked on a CPU machine."""
 import os
 
 import pytest
 import torch
 
 import train
-from utils import cuda_env, doctor
+from utils.training import cuda_env
+from utils.tools import doctor
 from utils.config import parse_config
-from utils.determinism import apply_determinism, resolve_deterministic
-from utils.distributed import resolve_device
-from utils.threads import loader_workers
+from utils.training.determinism import apply_determinism, resolve_deterministic
+from utils.training.distributed import resolve_device
+from utils.training.threads import loader_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
@@ -160,7 +162,7 @@ def test_ddp_wraps_before_compile(monkeypatch):
     import torch.distributed as dist
 
     import tests.tiny_models  # noqa: F401  (registers tiny_spiking_test)
-    from utils import engine, fastpath
+    from utils.training import engine, fastpath
 
     events = []
     real_compile, real_ddp = fastpath.compile_model, torch.nn.parallel.DistributedDataParallel

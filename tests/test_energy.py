@@ -1,4 +1,4 @@
-"""utils.energy: SOP / MAC / energy counting with analytic answers, firing rates by hand."""
+"""utils.analysis.energy: SOP / MAC / energy counting with analytic answers, firing rates by hand."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from models.neurons import NeuronConfig
-from utils.energy import (EnergyConfig, FiringRateMonitor, calibrate_bn, main, measure_energy,
+from utils.analysis.energy import (EnergyConfig, FiringRateMonitor, calibrate_bn, main, measure_energy,
                           table9_group)
 
 PJ = 1e-9  # pJ -> mJ

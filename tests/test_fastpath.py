@@ -1,6 +1,6 @@
-"""Fast paths (utils.fastpath, the torch neuron of models.neurons) compute what the eager path computes.
+"""Fast paths (utils.training.fastpath, the torch neuron of models.neurons) compute what the eager path computes.
 
-Golden cases 1-5 run through the fast path with utils.conformance.check_file (same tolerances
+Golden cases 1-5 run through the fast path with utils.verify.conformance.check_file (same tolerances
 as the plain conformance test). Compilation is slow on 2 cores, so one golden case runs
 compiled; the others run every non-compile transformation.
 """
@@ -17,10 +17,10 @@ import timm
 from models import reset_net
 from models.neurons import NeuronConfig, TorchIFNode, TorchLIFNode, convert_neurons
 from spikingjelly.activation_based import neuron as sj_neuron
-from utils import fastpath
-from utils.conformance import check_file
+from utils.training import fastpath
+from utils.verify.conformance import check_file
 from tests.helpers import require_cpp_compiler
-from utils.engine import amp_context
+from utils.training.engine import amp_context
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 CASES = ["case1_cifar_max_former", "case2_cifar_ms_qkformer", "case3_event_max_former",

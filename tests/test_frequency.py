@@ -1,11 +1,11 @@
-"""utils.frequency: measured neuron gains vs |H(e^jw)|, pooling and the high-frequency ratio."""
+"""utils.analysis.frequency: measured neuron gains vs |H(e^jw)|, pooling and the high-frequency ratio."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models import ModelError
-from utils.frequency import (band_fraction, high_frequency_ratio, if_transfer, lif_transfer, main,
+from utils.analysis.frequency import (band_fraction, high_frequency_ratio, if_transfer, lif_transfer, main,
                              measure_membrane_gain, parse_model_spec, radial_log_amplitude, toy_signals)
 
 OMEGAS = np.linspace(0.05, 0.95, 7) * np.pi
@@ -106,8 +106,8 @@ def test_cli_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
 
 def test_feature_spectra_and_gradcam_on_a_small_model():
     from models import create_model
-    from utils.energy import calibrate_bn
-    from utils.frequency import feature_spectra, grad_cam
+    from utils.analysis.energy import calibrate_bn
+    from utils.analysis.frequency import feature_spectra, grad_cam
 
     torch.manual_seed(0)
     net = create_model("maxformer_cifar", embed_dims=32, num_heads=2, T=2)

@@ -10,7 +10,7 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the variants)
-from utils.checkpoint import CheckpointError, convert_state_dict, load_checkpoint, main, read_checkpoint
+from utils.training.checkpoint import CheckpointError, convert_state_dict, load_checkpoint, main, read_checkpoint
 
 # the authors' released files (imagenet/checkpoints/download.sh) -> our model
 RELEASED = ["maxformer_10_384", "maxformer_10_512", "maxformer_10_768", "ms_qkformer_10_384", "ms_qkformer_10_768"]
@@ -182,7 +182,7 @@ def test_files_with_this_repositorys_earlier_names_load(tmp_path, capsys):
     assert torch.equal(src(x), dst(x))
 
 
-# ------------------------------------------------------------------ python -m utils.checkpoint convert
+# ------------------------------------------------------------------ python -m utils.training.checkpoint convert
 def test_convert_command_writes_current_names(tmp_path, capsys):
     torch.manual_seed(0)
     kwargs = dict(embed_dims=64, num_heads=1, num_classes=10)

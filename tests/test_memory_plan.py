@@ -1,4 +1,4 @@
-"""utils.memory_plan: the planned peak (fake tensors) against the tensor peak measured on CPU, the paper's
+"""utils.training.memory_plan: the planned peak (fake tensors) against the tensor peak measured on CPU, the paper's
 Table 8, the batch search, the options that make a batch fit, and the command lines that print them."""
 import json
 import os
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import benchmark
-from utils import memory_plan as mp
-from utils.fastpath import EAGER, FastPathConfig, prepare_model
+from utils.training import memory_plan as mp
+from utils.training.fastpath import EAGER, FastPathConfig, prepare_model
 
 SMALL = dict(embed_dims=64, num_heads=2)  # the CIFAR architecture at a sixth of its width
 

@@ -16,7 +16,7 @@ import torch
 import models
 from models.pretrained import RELEASE_URL, RELEASED
 from tests.test_legacy_checkpoints import EMBEDS, legacy, other_family_names
-from utils import hub_export
+from utils.tools import hub_export
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(embed_dims=32, num_heads=1, depths=(1, 1, 1))  # the 10-block layout, narrow and shallow
@@ -238,7 +238,7 @@ def _recording(monkeypatch, module, name):
 @pytest.mark.usefixtures("one_thread")
 def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, monkeypatch, capsys):
     import train
-    import utils.engine
+    import utils.training.engine
     import validate
 
     name = "maxformer_10_768.t1_in1k"
@@ -248,14 +248,14 @@ def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, m
     # validate: the released classifier has 1000 classes, digits 10
     assert validate.main(common + ["--pretrained"]) == 2
     assert "its classifier has 1000 classes but digits is evaluated with 10" in capsys.readouterr().err
-    seen = _recording(monkeypatch, utils.engine, "evaluate")
+    seen = _recording(monkeypatch, utils.training.engine, "evaluate")
     out = tmp_path / "r.json"
     assert validate.main(common + ["--pretrained", "--num-classes", "1000", "--results-file", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["T"] == 1 and seen["T"] == 1 and res["checkpoint"] == f"pretrained:{name}"
     assert all(torch.equal(v, seen["state"][k]) for k, v in src.state_dict().items())
     # train: fine-tuning on digits, a new 10-class head, everything else from the weights
-    seen = _recording(monkeypatch, utils.engine, "build_model")
+    seen = _recording(monkeypatch, utils.training.engine, "build_model")
     assert train.main(common + ["--pretrained", "--epochs", "1", "--max-train-batches", "1",
                                 "--output", str(tmp_path), "--experiment", "ft"]) == 0
     assert seen["T"] == 1 and seen["state"]["head.weight"].shape == (10, 32)

@@ -11,7 +11,7 @@ from models.neurons import spiking_modules
 from models.ms_resnet import ResNetLayer, SpikingResNet
 from models.published import REFERENCE_CTORS
 from tests.helpers import assert_batch_invariant
-from utils.conformance import check_file
+from utils.verify.conformance import check_file
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from utils.checkpoint import read_training_state, save_checkpoint
-from utils.logger import read_summary
+from utils.training.checkpoint import read_training_state, save_checkpoint
+from utils.training.logger import read_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("img_per_s", "epoch_seconds")
@@ -26,7 +26,7 @@ ARGS = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--img-size", "16", "--
 # Kill after the k-th neuron reset (one per train step and per eval batch, EMA eval included):
 # epoch 0 = 3 train + 1 eval + 1 EMA eval = 5 resets, so k = 7 is the 2nd step of epoch 1.
 KILL_AT_STEP = """
-import utils.engine as E
+import utils.training.engine as E
 _orig, _n = E._reset_net, [0]
 def _reset(m):
     _orig(m)

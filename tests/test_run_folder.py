@@ -7,9 +7,9 @@ import os
 import pytest
 
 import train
-from utils.checkpoint import read_training_state
-from utils.logger import read_summary
-from utils.run_folder import RunFolder, is_running, read_status
+from utils.training.checkpoint import read_training_state
+from utils.training.logger import read_summary
+from utils.training.run_folder import RunFolder, is_running, read_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--img-size", "16", "--model-kwargs", "embed_dims=16",
@@ -145,7 +145,7 @@ def test_a_batch_size_changed_mid_epoch_trains_each_sample_once(tmp_path, monkey
 
     from utils import data as data_lib
     from utils.config import parse_config
-    from utils.engine import SeededDistributedSampler
+    from utils.training.engine import SeededDistributedSampler
 
     fetched = []
 

@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from tests.test_sweep import ROOT, summary_epochs, tiny_config, wait_for
-from utils.sweep import load_manifest, run_state
+from utils.tools.sweep import load_manifest, run_state
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel", "munged", "munge",
             "unmunge")
@@ -131,7 +131,7 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     cfg_b = tiny_config(str(tmp_path), "sb",
                         "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
-    r = subprocess.run([sys.executable, "-m", "utils.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out,
+    r = subprocess.run([sys.executable, "-m", "utils.tools.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out,
                         "--cpus-per-gpu", "1", "--timeout-min", "30", "--mem-gb", "2"],
                        cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -153,7 +153,7 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
     wait_for(lambda: _job_state(slurm, jobs["sa_s0"])[0] == "PENDING", 60, "sa_s0 to be pending again")
     subprocess.run(["scontrol", "update", f"JobId={jobs['sa_s0']}", "StartTime=now"], env=slurm, check=True)
 
-    status = subprocess.run([sys.executable, "-m", "utils.sweep", "--status", out], cwd=ROOT, env=slurm,
+    status = subprocess.run([sys.executable, "-m", "utils.tools.sweep", "--status", out], cwd=ROOT, env=slurm,
                             capture_output=True, text=True, timeout=120).stdout
     assert jobs["sa_s0"] in status and jobs["sb_s0"] in status
 
@@ -166,6 +166,7 @@ def test_sweep_on_slurm_with_a_preempted_job(slurm, tmp_path):
         assert "resumed from" in log and "last.pth.tar" in log, log[-3000:]
     assert "checkpoint" in log.lower() and "requeu" in log.lower()  # sb_s0 went through TrainJob.checkpoint
     # the sweep again: nothing to submit
-    r = subprocess.run([sys.executable, "-m", "utils.sweep", cfg_a, cfg_b, "--launcher", "slurm", "--output", out],
+    r = subprocess.run([sys.executable, "-m", "utils.tools.sweep", cfg_a, cfg_b, "--launcher", "slurm",
+                        "--output", out],
                        cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "nothing to start" in r.stdout, r.stdout + r.stderr

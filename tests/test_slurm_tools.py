@@ -1,4 +1,4 @@
-"""utils.slurm without a SLURM: the #SBATCH options of the preview and what submitit really submits, the
+"""utils.tools.slurm without a SLURM: the #SBATCH options of the preview and what submitit really submits, the
 request checked against the partition (sinfo), and the queue states with their pending reasons (squeue).
 SLURM's tools are stood in for by small shell scripts on PATH, written by each test."""
 import json
@@ -8,10 +8,10 @@ import shlex
 import pytest
 
 from tests.test_sweep import tiny_config
-from utils import sweep
-from utils.slurm import (JobState, SlurmRequestError, SlurmResources, check_request, parse_gpus, parse_sinfo,
+from utils.tools import sweep
+from utils.tools.slurm import (JobState, SlurmRequestError, SlurmResources, check_request, parse_gpus, parse_sinfo,
                          parse_time_min, sbatch_preview)
-from utils.sweep import Run
+from utils.tools.sweep import Run
 
 
 def fake_tools(monkeypatch, folder, **scripts):

@@ -12,8 +12,8 @@ from models.neurons import spiking_modules
 from models.published import REFERENCE_CTORS
 from models.spikformer import SPS, Spikformer
 from tests.helpers import assert_batch_invariant
-from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.conformance import check_file
+from utils.training.checkpoint import CheckpointError, load_checkpoint
+from utils.verify.conformance import check_file
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
 GOLDEN_FILES = ["spikformer_cifar", "spikformer_cifar_active", "spikformer_imagenet",

@@ -1,4 +1,4 @@
-"""utils.sweep: local sweeps end to end (skip on re-run, a killed run continued), run states, the manifest,
+"""utils.tools.sweep: local sweeps end to end (skip on re-run, a killed run continued), run states, the manifest,
 the SLURM path through submitit's local executor and the SLURM dry run (tests/test_slurm_tools.py has the
 sbatch options, the partition check and the queue states)."""
 import csv
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from utils import sweep
-from utils.run_folder import is_running
-from utils.sweep import Run, RunState, SweepError, run_state
+from utils.tools import sweep
+from utils.training.run_folder import is_running
+from utils.tools.sweep import Run, RunState, SweepError, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -37,7 +37,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def sweep_cli(*args, timeout=600):
-    return subprocess.run([PY, "-m", "utils.sweep", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    return subprocess.run([PY, "-m", "utils.tools.sweep", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -122,7 +122,8 @@ def test_status_lists_every_run(local_sweep):
 
 def test_tables_cli_on_the_sweep(local_sweep):
     out = local_sweep["out"]
-    r = subprocess.run([PY, "-m", "utils.tables", "--runs", out], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([PY, "-m", "utils.analysis.tables", "--runs", out], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = {row["row"]: row for row in csv.DictReader(open(os.path.join(out, "results.csv")))}
     assert set(rows) == {"tiny_a", "tiny_b"}
@@ -142,7 +143,8 @@ def test_killed_run_is_continued_by_the_next_invocation(tmp_path):
                       "model_kwargs: {embed_dims: 16, num_heads: 1}\nepochs: 3\nmax_train_batches: 10\n")
     out = str(tmp_path / "runs")
     run_dir = os.path.join(out, "slow_s0")
-    p = subprocess.Popen([PY, "-m", "utils.sweep", cfg, "--output", out], cwd=ROOT, env=ENV, start_new_session=True,
+    p = subprocess.Popen([PY, "-m", "utils.tools.sweep", cfg, "--output", out], cwd=ROOT, env=ENV,
+                         start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: os.path.isfile(os.path.join(run_dir, "last.pth.tar")), what="the first checkpoint")
@@ -249,7 +251,7 @@ def test_slurm_dry_run_starts_nothing(tmp_path):
     (bin_dir / "sinfo").write_text("#!/bin/sh\nexit 1\n")
     (bin_dir / "sinfo").chmod(0o755)
     env = dict(ENV, PATH=f"{bin_dir}{os.pathsep}{ENV.get('PATH', '')}")
-    r = subprocess.run([PY, "-m", "utils.sweep", cfg, "--seeds", "0", "1", "--launcher", "slurm", "--dry-run",
+    r = subprocess.run([PY, "-m", "utils.tools.sweep", cfg, "--seeds", "0", "1", "--launcher", "slurm", "--dry-run",
                         "--output", str(out), "--partition", "p1", "--gpus-per-run", "2", "--qos", "q", "--",
                         "--epochs", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -309,7 +311,7 @@ def test_run_all_passes_every_config_and_extra_args(tmp_path, script, n_configs)
                        env=dict(os.environ, PYTHON=str(fake), OUTPUT="/runs"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cwd, argv = log.read_text().strip().split("|", 1)
-    assert cwd == ROOT and argv.startswith("-m utils.sweep ")
+    assert cwd == ROOT and argv.startswith("-m utils.tools.sweep ")
     configs = [a for a in argv.split() if a.endswith(".yaml")]
     assert len(configs) == n_configs and all(os.path.isfile(c) for c in configs)
     assert argv.endswith("--output /runs --seeds 0 1 -- --epochs 3")

@@ -1,9 +1,9 @@
-"""utils.tables: parameter table against the paper, log comparison."""
+"""utils.analysis.tables: parameter table against the paper, log comparison."""
 import csv
 
 import pytest
 
-from utils.tables import PAPER_ROWS, REFERENCE_LOGS, compare_logs, main, match_mark, read_curve, reference_path
+from utils.analysis.tables import PAPER_ROWS, REFERENCE_LOGS, compare_logs, main, match_mark, read_curve, reference_path
 
 
 def test_match_marks():
@@ -50,7 +50,7 @@ import os  # noqa: E402
 
 import yaml  # noqa: E402
 
-from utils.tables import config_claims, result_rows, results_main  # noqa: E402
+from utils.analysis.tables import config_claims, result_rows, results_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION = os.path.join(ROOT, "cifar10-100", "ablations", "c100_orig-max-max_ssa-ssa-ssa.yaml")

@@ -1,7 +1,7 @@
 """The CPU thread policy: counts follow the cores other processes leave free; explicit counts are kept."""
 import pytest
 
-from utils.threads import ThreadPolicy, read_cpu_times
+from utils.training.threads import ThreadPolicy, read_cpu_times
 
 
 class FakeMachine:

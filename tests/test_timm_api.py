@@ -82,7 +82,7 @@ def test_registered_config_matches_the_model(name):
 
 @pytest.mark.parametrize("name", [n for n in MODELS if not timm.models.get_pretrained_cfg(n).has_weights])
 def test_pretrained_true_without_released_weights_points_to_load_checkpoint(name):
-    with pytest.raises(ValueError, match=r"no released weights .*maxformer_10_768\.t4_in1k.*utils.checkpoint"):
+    with pytest.raises(ValueError, match=r"no released weights .*maxformer_10_768\.t4_in1k.*utils.training.checkpoint"):
         timm.create_model(name, pretrained=True)
 
 

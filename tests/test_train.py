@@ -13,8 +13,8 @@ import yaml
 import train
 import validate
 from tests.helpers import require_cpp_compiler
-from utils.checkpoint import read_training_state
-from utils.logger import read_summary
+from utils.training.checkpoint import read_training_state
+from utils.training.logger import read_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "demo", "digits.yaml")
@@ -94,7 +94,7 @@ def test_engine_switches_ema_accum_clip_bf16_wandb_and_validate(tmp_path, monkey
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import utils.engine as engine
+    import utils.training.engine as engine
 
     real = engine.build_train_loss
 
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
 
 
 def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
-    # the fast path (utils.fastpath train defaults: compiled PyTorch neurons) computes the eager maths up to
+    # the fast path (utils.training.fastpath train defaults: compiled PyTorch neurons) computes the eager maths up to
     # float rounding: the first step's loss (before any update) is equal; after one update rounding may
     # flip near-threshold spikes, so later losses are only close
     require_cpp_compiler()
@@ -144,7 +144,7 @@ def test_default_fast_path_trains_like_the_eager_path_and_is_recorded(tmp_path):
 
 
 def test_synthetic_data_and_no_cpp_compiler_fallback(tmp_path, monkeypatch, capsys):
-    import utils.fastpath as fastpath
+    import utils.training.fastpath as fastpath
 
     monkeypatch.setattr(fastpath, "cpp_compiler", lambda: None)
     rc = train.main(TINY + ["--fastpath", "true", "--dataset", "synthetic", "--synthetic-size", "32", "16",
@@ -168,7 +168,7 @@ def test_persistent_workers_load_what_a_fresh_loader_loads(tmp_path):
 
     from utils.config import parse_config
     from utils.data import create_datasets
-    from utils.distributed import init_distributed
+    from utils.training.distributed import init_distributed
 
     def epochs(workers, first_epoch=0, n=2):
         cfg = parse_config(["-c", DIGITS, "--digits-augment", "true", "--workers", str(workers), "--batch-size", "8"])
@@ -227,7 +227,7 @@ def test_data_problems_stop_before_the_run_folder_is_written(tmp_path, capsys, e
 def test_cuda_amp_fp16_path():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA (fp16 autocast + GradScaler)")
-    from utils.engine import amp_context, make_scaler
+    from utils.training.engine import amp_context, make_scaler
 
     dev = torch.device("cuda")
     assert make_scaler("fp16", dev) is not None and make_scaler("bf16", dev) is None

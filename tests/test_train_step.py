@@ -1,4 +1,4 @@
-"""``utils.engine.train_step`` and ``train_one_epoch`` on their own: accumulation, clipping, the update count,
+"""``utils.training.engine.train_step`` and ``train_one_epoch`` on their own: accumulation, clipping, the update count,
 a stop request. A BatchNorm-free model, so a split batch computes what the whole one does."""
 import contextlib
 import copy
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from tests.tiny_models import TinySpikingNet
-from utils.engine import Training, train_one_epoch, train_step
+from utils.training.engine import Training, train_one_epoch, train_step
 
 
 def _training(model: nn.Module, **settings) -> Training:

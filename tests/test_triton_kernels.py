@@ -1,6 +1,6 @@
 """spikingjelly's Triton LIF/IF kernels (``impl='triton'``) against the CPU path, on CPU via Triton's interpreter.
 
-The kernels run in subprocesses (``tests/triton_cases.py``, ``utils.conformance``) started with
+The kernels run in subprocesses (``tests/triton_cases.py``, ``utils.verify.conformance``) started with
 ``TRITON_INTERPRET=1``: the interpreter is chosen when spikingjelly's kernel modules are imported,
 so this process's imports cannot decide it. With a GPU, the same cases also run on the compiled kernels.
 """
@@ -67,7 +67,7 @@ def test_kernel_matches_torch_path(results, case):
 
 @needs_triton
 def test_golden_case_through_triton_kernels():
-    proc = _run(["-m", "utils.conformance", "--neuron-impl", "triton", GOLDEN])
+    proc = _run(["-m", "utils.verify.conformance", "--neuron-impl", "triton", GOLDEN])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.startswith("PASS  case1_cifar_max_former.pt"), proc.stdout
 
@@ -90,7 +90,7 @@ def test_train_config_key_runs_the_kernels(tmp_path):
 def test_neuron_impl_model_kwarg_and_fast_path_rules():
     from models import create_model, describe_neurons
     from models.neurons import TritonIFNode
-    from utils.fastpath import resolve_config
+    from utils.training.fastpath import resolve_config
 
     model = create_model("maxformer_cifar", neuron_impl="triton", neuron="if", embed_dims=16, num_heads=1)
     assert describe_neurons(model).startswith("25 if: spikingjelly if Triton kernels (impl='triton'")

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils import cli
-from utils.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, read_training_state
+from utils.config import cli
+from utils.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, read_training_state
 from utils.config import ConfigError, check_run_paths, parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +295,10 @@ def test_benchmark_flags(argv, pattern, capsys):
 
 
 def test_utils_commands_check_their_flags(tmp_path, capsys):
-    from utils import checkpoint, conformance, energy, prepare_data, sweep, tables
+    from utils.training import checkpoint
+    from utils.verify import conformance
+    from utils.analysis import energy, tables
+    from utils.tools import prepare_data, sweep
 
     afile = tmp_path / "f.txt"
     afile.write_text("x")
@@ -320,7 +323,7 @@ def test_utils_commands_check_their_flags(tmp_path, capsys):
 
 
 def test_frequency_checks_its_output_folder(tmp_path, capsys):
-    from utils import frequency
+    from utils.analysis import frequency
 
     (tmp_path / "f").write_text("")
     err = _cli_error(frequency.main, ["toy", "--out", str(tmp_path / "f" / "sub")], capsys)
@@ -362,7 +365,7 @@ def test_run_main_turns_os_errors_into_one_line(capsys):
 
 def test_train_main_reports_an_os_error_with_its_path(tmp_path, monkeypatch, capsys):
     import train
-    from utils.run_folder import RunFolder
+    from utils.training.run_folder import RunFolder
 
     def fail(self, command):
         raise OSError(errno.EROFS, "Read-only file system", os.path.join(self.path, "run.lock"))
@@ -379,7 +382,8 @@ def test_a_command_prints_no_traceback_for_an_os_error(tmp_path):
     (runs / "r1").mkdir(parents=True)
     (runs / "r1" / "args.yaml").write_text("model: maxformer_cifar\n")
     (tmp_path / "out" / "results.md").mkdir(parents=True)  # a folder where the table file goes
-    proc = subprocess.run([sys.executable, "-m", "utils.tables", "--runs", str(runs), "--out", str(tmp_path / "out")],
+    proc = subprocess.run([sys.executable, "-m", "utils.analysis.tables", "--runs", str(runs),
+                           "--out", str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: cannot use {tmp_path / 'out' / 'results.md'}: it is a "

@@ -1,6 +1,6 @@
 """``cifar10dvs`` / ``dvsgesture``: spikingjelly's event datasets, read as integrated frames ``[T, 2, H, W]``.
 
-Frames are made once by ``python -m utils.prepare_data`` into :func:`frames_dir`; loading never starts a
+Frames are made once by ``python -m utils.tools.prepare_data`` into :func:`frames_dir`; loading never starts a
 download or a conversion. CIFAR10-DVS uses the published per-class 9:1 split (:func:`split_per_class`).
 """
 import math
@@ -35,7 +35,7 @@ def _make_frames_class(class_name: str) -> type:
 
     spikingjelly's ``prepare_raw_dataset`` would start a download (CIFAR10-DVS) or fail (Gesture) when the
     intermediate ``events_np/`` folder is absent, even if the frames exist. Frame integration is done
-    explicitly by ``python -m utils.prepare_data``, so loading never starts a download or a conversion.
+    explicitly by ``python -m utils.tools.prepare_data``, so loading never starts a download or a conversion.
     """
     from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
     from spikingjelly.datasets.dvs128_gesture import DVS128Gesture

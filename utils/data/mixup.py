@@ -1,7 +1,7 @@
 """Mixup / CutMix of training batches (images and event frames) with label smoothing, from the data keys."""
 from typing import Optional
 
-from ..augment import SpatialMixup
+from .augment import SpatialMixup
 from .files import DatasetError
 from .options import get_option
 

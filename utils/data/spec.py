@@ -20,8 +20,8 @@ Splits = Tuple[Optional[Dataset], Dataset]  # what a builder returns: (train set
 
 
 def prepare_cmd(name: str, root, T: Optional[int] = None, download: bool = False) -> str:
-    """The ``utils.prepare_data`` command that prepares ``name`` in ``root``."""
-    cmd = f"python -m utils.prepare_data --dataset {name} --data-dir {root}"
+    """The ``utils.tools.prepare_data`` command that prepares ``name`` in ``root``."""
+    cmd = f"python -m utils.tools.prepare_data --dataset {name} --data-dir {root}"
     if T is not None:
         cmd += f" --T {T}"
     if download:
@@ -34,7 +34,7 @@ class DatasetSpec:
     """Everything the repo knows about one dataset. ``build(cfg, spec, include_train) -> (train, eval)``.
 
     ``tree`` lines describe the folder under ``data_path`` (``{frames}`` = the frames folder for ``T``);
-    ``prepare`` lines say how to get there (``{cmd}`` / ``{cmd_download}`` = the ``utils.prepare_data`` command,
+    ``prepare`` lines say how to get there (``{cmd}`` / ``{cmd_download}`` = the ``utils.tools.prepare_data`` command,
     ``{root}`` = the folder). Both appear in errors and in docs/data.md.
     """
 

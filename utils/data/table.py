@@ -11,7 +11,7 @@ from torch.utils.data import Subset
 
 from models.common import DATA_CFG  # owner of the CIFAR-10 / ImageNet normalisation statistics
 
-from ..options import ConfigError
+from ..errors import ConfigError
 from .cifar import CIFAR10Files, CIFAR100Files, build_cifar
 from .digits import build_digits
 from .events import GESTURE_FILES, GESTURE_URL, build_events

@@ -7,7 +7,7 @@ import torch
 from timm.data import create_transform
 from torchvision import transforms as T_
 
-from ..augment import EventTrivialAugment, snn_rand_augment
+from .augment import EventTrivialAugment, snn_rand_augment
 from .options import get_option
 from .spec import DatasetSpec
 

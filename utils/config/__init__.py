@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-from utils.cli import INT32_MAX, BoolFlag, Parser, readable_file_problem
+from utils.config.cli import INT32_MAX, BoolFlag, Parser, readable_file_problem
 from utils.errors import INPUT_ERRORS
 from utils.options import ConfigError, Option  # shared with utils.data, which defines the data keys
 
@@ -98,7 +98,7 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "amp": _o("none", str, "mixed precision: none | bf16 | fp16 (fp16 needs CUDA); a bare --amp means bf16",
                choices=("none", "bf16", "fp16")),
     "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
-    "fastpath": _o(True, bool, "utils.fastpath train defaults, as benchmark.py: PyTorch neurons compiled "
+    "fastpath": _o(True, bool, "utils.training.fastpath train defaults, as benchmark.py: PyTorch neurons compiled "
                    "(float32: within the golden tolerances; under amp also whole-model compile + channels-last); "
                    "false = plain eager path (spikingjelly neurons, no compile)"),
     "compile": _o(False, bool, "with fastpath: torch.compile the whole model (faster; backward not bitwise-faithful: "
@@ -523,7 +523,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
 def check_run_paths(cfg) -> None:
     """Before a run writes anything: ``<output>/<experiment>`` stays inside the output root and can be written
     (not a file, not read-only, not full), and the checkpoints it reads exist and are readable files."""
-    from utils.cli import inside_problem, readable_file_problem, writable_folder_problem
+    from utils.config.cli import inside_problem, readable_file_problem, writable_folder_problem
 
     problem = (inside_problem(cfg.output, cfg.experiment)
                or writable_folder_problem(os.path.join(cfg.output, cfg.experiment), "run folder"))
@@ -738,7 +738,7 @@ def input_errors() -> tuple:
 
 def report_input_error(err: Exception) -> int:
     """Print ``error: <message>`` once (rank 0) and return the exit code 2."""
-    from utils.distributed import is_main
+    from utils.training.distributed import is_main
 
     if is_main():
         print(f"error: {err}", file=sys.stderr)

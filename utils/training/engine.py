@@ -1,11 +1,11 @@
 """Training engine shared by every dataset: :func:`build_training` (model, optimizer, schedule, scaler,
 EMA, loss in one step), :func:`train_step` (one batch), :func:`train_one_epoch` (the loop around it), eval.
 
-The fast-path switches are resolved by ``utils.fastpath.resolve_config`` and applied by
-``utils.fastpath.prepare_model``; mixed precision is :func:`amp_context`. Every forward pass is followed
+The fast-path switches are resolved by ``utils.training.fastpath.resolve_config`` and applied by
+``utils.training.fastpath.prepare_model``; mixed precision is :func:`amp_context`. Every forward pass is followed
 by ``models.reset_net`` so no membrane state leaks between batches.
 
-Imports of timm, ``models`` and ``utils.fastpath`` sit in the functions that use them: together they take
+Imports of timm, ``models`` and ``utils.training.fastpath`` sit in the functions that use them: together they take
 seconds to import, and ``train.py`` imports this module before it parses the config, so ``-h`` and a bad
 config answer at once.
 """
@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from utils.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError
-from utils.distributed import all_reduce_sum
+from utils.training.distributed import all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
            "SampleSeededDataset", "amp_context", "make_scaler", "place_model", "Training", "build_training",
@@ -169,7 +169,7 @@ class Training:
     loss_fn: nn.Module
     mixup_fn: Optional[Callable]
     autocast: Callable[[], contextlib.AbstractContextManager]
-    fastpath: Any  # the utils.fastpath.FastPathConfig that applied, or None (plain eager path)
+    fastpath: Any  # the utils.training.fastpath.FastPathConfig that applied, or None (plain eager path)
     channels_last: bool  # inputs go channels-last
     lr: float
     effective_batch: int
@@ -248,7 +248,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     """
     from timm.utils import ModelEmaV3  # lazy: see the module docstring
 
-    from utils import fastpath as fp_lib
+    from utils.training import fastpath as fp_lib
 
     warnings = []
     fastpath = None
@@ -266,7 +266,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         raise ConfigError("compile: true needs fastpath: true (spikingjelly's neuron operator is opaque to "
                           "torch.compile); drop compile or set fastpath: true")
     elif cfg.compact_spikes:
-        raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.fastpath); "
+        raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
     if getattr(cfg, "neuron_impl", "auto") == "triton":
         from models.triton_neurons import check_device
@@ -312,7 +312,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
             t.fastpath = fp_lib.prepare_model(model, "train", fastpath, defer_compile=True).fastpath_config
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    if distributed:  # DDP first, then compile: all-reduce overlaps backward (utils.fastpath.compile_model)
+    if distributed:  # DDP first, then compile: all-reduce overlaps backward (utils.training.fastpath.compile_model)
         t.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.fastpath is not None:

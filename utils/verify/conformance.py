@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m utils.conformance tests/data/golden/case*.pt [--threads 2] [--verbose] [--neuron-impl IMPL]
+    python -m utils.verify.conformance tests/data/golden/case*.pt [--threads 2] [--verbose] [--neuron-impl IMPL]
 
 Each FILE is a golden dict (format: ``tests/data/golden/README.md``). Its ``model_ctor``
 (``folder/module.py::Name`` of the published code) selects a builder from the
@@ -123,7 +123,7 @@ def check_file(path: str, verbose: bool = False, transform: Optional[Callable] =
     ``neuron_impl`` (e.g. ``'triton'``) switches every neuron to that implementation
     (:func:`models.neurons.convert_neurons`) before the passes.
 
-    ``transform(model, mode, x) -> model`` (optional, e.g. :func:`utils.fastpath.prepare_model`)
+    ``transform(model, mode, x) -> model`` (optional, e.g. :func:`utils.training.fastpath.prepare_model`)
     runs each pass through a transformed model: ``mode`` is ``'infer'`` for the eval pass and
     ``'train'`` for the train pass; gradients are read from the original model's parameters.
     """
@@ -249,10 +249,10 @@ def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m utils.conformance FILE ...``."""
-    from utils.cli import Parser, machine_count, readable_file
+    """``python -m utils.verify.conformance FILE ...``."""
+    from utils.config.cli import Parser, machine_count, readable_file
 
-    parser = Parser(prog="python -m utils.conformance", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.verify.conformance", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE", type=readable_file, help="golden .pt files")
     parser.add_argument("--threads", type=machine_count(), default=None,
                         help="torch CPU threads (the golden files were made with 2)")
@@ -284,6 +284,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

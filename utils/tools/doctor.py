@@ -1,4 +1,4 @@
-"""Preflight: can this machine start this run? ``python -m utils.doctor [-c CONFIG] [--key value ...]``.
+"""Preflight: can this machine start this run? ``python -m utils.tools.doctor [-c CONFIG] [--key value ...]``.
 
 Prints one line per check (PASS / WARN / FAIL; every FAIL names the fix) and exits 0 only if the run can
 start: the torch build and its CUDA version; the NVIDIA driver (present, new enough for the build); each
@@ -19,8 +19,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from utils import cuda_env, memory_plan
-from utils.cuda_env import (arch_supported, build_cuda_version, cuda_problem, driver_cuda_version,
+from utils.training import cuda_env, memory_plan
+from utils.training.cuda_env import (arch_supported, build_cuda_version, cuda_problem, driver_cuda_version,
                             driver_fix, sm_name, wants_cuda)
 
 __all__ = ["Check", "cuda_problem", "driver_cuda_version", "arch_supported", "wants_cuda", "neuron_kernel",
@@ -126,7 +126,7 @@ def _check_compiler(cfg, cuda: bool) -> Check:
     fix = "install gcc and the Python development headers (apt install gcc python3-dev, or conda install gcc)"
     if not needed:
         return Check("PASS", "compiler", f"missing {' and '.join(missing)} (not needed by this run)")
-    if not cuda:  # on CPU utils.fastpath switches compilation off with a warning
+    if not cuda:  # on CPU utils.training.fastpath switches compilation off with a warning
         return Check("WARN", "compiler", text + "; the run falls back to no compile", fix)
     return Check("FAIL", "compiler", text + "; the first neuron call would fail", fix)
 
@@ -161,7 +161,7 @@ def _check_neurons(cfg, device: torch.device) -> Check:
 
     try:
         from utils.data import dataset_info
-        from utils.engine import build_model
+        from utils.training.engine import build_model
 
         with torch.device("meta"):
             model = build_model(cfg, cfg.num_classes or dataset_info(cfg.dataset)["num_classes"])
@@ -217,7 +217,7 @@ def run_checks(cfg) -> List[Check]:
 
 
 def build_parser():
-    """The command line of ``python -m utils.doctor``: train.py's (it checks a training config)."""
+    """The command line of ``python -m utils.tools.doctor``: train.py's (it checks a training config)."""
     from utils.config import all_options, build_arg_parser
 
     return build_arg_parser(all_options(), __doc__.split("\n\n")[0])

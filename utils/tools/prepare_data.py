@@ -1,4 +1,5 @@
-"""Prepare and check datasets: ``python -m utils.prepare_data --dataset NAME --data-dir DIR [--T 16] [--download]``.
+"""Prepare and check datasets:
+``python -m utils.tools.prepare_data --dataset NAME --data-dir DIR [--T 16] [--download]``.
 
 * cifar10dvs / dvsgesture: convert the raw recordings into spikingjelly frames
   (``frames_number_<T>_split_by_number``, split by number of events) with spikingjelly's own dataset classes, then
@@ -17,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATASETS, GESTURE_FILES, GESTURE_URL, DatasetError,
+from utils.data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATASETS, GESTURE_FILES, GESTURE_URL, DatasetError,
                    canonical_name, create_datasets, dataset_info, expected_tree, frames_dir)
 
 CIFAR10DVS_PER_CLASS = 1000
@@ -134,7 +135,7 @@ def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
 
-    from .data import CIFAR10Files, CIFAR100Files
+    from utils.data import CIFAR10Files, CIFAR100Files
     cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]  # the official md5 sums
     if download:
         try:  # torchvision's download (archive md5 checked); the batches are then read without running code
@@ -185,10 +186,10 @@ def _report(name: str, root: Path, problems: list) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m utils.prepare_data``."""
-    from utils.cli import Parser, positive_int
+    """The command line of ``python -m utils.tools.prepare_data``."""
+    from utils.config.cli import Parser, positive_int
 
-    parser = Parser(prog='python -m utils.prepare_data', description=__doc__.split('\n')[0])
+    parser = Parser(prog='python -m utils.tools.prepare_data', description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', required=True,
                         choices=[name for name, spec in DATASETS.items() if spec.tree])
     parser.add_argument('--data-dir', '--data-path', dest='root', default=None, metavar='DIR',
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from utils.cli import writable_folder_problem
+    from utils.config.cli import writable_folder_problem
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -225,6 +226,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

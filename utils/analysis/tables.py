@@ -1,15 +1,15 @@
 """Paper-table kit: our models beside the paper's Tables 2, 3 and 5, and log comparison.
 
-``python -m utils.tables`` prints every registered model's parameter count next to the paper's
+``python -m utils.analysis.tables`` prints every registered model's parameter count next to the paper's
 (✓ = equal at the paper's two decimals, rounded or truncated; ≈ = within 1 %; ✗ = otherwise), and
-an energy estimate for models given ``--weights NAME=PATH`` (see :mod:`utils.energy`).
+an energy estimate for models given ``--weights NAME=PATH`` (see :mod:`utils.analysis.energy`).
 
-``python -m utils.tables compare-log --run output/.../summary.csv --reference cifar100`` overlays a
+``python -m utils.analysis.tables compare-log --run output/.../summary.csv --reference cifar100`` overlays a
 run's per-epoch ``summary.csv`` (columns ``epoch, eval_top1, eval_loss, train_loss``) on the
 authors' curves (shipped in ``docs/reference_logs/``) and writes a PNG.
 
-``python -m utils.tables runs --runs DIR [--table 2|3|4|5|7]`` collects the run folders under DIR (a sweep of
-:mod:`utils.sweep`) and writes one row per config: the paper's number, our best top-1 as mean ± std over
+``python -m utils.analysis.tables runs --runs DIR [--table 2|3|4|5|7]`` collects the run folders under DIR (a sweep of
+:mod:`utils.tools.sweep`) and writes one row per config: the paper's number, our best top-1 as mean ± std over
 seeds, epochs done/planned and the difference, as Markdown, CSV and a figure.
 """
 from __future__ import annotations
@@ -138,7 +138,7 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
 
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
     from models import input_spec
-    from utils.energy import build_model, measure_energy, synthetic_batches
+    from utils.analysis.energy import build_model, measure_energy, synthetic_batches
 
     model = build_model(name, checkpoint, T=T)
     shape = input_spec(model).shape(1, img_size, T)
@@ -291,7 +291,7 @@ def collect_runs(runs_dir: str, notes: Optional[List[str]] = None) -> Dict[str, 
     line naming them is appended to ``notes``."""
     import yaml
 
-    from utils.sweep import run_state
+    from utils.tools.sweep import run_state
 
     same: Dict[str, List[dict]] = {}
     for dirpath, dirnames, filenames in sorted(os.walk(runs_dir)):
@@ -418,12 +418,12 @@ def _legacy_argv(argv: List[str]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m utils.tables {params,runs,compare-log}`` (``params`` when no mode is given)."""
-    from utils.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
+    """``python -m utils.analysis.tables {params,runs,compare-log}`` (``params`` when no mode is given)."""
+    from utils.config.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
 
-    p = Parser(prog="python -m utils.tables", legacy=_legacy_argv,
+    p = Parser(prog="python -m utils.analysis.tables", legacy=_legacy_argv,
                description="Tables of the paper beside ours, in three modes (without one: params); "
-                           "python -m utils.tables MODE -h lists a mode's options.")
+                           "python -m utils.analysis.tables MODE -h lists a mode's options.")
     sub = p.add_subparsers(dest="mode", metavar="{params,runs,compare-log}")
     a = sub.add_parser("params", help="parameter counts (and energy) beside the paper's Tables 2, 3, 5")
     a.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def results_main(argv: Sequence[str]) -> int:
-    """``python -m utils.tables runs --runs DIR ...`` (the ``runs`` mode)."""
+    """``python -m utils.analysis.tables runs --runs DIR ...`` (the ``runs`` mode)."""
     argv = list(argv)
     a = build_parser().parse_args(argv if argv[:1] == ["runs"] else ["runs", *argv])
     return _runs(a)
@@ -516,6 +516,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

@@ -1,6 +1,6 @@
 """Write a Hugging Face hub mirror of released weights: model card, ``config.json``, ``model.safetensors``.
 
-    python -m utils.hub_export maxformer_10_768.t4_in1k imagenet/checkpoints/10-768-T4.pth.tar hub/10-768-T4
+    python -m utils.tools.hub_export maxformer_10_768.t4_in1k imagenet/checkpoints/10-768-T4.pth.tar hub/10-768-T4
 
 The folder gets ``README.md`` (the model card), ``config.json`` and ``model.safetensors``.
 
@@ -94,10 +94,10 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m utils.hub_export NAME.TAG FILE OUTDIR``."""
-    from utils.cli import Parser
+    """``python -m utils.tools.hub_export NAME.TAG FILE OUTDIR``."""
+    from utils.config.cli import Parser
 
-    parser = Parser(prog="python -m utils.hub_export", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.tools.hub_export", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", metavar="NAME.TAG", help="released weights, e.g. maxformer_10_768.t4_in1k "
                                                          "(timm.list_pretrained('maxformer*'))")
     parser.add_argument("file", metavar="FILE", help="the released file, e.g. imagenet/checkpoints/10-768-T4.pth.tar")

@@ -1,6 +1,6 @@
 """Whether this machine can run CUDA with the installed torch build, and why not: the NVIDIA driver, its CUDA
-version, the GPU architectures the build has kernels for. Used by device selection (utils.distributed) and the
-preflight checklist (utils.doctor)."""
+version, the GPU architectures the build has kernels for. Used by device selection (utils.training.distributed) and the
+preflight checklist (utils.tools.doctor)."""
 from __future__ import annotations
 
 import ctypes

@@ -26,7 +26,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str = ""
-    threads: Any = None  # the process's utils.threads.ThreadPolicy, set by train.py
+    threads: Any = None  # the process's utils.training.threads.ThreadPolicy, set by train.py
 
     @property
     def distributed(self) -> bool:
@@ -41,7 +41,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's GPU if there is a usable one, else CPU (one warning line when torch has CUDA
     built in). ``cuda`` -> ``cuda:<local_rank>``; a RuntimeError says why CUDA is unusable (no driver, driver
     too old for this build, architecture not supported, torch without CUDA) and how to run on the CPU."""
-    from utils.cuda_env import cuda_problem
+    from utils.training.cuda_env import cuda_problem
 
     name = (name or "auto").lower()
     if name == "auto":

@@ -4,7 +4,7 @@
   with the file: not found, empty / truncated / not a checkpoint, or holding objects that are unsafe to unpickle;
 * :func:`load_checkpoint` — weights into a model, strictly by name; older layouts (the authors' released
   ImageNet files, this repository's earlier names) are converted first, see :func:`convert_state_dict`;
-* ``python -m utils.checkpoint convert IN OUT [--model NAME]`` — a copy of a file with the current names.
+* ``python -m utils.training.checkpoint convert IN OUT [--model NAME]`` — a copy of a file with the current names.
 
 Training-state saving and resuming live further down in this module.
 """
@@ -26,7 +26,7 @@ from utils.errors import CheckpointError
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint"]
 
-_CONVERT_COMMAND = "python -m utils.checkpoint convert"
+_CONVERT_COMMAND = "python -m utils.training.checkpoint convert"
 
 
 # ------------------------------------------------------------------ reading files
@@ -373,7 +373,7 @@ def auto_resume_path(run_dir: Union[str, os.PathLike]) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# python -m utils.checkpoint convert IN OUT
+# python -m utils.training.checkpoint convert IN OUT
 def _model_name_in(obj: Any) -> Optional[str]:
     """The model name a checkpoint records: ``arch`` (timm savers) or ``args.model`` (the authors' files)."""
     if not isinstance(obj, Mapping):
@@ -442,10 +442,10 @@ def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m utils.checkpoint convert IN OUT``."""
-    from utils.cli import Parser, writable_file
+    """``python -m utils.training.checkpoint convert IN OUT``."""
+    from utils.config.cli import Parser, writable_file
 
-    parser = Parser(prog="python -m utils.checkpoint", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m utils.training.checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
     conv.add_argument("src", metavar="IN", help="checkpoint to read (e.g. the authors' 10-768-T4.pth.tar)")
@@ -474,6 +474,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

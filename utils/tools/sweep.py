@@ -1,9 +1,9 @@
 """Sweeps: one training run per (config, seed), on this machine or on a SLURM cluster.
 
-    python -m utils.sweep A.yaml B.yaml --seeds 0 1 2 --output runs/table4 -- --epochs 100
-    python -m utils.sweep cifar10-100/ablations/*.yaml --seeds 0 1 2 --launcher slurm \\
+    python -m utils.tools.sweep A.yaml B.yaml --seeds 0 1 2 --output runs/table4 -- --epochs 100
+    python -m utils.tools.sweep cifar10-100/ablations/*.yaml --seeds 0 1 2 --launcher slurm \\
         --partition gpu --gpus-per-run 1 --timeout-min 1440 --output runs/table4
-    python -m utils.sweep --status runs/table4
+    python -m utils.tools.sweep --status runs/table4
 
 Each run is ``train.py -c CONFIG --seed S --output DIR --experiment <config stem>_s<S> --resume auto
 [overrides]``, so its folder is the usual run folder ``DIR/<stem>_s<S>/`` and starting a run again
@@ -20,7 +20,7 @@ Launchers:
   train.py (it saves its state on SIGTERM) and requeues the same run, which continues from
   ``last.pth.tar``; a job requeued by the scheduler itself restarts the same command with the same effect.
   The request is checked against the partition's nodes (``sinfo``) before submission; ``--dry-run`` prints
-  the ``#SBATCH`` options without needing SLURM on this machine (:mod:`utils.slurm`).
+  the ``#SBATCH`` options without needing SLURM on this machine (:mod:`utils.tools.slurm`).
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from utils.logger import read_summary
-from utils.run_folder import is_running, read_status
-from utils.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
+from utils.training.logger import read_summary
+from utils.training.run_folder import is_running, read_status
+from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
                          partition_nodes, sbatch_preview)
-from utils.threads import usable_cpus
+from utils.training.threads import usable_cpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -154,7 +154,7 @@ def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
 def plan(configs: Sequence[str], seeds: Sequence[int], output: str, overrides: Sequence[str] = ()) -> List[Run]:
     """One :class:`Run` per (config, seed); every config is checked (with the overrides) before anything starts."""
     if not configs:
-        raise SweepError("no config given: python -m utils.sweep CONFIG [CONFIG ...] --seeds 0 1 --output DIR")
+        raise SweepError("no config given: python -m utils.tools.sweep CONFIG [CONFIG ...] --seeds 0 1 --output DIR")
     output = os.path.abspath(output)
     runs = []
     for c in configs:
@@ -392,10 +392,10 @@ def format_status(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # command line
 def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import (Parser, any_int, existing_folder, machine_count, non_negative_int, positive_float,
+    from utils.config.cli import (Parser, any_int, existing_folder, machine_count, non_negative_int, positive_float,
                            positive_int, writable_folder)
 
-    p = Parser(prog="python -m utils.sweep", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m utils.tools.sweep", description=__doc__.split("\n\n")[0],
                epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
     p.add_argument("configs", nargs="*", help="training configs (YAML), one or more (also as -c)")
     p.add_argument("-c", "--config", dest="more_configs", action="append", default=[], metavar="CONFIG",
@@ -533,11 +533,11 @@ def _launch(args, runs: List[Run]) -> int:
         m["runs"][r.name]["job_id"] = j.job_id
     save_manifest(output, m)
     print(f"[sweep] submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
-          f"follow with: python -m utils.sweep --status {output}")
+          f"follow with: python -m utils.tools.sweep --status {output}")
     return 0
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

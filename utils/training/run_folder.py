@@ -64,7 +64,7 @@ def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
     except OSError:
         newer = False
     if newer and status.get("state") != "finished":
-        from utils.checkpoint import checkpoint_position
+        from utils.training.checkpoint import checkpoint_position
 
         held = checkpoint_position(last)
         if held is not None and held["epoch"] != status.get("epoch"):

@@ -24,7 +24,7 @@ What is modelled, and what is not:
   :func:`fits` adds for them.
 
 ``plan_step`` plans explicit settings, ``plan_memory(cfg)`` the step of a resolved training config
-(``train.py``, ``python -m utils.doctor``), ``max_batch`` the largest batch that fits a device.
+(``train.py``, ``python -m utils.tools.doctor``), ``max_batch`` the largest batch that fits a device.
 """
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
     """Plan the peak memory of one step of ``model_name`` (any registered model) in seconds on CPU.
 
     ``mode``: ``'train'`` (forward + loss + backward + optimizer step, steady state) or ``'infer'``
-    (one batch under ``inference_mode``). Fast-path settings as in ``utils.fastpath.FastPathConfig``
+    (one batch under ``inference_mode``). Fast-path settings as in ``utils.training.fastpath.FastPathConfig``
     (``neuron_impl='spikingjelly', compile=False, fast_conv=False`` is the plain eager path).
     ``optimizer``: a timm optimizer name. ``ema`` adds a weight copy; ``ddp`` DistributedDataParallel's
     gradient buckets (one more gradient copy). ``device``: ``'cuda'`` (512-byte blocks, foreach optimizer,
@@ -284,7 +284,7 @@ _PLANS: Dict[str, MemoryPlan] = {}  # plans already made in this process (a batc
 def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
           neuron_impl, compile, fast_conv, fast_pool, channels_last, optimizer, ema, ddp, dev) -> MemoryPlan:
     from models import ModelError, create_model, input_spec
-    from utils.fastpath import FastPathConfig, prepare_model
+    from utils.training.fastpath import FastPathConfig, prepare_model
 
     kwargs = dict(model_kwargs or {})
     if T is not None:
@@ -398,14 +398,14 @@ def _plan_for_config(cfg, batch: Optional[int] = None, **changes) -> MemoryPlan:
 
 
 def fastpath_settings(fp) -> Dict[str, Any]:
-    """``plan_step`` keyword arguments for a ``utils.fastpath.FastPathConfig`` (what ``prepare_model`` gets)."""
+    """``plan_step`` keyword arguments for a ``fastpath.FastPathConfig`` (what ``prepare_model`` gets)."""
     return dict(neuron_impl=fp.neuron_impl, compile=fp.compile, channels_last=fp.channels_last,
                 fast_conv=fp.fast_conv, grad_checkpointing=fp.grad_checkpointing, compact_spikes=fp.compact_spikes)
 
 
 def _config_settings(cfg) -> Dict[str, Any]:
     """``plan_step`` keyword arguments for a resolved training config."""
-    from utils.fastpath import EAGER, resolve_config
+    from utils.training.fastpath import EAGER, resolve_config
 
     device = "cpu" if str(cfg.get("device", "auto")) == "cpu" else "cuda"
     grad_ckpt, compact = bool(cfg.get("grad_checkpointing")), bool(cfg.get("compact_spikes"))

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import BaseCounter, DispatchCounterMode, MACCounter, SynOpCounter
 
-from utils.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: F401 (re-exported)
+from utils.config.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: F401 (re-exported)
                        positive_int, readable_file, run_main, writable_folder)
 
 aten = torch.ops.aten
@@ -607,12 +607,12 @@ def validation_batches(config_path: str, batch_size: int):
 
 def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
     """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs), then the weights
-    of ``checkpoint`` if given (:class:`~utils.checkpoint.CheckpointError` if they do not load)."""
+    of ``checkpoint`` if given (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
     from models import create_model
 
     model = create_model(name, **kwargs)
     if checkpoint:
-        from utils.checkpoint import load_checkpoint
+        from utils.training.checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint)
     return model
@@ -621,10 +621,10 @@ def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m utils.energy``."""
-    from utils.cli import Parser
+    """The command line of ``python -m utils.analysis.energy``."""
+    from utils.config.cli import Parser
 
-    p = Parser(prog="python -m utils.energy", description="Firing rates, SOPs and energy (paper App. B) of a "
+    p = Parser(prog="python -m utils.analysis.energy", description="Firing rates, SOPs and energy (paper App. B) of a "
                "registered model on synthetic or real input.")
     p.add_argument("--model", required=True, help="registered model name, e.g. maxformer_10_768")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",

@@ -1,6 +1,6 @@
 """Frequency analysis of spiking neurons and networks (paper §2, Fig. 2, 3, 6, 8).
 
-``python -m utils.frequency <subcommand>``; every subcommand writes a PNG and a CSV.
+``python -m utils.analysis.frequency <subcommand>``; every subcommand writes a PNG and a CSV.
 
 * ``transfer`` — measured response of the library's LIF (beta = 1 - 1/tau) and IF neurons to
   sinusoids against ``|H(e^jw)| = |(1-beta)/(1-beta e^-jw)|`` and ``1/|1-e^-jw|``, for one layer
@@ -379,7 +379,7 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
 def _build(name: str, kwargs: dict, checkpoint: Optional[str]) -> nn.Module:
     """The model (seed 0, optional weights), checked to take 3-channel images (the photos this module reads)."""
     from models import ModelError, input_spec
-    from utils.energy import build_model
+    from utils.analysis.energy import build_model
 
     torch.manual_seed(0)
     model = build_model(name, checkpoint, **kwargs)
@@ -406,7 +406,7 @@ def spectra_command(args) -> None:
         model = _build(name, kwargs, ckpts.get(label))
         x = load_images(args.images, args.img_size, _norm_of(model))
         if ckpts.get(label) is None:
-            from utils.energy import calibrate_bn
+            from utils.analysis.energy import calibrate_bn
 
             calibrate_bn(model, [x])
         res = feature_spectra(model, x, args.blocks, args.bins)
@@ -494,7 +494,7 @@ def gradcam_command(args) -> None:
     norm = _norm_of(model)
     x = raw if norm is None else (raw - torch.tensor(norm[0])[:, None, None]) / torch.tensor(norm[1])[:, None, None]
     if args.checkpoint is None:
-        from utils.energy import calibrate_bn
+        from utils.analysis.energy import calibrate_bn
 
         calibrate_bn(model, [x])
     layer = args.layer or _last_stage_layer(model)
@@ -530,12 +530,12 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m utils.frequency {transfer,toy,spectra,gradcam}``."""
-    from utils.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
+    """``python -m utils.analysis.frequency {transfer,toy,spectra,gradcam}``."""
+    from utils.config.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
 
     tau_type = number_type(float, 1.0, strict=True, what="a time constant > 1 (beta = 1 - 1/tau)")
 
-    p = Parser(prog="python -m utils.frequency", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m utils.analysis.frequency", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     a = sub.add_parser("transfer", help="LIF / IF gain vs frequency against |H(e^jw)|")
@@ -597,6 +597,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
+    from utils.config.cli import run_main
 
     sys.exit(run_main(main))

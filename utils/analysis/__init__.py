@@ -1,0 +1,1 @@
+"""The paper's analyses: firing rates, SOPs and energy, frequency spectra, tables."""

@@ -1,0 +1,1 @@
+"""Operations tools: sweeps, SLURM, the environment doctor, dataset preparation, hub export."""

@@ -1,0 +1,1 @@
+"""Verification against the published implementation: golden conformance."""
