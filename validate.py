@@ -135,7 +135,8 @@ def build_eval(cfg):
     from utils import data as data_lib
     from utils.training.checkpoint import load_checkpoint
     from utils.training.distributed import ShardSampler, init_distributed
-    from utils.training.engine import build_model, place_model, seed_everything
+    from utils.training.engine import build_model, place_model
+    from utils.training.seeding import seed_everything
     from utils.training.threads import loader_workers
 
     if not cfg.checkpoint and not cfg.pretrained:

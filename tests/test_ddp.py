@@ -48,7 +48,7 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
     import timm
 
     from tests import tiny_models  # noqa: F401  (registers tiny_spiking_test)
-    from utils.training.engine import seed_everything
+    from utils.training.seeding import seed_everything
 
     seed_everything(3)
     init = timm.create_model("tiny_spiking_test", num_classes=10, T=2, width=8).state_dict()

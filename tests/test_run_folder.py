@@ -145,7 +145,7 @@ def test_a_batch_size_changed_mid_epoch_trains_each_sample_once(tmp_path, monkey
 
     from utils import data as data_lib
     from utils.config import parse_config
-    from utils.training.engine import SeededDistributedSampler
+    from utils.training.seeding import SeededDistributedSampler
 
     fetched = []
 

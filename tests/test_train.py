@@ -11,6 +11,7 @@ import torch
 import yaml
 
 import train
+from utils.training.run_setup import make_loaders
 import validate
 from tests.helpers import require_cpp_compiler
 from utils.training.checkpoint import read_training_state
@@ -173,7 +174,7 @@ def test_persistent_workers_load_what_a_fresh_loader_loads(tmp_path):
     def epochs(workers, first_epoch=0, n=2):
         cfg = parse_config(["-c", DIGITS, "--digits-augment", "true", "--workers", str(workers), "--batch-size", "8"])
         train_set, eval_set = create_datasets(cfg)
-        loader, _, sampler = train._make_loaders(cfg, Subset(train_set, range(24)), eval_set,
+        loader, _, sampler = make_loaders(cfg, Subset(train_set, range(24)), eval_set,
                                                  init_distributed("cpu", "auto"))
         assert loader.persistent_workers == (workers > 0)
         out = []

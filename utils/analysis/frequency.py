@@ -13,7 +13,7 @@
 * ``spectra`` — relative log amplitude of the channel-averaged 2-D Fourier transform of each
   block's output and a high-frequency energy ratio per block, for several models/configs in one
   plot (LIF vs IF, Max- vs Avg-Pool mixing, Embed-Max vs Embed-Orig are one command each).
-* ``gradcam`` — Grad-CAM maps of the last stage for given images, saved as overlays.
+* ``gradcam`` — Grad-CAM maps (:mod:`utils.analysis.gradcam`) of the last stage for given images, saved as overlays.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.analysis.gradcam import grad_cam
 
 __all__ = [
     "lif_transfer", "if_transfer", "measure_membrane_gain", "measure_spiking_gain",
@@ -437,46 +439,6 @@ def spectra_command(args) -> None:
 
 
 # ============================================================================ (d) Grad-CAM
-def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optional[int] = None) -> torch.Tensor:
-    """Grad-CAM of module ``layer`` (a ``[T,B,C,H,W]`` or ``[B,C,H,W]`` output) -> ``[B,H_img,W_img]`` in [0,1].
-
-    Channel weights are the gradients of the target logit (default: the predicted class)
-    averaged over space and time; the map is ``ReLU(sum_c w_c A_c)`` averaged over time steps.
-    """
-    from models.neurons import reset_net
-
-    mod = dict(model.named_modules()).get(layer)
-    if mod is None:
-        raise LookupError(f"model has no module {layer!r}")
-    store = {}
-
-    def hook(m, i, o):
-        o = o[0] if isinstance(o, (tuple, list)) else o
-        o.retain_grad()
-        store["a"] = o
-
-    h = mod.register_forward_hook(hook)
-    model.eval()
-    try:
-        with torch.enable_grad():
-            logits = model(images.requires_grad_(True))
-            if target is not None and target >= logits.shape[1]:
-                raise LookupError(f"target class {target} is out of range: the model has {logits.shape[1]} classes")
-            idx = logits.argmax(1) if target is None else torch.full((logits.shape[0],), target)
-            logits.gather(1, idx[:, None]).sum().backward()
-    finally:
-        h.remove()
-        reset_net(model)
-    a, g = store["a"], store["a"].grad
-    if a.dim() == 4:
-        a, g = a[None], g[None]
-    w = g.mean((0, 3, 4), keepdim=True)  # [1,B,C,1,1]
-    cam = F.relu((w * a).sum(2)).mean(0)  # [B,H,W]
-    cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    cam = cam - cam.flatten(1).min(1)[0][:, None, None]
-    return (cam / cam.flatten(1).max(1)[0].clamp_min(1e-12)[:, None, None]).detach()
-
-
 def _last_stage_layer(model: nn.Module) -> str:
     names = [n for n, _ in model.named_modules() if re.match(DEFAULT_BLOCKS, n)]
     if not names:
