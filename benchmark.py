@@ -223,7 +223,7 @@ def compile_scope(args) -> Optional[str]:
 
 def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
-    from models import ModelError, create_model, input_spec, parse_model_kwargs
+    from models import ModelError, build_model, input_spec, parse_model_kwargs
     from utils.training.fastpath import EAGER, prepare_input, prepare_model
     from utils.training.threads import ThreadPolicy
 
@@ -244,7 +244,7 @@ def measure(args) -> Dict[str, Any]:
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     try:
-        model = create_model(args.model, **kwargs)
+        model = build_model(args.model, **kwargs)
         spec = input_spec(model)
     except ModelError as err:
         raise SystemExit(f"benchmark.py: cannot build {args.model!r}: {err}") from None

@@ -1,5 +1,6 @@
 """Spiking networks of the paper. ``import models`` registers every variant with timm."""
-from . import maxformer, ms_resnet, spikformer  # noqa: F401  (registration side effects)
+# The model families, registered with timm on import: a new family is one more module here (docs/models.md).
+from . import maxformer, ms_resnet, spikformer  # noqa: F401
 from .neurons import NeuronConfig, describe_neurons, make_neuron, neuron_implementation, reset_net  # noqa: F401
-from .factory import (InputSpec, ModelError, check_model_kwargs, create_model, input_spec,  # noqa: F401
-                      list_our_models, parse_model_kwargs)
+from .factory import (TOP_LEVEL_KWARGS, InputSpec, ModelError, build_model, check_model_kwargs, create_model,  # noqa: F401
+                      input_spec, list_our_models, parse_model_kwargs)

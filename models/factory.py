@@ -2,6 +2,8 @@
 
 * :func:`list_our_models` — the names this repository registers with timm (and no others);
 * :func:`create_model` — any of them from a name and kwargs, with errors that say the fix;
+* :func:`build_model` — the one builder every command uses: a name, ``T``, ``num_classes`` and the user's
+  ``model_kwargs`` (checked once here), optionally on the meta device (no memory: a check or a plan);
 * :func:`check_model_kwargs` — kwargs checked against the registered model's constructor (names with
   did-you-mean, value types) before anything is built;
 * :func:`parse_model_kwargs` — the one ``key=value`` grammar of every ``--model-kwargs`` flag;
@@ -16,27 +18,44 @@ import inspect
 import typing
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 import yaml
 
-__all__ = ["ModelError", "OUR_MODULES", "list_our_models", "create_model", "check_model_kwargs", "model_kwarg_types",
+__all__ = ["ModelError", "family_modules", "list_our_models", "create_model", "build_model", "check_model_kwargs",
+           "TOP_LEVEL_KWARGS", "model_kwarg_types",
            "parse_model_kwargs", "parse_value", "InputSpec", "input_spec"]
 
-# timm registers a model under the last component of its module's name.
-OUR_MODULES = ("maxformer", "ms_resnet", "spikformer")
 
 
 class ModelError(ValueError):
     """An unknown model name or kwargs a model rejects; the message names the problem and the fix."""
 
 
+def _spiking_model_classes() -> List[type]:
+    from .common import SpikingModel
+
+    found, todo = [], list(SpikingModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        found.append(cls)
+    return found
+
+
+def family_modules() -> List[str]:
+    """The model families: the modules of ``models/`` that define a :class:`~models.common.SpikingModel`, named as
+    timm names a model's module (its last component). ``models/__init__.py`` imports each family, the one place
+    a family is registered (docs/models.md, "Adding a model family")."""
+    return sorted({cls.__module__.rpartition(".")[2] for cls in _spiking_model_classes()
+                   if cls.__module__.startswith(__package__ + ".")})
+
+
 def list_our_models(pattern: str = "*") -> List[str]:
     """Sorted names of the models this repository registers (optionally filtered by a glob ``pattern``)."""
     import timm
 
-    from . import maxformer, ms_resnet, spikformer  # noqa: F401  (registration)
-
-    return sorted(timm.list_models(pattern, module=list(OUR_MODULES)))
+    return sorted(timm.list_models(pattern, module=family_modules()))
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -55,6 +74,36 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ModelError(f"model '{name}' rejected kwargs {kwargs}: {err}") from None
     except ValueError as err:
         raise ModelError(f"model '{name}' with kwargs {kwargs}: {err}") from None
+
+
+# Settings given on their own (config keys / flags), never inside model_kwargs.
+TOP_LEVEL_KWARGS = ("T", "num_classes")
+
+
+def build_model(name: str, *, T: Optional[int] = None, num_classes: Optional[int] = None,
+                model_kwargs: Optional[Mapping[str, Any]] = None, neuron_impl: Optional[str] = None,
+                meta: bool = False, **builder_kwargs) -> nn.Module:
+    """Model ``name`` with ``T``, ``num_classes`` and the user's ``model_kwargs``: the builder of training,
+    validation, the benchmark, the analyses, the memory planner and checkpoint loading.
+
+    ``model_kwargs`` may not set ``T``/``num_classes`` (:data:`TOP_LEVEL_KWARGS`); ``neuron_impl`` (``'auto'``
+    or None: the model's choice) must agree with one given in ``model_kwargs``. ``meta``: build on the meta
+    device (shapes only, no memory, no weights), the cheap build of checks. ``builder_kwargs`` go to
+    ``timm.create_model`` (``pretrained``, ``pretrained_cfg_overlay``, ...). Raises :class:`ModelError`.
+    """
+    kwargs = dict(model_kwargs or {})
+    check_model_kwargs(name, kwargs, top_level=TOP_LEVEL_KWARGS)
+    if neuron_impl not in (None, "auto"):
+        if kwargs.get("neuron_impl", neuron_impl) != neuron_impl:
+            raise ModelError(f"neuron_impl: {neuron_impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
+                             "set one of them")
+        kwargs["neuron_impl"] = neuron_impl
+    kwargs.update(builder_kwargs)
+    kwargs.update({k: v for k, v in (("T", T), ("num_classes", num_classes)) if v is not None})
+    if meta:
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
+    return create_model(name, **kwargs)
 
 
 # Keyword arguments that timm.create_model and our builder take besides the constructor's (no type checked).
@@ -80,15 +129,8 @@ def _model_class(name: str) -> Optional[type]:
     """The class a registered model of ours builds: the :class:`SpikingModel` defined in its entry point's module."""
     from timm.models import model_entrypoint
 
-    from .common import SpikingModel
-
     module = getattr(model_entrypoint(name), "__module__", None)
-    found, todo = [], list(SpikingModel.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__ == module:
-            found.append(cls)
+    found = [cls for cls in _spiking_model_classes() if cls.__module__ == module]
     return found[0] if len(found) == 1 else None
 
 
@@ -164,10 +206,15 @@ def _what(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any], top_level: Iterable[str] = ()) -> None:
     """Refuse, before anything is built, an unknown model, a kwarg that the model's constructor does not take
     (did-you-mean from its own signature) or a value of the wrong type; :class:`ModelError` says which and
-    the fix. ``None`` values mean "the default" and pass."""
+    the fix. ``None`` values mean "the default" and pass. ``top_level``: keys that are set on their own, not
+    in these kwargs (:data:`TOP_LEVEL_KWARGS` for a user's ``model_kwargs``)."""
+    for k in top_level:
+        if k in kwargs:
+            raise ModelError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead "
+                             f"(e.g. --{k.replace('_', '-')} {kwargs[k]})")
     types = model_kwarg_types(name)
     if types is None:
         return

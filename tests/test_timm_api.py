@@ -12,7 +12,7 @@ from timm.models import get_pretrained_cfg
 
 from models import list_our_models, reset_net
 from models.common import SpikingModel
-from models.factory import OUR_MODULES
+from models.factory import family_modules
 
 MODELS = list_our_models()
 SIZE = 16  # input side of the small variants (every downsampling divides it)
@@ -52,10 +52,10 @@ def fire(model) -> None:
 
 def test_every_family_is_registered_with_configs():
     assert {timm.models.get_pretrained_cfg(n).architecture for n in MODELS} == set(MODELS)
-    assert sorted(timm.list_models(module=list(OUR_MODULES))) == MODELS
+    assert sorted(timm.list_models(module=family_modules())) == MODELS
     assert len(MODELS) == 18
     # the released ImageNet weights (models.pretrained) are the only pretrained ones
-    assert timm.list_models(pretrained=True, module=list(OUR_MODULES)) == [
+    assert timm.list_models(pretrained=True, module=family_modules()) == [
         "maxformer_10_384.t4_in1k", "maxformer_10_512.t1_in1k", "maxformer_10_512.t4_in1k",
         "maxformer_10_768.t1_in1k", "maxformer_10_768.t4_in1k", "ms_qkformer_10_384.t4_in1k",
         "ms_qkformer_10_768.t1_in1k"]

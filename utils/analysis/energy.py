@@ -381,21 +381,6 @@ def validation_batches(config_path: str, batch_size: int):
     return loader, f"{config_path} evaluation set"
 
 
-def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs), then the weights
-    of ``checkpoint`` if given (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
-    from models import create_model
-
-    model = create_model(name, **kwargs)
-    if checkpoint:
-        from utils.training.checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint)
-    return model
-
-
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m utils.analysis.energy``."""
     from utils.config.cli import Parser
@@ -432,15 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from models import ModelError, input_spec, parse_model_kwargs
     from utils.config import input_errors
+    from utils.training.checkpoint import load_model
 
     p = build_parser()
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
     try:
-        kwargs = parse_model_kwargs(args.model_kwargs)
-        kwargs.update({k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None})
-        model = build_model(args.model, args.checkpoint, **kwargs)
+        model = load_model(args.model, args.checkpoint, T=args.T, num_classes=args.num_classes,
+                           model_kwargs=parse_model_kwargs(args.model_kwargs))
         if args.config:
             batches, desc = validation_batches(args.config, args.batch_size)
         else:

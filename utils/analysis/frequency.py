@@ -381,10 +381,10 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
 def _build(name: str, kwargs: dict, checkpoint: Optional[str]) -> nn.Module:
     """The model (seed 0, optional weights), checked to take 3-channel images (the photos this module reads)."""
     from models import ModelError, input_spec
-    from utils.analysis.energy import build_model
+    from utils.training.checkpoint import load_model
 
     torch.manual_seed(0)
-    model = build_model(name, checkpoint, **kwargs)
+    model = load_model(name, checkpoint, **kwargs)
     spec = input_spec(model)
     if spec.frames is not None or spec.channels != 3:
         kind = "event frames" if spec.frames is not None else "images"

@@ -536,37 +536,26 @@ def check_run_paths(cfg) -> None:
 
 
 def check_model(cfg) -> None:
-    """``cfg.model`` is registered and ``cfg.model_kwargs`` fit its constructor (names and value types)."""
-    from models import ModelError, check_model_kwargs
+    """``cfg.model`` is registered and ``cfg.model_kwargs`` fit its constructor (names and value types); the
+    model is then built on the meta device (no memory, no weights), so the constructor's own checks (a width
+    that the heads do not divide, per-stage list lengths, ...) stop the run before anything is written."""
+    from models import TOP_LEVEL_KWARGS, ModelError, build_model, check_model_kwargs
 
     kwargs = dict(cfg.get("model_kwargs") or {})
-    for k in ("T", "num_classes"):
-        if k in kwargs:
-            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead "
-                              f"(e.g. --{k.replace('_', '-')} {kwargs[k]})")
     try:
-        check_model_kwargs(cfg.model, kwargs)
+        check_model_kwargs(cfg.model, kwargs, top_level=TOP_LEVEL_KWARGS)
     except ModelError as err:
-        raise ConfigError(f"config key 'model_kwargs': {err}" if kwargs and "unknown model" not in str(err)
-                          else f"config key 'model': {err}") from None
-    _build_on_meta(cfg, kwargs)
-
-
-def _build_on_meta(cfg, kwargs) -> None:
-    """Build the model on the meta device (no memory, no weights): the constructor's own checks (a width that
-    the heads do not divide, per-stage list lengths, ...) stop the run before anything is written."""
-    import torch
-
-    from models import ModelError, create_model
-
+        msg = str(err)
+        if "top-level" not in msg:  # the top-level refusal names its key itself
+            msg = f"config key '{'model_kwargs' if kwargs and 'unknown model' not in msg else 'model'}': {msg}"
+        raise ConfigError(msg) from None
     num_classes = cfg.get("num_classes")
     if num_classes is None and "dataset" in cfg:
         from utils.data import dataset_info
 
         num_classes = dataset_info(cfg.dataset)["num_classes"]
     try:
-        with torch.device("meta"):
-            create_model(cfg.model, num_classes=num_classes, T=cfg.get("T"), **kwargs)
+        build_model(cfg.model, T=cfg.get("T"), num_classes=num_classes, model_kwargs=kwargs, meta=True)
     except ModelError as err:
         raise ConfigError(f"config keys 'model'/'model_kwargs': {err}".replace("rejected kwargs",
                                                                               "rejected model_kwargs")) from None

@@ -81,10 +81,10 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
     import timm
     from timm.models import save_for_hf
 
-    import models  # noqa: F401  (registration)
+    from models import build_model
 
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=os.fspath(file)),
-                              **dict(model_kwargs or {}))
+    model = build_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=os.fspath(file)),
+                        **dict(model_kwargs or {}))
     save_for_hf(model, out_dir, model_args=dict(T=model.T), safe_serialization=True)
     card = model_card(name, {**model.pretrained_cfg, "url": timm.models.get_pretrained_cfg(name).url},
                       sum(p.numel() for p in model.parameters()), repo_id)

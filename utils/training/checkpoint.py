@@ -24,7 +24,8 @@ from models.legacy_names import convert_state_dict, top_module
 from models.legacy_names import strip_wrapper_prefixes as _strip_prefixes
 from utils.errors import CheckpointError
 
-__all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint"]
+__all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint",
+           "load_model"]
 
 _CONVERT_COMMAND = "python -m utils.training.checkpoint convert"
 
@@ -353,6 +354,17 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def load_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
+    """:func:`models.build_model` ``(name, **kwargs)`` (:class:`~models.ModelError` on a bad name or kwargs), then
+    the weights of ``checkpoint`` if given (:class:`CheckpointError` if they do not load)."""
+    from models import build_model
+
+    model = build_model(name, **kwargs)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
 def read_training_state(path: Union[str, os.PathLike], trust_flag: Optional[str] = None) -> Dict[str, Any]:
     """Load a checkpoint written by ``train.py`` for resuming; clear error for weights-only files."""
     obj = read_checkpoint(path, trust_flag=trust_flag, resume=True)
@@ -391,7 +403,7 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
     ``args.model``). Plain entries (``epoch``, ``arch``, ``args``, ``metric``...) are kept, optimizer
     and scaler state are dropped; the result loads with ``weights_only`` safety.
     """
-    from models.factory import ModelError, create_model, list_our_models
+    from models.factory import ModelError, build_model, list_our_models
 
     flag = "--trust-checkpoint"
     obj = read_checkpoint(src, trust_pickle=trust_pickle, trust_flag=flag)
@@ -400,8 +412,7 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
         raise CheckpointError(f"{os.fspath(src)!r} does not record its model; pass --model NAME "
                               f"(one of: {', '.join(list_our_models())})")
     try:
-        with torch.device("meta"):  # names and shapes only
-            model = create_model(name, **dict(model_kwargs or {}))
+        model = build_model(name, meta=True, **dict(model_kwargs or {}))  # names and shapes only
     except ModelError as err:
         raise CheckpointError(f"cannot build the model to convert {os.fspath(src)!r} to: {err}") from None
     entries = [k for k in _STATE_DICT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]

@@ -283,7 +283,7 @@ _PLANS: Dict[str, MemoryPlan] = {}  # plans already made in this process (a batc
 
 def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
           neuron_impl, compile, fast_conv, fast_pool, channels_last, optimizer, ema, ddp, dev) -> MemoryPlan:
-    from models import ModelError, create_model, input_spec
+    from models import ModelError, build_model, input_spec
     from utils.training.fastpath import FastPathConfig, prepare_model
 
     kwargs = dict(model_kwargs or {})
@@ -295,7 +295,7 @@ def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spike
     tracker = _StorageTracker(CUDA_BLOCK if dev == "cuda" else 1, cpu_neuron_ops=dev == "cpu")
     with _fake_mode():
         try:
-            model = create_model(model_name, **kwargs)
+            model = build_model(model_name, **kwargs)
             spec = input_spec(model)
         except ModelError as err:
             raise MemoryPlanError(f"cannot build {model_name!r}: {err}") from None
