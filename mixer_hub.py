@@ -5,6 +5,10 @@
 ``ssa_dwc`` / ``ssa_dwc<k>`` (SSA followed by a spiking DWC, k=5 by default), ``qka``, ``sdsa``.
 New mixers register with ``@register_mixer("name")``.
 
+The hub sits below ``models/`` and imports nothing from it: a mixer's neurons come from ``neuron_cfg``, any
+object whose ``make(**overrides)`` returns a multi-step neuron (``models.NeuronConfig``). Without one, the
+default that ``models`` installs on import (:func:`set_default_neurons`, the published settings) is used.
+
 Every mixer maps a membrane-level tensor ``[T, B, C, H, W]`` to ``[T, B, C, H, W]`` and adds its
 own residual where the published code has one (DWC, SSA, QKA, SDSA add the block input; the
 pooling mixers replace it; ``identity`` returns it). ``Block`` then applies the spiking MLP.
@@ -16,15 +20,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:  # models/__init__ imports the model families, which import this hub
-    from models.neurons import NeuronConfig
-
-__all__ = ["register_mixer", "mixer_names", "create_mixer", "is_attention_mixer",
+__all__ = ["register_mixer", "mixer_names", "create_mixer", "is_attention_mixer", "set_default_neurons",
            "IdentityMixer", "PoolMixer", "DWCMixer", "SSA", "SSADWC", "TokenQKAttention", "SDSA"]
 
 _MIXERS: Dict[str, Callable[..., nn.Module]] = {}
@@ -89,12 +90,30 @@ def is_attention_mixer(name: str) -> bool:
     return key is not None and getattr(_MIXERS[key], "uses_heads", False)
 
 
-def _neurons(cfg: Optional["NeuronConfig"]) -> "NeuronConfig":
-    """``cfg`` or the default (published) neuron settings."""
+class NeuronSettings(Protocol):
+    """What a mixer needs of its neuron settings (``models.NeuronConfig`` is one)."""
+
+    def make(self, **overrides) -> nn.Module: ...
+
+
+_default_neurons: Optional[Callable[[], NeuronSettings]] = None
+
+
+def set_default_neurons(factory: Callable[[], NeuronSettings]) -> None:
+    """The neuron settings of a mixer built without ``neuron_cfg``: ``factory()`` (``models`` installs
+    ``models.NeuronConfig``, the published settings, when it is imported)."""
+    global _default_neurons
+    _default_neurons = factory
+
+
+def _neurons(cfg: Optional[NeuronSettings]) -> NeuronSettings:
+    """``cfg`` or the default neuron settings."""
     if cfg is not None:
         return cfg
-    from models.neurons import NeuronConfig
-    return NeuronConfig()
+    if _default_neurons is None:
+        raise TypeError("this mixer has spiking neurons: pass neuron_cfg= (e.g. models.NeuronConfig()), or import "
+                        "models first, which installs the published neuron settings as the default")
+    return _default_neurons()
 
 
 def fold_time(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +181,7 @@ def avg_mixer(dim: int) -> PoolMixer:
 class _SpikingDWC(nn.Module):
     """LIF -> depth-wise Conv2d k x k (bias) -> BN2d on ``[T, B, C, H, W]`` (Eq. 19)."""
 
-    def __init__(self, dim: int, kernel_size: int, conv_name: str, neuron_cfg: Optional["NeuronConfig"]):
+    def __init__(self, dim: int, kernel_size: int, conv_name: str, neuron_cfg: Optional[NeuronSettings]):
         super().__init__()
         _check_odd(kernel_size, "a DWC mixer")
         self.lif = _neurons(neuron_cfg).make()
@@ -185,7 +204,7 @@ class DWCMixer(_SpikingDWC):
 
     block_attr = "mixer"
 
-    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional["NeuronConfig"] = None):
+    def __init__(self, dim: int, kernel_size: int = 3, neuron_cfg: Optional[NeuronSettings] = None):
         super().__init__(dim, kernel_size, "conv5" if kernel_size == 7 else "conv", neuron_cfg)
         self.kernel_size = kernel_size
 
@@ -238,7 +257,7 @@ class SSA(_PointwiseProjections):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronSettings] = None,
                  scale: float = 0.125, qkv_bias: bool = False, input_lif: bool = True,
                  proj_lif: bool = False, residual: bool = True, layer: str = "conv1d",
                  matmul_order: str = "kv_first", attn_v_threshold: float = ATTN_V_THRESHOLD):
@@ -293,7 +312,7 @@ class SSADWC(SSA):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, kernel_size: int = 5,
-                 neuron_cfg: Optional["NeuronConfig"] = None, **kwargs):
+                 neuron_cfg: Optional[NeuronSettings] = None, **kwargs):
         super().__init__(dim, num_heads, neuron_cfg=neuron_cfg, **kwargs)
         _check_odd(kernel_size, "an SSA+DWC mixer")
         self.dwc_neuron = _neurons(neuron_cfg).make()
@@ -317,7 +336,7 @@ class TokenQKAttention(_PointwiseProjections):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronSettings] = None,
                  attn_v_threshold: float = ATTN_V_THRESHOLD):
         super().__init__("conv1d")
         _check_heads(type(self).__name__, dim, num_heads)
@@ -353,7 +372,7 @@ class SDSA(nn.Module):
     block_attr = "attn"
     uses_heads = True
 
-    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional["NeuronConfig"] = None,
+    def __init__(self, dim: int, num_heads: int = 8, neuron_cfg: Optional[NeuronSettings] = None,
                  erode: bool = False, attn_v_threshold: float = ATTN_V_THRESHOLD):
         super().__init__()
         _check_heads(type(self).__name__, dim, num_heads)

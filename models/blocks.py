@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mixer_hub import create_mixer
-
-from mixer_hub import fold_time, unfold_time
+from mixer_hub import create_mixer, fold_time, set_default_neurons, unfold_time
 from .neurons import NeuronConfig
+
+set_default_neurons(NeuronConfig)  # mixers built without neuron_cfg use the published neuron settings
 
 __all__ = ["SpikingMLP", "Block"]
 

@@ -16,7 +16,7 @@ from tests.test_run_folder import TINY
 from utils.training.checkpoint import checkpoint_position, read_training_state
 from utils.training.logger import read_summary
 from utils.training.run_folder import read_status
-from utils.tools.sweep import run_state
+from utils.training.run_folder import run_state
 
 TIMING = ("img_per_s", "epoch_seconds")
 ARGS = TINY + ["--epochs", "2", "--max-train-batches", "1"]

@@ -1,4 +1,5 @@
-"""The import graph of the tree: no circles, and ``models/`` stands alone (imports nothing from ``utils/``).
+"""The import graph of the tree: no circles between files or packages, every arrow runs down the declared layers
+(:data:`LAYERS`, drawn in docs/structure.md), and ``models/`` stands alone (imports nothing from ``utils/``).
 
 Every import counts, also those inside functions (a lazy import hides a circle, it does not remove it).
 """
@@ -8,6 +9,21 @@ from typing import Dict, List, Set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_TOP = {"data", "runs", "output", "build", "dist"}  # top-level folders of datasets and outputs
+
+# Packages bottom first: a package imports only from layers below its own (never from a package beside it).
+LAYERS = [
+    ("utils.errors",),  # the project's error types
+    ("utils", "utils.atomic_file", "utils.options"),  # atomic writes; the option declaration
+    ("mixer_hub",),  # token mixers (their neurons are passed in)
+    ("models", "utils.data"),  # architectures; datasets (neither knows the other)
+    ("utils.config",),  # YAML + command line -> a checked Config
+    ("utils.training",),  # engine, run folder, checkpoints, preflight, memory plan
+    ("utils.analysis", "utils.verify"),  # the paper's analyses; golden conformance
+    ("utils.tools",),  # operations: sweep, SLURM, doctor, data preparation, hub export
+    ("train", "validate", "benchmark"),  # entry scripts
+]
+# Arrows that still run up while the module that owns them is being reworked.
+PENDING = {("utils.config", "utils.training")}
 
 
 def _modules(root: str = ROOT) -> Dict[str, str]:
@@ -109,12 +125,50 @@ def import_circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return [circle(g) for g in groups]
 
 
+def package_of(module: str) -> str:
+    """The declared package of ``module`` (``utils.training.engine`` -> ``utils.training``)."""
+    parts = module.split(".")
+    if parts[0] == "utils" and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def package_graph(graph: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
+    """The arrows between packages (tests left out: they may import anything)."""
+    out: Dict[str, Set[str]] = {}
+    for m, deps in graph.items():
+        if package_of(m) == "tests":
+            continue
+        out.setdefault(package_of(m), set()).update(package_of(d) for d in deps if package_of(d) != package_of(m))
+    return out
+
+
 def test_no_import_circles():
     graph = import_graph()
     assert {"train", "models.common", "utils.training.engine", "utils.data.table", "tests.conftest"} <= set(graph)
     circles = import_circles(graph)
     assert not circles, "import circles (every import counts, also inside functions):\n" + "\n".join(
         "  " + " -> ".join(c) for c in circles)
+
+
+def test_packages_import_only_down_the_layers():
+    packages = package_graph(import_graph())
+    layer = {p: i for i, names in enumerate(LAYERS) for p in names}
+    unknown = sorted(set(packages) - set(layer))
+    assert not unknown, f"packages without a layer (add them to LAYERS and docs/structure.md): {unknown}"
+    up = sorted(f"{a} -> {b}" for a, deps in packages.items() for b in deps
+                if layer[b] >= layer[a] and (a, b) not in PENDING)
+    assert not up, "imports that run up or sideways between packages:\n  " + "\n  ".join(up)
+    assert not import_circles({a: {b for b in deps if (a, b) not in PENDING} for a, deps in packages.items()})
+
+
+def test_the_layer_check_fails_on_an_arrow_up():
+    graph = {"utils.data.table": {"models.common"}, "models.common": set(), "utils.training.engine": {"train"}}
+    packages = package_graph(graph)
+    assert packages == {"utils.data": {"models"}, "models": set(), "utils.training": {"train"}}
+    layer = {p: i for i, names in enumerate(LAYERS) for p in names}
+    assert [(a, b) for a, deps in packages.items() for b in deps if layer[b] >= layer[a]] == \
+        [("utils.data", "models"), ("utils.training", "train")]
 
 
 def test_models_import_nothing_from_utils():

@@ -20,7 +20,8 @@ import sys
 import pytest
 
 from tests.test_sweep import ROOT, summary_epochs, tiny_config, wait_for
-from utils.tools.sweep import load_manifest, run_state
+from utils.tools.sweep import load_manifest
+from utils.training.run_folder import run_state
 
 BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel", "munged", "munge",
             "unmunge")

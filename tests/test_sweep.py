@@ -14,7 +14,8 @@ import pytest
 
 from utils.tools import sweep
 from utils.training.run_folder import is_running
-from utils.tools.sweep import Run, RunState, SweepError, run_state
+from utils.tools.sweep import Run, SweepError
+from utils.training.run_folder import RunState, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable

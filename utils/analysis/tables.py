@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 REFERENCE_LOG_DIR = os.path.join(ROOT, "docs", "reference_logs")
 REFERENCE_LOGS = {
     "cifar10": "cifar10-100_logs_cifar-10.csv",
@@ -84,18 +84,15 @@ PAPER_ROWS: List[PaperRow] = [
 
 
 def count_params(name: str, **kwargs) -> int:
-    """Trainable parameters of ``models.create_model(name, **kwargs)`` (built on the meta device)."""
-    import torch
-
-    from models import ModelError, create_model
+    """Trainable parameters of ``models.build_model(name, **kwargs)`` (built on the meta device)."""
+    from models import ModelError, build_model
 
     try:
-        with torch.device("meta"):
-            model = create_model(name, **kwargs)
+        model = build_model(name, meta=True, **kwargs)
     except ModelError:
         raise
     except Exception:  # some init may not support meta tensors: fall back to a real build
-        model = create_model(name, **kwargs)
+        model = build_model(name, **kwargs)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -138,9 +135,10 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
 
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
     from models import input_spec
-    from utils.analysis.energy import build_model, measure_energy, synthetic_batches
+    from utils.analysis.energy import measure_energy, synthetic_batches
+    from utils.training.checkpoint import load_model
 
-    model = build_model(name, checkpoint, T=T)
+    model = load_model(name, checkpoint, T=T)
     shape = input_spec(model).shape(1, img_size, T)
     report = measure_energy(model, synthetic_batches(shape, batches), T=T, model_name=name)
     return report.energy_mj
@@ -291,7 +289,7 @@ def collect_runs(runs_dir: str, notes: Optional[List[str]] = None) -> Dict[str, 
     line naming them is appended to ``notes``."""
     import yaml
 
-    from utils.tools.sweep import run_state
+    from utils.training.run_folder import run_state
 
     same: Dict[str, List[dict]] = {}
     for dirpath, dirnames, filenames in sorted(os.walk(runs_dir)):

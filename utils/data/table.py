@@ -9,8 +9,6 @@ from typing import Dict, Optional
 
 from torch.utils.data import Subset
 
-from models.common import DATA_CFG  # owner of the CIFAR-10 / ImageNet normalisation statistics
-
 from ..errors import ConfigError
 from .cifar import CIFAR10Files, CIFAR100Files, build_cifar
 from .digits import build_digits
@@ -20,6 +18,11 @@ from .imagefolder import build_imagefolder
 from .options import get_option
 from .spec import DatasetSpec, Splits
 from .synthetic import build_synthetic
+
+# Normalisation statistics; the models' pretrained configs (models.common.DATA_CFG) carry the same numbers
+# (tests/test_data_errors.py checks that they agree)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 _FRAMES_NOTE = "extract/, events_np/                   <- intermediate files of spikingjelly"
 _CIFAR_PREPARE = ("Prepare it with (downloads ~170 MB):", "  {cmd_download}",
@@ -32,7 +35,7 @@ DATASETS: Dict[str, DatasetSpec] = {spec.name: spec for spec in [
     DatasetSpec("synthetic", build_synthetic, 10, 3, "image", 32, None, None, 5000, 1000,
                 note="generated in memory"),
     DatasetSpec("cifar10", partial(build_cifar, cls=CIFAR10Files), 10, 3, "image", 32,
-                DATA_CFG["cifar"]["mean"], DATA_CFG["cifar"]["std"], 50000, 10000,
+                CIFAR10_MEAN, CIFAR10_STD, 50000, 10000,
                 tree=("cifar-10-batches-py/", "    batches.meta", "    data_batch_1 ... data_batch_5",
                       "    test_batch"),
                 prepare=_CIFAR_PREPARE, aliases=("torch/cifar10",)),
@@ -61,7 +64,7 @@ DATASETS: Dict[str, DatasetSpec] = {spec.name: spec for spec in [
                          "into {root}/download, then run", "  {cmd}"),
                 aliases=("dvs128gesture", "dvs128", "dvs_gesture")),
     DatasetSpec("imagenet", build_imagefolder, 1000, 3, "image", 224,
-                DATA_CFG["imagenet"]["mean"], DATA_CFG["imagenet"]["std"], 1281167, 50000, eval_split="val",
+                IMAGENET_MEAN, IMAGENET_STD, 1281167, 50000, eval_split="val",
                 tree=("train/", "    n01440764/  n01440764_10026.JPEG ...   (1000 class folders, 1,281,167 images)",
                       "    ...", "val/",
                       "    n01440764/  ILSVRC2012_val_00000293.JPEG ...  (1000 class folders, 50,000 images)",

@@ -38,15 +38,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-import yaml
 
-from utils.training.logger import read_summary
-from utils.training.run_folder import is_running, read_status
+from utils.training.run_folder import run_state
 from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
                          partition_nodes, sbatch_preview)
 from utils.training.threads import usable_cpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 TRAIN_PY = os.path.join(ROOT, "train.py")
 MANIFEST = "sweep.json"
 STOP_GRACE_S = 60  # how long train.py may take to save its checkpoint after SIGTERM
@@ -86,57 +84,6 @@ class Run:
             return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus_per_run),
                     TRAIN_PY, *self.train_args()]
         return [python, TRAIN_PY, *self.train_args()]
-
-
-@dataclasses.dataclass
-class RunState:
-    """What a run folder says about its run."""
-
-    state: str  # pending | running | finished | interrupted | failed | diverged
-    epochs_done: int = 0
-    total_epochs: Optional[int] = None
-    best_top1: Optional[float] = None
-    best_epoch: Optional[int] = None
-
-
-def read_top1(run_dir: str) -> Dict[int, float]:
-    """``{epoch: eval_top1}`` from a run's summary.csv (a replayed epoch keeps its last row)."""
-    rows: Dict[int, float] = {}
-    for row in read_summary(os.path.join(run_dir, "summary.csv")):
-        try:
-            rows[int(float(row["epoch"]))] = float(row["eval_top1"])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return rows
-
-
-def run_state(run_dir: str) -> RunState:
-    """State of one run folder: ``status.json`` when train.py wrote one, else derived from its files."""
-    summary = read_top1(run_dir)
-    best_epoch = max(summary, key=lambda e: (summary[e], -e)) if summary else None
-    st = RunState("pending", epochs_done=(max(summary) + 1) if summary else 0,
-                  best_top1=summary.get(best_epoch) if summary else None, best_epoch=best_epoch)
-    s = read_status(run_dir)
-    if s is not None:
-        st.state = s.get("state", st.state)
-        st.epochs_done = int(s.get("epoch", -1)) + 1
-        st.total_epochs = s.get("total_epochs")
-        st.best_top1 = s.get("best_top1", st.best_top1)
-        st.best_epoch = s.get("best_epoch", st.best_epoch)
-        if st.state == "running" and not is_running(run_dir):
-            st.state = "interrupted"  # killed without a chance to say so
-        return st
-    args_path = os.path.join(run_dir, "args.yaml")
-    if os.path.isfile(args_path):
-        with open(args_path) as f:
-            st.total_epochs = ((yaml.safe_load(f) or {}).get("run_info") or {}).get("total_epochs")
-    if is_running(run_dir):
-        st.state = "running"
-    elif st.total_epochs is not None and st.epochs_done >= st.total_epochs:
-        st.state = "finished"
-    elif summary or os.path.isfile(os.path.join(run_dir, "last.pth.tar")):
-        st.state = "interrupted"
-    return st
 
 
 def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:

@@ -17,12 +17,17 @@ import json
 import os
 import shutil
 import socket
+import dataclasses
 from typing import Any, Dict, Optional
+
+import yaml
 
 from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import ConfigError
+from utils.training.logger import read_summary
 
-__all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "STATUS_NAME"]
+__all__ = ["RunFolder", "RunState", "run_state", "read_top1", "is_running", "read_status", "RUN_FILES", "LOCK_NAME",
+           "STATUS_NAME"]
 
 LOCK_NAME = "run.lock"
 STATUS_NAME = "status.json"
@@ -113,6 +118,14 @@ class RunFolder:
     def existing_run_files(self):
         return [n for n in RUN_FILES if os.path.exists(os.path.join(self.path, n))]
 
+    def fresh_start_problem(self) -> Optional[str]:
+        """Why a run may not start from epoch 0 here without ``--overwrite`` (the folder holds one), or None."""
+        found = self.existing_run_files()
+        if not found:
+            return None
+        return (f"run folder {self.path} already holds a run ({', '.join(found)}). Continue it with --resume auto, "
+                f"choose another --experiment, or pass --overwrite true to delete it and start again")
+
     def check_fresh_start(self, overwrite: bool) -> None:
         """Before a run that starts from epoch 0: refuse a folder holding a run unless ``overwrite``,
         in which case its previous outputs are removed."""
@@ -120,9 +133,7 @@ class RunFolder:
         if not found:
             return
         if not overwrite:
-            raise ConfigError(
-                f"run folder {self.path} already holds a run ({', '.join(found)}). Continue it with --resume auto, "
-                f"choose another --experiment, or pass --overwrite true to delete it and start again")
+            raise ConfigError(self.fresh_start_problem())
         kept_epochs = [f for f in os.listdir(self.path) if f.startswith("checkpoint-") and f.endswith(".pth.tar")]
         for name in _OUTPUTS + tuple(kept_epochs):  # checkpoint-<epoch>.pth.tar: checkpoint_hist
             p = os.path.join(self.path, name)
@@ -138,3 +149,54 @@ class RunFolder:
         self.status.update(pid=os.getpid(),
                            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         atomic_write(os.path.join(self.path, STATUS_NAME), json.dumps(self.status, indent=1) + "\n")
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a run folder says about its run."""
+
+    state: str  # pending | running | finished | interrupted | failed | diverged
+    epochs_done: int = 0
+    total_epochs: Optional[int] = None
+    best_top1: Optional[float] = None
+    best_epoch: Optional[int] = None
+
+
+def read_top1(run_dir: str) -> Dict[int, float]:
+    """``{epoch: eval_top1}`` from a run's summary.csv (a replayed epoch keeps its last row)."""
+    rows: Dict[int, float] = {}
+    for row in read_summary(os.path.join(run_dir, "summary.csv")):
+        try:
+            rows[int(float(row["epoch"]))] = float(row["eval_top1"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return rows
+
+
+def run_state(run_dir: str) -> RunState:
+    """State of one run folder: ``status.json`` when train.py wrote one, else derived from its files."""
+    summary = read_top1(run_dir)
+    best_epoch = max(summary, key=lambda e: (summary[e], -e)) if summary else None
+    st = RunState("pending", epochs_done=(max(summary) + 1) if summary else 0,
+                  best_top1=summary.get(best_epoch) if summary else None, best_epoch=best_epoch)
+    s = read_status(run_dir)
+    if s is not None:
+        st.state = s.get("state", st.state)
+        st.epochs_done = int(s.get("epoch", -1)) + 1
+        st.total_epochs = s.get("total_epochs")
+        st.best_top1 = s.get("best_top1", st.best_top1)
+        st.best_epoch = s.get("best_epoch", st.best_epoch)
+        if st.state == "running" and not is_running(run_dir):
+            st.state = "interrupted"  # killed without a chance to say so
+        return st
+    args_path = os.path.join(run_dir, "args.yaml")
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            st.total_epochs = ((yaml.safe_load(f) or {}).get("run_info") or {}).get("total_epochs")
+    if is_running(run_dir):
+        st.state = "running"
+    elif st.total_epochs is not None and st.epochs_done >= st.total_epochs:
+        st.state = "finished"
+    elif summary or os.path.isfile(os.path.join(run_dir, "last.pth.tar")):
+        st.state = "interrupted"
+    return st
