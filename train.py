@@ -16,41 +16,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from utils.config import ConfigError, Config, parse_config
+from utils.atomic_file import FileWriteError
+from utils.config import (Config, ConfigError, all_options, build_arg_parser, check_run_paths, input_errors,
+                          parse_config, report_input_error, without_options)
+from utils.config.cli import describe_os_error
+from utils.training.distributed import cleanup, is_main
 from utils.training.epochs import rank0_writes, run_epochs
-from utils.training.run_setup import claim_run_folder, load_datasets, setup_run
-from utils.training.stop import StopSignals, TrainingStopped
+from utils.training.run_folder import RunFolder
+from utils.training.run_setup import claim_run_folder, load_datasets, setup_process, setup_run
+from utils.training.stop import NonFiniteLossError, StopSignals, TrainingStopped
 
 _log = logging.getLogger("train")
-
-
-def _setup_process(cfg: Config):
-    """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
-    from utils.training.determinism import apply_determinism, resolve_deterministic
-    from utils.training.distributed import init_distributed
-    from utils.tools.doctor import cheap_checks
-    from utils.training.logger import setup_console_logging
-    from utils.training.threads import ThreadPolicy, loader_workers
-
-    try:
-        dist_info = init_distributed(cfg.device, cfg.dist_backend)
-    except RuntimeError as err:
-        raise ConfigError(str(err)) from None
-    setup_console_logging(dist_info.is_main)
-    for check in cheap_checks(cfg, dist_info.device):  # before anything is written
-        if check.status == "FAIL":
-            raise ConfigError(f"preflight: {check.name}: {check.detail}; fix: {check.fix}")
-    dist_info.threads = ThreadPolicy.start(cfg.threads, dist_info.world_size)
-    if cfg.workers is None:  # auto: the CPU cores of this process's share of the machine
-        cfg.workers = loader_workers(dist_info.device.type, int(os.environ.get("LOCAL_WORLD_SIZE",
-                                                                              dist_info.world_size)))
-    cfg.deterministic = resolve_deterministic(cfg.deterministic, dist_info.device)
-    apply_determinism(cfg.deterministic)
-    return dist_info
 
 
 def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> Dict[str, Any]:
@@ -60,13 +41,8 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     signal handlers) ends the run after the current step with a resumable checkpoint
     (:class:`TrainingStopped`); ``command`` is written into ``run.lock``.
     """
-    from utils.atomic_file import FileWriteError
-    from utils.config import check_run_paths
-    from utils.training.engine import NonFiniteLossError
-    from utils.training.run_folder import RunFolder
-
     check_run_paths(cfg)
-    dist_info = _setup_process(cfg)
+    dist_info = setup_process(cfg)
     datasets = load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
@@ -123,27 +99,16 @@ def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, 
 
 def resume_command(argv: Sequence[str]) -> str:
     """``python train.py <argv without --resume/--overwrite> --resume auto``, shell-quoted."""
-    import shlex
-
-    from utils.config import without_options
-
     out = without_options(argv, valued=("--resume", "--overwrite"))
     return shlex.join(["python", "train.py", *out, "--resume", "auto"])
 
 
 def build_parser():
     """The command line of ``train.py``: one flag per config key (``utils.config``)."""
-    from utils.config import all_options, build_arg_parser
-
     return build_arg_parser(all_options(), __doc__.split("\n\n")[0])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.atomic_file import FileWriteError
-    from utils.config import input_errors, report_input_error
-    from utils.training.distributed import cleanup, is_main
-    from utils.training.engine import NonFiniteLossError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, together = None, False  # together: every rank exits here (see utils.training.distributed.cleanup)
     try:
@@ -179,8 +144,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         return 128 + err.signum
     except OSError as err:  # the last line of defence: paths are checked before the run starts
-        from utils.config.cli import describe_os_error
-
         if is_main():
             print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1

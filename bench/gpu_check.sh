@@ -16,7 +16,7 @@ LOG=${LOG:-bench/gpu_check.log}
 STEPS=${STEPS:-5}
 CFG=imagenet/10_768_t4.yaml
 
-if ! problem=$($PY -c "from utils.tools.doctor import cuda_problem; p = cuda_problem(); print((p or '').split(';')[0]); raise SystemExit(bool(p))" 2>&1); then
+if ! problem=$($PY -c "from utils.training.cuda_env import cuda_problem; p = cuda_problem(); print((p or '').split(';')[0]); raise SystemExit(bool(p))" 2>&1); then
   echo "gpu_check: no usable CUDA device, nothing checked: ${problem:-python or torch failed to start}"
   exit 1
 fi

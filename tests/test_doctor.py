@@ -1,5 +1,5 @@
-"""GPU preflight (utils.tools.doctor), no silent CPU fallback, and the fast GPU defaults,
-all checked on a CPU machine."""
+"""GPU preflight (utils.training.preflight, shown by utils.tools.doctor), no silent CPU fallback, and the fast GPU
+defaults, all checked on a CPU machine; the doctor says "ready" exactly when train.py starts."""
 import os
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 import train
 from utils.training import cuda_env
 from utils.tools import doctor
+from utils.training import preflight
 from utils.config import parse_config
 from utils.training.determinism import apply_determinism, resolve_deterministic
 from utils.training.distributed import resolve_device
@@ -27,9 +28,9 @@ ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.
     ((6, 1), False),
 ])
 def test_architecture_support_follows_cuda_binary_compatibility(capability, supported):
-    assert doctor.arch_supported(capability, ARCHES) is supported
-    assert doctor.arch_supported((7, 0), ["sm_80", "compute_70"])  # PTX is compiled for newer GPUs
-    assert not doctor.arch_supported((8, 0), ["sm_86"])  # a binary does not run on an older minor
+    assert cuda_env.arch_supported(capability, ARCHES) is supported
+    assert cuda_env.arch_supported((7, 0), ["sm_80", "compute_70"])  # PTX is compiled for newer GPUs
+    assert not cuda_env.arch_supported((8, 0), ["sm_86"])  # a binary does not run on an older minor
 
 
 def _machine(monkeypatch, build="13.0", driver=(13, 0), gpus=()):
@@ -52,7 +53,7 @@ def _machine(monkeypatch, build="13.0", driver=(13, 0), gpus=()):
 ])
 def test_cuda_problem_names_the_cause_and_the_cpu_way_out(monkeypatch, machine, needles):
     _machine(monkeypatch, **machine)
-    problem = doctor.cuda_problem()
+    problem = cuda_env.cuda_problem()
     assert problem is not None and "--device cpu" in problem
     for needle in needles:
         assert needle in problem
@@ -62,10 +63,10 @@ def test_cuda_problem_names_the_cause_and_the_cpu_way_out(monkeypatch, machine, 
 
 def test_usable_gpu_passes_and_auto_picks_it(monkeypatch):
     _machine(monkeypatch, gpus=[(9, 0), (9, 0)])
-    assert doctor.cuda_problem() is None
+    assert cuda_env.cuda_problem() is None
     assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
     _machine(monkeypatch, gpus=[(9, 0), (7, 0)])  # only the GPU a process uses must be supported
-    assert doctor.cuda_problem(0) is None and "sm_70" in doctor.cuda_problem(1)
+    assert cuda_env.cuda_problem(0) is None and "sm_70" in cuda_env.cuda_problem(1)
 
 
 def test_auto_falls_back_to_cpu_with_one_warning_line_only_when_torch_has_cuda(monkeypatch, capsys):
@@ -78,13 +79,13 @@ def test_auto_falls_back_to_cpu_with_one_warning_line_only_when_torch_has_cuda(m
     assert capsys.readouterr().err == ""
 
 
-def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys):
+def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys, tmp_path):
     _machine(monkeypatch, driver=None)
-    assert doctor.main(["-c", IMAGENET]) == 1
+    assert doctor.main(["-c", IMAGENET, "--output", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  driver" in out and "CUDA 13.x" in out and "--device cpu" in out and "NOT READY" in out
     assert "memory" in out and "neurons" in out and "FAIL  data" in out  # every line is printed
-    assert doctor.main(["-c", DIGITS]) == 0
+    assert doctor.main(["-c", DIGITS, "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "PASS  data      digits" in out and "lif: torch on cpu" in out
     assert out.rstrip().endswith("ready")
@@ -93,30 +94,74 @@ def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys):
 def test_doctor_memory_line_compares_the_plan_with_free_memory(monkeypatch):
 
     cfg = parse_config(["-c", DIGITS])
-    monkeypatch.setattr(doctor.memory_plan, "plan_memory", lambda c: 20 * 2**30)
+    monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 20 * 2**30)
     _machine(monkeypatch, gpus=[(9, 0)])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (16 * 2**30, 80 * 2**30))
-    check = doctor._check_memory(cfg, True, 0)
+    check = preflight._check_memory(cfg, True, 0)
     assert check.status == "FAIL" and "plan 20.0 GiB" in check.detail and "--batch-size" in check.fix
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (60 * 2**30, 80 * 2**30))
-    assert doctor._check_memory(cfg, True, 0).status == "PASS"
+    assert preflight._check_memory(cfg, True, 0).status == "PASS"
+
+
+def test_doctor_memory_on_cpu_is_the_plan_against_host_memory(monkeypatch):
+    cfg = parse_config(["-c", DIGITS, "--device", "cpu"])
+    monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 131 * 2**30)
+    monkeypatch.setattr(preflight, "host_memory", lambda: (18 * 2**30, 23 * 2**30))
+    check = preflight._check_memory(cfg, False, 0)
+    assert check.status == "FAIL" and "plan 131.0 GiB" in check.detail
+    assert "18.0 of 23.0 GiB of host memory" in check.detail
+    monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 2**30)
+    assert preflight._check_memory(cfg, False, 0).status == "PASS"
+    available, total = preflight.host_memory()  # this machine's, read for real
+    assert 0 < available <= total
+
+
+def test_doctor_help_is_an_argparse_usage(capsys):
+    assert doctor.main(["-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m utils.tools.doctor [-h] [-c CONFIG] [--key value ...]")
+    assert "--batch-size" in out and "Every train.py flag is accepted" in out and "Exit status" in out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--amp", "fp16", "--device", "cpu"], "FAIL  amp       fp16 needs a CUDA device"),
+    (["--batch-size", "100000", "--device", "cpu"], "FAIL  data      config key 'batch_size': 100000 is larger"),
+    (["--output", "FILE"], "is a file, not a folder"),
+    (["--experiment", "held"], "already holds a run (summary.csv)"),
+])
+def test_doctor_is_not_ready_exactly_where_train_refuses_before_writing(monkeypatch, tmp_path, capsys, extra, needle):
+    monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 2**20)  # the subject is the refusal
+    (tmp_path / "FILE").write_text("mine")
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "summary.csv").write_text("epoch\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args = ["-c", DIGITS, "--output", str(tmp_path), "--epochs", "1", "--device", "cpu",
+            *[str(tmp_path / a) if a == "FILE" else a for a in extra]]
+    assert doctor.main(args) == 1
+    out = capsys.readouterr().out
+    assert needle in out and out.rstrip().endswith("failed")
+    assert train.main(args) == 2
+    assert needle.split("  ")[-1].strip() in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written: no run.lock, no status.json
+    assert (tmp_path / "FILE").read_text() == "mine"
+    assert doctor.main(["-c", DIGITS, "--output", str(tmp_path / "fresh"), "--device", "cpu"]) == 0
 
 
 def test_compiler_is_required_on_cuda_and_optional_on_cpu(monkeypatch):
     cfg = parse_config(["-c", DIGITS, "--fastpath", "false"])
-    monkeypatch.setattr(doctor, "_c_compiler", lambda: None)
-    cuda = doctor._check_compiler(cfg, cuda=True)
+    monkeypatch.setattr(preflight, "_c_compiler", lambda: None)
+    cuda = preflight._check_compiler(cfg, cuda=True)
     assert cuda.status == "FAIL" and "Triton" in cuda.detail and "gcc" in cuda.fix
-    assert doctor._check_compiler(cfg, cuda=False).status == "PASS"
+    assert preflight._check_compiler(cfg, cuda=False).status == "PASS"
     cfg.fastpath = True
-    assert doctor._check_compiler(cfg, cuda=False).status == "WARN"
+    assert preflight._check_compiler(cfg, cuda=False).status == "WARN"
 
 
 def test_neuron_kernel_follows_spikingjelly_selection(monkeypatch):
-    assert doctor.neuron_kernel("lif", "cpu") == "torch"
-    assert doctor.neuron_kernel("if", "cuda", fastpath=True) == "torch"
+    assert preflight.neuron_kernel("lif", "cpu") == "torch"
+    assert preflight.neuron_kernel("if", "cuda", fastpath=True) == "torch"
     _machine(monkeypatch, driver=None)  # no GPU here: the PyPI wheel has no compiled CUDA part -> Triton
-    assert doctor.neuron_kernel("lif", "cuda") == "triton"
+    assert preflight.neuron_kernel("lif", "cuda") == "triton"
 
 
 def test_imagenet_run_stops_at_once_naming_cuda_before_writing(monkeypatch, tmp_path, capsys):
@@ -212,9 +257,9 @@ def test_train_stops_before_writing_when_triton_cannot_build(monkeypatch, tmp_pa
     _machine(monkeypatch, gpus=[(9, 0)])
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(name="H200",
                                                                                                total_memory=2**37))
-    monkeypatch.setattr(doctor, "_c_compiler", lambda: None)
+    monkeypatch.setattr(preflight, "_c_compiler", lambda: None)
     cfg = parse_config(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
-    lines = [c.line() for c in doctor.cheap_checks(cfg, torch.device("cuda", 0))]
+    lines = [c.line() for c in preflight.start_checks(cfg, torch.device("cuda", 0))]
     assert any(x.startswith("PASS  gpu       0: H200, sm_90, 128.0 GiB, supported") for x in lines), lines
     with pytest.raises(ConfigError, match="preflight: compiler: missing a C compiler.*fix: install gcc"):
         train.run(cfg)

@@ -4,10 +4,6 @@ EMA, loss in one step), :func:`train_step` (one batch), :func:`train_one_epoch` 
 The fast-path switches are resolved by ``utils.training.fastpath.resolve_config`` and applied by
 ``utils.training.fastpath.prepare_model``; mixed precision is :func:`amp_context`. Every forward pass is followed
 by ``models.reset_net`` so no membrane state leaks between batches.
-
-Imports of timm, ``models`` and ``utils.training.fastpath`` sit in the functions that use them: together they take
-seconds to import, and ``train.py`` imports this module before it parses the config, so ``-h`` and a bad
-config answer at once.
 """
 from __future__ import annotations
 
@@ -21,11 +17,21 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from tqdm import tqdm
 
+import models
+from models import ModelError
+from models import build_model as build
+from utils.config import TRAIN_OPTIONS, ConfigError
+from utils.training import fastpath as fp_lib
 from utils.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
-from utils.config import ConfigError
 from utils.training.distributed import all_reduce_sum
+from utils.training.stop import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "amp_context", "make_scaler", "place_model", "Training", "build_training",
            "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
@@ -33,13 +39,7 @@ __all__ = ["NonFiniteLossError", "amp_context", "make_scaler", "place_model", "T
            "current_lr", "resolve_lr"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf."""
-
-
 def _reset_net(model: nn.Module) -> None:
-    import models  # lazy: see the module docstring
-
     models.reset_net(model)
 
 
@@ -111,24 +111,13 @@ class Training:
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
-    """The configured model (``models.create_model``: ``cfg.model``, ``cfg.T``, ``cfg.model_kwargs``);
-    bad names or kwargs raise ``ConfigError``."""
-    from models import ModelError, create_model  # lazy: see the module docstring
-
-    kwargs = dict(cfg.model_kwargs or {})
-    for k in ("T", "num_classes"):
-        if k in kwargs:
-            raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    impl = getattr(cfg, "neuron_impl", "auto")
-    if impl != "auto":
-        if kwargs.get("neuron_impl", impl) != impl:
-            raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
-                              "set one of them")
-        kwargs["neuron_impl"] = impl
+    """The configured model (:func:`models.build_model` of ``cfg.model``, ``cfg.T``, ``cfg.model_kwargs``,
+    ``cfg.neuron_impl``, ``cfg.pretrained``); bad names or kwargs raise ``ConfigError``."""
     pretrained = bool(cfg.get("pretrained"))
     _apply_weights_T(cfg, pretrained)
     try:
-        return create_model(cfg.model, num_classes=num_classes, T=cfg.T, pretrained=pretrained, **kwargs)
+        return build(cfg.model, T=cfg.T, num_classes=num_classes, model_kwargs=cfg.model_kwargs,
+                     neuron_impl=cfg.get("neuron_impl"), pretrained=pretrained)
     except ModelError as err:
         raise ConfigError(str(err).replace("rejected kwargs", "rejected model_kwargs")) from None
     except (OSError, RuntimeError) as err:  # pretrained weights missing, not downloadable or not fitting
@@ -144,9 +133,6 @@ def _apply_weights_T(cfg, pretrained: bool) -> None:
     T was left at its default; an explicit other T is kept (with a note)."""
     if not (pretrained or "." in cfg.model):
         return
-    from timm.models import get_pretrained_cfg
-
-    from utils.config import TRAIN_OPTIONS
 
     try:
         weights_T = getattr(get_pretrained_cfg(cfg.model), "T", None)
@@ -169,10 +155,6 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     with :func:`restore_training` after the EMA copy and before the fast path. Bad settings raise
     ``ConfigError``.
     """
-    from timm.utils import ModelEmaV3  # lazy: see the module docstring
-
-    from utils.training import fastpath as fp_lib
-
     warnings = []
     fastpath = None
     if cfg.fastpath:
@@ -285,8 +267,6 @@ def resolve_lr(cfg, effective_batch: int) -> float:
 
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     """timm optimizer; weight decay 0 for 1-D parameters (BN, biases) and ``no_weight_decay()`` names."""
-    from timm.optim import create_optimizer_v2  # lazy: see the module docstring
-
     kw: Dict[str, Any] = {}
     if cfg.get("opt_eps") is not None:
         kw["eps"] = cfg.opt_eps
@@ -303,8 +283,6 @@ def build_scheduler(optimizer, cfg, updates_per_epoch: int):
     from the end of warmup (MAE/ImageNet recipe), otherwise over ``epochs`` from epoch 0 with the
     published small jump at the end of warmup (timm 0.6 CIFAR/event recipe).
     """
-    from timm.scheduler import create_scheduler_v2  # lazy: see the module docstring
-
     total = cfg.epochs + cfg.cooldown_epochs
     if cfg.sched == "none":
         return None, total
@@ -344,8 +322,6 @@ def current_lr(optimizer) -> float:
 
 def build_train_loss(cfg, mixup_active: bool) -> nn.Module:
     """Soft-target CE with mixup/cutmix (targets carry the smoothing), else (smoothed) CE."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # lazy: see the module docstring
-
     if mixup_active:
         return SoftTargetCrossEntropy()
     if cfg.get("smoothing", 0.0):
@@ -395,8 +371,6 @@ def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, group: int, update
     if not update:
         return loss.detach()
     if t.clip_grad is not None:
-        from timm.utils import dispatch_clip_grad  # lazy: see the module docstring
-
         if scaler is not None:
             scaler.unscale_(t.optimizer)
         dispatch_clip_grad([p for p in model.parameters() if p.requires_grad], t.clip_grad, mode=t.clip_mode)

@@ -10,7 +10,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from utils import data as data_lib
+from utils.atomic_file import FileWriteError
 from utils.config import Config
+from utils.training.checkpoint import copy_checkpoint, save_checkpoint
+from utils.training.distributed import all_reduce_sum, broadcast_object
+from utils.training.engine import EpochStart, evaluate, start_epoch_schedule, train_one_epoch, training_state
+from utils.training.seeding import epoch_seed, seed_everything
 from utils.training.stop import StopSignals, TrainingStopped
 
 __all__ = ["Run", "run_epochs", "rank0_writes", "resume_offset", "position", "plain"]
@@ -70,8 +76,6 @@ class Run:
         return f"{self.last_path} still holds {self.held}." if self.held else otherwise
 
     def checkpoint(self, **fields) -> Dict[str, Any]:
-        from utils.training.engine import training_state
-
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
@@ -79,8 +83,6 @@ class Run:
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
-        from utils.training.checkpoint import save_checkpoint
-
         def write() -> None:
             samples = self.skip + (step - self.start_step) * self.cfg.batch_size  # per process, from the epoch's start
             save_checkpoint(self.checkpoint(epoch=epoch - 1, partial_epoch={"epoch": epoch, "step": step,
@@ -99,8 +101,6 @@ class Run:
             self.logger.log_step(step, loss, lr)
 
     def agreed_stop(self) -> bool:
-        from utils.training.distributed import all_reduce_sum
-
         if self.dist_info.world_size == 1:
             return self.stop.requested()
         return float(all_reduce_sum(torch.tensor(float(self.stop.requested()), device=self.dist_info.device))) > 0
@@ -109,11 +109,6 @@ class Run:
 def run_epochs(run: Run) -> Dict[str, Any]:
     """The epochs from the resume position on, each ended by :func:`end_epoch`. A stop signal or an unreadable
     training sample saves the position reached in ``last.pth.tar`` and ends the run."""
-    from utils import data as data_lib
-    from utils.atomic_file import FileWriteError
-    from utils.training.engine import EpochStart, start_epoch_schedule, train_one_epoch
-    from utils.training.seeding import epoch_seed, seed_everything
-
     cfg, t, main, stop = run.cfg, run.t, run.dist_info.is_main, run.stop
     try:
         for epoch in range(run.start_epoch, t.total_epochs):
@@ -165,8 +160,6 @@ def run_epochs(run: Run) -> Dict[str, Any]:
 def end_epoch(run: Run, epoch: int, lr_epoch: float, stats: Dict[str, Any], t_epoch: float) -> None:
     """Evaluate, update the best so far, write the run folder (:func:`commit_epoch` on rank 0) and print the
     epoch's line. An unreadable eval sample keeps the epoch's training in ``last.pth.tar``."""
-    from utils import data as data_lib
-
     cfg, t, best = run.cfg, run.t, run.best
     try:
         ev = evaluate_row(t, run.eval_loader, run.dist_info.device, cfg.max_eval_batches)
@@ -194,8 +187,6 @@ def commit_epoch(run: Run, epoch: int, row: Dict[str, Any]) -> None:
     """The epoch's writes, in the order that makes every prefix of them consistent: ``last.pth.tar``
     (the commit point: weights, position, best, every row so far), then ``status.json``, ``best.pth.tar``
     (a copy of last.pth.tar) and the ``summary.csv`` row, which a resume re-derives from the checkpoint."""
-    from utils.training.checkpoint import copy_checkpoint, save_checkpoint
-
     run.history.append(plain(row))
     save_checkpoint(run.checkpoint(epoch=epoch), run.last_path)
     run.held = f"epoch {epoch}"
@@ -212,8 +203,6 @@ def commit_epoch(run: Run, epoch: int, row: Dict[str, Any]) -> None:
 def keep_best_epochs(run: Run, epoch: int) -> None:
     """``checkpoint_hist`` (timm's ``--checkpoint-hist``): ``checkpoint-<epoch>.pth.tar`` for the N best epochs
     by ``eval_metric`` so far (ties: the earlier epoch); copies of last.pth.tar, so a crash here loses nothing."""
-    from utils.training.checkpoint import copy_checkpoint
-
     scored = [(-float(r[run.metric_key]), int(r["epoch"])) for r in run.history
               if r.get(run.metric_key) not in (None, "")]
     keep = {e for _, e in sorted(scored)[:run.cfg.checkpoint_hist]}
@@ -247,9 +236,6 @@ def rank0_writes(dist_info, write: Callable[..., None], *args) -> None:
     """Run ``write(*args)`` (rank 0's files of the run folder) on rank 0, then tell every process whether the disk
     refused it: all ranks raise the same :class:`FileWriteError` and exit, none waits at the next collective
     for a rank 0 that has stopped. Also the processes' synchronisation point after the write."""
-    from utils.atomic_file import FileWriteError
-    from utils.training.distributed import broadcast_object
-
     error = None
     if dist_info.is_main:
         try:
@@ -282,8 +268,6 @@ def position(state: Optional[Dict[str, Any]]):
 
 def evaluate_row(t, loader, device, max_batches: int) -> Dict[str, float]:
     """The eval columns of a ``summary.csv`` row (the EMA's too when there is one)."""
-    from utils.training.engine import evaluate
-
     row = {}
     for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
         if model is not None:

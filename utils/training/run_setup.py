@@ -5,40 +5,66 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Dict, Optional
 
 import torch
+from torch.utils.data import DataLoader
 
-from utils.config import ConfigError, Config, dump_yaml
+import models
+from utils import data as data_lib
+from utils.atomic_file import FileWriteError, atomic_write
+from utils.config import Config, ConfigError, dump_yaml
+from utils.training.checkpoint import (auto_resume_path, checkpoint_position, copy_checkpoint, load_checkpoint,
+                                       read_training_state, restore_rng_state)
+from utils.training.determinism import apply_determinism, resolve_deterministic
+from utils.training.distributed import ShardSampler, broadcast_object, init_distributed
+from utils.training.engine import build_model, build_training
 from utils.training.epochs import Run, plain, position, rank0_writes
+from utils.training.logger import RunLogger, setup_console_logging
+from utils.training.memory_plan import device_memory_warning
+from utils.training.preflight import batch_problem, refuse_failed, run_folder_problem, start_checks
+from utils.training.run_folder import is_running
+from utils.training.seeding import SampleSeededDataset, SeededDistributedSampler, seed_everything, seed_worker
+from utils.training.threads import ThreadPolicy, loader_workers
 
-__all__ = ["load_datasets", "make_loaders", "claim_run_folder", "setup_run"]
+__all__ = ["setup_process", "load_datasets", "make_loaders", "claim_run_folder", "setup_run"]
 
 _log = logging.getLogger("train")
+
+
+def setup_process(cfg: Config):
+    """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
+
+    try:
+        dist_info = init_distributed(cfg.device, cfg.dist_backend)
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
+    setup_console_logging(dist_info.is_main)
+    refuse_failed(start_checks(cfg, dist_info.device))  # before anything is written
+    dist_info.threads = ThreadPolicy.start(cfg.threads, dist_info.world_size)
+    if cfg.workers is None:  # auto: the CPU cores of this process's share of the machine
+        cfg.workers = loader_workers(dist_info.device.type, int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                              dist_info.world_size)))
+    cfg.deterministic = resolve_deterministic(cfg.deterministic, dist_info.device)
+    apply_determinism(cfg.deterministic)
+    return dist_info
 
 
 def load_datasets(cfg: Config, world_size: int):
     """``(train_set, eval_set)``, built before the run folder is touched: a missing or wrongly laid-out dataset
     folder, and a batch larger than a process's share of the training set (an epoch of zero steps), stop the
     run before ``run.lock`` or ``status.json`` is written."""
-    from utils import data as data_lib
-
     train_set, eval_set = data_lib.create_datasets(cfg)
-    per_rank = len(train_set) // world_size
-    if per_rank < cfg.batch_size:
-        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the {per_rank} training samples "
-                          f"per process ({len(train_set)} in {cfg.dataset} / {world_size} process(es)), so an epoch "
-                          f"would have no step; lower --batch-size to at most {per_rank}")
+    problem = batch_problem(cfg, len(train_set), world_size)
+    if problem:
+        raise ConfigError(problem)
     return train_set, eval_set
 
 
 def make_loaders(cfg: Config, train_set, eval_set, dist_info):
-    from torch.utils.data import DataLoader
-
-    from utils.training.distributed import ShardSampler
-    from utils.training.seeding import SampleSeededDataset, SeededDistributedSampler, seed_worker
-
     pin = bool(cfg.pin_memory) and dist_info.device.type == "cuda"
     workers = cfg.workers
     # Worker processes stay alive across epochs; each training sample seeds its worker's RNGs from
@@ -61,12 +87,11 @@ def claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, An
     A fresh start over a folder that holds a run stops unless ``--overwrite``; every process gets rank 0's
     answer.
     """
-    from utils.training.checkpoint import auto_resume_path, read_training_state
-    from utils.training.distributed import broadcast_object
-
     error, resume = None, cfg.resume
     if folder is not None:
         try:
+            if not is_running(folder.path) and (problem := run_folder_problem(cfg)):
+                raise ConfigError(problem)  # before run.lock is written; a running run's lock names its holder
             folder.lock(command)
             if resume == "auto":
                 resume = auto_resume_path(folder.path)
@@ -89,14 +114,6 @@ def claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, An
 def setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Run:
     """Loaders, model and training objects, the resume position, and rank 0's banner, args.yaml and logger
     (summary.csv rows restored from the checkpoint, best.pth.tar re-derived)."""
-    from utils import data as data_lib
-    from utils.atomic_file import FileWriteError
-    from utils.training.checkpoint import load_checkpoint, restore_rng_state
-    from utils.training.engine import build_model, build_training
-    from utils.training.seeding import seed_everything
-    from utils.training.logger import RunLogger
-    from utils.training.memory_plan import device_memory_warning
-
     main, device = dist_info.is_main, dist_info.device
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
         _log.warning(memory_warning)
@@ -161,9 +178,6 @@ def report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_si
 
 def announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
     """The banner on the console and ``args.yaml`` (config + what was resolved) in the run folder."""
-    import models
-    from utils.atomic_file import atomic_write
-
     neuron_impl = models.describe_neurons(t.eval_model, dist_info.device)
     run_info = {
         "versions": versions(), "git_commit": git_commit(), "device": str(dist_info.device),
@@ -219,8 +233,6 @@ def describe_schedule(cfg, total_epochs: int) -> str:
 
 
 def versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": sys.version.split()[0]}
     for pkg in ("torch", "timm", "spikingjelly", "torchvision", "numpy"):
         try:
@@ -232,10 +244,8 @@ def versions() -> Dict[str, str]:
 
 
 def git_commit() -> str:
-    import subprocess
-
     try:
-        root = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
     except Exception:
@@ -259,8 +269,6 @@ def epochs_text(epochs) -> str:
 def rederive_best(state, best_path: str) -> None:
     """``best.pth.tar`` after a run that ended between ``last.pth.tar`` and the copy: copied from the checkpoint
     (it holds the best epoch); a best.pth.tar that cannot be re-derived is named as missing."""
-    from utils.training.checkpoint import checkpoint_position, copy_checkpoint
-
     if state is None or int(state.get("best_epoch", -1)) < 0:
         return
     best_epoch = int(state["best_epoch"])

@@ -1,4 +1,5 @@
-"""Stop signals of a training run: SIGTERM/SIGUSR1/SIGINT end it after the current step with a resumable checkpoint."""
+"""How a training run ends early: stop signals (SIGTERM/SIGUSR1/SIGINT end it after the current step with a
+resumable checkpoint) and a loss that is no longer finite."""
 from __future__ import annotations
 
 import signal
@@ -6,7 +7,11 @@ import sys
 import threading
 from typing import Any, Dict, Optional
 
-__all__ = ["TrainingStopped", "StopSignals"]
+__all__ = ["TrainingStopped", "StopSignals", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf."""
 
 
 class TrainingStopped(Exception):
