@@ -200,7 +200,7 @@ def test_persistent_workers_load_what_a_fresh_loader_loads(tmp_path):
     (["--model", "maxformer_cifr"], "unknown model 'maxformer_cifr'. Did you mean: maxformer_cifar"),
     (["--model-kwargs", "embed_dimz=8"], "has no setting 'embed_dimz'. Did you mean: embed_dims"),
     (["--dataset", "cifar10", "--data-path", "/nonexistent/cifar"], "/nonexistent/cifar"),
-    (["--amp", "fp16", "--device", "cpu"], "amp fp16 needs a CUDA device"),
+    (["--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     (["--resume", "/nonexistent/last.pth.tar"], "checkpoint not found"),
 ])
 def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, extra, needle):
