@@ -26,7 +26,8 @@ VALIDATE_OPTIONS = {
     "trust_checkpoint": Option(False, bool, "allow arbitrary pickled objects in the checkpoint (trusted files only)"),
     "energy": Option(False, bool, "also measure firing rates, SOPs and energy (paper App. B) on the eval data"),
     "energy_batches": Option(4, int, "eval batches the energy measurement averages over", low=1),
-    "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)"),
+    "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)",
+                         flags=("--energy-output",)),
 }
 
 # The config keys an evaluation uses: the ones ``validate.py -h`` lists. The training keys are accepted too (from

@@ -199,7 +199,7 @@ def test_old_spellings_of_train_and_validate_keys():
     new = parse_config(["--data-dir", "d1", "--no-pin-mem", "-vb", "8", "--torchcompile", "--amp-dtype", "bfloat16",
                         "-j", "0"])
     for key in ("data_path", "pin_memory", "val_batch_size", "compile", "amp", "workers"):
-        assert cfg[key] == new[key], key
+        assert getattr(cfg, key) == getattr(new, key), key
     assert (new.pin_memory, new.val_batch_size, new.compile, new.amp) == (False, 8, True, "bf16")
     assert parse_config(["--deterministic", "null"]).deterministic is None  # tri-state keys also take none
 

@@ -29,7 +29,7 @@ from .files import (BadSampleError, CifarUnpickler, DatasetError, NamedSampleErr
                     verify_files)
 from .imagefolder import CheckedImageFolder, build_imagefolder
 from .mixup import create_mixup, mixup_active
-from .options import DATA_DEFAULTS, DATA_OPTIONS, get_option
+from .options import DATA_DEFAULTS, DATA_OPTIONS
 from .spec import REPO_ROOT, DatasetSpec, Splits, prepare_cmd
 from .synthetic import SyntheticDataset, build_synthetic
 from .table import _ALIASES as _ALIASES  # the alias map itself (tests add to it)
@@ -37,7 +37,7 @@ from .table import (DATASETS, canonical_name, check_data_config, check_num_class
                     data_root, dataset_info, expected_tree, missing_data_error, prepare_text)
 from .transforms import EventFrames, cifar_transforms, imagenet_transforms
 
-__all__ = ["DATASETS", "DatasetSpec", "Splits", "DATA_OPTIONS", "DATA_DEFAULTS", "get_option", "REPO_ROOT",
+__all__ = ["DATASETS", "DatasetSpec", "Splits", "DATA_OPTIONS", "DATA_DEFAULTS", "REPO_ROOT",
            "create_datasets", "dataset_info", "canonical_name", "data_root", "expected_tree", "prepare_text",
            "prepare_cmd", "missing_data_error", "check_data_config", "check_num_classes", "DatasetError",
            "BadSampleError", "NamedSampleErrors", "CifarUnpickler", "read_cifar_batch", "find_unreadable",

@@ -196,13 +196,13 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     for k in ("T", "num_classes"):
         if k in kwargs:
             raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    impl = getattr(cfg, "neuron_impl", "auto")
+    impl = cfg.neuron_impl
     if impl != "auto":
         if kwargs.get("neuron_impl", impl) != impl:
             raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
                               "set one of them")
         kwargs["neuron_impl"] = impl
-    pretrained = bool(cfg.get("pretrained"))
+    pretrained = cfg.pretrained
     _apply_weights_T(cfg, pretrained)
     try:
         return create_model(cfg.model, num_classes=num_classes, T=cfg.T, pretrained=pretrained, **kwargs)
@@ -223,7 +223,7 @@ def _apply_weights_T(cfg, pretrained: bool) -> None:
         return
     from timm.models import get_pretrained_cfg
 
-    from utils.config import TRAIN_OPTIONS
+    from utils.data import DATA_OPTIONS
 
     try:
         weights_T = getattr(get_pretrained_cfg(cfg.model), "T", None)
@@ -231,7 +231,7 @@ def _apply_weights_T(cfg, pretrained: bool) -> None:
         return
     if weights_T is None or weights_T == cfg.T:
         return
-    if cfg.T == TRAIN_OPTIONS["T"].default:
+    if cfg.T == DATA_OPTIONS["T"].default:
         cfg.T = weights_T
     else:
         logging.getLogger(__name__).warning(f"{cfg.model}: the weights were trained with T={weights_T}; "
@@ -258,7 +258,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
                 "train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
                 grad_checkpointing=cfg.grad_checkpointing or None, compact_spikes=cfg.compact_spikes or None,
                 compile="model" if cfg.compile else None,
-                neuron_impl=None if getattr(cfg, "neuron_impl", "auto") == "auto" else cfg.neuron_impl)
+                neuron_impl=None if cfg.neuron_impl == "auto" else cfg.neuron_impl)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         warnings += [warning] if warning else []
@@ -268,7 +268,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     elif cfg.compact_spikes:
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
-    if getattr(cfg, "neuron_impl", "auto") == "triton":
+    if cfg.neuron_impl == "triton":
         from models.triton_neurons import check_device
         try:
             check_device(device)
@@ -355,7 +355,7 @@ def training_state(t: Training, **fields) -> Dict[str, Any]:
 
 def resolve_lr(cfg, effective_batch: int) -> float:
     """``blr * effective_batch / 256`` when ``blr`` is set (ImageNet recipe), else ``lr``."""
-    if cfg.get("blr"):
+    if cfg.blr:
         return cfg.blr * effective_batch / 256
     return cfg.lr
 
@@ -365,9 +365,9 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2  # lazy: see the module docstring
 
     kw: Dict[str, Any] = {}
-    if cfg.get("opt_eps") is not None:
+    if cfg.opt_eps is not None:
         kw["eps"] = cfg.opt_eps
-    if cfg.get("opt_betas"):
+    if cfg.opt_betas:
         kw["betas"] = tuple(cfg.opt_betas)
     return create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
                                momentum=cfg.momentum, filter_bias_and_bn=True, **kw)
@@ -425,7 +425,7 @@ def build_train_loss(cfg, mixup_active: bool) -> nn.Module:
 
     if mixup_active:
         return SoftTargetCrossEntropy()
-    if cfg.get("smoothing", 0.0):
+    if cfg.smoothing:
         return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
     return nn.CrossEntropyLoss()
 
