@@ -691,7 +691,7 @@ def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:
     row = {}
     for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
         if model is not None:
-            ev = evaluate(model, loader, device=device, autocast=t.autocast, channels_last=t.channels_last,
+            ev = evaluate(model, loader, device=device, autocast=t.eval_autocast, channels_last=t.channels_last,
                           max_batches=max_batches)
             row.update({f"{prefix}eval_loss": ev["loss"], f"{prefix}eval_top1": ev["top1"],
                         f"{prefix}eval_top5": ev["top5"]})

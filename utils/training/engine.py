@@ -31,8 +31,8 @@ from utils.config import ConfigError
 from utils.training.distributed import all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
-           "SampleSeededDataset", "amp_context", "make_scaler", "place_model", "Training", "build_training",
-           "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
+           "SampleSeededDataset", "amp_context", "eval_amp_context", "make_scaler", "place_model", "Training",
+           "build_training", "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
            "start_epoch_schedule", "build_train_loss", "EpochStart", "train_step", "train_one_epoch", "evaluate",
            "current_lr", "resolve_lr"]
 
@@ -122,17 +122,23 @@ class SampleSeededDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------------------------
 # mixed precision
-def amp_context(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def amp_context(mode: str, device: torch.device, key: str = "amp") -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for ``amp`` = none | bf16 | fp16: ``with amp_context(amp, device)():``."""
     if mode not in ("none", "bf16", "fp16"):
-        raise ValueError(f"amp must be one of ('none', 'bf16', 'fp16'), got {mode!r}")
+        raise ValueError(f"{key} must be one of ('none', 'bf16', 'fp16'), got {mode!r}")
     device = torch.device(device)
     if mode == "none":
         return contextlib.nullcontext
     if mode == "fp16" and device.type != "cuda":
-        raise ValueError("amp fp16 needs a CUDA device; on CPU use --amp bf16 or --amp none")
+        flag = "--" + key.replace("_", "-")
+        raise ValueError(f"{key} fp16 needs a CUDA device; on CPU use {flag} bf16 or {flag} none")
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def eval_amp_context(cfg, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The evaluation's autocast: ``cfg.eval_amp``, or the training's ``cfg.amp`` where it is ``same``."""
+    return amp_context(cfg.amp, device) if cfg.eval_amp == "same" else amp_context(cfg.eval_amp, device, "eval_amp")
 
 
 def make_scaler(mode: str, device: torch.device):
@@ -168,7 +174,7 @@ class Training:
     ema: Any  # timm ModelEmaV3 or None
     loss_fn: nn.Module
     mixup_fn: Optional[Callable]
-    autocast: Callable[[], contextlib.AbstractContextManager]
+    autocast: Callable[[], contextlib.AbstractContextManager]  # training passes
     fastpath: Any  # the utils.training.fastpath.FastPathConfig that applied, or None (plain eager path)
     channels_last: bool  # inputs go channels-last
     lr: float
@@ -177,6 +183,7 @@ class Training:
     total_epochs: int
     n_params: int
     warnings: list = dataclasses.field(default_factory=list)
+    eval_autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # eval_amp
     # how a batch becomes an optimizer update (train_step), and the updates done so far
     device: torch.device = torch.device("cpu")
     world_size: int = 1
@@ -275,7 +282,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         except (ImportError, RuntimeError) as err:
             raise ConfigError(f"neuron_impl: triton: {err}") from None
     try:
-        autocast = amp_context(cfg.amp, device)
+        autocast, eval_autocast = amp_context(cfg.amp, device), eval_amp_context(cfg, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     n_params = sum(p.numel() for p in model.parameters())
@@ -299,7 +306,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     t = Training(model=model, eval_model=model, optimizer=optimizer, scheduler=sched,
                  scaler=make_scaler(cfg.amp, device),
                  ema=ema, loss_fn=build_train_loss(cfg, mixup_fn is not None).to(device), mixup_fn=mixup_fn,
-                 autocast=autocast, fastpath=None,
+                 autocast=autocast, eval_autocast=eval_autocast, fastpath=None,
                  channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
                  lr=lr, effective_batch=effective_batch, updates_per_epoch=updates_per_epoch,
                  total_epochs=total_epochs, n_params=n_params, warnings=warnings, device=device,
