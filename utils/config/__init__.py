@@ -110,10 +110,10 @@ TRAIN_OPTIONS: Dict[str, Option] = {
 }
 
 
-# values spelled as timm/PyTorch spell them -> the key's own value
-_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "float32": "none"}
-# timm flags that set a model constructor argument
-_TIMM_KWARGS = {"--in-chans": "in_chans", "--gp": "global_pool", "--drop-path": "drop_path_rate"}
+_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "float32": "none"}  # timm's / PyTorch's values of amp
+_TIMM_KWARGS = {"--in-chans": "in_chans", "--gp": "global_pool", "--drop-path": "drop_path_rate"}  # timm: to the model
+_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+_TRUE, _FALSE = ("true", "yes", "on", "1", "y", "t"), ("false", "no", "off", "0", "n", "f")
 
 
 def all_options(extra: Optional[Dict[str, Option]] = None) -> Dict[str, Option]:
@@ -128,10 +128,6 @@ class Config(argparse.Namespace):
 
 
 # ---------------------------------------------------------------------------------------------- values
-_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
-_TRUE, _FALSE = ("true", "yes", "on", "1", "y", "t"), ("false", "no", "off", "0", "n", "f")
-
-
 def _number(value):
     if isinstance(value, str):
         for cast in (int, float):
@@ -150,7 +146,7 @@ def _scalar(value, kind, where: str):
     if kind is int and number is not None and (isinstance(number, int) or number.is_integer()):
         return int(number)
     if kind is float and number is not None:
-        if not math.isfinite(number):
+        if not abs(number) < math.inf:
             raise ConfigError(f"{where}: expected a finite number, got {value!r} (nan and inf are no setting)")
         return float(number)
     if kind is str and (word is not None or number is not None):
@@ -172,19 +168,15 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
     where = f"config key '{key}'"
     if from_cli and opt.default is None and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         value = None  # '--aa none' switches off an option that is off by default
-    if value is None:
-        if opt.default is not None and opt.kind is not str:
-            raise ConfigError(f"{where}: expected {_NAMES[opt.kind]}, got null")
+    if value is None and (opt.default is None or opt.kind is str):
         return None if opt.default is None else ""
     if opt.kind is dict and from_cli:  # k=v pairs; 'none' drops the mapping given so far (the YAML's too)
         out = {}
         for item in value:
-            if item.strip().lower() in ("none", "null", "{}"):
-                out = {"__reset__": True}
-            elif "=" not in item:
+            k, eq, v = item.partition("=")
+            if not eq and item.strip().lower() not in ("none", "null", "{}"):
                 raise ConfigError(f"{where}: expected key=value pairs, got {item!r}")
-            else:
-                out[item.split("=", 1)[0].strip().replace("-", "_")] = _yaml_value(item.split("=", 1)[1])
+            out.update({k.strip().replace("-", "_"): _yaml_value(v)} if eq else {"__reset__": True})
         return out
     if opt.kind is dict:
         if not isinstance(value, dict):
@@ -192,10 +184,9 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
         return dict(value)
     if opt.kind is list:
         items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-        kind = type(opt.default[0]) if opt.default else float
-        out = [_scalar(v, kind, f"{where}[{i}]") for i, v in enumerate(items)]
+        out = [_scalar(v, type(opt.default[0]) if opt.default else float, f"{where}[{i}]") for i, v in enumerate(items)]
     else:
-        out = _scalar(_SPELLINGS.get(value, value) if opt.choices else value, opt.kind, where)
+        out = _scalar(_SPELLINGS.get(value, value) if value in _SPELLINGS else value, opt.kind, where)
         if opt.choices is not None and out not in opt.choices:
             raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, opt.choices))}")
     _check_bounds(key, out, opt)
@@ -207,25 +198,18 @@ def _flag(key: str) -> str:
 
 
 def _check_bounds(key: str, value, opt: Option) -> None:
-    if opt.length is not None and isinstance(value, list) and len(value) != opt.length:
+    if opt.length is not None and len(value) != opt.length:
         raise ConfigError(f"config key '{key}' needs {opt.length} values, got {len(value)}: {value} "
                           f"(e.g. {_flag(key)} {' '.join(map(str, opt.default or [0.5] * opt.length))})")
     for v in value if isinstance(value, list) else [value]:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        low, high = opt.low, opt.high if opt.high is not None or not isinstance(v, int) else INT32_MAX
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (low is None or low <= v) and v <= (high or v):
             continue
-        if opt.low is not None and opt.high is not None and not opt.low <= v <= opt.high:
-            rng = f"between {opt.low:g} and {opt.high:g}"
-        elif opt.low is not None and v < opt.low:
-            rng = f">= {opt.low:g}"
-        elif opt.high is not None and v > opt.high:
-            rng = f"<= {opt.high:g}"
-        elif isinstance(v, int) and opt.high is None and v > INT32_MAX:
-            rng = f"<= {INT32_MAX} (the largest count it can hold)"
-        else:
-            continue
-        null = " or null (the default)" if opt.default is None else ""
-        raise ConfigError(f"config key '{key}' must be {rng}, got {v}; set {_flag(key)} (or '{key}:' in "
-                          f"the config) to a value {rng.split(' (')[0]}{null}")
+        rng = (f"between {low:g} and {high:g}" if low is not None and opt.high is not None else f">= {low:g}"
+               if low is not None and v < low else f"<= {high} (the largest count it can hold)" if opt.high is None
+               else f"<= {high:g}")
+        raise ConfigError(f"config key '{key}' must be {rng}, got {v}; set {_flag(key)} (or '{key}:' in the config) "
+                          f"to a value {rng.split(' (')[0]}{' or null (the default)' if opt.default is None else ''}")
 
 
 def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
@@ -243,21 +227,22 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             norm = key.replace("-", "_") if isinstance(key, str) else key
-            if not isinstance(norm, (str, int, float, bool)) and norm is not None:
-                continue  # an unhashable key: PyYAML reports it below
-            if norm in lines:
-                raise ConfigError(f"key '{key}' is given twice (line {lines[norm]} and line "
+            try:
+                first = lines.get(norm)
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                continue
+            if first is not None:
+                raise ConfigError(f"key '{key}' is given twice (line {first} and line "
                                   f"{key_node.start_mark.line + 1}); keep one of them")
             lines[norm] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 
 def _file_problem(path: str, what: str) -> Optional[str]:
-    if os.path.isdir(path):
-        inside = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))[:3] \
-            if os.access(path, os.R_OK | os.X_OK) else []
-        return f"{what} {path} is a folder; give a YAML file" + (f" (in it: {', '.join(inside)})" if inside else "")
-    return readable_file_problem(path, what)
+    inside = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))[:3] \
+        if os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK) else []
+    return f"{what} {path} is a folder; give a YAML file (in it: {', '.join(inside)})" if inside \
+        else readable_file_problem(path, what)
 
 
 def _read_text(path: str) -> str:
@@ -271,12 +256,12 @@ def _read_text(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[:err.start].count(b"\n") + 1
-        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} (line "
-                          f"{line}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW.yaml)") from None
+        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} (line {line}); "
+                          f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW.yaml)") from None
 
 
 def load_yaml(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
-    """Read a YAML config, keys with underscores, a relative ``data_path`` made relative to its folder.
+    """Read a YAML config: keys with underscores, a relative ``data_path`` relative to the file's folder.
 
     ``base: FILE`` (or a list of files, merged in order) is read first; the child's keys win, a child's non-empty
     mapping is merged into the inherited one (an empty one replaces it), ``key: null`` restores the default.
@@ -300,19 +285,15 @@ def load_yaml(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     if isinstance(data.get("data_path"), str) and data["data_path"]:
-        data["data_path"] = os.path.join(os.path.dirname(path), os.path.expanduser(data["data_path"]))
-        data["data_path"] = os.path.normpath(data["data_path"])
-    bases = data.pop("base", None) or []
-    merged: Dict[str, Any] = {}
+        data["data_path"] = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(data["data_path"])))
+    bases, merged = data.pop("base", None) or [], {}
     for base in bases if isinstance(bases, list) else [bases]:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: 'base: {bases}': give a file path, or a list of paths (base: [a.yaml, b.yaml])")
-        base_path = os.path.abspath(os.path.join(os.path.dirname(path), base))
-        if base_path in (*_seen, path):
-            raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
-        problem = _file_problem(base_path, "base config")
+        base_path = os.path.abspath(os.path.join(os.path.dirname(path), base)) if isinstance(base, str) else None
+        problem = ("give a file path, or a list of paths (base: [a.yaml, b.yaml])" if base_path is None else
+                   f"the 'base' chain loops back to {base_path}" if base_path in (*_seen, path)
+                   else _file_problem(base_path, "base config"))
         if problem:
-            raise ConfigError(f"{path}: 'base: {base}': {problem}")
+            raise ConfigError(f"{path}: 'base: {base if base_path else bases}': {problem}")
         merged = _merge(merged, load_yaml(base_path, (*_seen, path)))
     return _merge(merged, data)
 
@@ -346,11 +327,9 @@ def _timm_argv(args: List[str]) -> List[str]:
             if len(size) < 3 or size[1] != size[2]:
                 raise ConfigError(f"--input-size takes C H W with H = W (the inputs are square), got "
                                   f"{' '.join(size)}; or give --in-chans C --img-size N")
-            kwargs.append(f"in_chans={size[0]}")
-            out += ["--img-size", size[1]]
+            kwargs, out = kwargs + [f"in_chans={size[0]}"], out + ["--img-size", size[1]]
         elif flag == "--torchcompile" and (value == "inductor" or not eq and args[i:i + 1] == ["inductor"]):
-            out.append(flag)
-            i += 0 if eq else 1
+            out, i = out + [flag], i + (not eq)
         else:
             out.append(flag + eq + value)
     return out + (["--model-kwargs", *kwargs] if kwargs else [])
@@ -368,10 +347,12 @@ def build_arg_parser(options: Dict[str, Option], description: str = "",
                                   if shown is None or key in shown else argparse.SUPPRESS)
         if opt.kind is bool:
             kw.update(action=BoolFlag, allow_none=opt.default is None)
-        elif opt.kind in (list, dict):
-            kw.update(nargs="+", metavar="K=V" if opt.kind is dict else "V", action="extend")
+        elif opt.kind is dict:  # repeated --model-kwargs add up
+            kw.update(nargs="+", metavar="K=V", action="extend")
+        elif opt.kind is list:
+            kw.update(nargs="+", metavar="V")
         elif opt.choices:
-            kw.update(metavar="{" + ",".join(map(str, opt.choices)) + "}")
+            kw.update(metavar="{" + ",".join(opt.choices) + "}")
         if key == "amp":  # timm's bare --amp: mixed precision on
             kw.update(nargs="?", const="bf16")
         shorts = [f for f in opt.flags if not f.startswith("--")]
@@ -383,19 +364,19 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
                  description: str = "", shown: Optional[Iterable[str]] = None) -> Config:
     """Resolve ``-c CONFIG`` plus command-line overrides into a checked :class:`Config` (else a ConfigError).
     ``extra``: the command's own keys; ``shown``: the keys ``-h`` lists (default: all)."""
+    from utils.data import check_data_config
+
     options = all_options(extra)
     args, unknown = build_arg_parser(options, description, shown).parse_known_args(argv)
     for token in unknown:
         if not token.startswith("-"):
             raise ConfigError(f"unexpected argument {token!r} (values follow a --key)")
         raise _unknown_key_error(token.lstrip("-").split("=", 1)[0].replace("-", "_"), options, "command line")
-    path = vars(args).pop("config")
-    values = {k: copy.deepcopy(o.default) for k, o in options.items()}
+    path, values = vars(args).pop("config"), {k: copy.deepcopy(o.default) for k, o in options.items()}
     for k, v in (load_yaml(path) if path else {}).items():
         if k not in options:
             raise _unknown_key_error(k, options, f"in {path}")
-        if v is not None:  # null: the key's default
-            values[k] = coerce(k, v, options[k])
+        values[k] = values[k] if v is None else coerce(k, v, options[k])  # null: the key's default
     for k, v in vars(args).items():
         new = coerce(k, v, options[k], from_cli=True)
         if options[k].kind is dict and not new.pop("__reset__", False):
@@ -404,8 +385,6 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
     cfg = Config(**values, config=os.path.abspath(path) if path else "")
     cfg.experiment = cfg.experiment or (os.path.splitext(os.path.basename(path))[0] if path else "run")
     check_relations(cfg)
-    from utils.data import check_data_config
-
     check_data_config(cfg)
     check_model(cfg)
     return cfg

@@ -65,8 +65,8 @@ def machine_count(per_cpu: int = 1, floor: int = 1, what: str = "threads") -> Ca
     """argparse ``type=``: a positive integer of ``what`` this machine can run (<= ``per_cpu`` x its CPUs)."""
     cpus = max(1, os.cpu_count() or 1)
     limit = max(floor, per_cpu * cpus)
-    return number_type(int, 1, maximum=limit, what=f"a number of {what} from 1 to {limit} (this machine has "
-                                                   f"{cpus} CPUs)")
+    return number_type(int, 1, maximum=limit, what=f"a number of {what} from 1 to {limit} (this machine has {cpus} "
+                                                   "CPUs)")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -215,16 +215,7 @@ class BoolFlag(argparse.BooleanOptionalAction):
 
 class DefaultsOnceFormatter(argparse.RawDescriptionHelpFormatter):
     """Help text with the default appended once: not when the text already names it, nor for switches that are
-    off, nor for empty or suppressed defaults. The ``--key_name`` spellings of ``--key-name`` are not listed."""
-
-    def _format_action_invocation(self, action):
-        if not action.option_strings:
-            return super()._format_action_invocation(action)
-        strings = [s for s in action.option_strings if "_" not in s or s.replace("_", "-") not in action.option_strings]
-        if action.nargs == 0:
-            return ", ".join(strings)
-        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
-        return ", ".join(f"{s} {metavar}" for s in strings)
+    off, nor for empty or suppressed defaults."""
 
     def _get_help_string(self, action):
         text, default = action.help or "", action.default
