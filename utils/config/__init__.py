@@ -36,14 +36,12 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "resume": _o("", str, "checkpoint to resume from, or 'auto' (= <output>/<experiment>/last.pth.tar if present)"),
     "overwrite": _o(False, bool, "start afresh in a run folder that already holds a run, deleting its outputs"),
     "initial_checkpoint": _o("", str, "weights to start from (model only, e.g. the authors' files)"),
-    "checkpoint_hist": _o(0, int, "also keep the checkpoints of the N best epochs by eval_metric as "
-                          "checkpoint-<epoch>.pth.tar (timm's --checkpoint-hist); 0 = last and best only", low=0),
-    "pretrained": _o(False, bool, "start from the model's released weights (timm pretrained cfg, e.g. --model "
-                     "maxformer_10_768.t4_in1k; downloaded once); a new classifier if num_classes differs"),
+    "checkpoint_hist": _o(0, int, "also keep the N best epochs (eval_metric) as checkpoint-<epoch>.pth.tar", low=0),
+    "pretrained": _o(False, bool, "start from the released weights of --model NAME.TAG (downloaded once); a new "
+                     "classifier if num_classes differs"),
     "seed": _o(42, int, "global seed (per-rank and per-epoch seeds derive from it)", low=-2 ** 63, high=2 ** 63 - 1),
-    "deterministic": _o(None, bool, "the reproducibility switch: true = deterministic algorithms, fp32 without TF32 "
-                        "(bit-exact resume); false = fastest (cuDNN autotuning, TF32 on CUDA); null (default) = "
-                        "true on CPU, false on CUDA"),
+    "deterministic": _o(None, bool, "true = deterministic algorithms, fp32 without TF32 (bit-exact resume); false = "
+                        "fastest (cuDNN autotuning, TF32); null (default) = true on CPU, false on CUDA"),
     "device": _o("auto", str, "auto | cpu | cuda | cuda:N"),
     "threads": _o(0, int, "CPU threads per process; 0 = automatic: the cores other processes leave free, "
                   "re-measured during the run (OMP_NUM_THREADS, when set, is kept)", low=0),
@@ -80,14 +78,12 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "eval_amp": _o("same", str, "precision of the evaluation: same (as amp) | none (float32) | bf16 | fp16",
                     choices=("same",) + AMP),
     "channels_last": _o(False, bool, "channels-last memory format for 4-D inputs"),
-    "fastpath": _o(True, bool, "utils.training.fastpath train defaults, as benchmark.py: PyTorch neurons compiled "
-                   "(float32: within the golden tolerances; under amp also whole-model compile + channels-last); "
-                   "false = plain eager path (spikingjelly neurons, no compile)"),
+    "fastpath": _o(True, bool, "the fast training path of benchmark.py: compiled PyTorch neurons (under amp also "
+                   "whole-model compile, channels-last); false = plain eager spikingjelly path"),
     "compile": _o(False, bool, "with fastpath: torch.compile the whole model (faster; backward not bitwise-faithful: "
                   "near-threshold spikes may flip)", flags=("--torchcompile",)),
-    "neuron_impl": _o("auto", str, "neuron kernels: auto (the fast path's PyTorch loop; spikingjelly's without "
-                      "fastpath) | spikingjelly | torch | triton (spikingjelly's Triton kernels on any device; CPU "
-                      "tensors need TRITON_INTERPRET=1)", choices=("auto", "spikingjelly", "torch", "triton")),
+    "neuron_impl": _o("auto", str, "neuron kernels (auto: torch with fastpath, else spikingjelly; triton on a CPU "
+                      "needs TRITON_INTERPRET=1)", choices=("auto", "spikingjelly", "torch", "triton")),
     "grad_checkpointing": _o(False, bool, "activation checkpointing (model must support it)"),
     "compact_spikes": _o(False, bool, "with fastpath: convolutions save binary (spike) inputs for backward as bool, "
                          "4x smaller, exact (a memory option, see README 'Memory options')"),
