@@ -9,7 +9,8 @@
 * ``transforms.py``: image and event-frame transforms; ``mixup.py``: ``create_mixup(cfg, num_classes)``.
 * ``files.py``: the errors, reading checks of sample files and the safe CIFAR unpickler.
 * ``options.py``: :data:`DATA_OPTIONS`, every data config key with its type, range and help (read by
-  ``utils.config``).
+  ``utils.config``). The builders take a ``cfg`` holding every one of them (read as ``cfg.key``; outside a run
+  config: ``argparse.Namespace(**{**DATA_DEFAULTS, ...})``).
 
 Entry points: ``create_datasets(cfg) -> (train_set, eval_set)`` (samples ``(float image [C,H,W], int)`` for
 images, normalised, and ``(float event counts [T,2,H,W], int)`` for events, T = ``cfg.T`` frames) and
