@@ -182,7 +182,8 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
         items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
         out = [_scalar(v, type(opt.default[0]) if opt.default else float, f"{where}[{i}]") for i, v in enumerate(items)]
     else:
-        out = _scalar(_SPELLINGS.get(value, value) if value in _SPELLINGS else value, opt.kind, where)
+        spelled = _SPELLINGS.get(value) if isinstance(value, str) else None  # e.g. --amp-dtype bfloat16
+        out = _scalar(spelled if spelled in (opt.choices or ()) else value, opt.kind, where)
         if opt.choices is not None and out not in opt.choices:
             raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, opt.choices))}")
     _check_bounds(key, out, opt)
