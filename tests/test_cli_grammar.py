@@ -108,6 +108,7 @@ def test_checkpoint_is_a_path_and_compile_a_switch_everywhere():
 
 
 def test_every_switch_takes_the_same_forms():
+    assert issubclass(BoolFlag, argparse.BooleanOptionalAction)  # argparse's own switch; the value forms map onto it
     for label, p in PARSERS:
         for action in visible(p):
             assert action.nargs != 0 or isinstance(action, BoolFlag), \
