@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    requested = cfg.get("device") or "auto"
+    requested = cfg.device
     cuda = wants_cuda(requested)
     print(f"preflight for {cfg.config or 'the default config'}: {cfg.model}, dataset {cfg.dataset}, device "
           f"{requested} -> {'cuda' if cuda else 'cpu'}")

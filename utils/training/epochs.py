@@ -79,7 +79,7 @@ class Run:
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
-                              config=plain(cfg.to_dict()), history=self.history, **fields)
+                              config=plain(vars(cfg)), history=self.history, **fields)
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
@@ -271,7 +271,7 @@ def evaluate_row(t, loader, device, max_batches: int) -> Dict[str, float]:
     row = {}
     for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
         if model is not None:
-            ev = evaluate(model, loader, device=device, autocast=t.autocast, channels_last=t.channels_last,
+            ev = evaluate(model, loader, device=device, autocast=t.eval_autocast, channels_last=t.channels_last,
                           max_batches=max_batches)
             row.update({f"{prefix}eval_loss": ev["loss"], f"{prefix}eval_top1": ev["top1"],
                         f"{prefix}eval_top5": ev["top5"]})

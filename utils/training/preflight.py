@@ -114,7 +114,7 @@ def _c_compiler() -> Optional[str]:
 
 def _check_compiler(cfg, cuda: bool) -> Check:
     """Triton builds a C launcher at its first kernel launch, Inductor (``torch.compile``) C/C++ code."""
-    compiles = bool(cfg.get("fastpath") or cfg.get("compile"))
+    compiles = cfg.fastpath or cfg.compile
     needed = cuda or compiles
     cc = _c_compiler()
     header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
@@ -133,11 +133,13 @@ def _check_compiler(cfg, cuda: bool) -> Check:
 
 
 def _check_amp(cfg, cuda: bool) -> Check:
-    amp = cfg.get("amp", "none")
-    if amp == "fp16" and not cuda:
-        return Check("FAIL", "amp", "fp16 needs a CUDA device; this run uses the CPU",
-                     "--amp bf16 (or --amp none) on the CPU")
-    return Check("PASS", "amp", f"{amp} on {'cuda' if cuda else 'cpu'}")
+    for key in ("amp", "eval_amp"):
+        if getattr(cfg, key) == "fp16" and not cuda:
+            flag = "--" + key.replace("_", "-")
+            return Check("FAIL", "amp", f"{key} fp16 needs a CUDA device; this run uses the CPU",
+                         f"{flag} bf16 (or {flag} none) on the CPU")
+    evaluation = "" if cfg.eval_amp == "same" else f", evaluation {cfg.eval_amp}"
+    return Check("PASS", "amp", f"{cfg.amp}{evaluation} on {'cuda' if cuda else 'cpu'}")
 
 
 def start_checks(cfg, device: torch.device) -> List[Check]:
@@ -163,7 +165,7 @@ def batch_problem(cfg, n_train: int, world_size: int) -> Optional[str]:
 def run_folder_problem(cfg) -> Optional[str]:
     """A fresh start over a folder that holds a run without ``--overwrite``, or None (resumes are checked by
     reading the checkpoint)."""
-    if cfg.get("resume") or cfg.get("overwrite"):
+    if cfg.resume or cfg.overwrite:
         return None
     return RunFolder(os.path.join(cfg.output, cfg.experiment)).fresh_start_problem()
 
@@ -180,12 +182,12 @@ def _check_paths(cfg) -> Check:
 
 
 def _check_data(cfg) -> Check:
-    quiet = Config(**{**cfg.to_dict(), "download": False, "verify_data": False})
+    quiet = Config(**{**vars(cfg), "download": False, "verify_data": False})
     try:
         train_set, eval_set = data_lib.create_datasets(quiet)
     except (data_lib.DatasetError, ConfigError) as err:
         first, _, rest = str(err).partition("\n")
-        if cfg.get("download"):
+        if cfg.download:
             return Check("WARN", "data", first, "download: true: train.py downloads it at start")
         return Check("FAIL", "data", first, rest.strip().replace("\n", "\n" + " " * 16) or "see docs/data.md")
     problem = batch_problem(cfg, len(train_set), int(os.environ.get("WORLD_SIZE", "1") or 1))
@@ -255,23 +257,23 @@ def neuron_kernel(kind: str, device: "torch.device | str", fastpath: bool = Fals
 
 def _check_neurons(cfg, device: torch.device) -> Check:
     try:
-        model = build_model(cfg.model, T=cfg.get("T"), meta=True, model_kwargs=cfg.get("model_kwargs"),
-                            num_classes=cfg.get("num_classes") or dataset_info(cfg.dataset)["num_classes"],
-                            neuron_impl=cfg.get("neuron_impl"))
+        model = build_model(cfg.model, T=cfg.T, meta=True, model_kwargs=cfg.model_kwargs,
+                            num_classes=cfg.num_classes or dataset_info(cfg.dataset)["num_classes"],
+                            neuron_impl=cfg.neuron_impl)
     except Exception as err:
         return Check("WARN", "neurons", f"not inspected: model {cfg.model} does not build on the meta device "
                      f"({type(err).__name__}: {err})")
     kinds = sorted({"lif" if isinstance(m, sj_neuron.LIFNode) else "if" for _, m in spiking_modules(model)})
     if not kinds:
         return Check("PASS", "neurons", f"{cfg.model} has no spiking neurons")
-    fast = bool(cfg.get("fastpath"))
+    fast = cfg.fastpath
     how = "fastpath: the project's PyTorch loop, compiled" if fast else "spikingjelly's selection"
     names = ", ".join(f"{k}: {neuron_kernel(k, device, fast)}" for k in kinds)
     return Check("PASS", "neurons", f"{names} on {device.type} ({how})")
 
 
 def _device_index(cfg) -> int:
-    name = (cfg.get("device") or "auto").lower()
+    name = cfg.device.lower()
     if ":" in name:
         return int(name.split(":", 1)[1])
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -279,7 +281,7 @@ def _device_index(cfg) -> int:
 
 def run_checks(cfg) -> List[Check]:
     """Every check for ``cfg`` on this machine: train.py's refusals, then the memory plan and the neurons."""
-    cuda, index = wants_cuda(cfg.get("device")), _device_index(cfg)
+    cuda, index = wants_cuda(cfg.device), _device_index(cfg)
     device = torch.device("cuda", index) if cuda else torch.device("cpu")
     return [_check_paths(cfg), *start_checks(cfg, device), _check_data(cfg), _check_memory(cfg, cuda, index),
             _check_neurons(cfg, device)]

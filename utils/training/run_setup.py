@@ -148,7 +148,7 @@ def setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Run:
     # ---- rank 0's files
     def setup_files() -> None:
         announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
-        run.logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
+        run.logger = RunLogger(run_dir, cfg, ema=t.ema is not None, start_epoch=start_epoch,
                                history=history)
         report_reconciled(run.logger, state)
         rederive_best(state, run.best_path)
@@ -165,7 +165,7 @@ def report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_si
     partial = state.get("partial_epoch")
     where = f"epoch {start_epoch}, step {partial['step']}" if partial else f"epoch {start_epoch}"
     _log.info(f"resumed from {state['path']} (epoch {state['epoch']} done; continuing at {where})")
-    saved, now = state.get("config", {}), plain(cfg.to_dict())
+    saved, now = state.get("config", {}), plain(vars(cfg))
     changed = [f"{k} {saved[k]} -> {v}" for k, v in now.items()
                if k not in ("resume", "overwrite", "config") and k in saved and saved[k] != v]
     if changed:
@@ -188,7 +188,7 @@ def announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> 
         "total_epochs": t.total_epochs, "threads": dist_info.threads.describe(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    atomic_write(os.path.join(run_dir, "args.yaml"), dump_yaml({**plain(cfg.to_dict()), "run_info": plain(run_info)}))
+    atomic_write(os.path.join(run_dir, "args.yaml"), dump_yaml({**plain(vars(cfg)), "run_info": plain(run_info)}))
     v = run_info["versions"]
     lr_desc = (f"lr {t.lr:.4g} = blr {cfg.blr:g} x effective batch {t.effective_batch} / 256" if cfg.blr
                else f"lr {t.lr:.4g}")
