@@ -124,7 +124,8 @@ def test_doctor_help_is_an_argparse_usage(capsys):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--amp", "fp16", "--device", "cpu"], "FAIL  amp       fp16 needs a CUDA device"),
+    (["--amp", "fp16", "--device", "cpu"], "FAIL  amp       amp fp16 needs a CUDA device"),
+    (["--eval-amp", "fp16", "--device", "cpu"], "FAIL  amp       eval_amp fp16 needs a CUDA device"),
     (["--batch-size", "100000", "--device", "cpu"], "FAIL  data      config key 'batch_size': 100000 is larger"),
     (["--output", "FILE"], "is a file, not a folder"),
     (["--experiment", "held"], "already holds a run (summary.csv)"),
