@@ -17,20 +17,16 @@ from utils.training.preflight import run_checks
 __all__ = ["build_parser", "main"]
 
 PROG = "python -m utils.tools.doctor"
-_SHOWN = ("device", "amp", "batch_size", "model", "dataset", "data_path", "output", "experiment", "resume",
-          "overwrite")
 
 
 def build_parser():
-    """The command line of the doctor: train.py's (it checks a training config); ``-h`` lists the flags that
-    change the answer most, every other train.py flag is accepted too."""
+    """The command line of the doctor: train.py's (it checks a training config)."""
     from utils.config import all_options, build_arg_parser
 
-    p = build_arg_parser(all_options(), __doc__.split("\n\n")[1].replace("``", ""), shown=_SHOWN)
+    p = build_arg_parser(all_options(), __doc__.split("\n\n")[1].replace("``", ""))
     p.prog = PROG
     p.usage = f"{PROG} [-h] [-c CONFIG] [--key value ...]"
-    p.epilog = ("Every train.py flag is accepted (python train.py -h lists them). Exit status: 0 ready, 1 not "
-                "ready, 2 a bad argument or config.")
+    p.epilog = "Exit status: 0 ready, 1 not ready, 2 a bad argument or config."
     return p
 
 
