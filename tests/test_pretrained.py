@@ -239,6 +239,7 @@ def _recording(monkeypatch, module, name):
 def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, monkeypatch, capsys):
     import train
     import utils.training.engine
+    import utils.training.run_setup
     import validate
 
     name = "maxformer_10_768.t1_in1k"
@@ -255,7 +256,7 @@ def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, m
     assert res["T"] == 1 and seen["T"] == 1 and res["checkpoint"] == f"pretrained:{name}"
     assert all(torch.equal(v, seen["state"][k]) for k, v in src.state_dict().items())
     # train: fine-tuning on digits, a new 10-class head, everything else from the weights
-    seen = _recording(monkeypatch, utils.training.engine, "build_model")
+    seen = _recording(monkeypatch, utils.training.run_setup, "build_model")
     assert train.main(common + ["--pretrained", "--epochs", "1", "--max-train-batches", "1",
                                 "--output", str(tmp_path), "--experiment", "ft"]) == 0
     assert seen["T"] == 1 and seen["state"]["head.weight"].shape == (10, 32)
