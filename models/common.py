@@ -20,7 +20,7 @@ spikingjelly's multi-step mode). At the timm API the time axis moves out of the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import difflib
 import os
 from typing import Dict, List, Optional, Union
 
@@ -31,13 +31,13 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
-from .neurons import NeuronConfig, reset_net
+from .neurons import NEURON_SETTINGS, NEURONS, NeuronConfig, neuron_kwarg_types, reset_net
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
            "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
            "init_trunc_normal"]
 
-NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
+NEURON_KWARGS = NEURON_SETTINGS  # the model-wide neuron settings; each neuron adds its own arguments
 # Passed by timm-style training scripts; the published models have no dropout / DropPath.
 _DROP_KWARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 GLOBAL_POOLS = ("avg", "")
@@ -58,26 +58,34 @@ def variant_cfg(data: str, **kwargs) -> dict:
     return dict(DATA_CFG[data], license="mit", **kwargs)
 
 
-def neuron_config_from_kwargs(model: str, neuron="lif", neuron_impl: Optional[str] = None,
+def neuron_config_from_kwargs(model: str, neuron="lif", neuron_impl: Optional[str] = None, T: Optional[int] = None,
                               **kwargs) -> NeuronConfig:
     """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error.
 
-    ``neuron_impl`` is the model-level name of :attr:`NeuronConfig.impl` (``'spikingjelly'``, ``'torch'``,
-    ``'triton'``); passing both with different values is an error.
+    ``neuron`` is a short name (``'lif'``, ``'if'``, ``'plif'``), a spikingjelly neuron class name or a
+    ready config; the kwargs it takes are :func:`models.neurons.neuron_kwarg_types`. ``T`` (the model's)
+    reaches neurons whose constructor takes it. ``neuron_impl`` is the model-level name of
+    :attr:`NeuronConfig.impl` (``'spikingjelly'``, ``'torch'``, ``'triton'``); passing both with different
+    values is an error.
     """
     if neuron_impl is not None:
         if kwargs.get("impl", neuron_impl) != neuron_impl:
             raise ValueError(f"{model}: neuron_impl={neuron_impl!r} and impl={kwargs['impl']!r} disagree; "
                              "they are the same setting, pass one of them")
         kwargs["impl"] = neuron_impl
-    unknown = sorted(set(kwargs) - set(NEURON_KWARGS))
+    kind = neuron.kind if isinstance(neuron, NeuronConfig) else neuron
+    accepted = neuron_kwarg_types(kind)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(accepted), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise TypeError(
-            f"{model} got unexpected keyword argument(s) {unknown}. Model kwargs besides the architecture are "
-            f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron='lif'|'if' and "
-            f"the neuron kwargs {', '.join(NEURON_KWARGS)} (impl also as neuron_impl)."
+            f"{model} got unexpected keyword argument(s) {unknown}.{hint} Model kwargs besides the architecture are "
+            f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron (a short name "
+            f"{'|'.join(NEURONS)} or a spikingjelly neuron class name) and the kwargs of neuron {kind!r}: "
+            f"{', '.join(accepted)} (impl also as neuron_impl)."
         )
-    return NeuronConfig.from_kwargs(neuron, **kwargs)
+    return NeuronConfig.from_kwargs(neuron, T=T, **kwargs)
 
 
 def resolve_in_chans(model: str, in_channels: Optional[int], in_chans: Optional[int], default: int) -> int:
@@ -201,7 +209,7 @@ class SpikingModel(nn.Module):
             return x.mean(-1)
         head_lif = getattr(self, "head_lif", None)
         if head_lif is not None and not self.stateful:
-            head_lif.reset()
+            reset_net(head_lif)
         return self._head(x.permute(4, 0, 1, 2, 3), pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

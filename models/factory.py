@@ -92,11 +92,11 @@ def _model_class(name: str) -> Optional[type]:
     return found[0] if len(found) == 1 else None
 
 
-def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
+def model_kwarg_types(name: str, neuron: Any = None) -> Optional[Dict[str, Any]]:
     """``{kwarg: annotation or None}`` that model ``name`` accepts, read from its class's constructor (plus the
-    neuron settings its ``**kwargs`` takes and timm's builder kwargs); None for a model that is not ours."""
-    from .common import NEURON_KWARGS
-    from .neurons import NeuronConfig
+    settings of ``neuron`` (default: the model's) its ``**kwargs`` takes and timm's builder kwargs); None for a
+    model that is not ours."""
+    from .neurons import NeuronConfig, neuron_kwarg_types
 
     _check_name(name)
     cls = _model_class(name) if name in list_our_models() else None
@@ -109,9 +109,12 @@ def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
     out: Dict[str, Any] = {k: None for k in _BUILDER_KWARGS}
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind is p.VAR_KEYWORD:
-            neuron_hints = typing.get_type_hints(NeuronConfig)
-            out.update({k: neuron_hints.get(k) for k in NEURON_KWARGS})
-            out["neuron_impl"] = neuron_hints.get("impl")  # the model-level name of the neuron's impl
+            kind = neuron.kind if isinstance(neuron, NeuronConfig) else neuron or "lif"
+            try:
+                out.update(neuron_kwarg_types(kind))
+            except ValueError as err:  # an unknown neuron name: did-you-mean
+                raise ModelError(f"model '{name}': {err}") from None
+            out["neuron_impl"] = out["impl"]  # the model-level name of the neuron's impl
         elif p.kind is not p.VAR_POSITIONAL:
             out[p.name] = hints.get(p.name)
     return out
@@ -168,7 +171,7 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse, before anything is built, an unknown model, a kwarg that the model's constructor does not take
     (did-you-mean from its own signature) or a value of the wrong type; :class:`ModelError` says which and
     the fix. ``None`` values mean "the default" and pass."""
-    types = model_kwarg_types(name)
+    types = model_kwarg_types(name, kwargs.get("neuron"))
     if types is None:
         return
     for key, value in kwargs.items():

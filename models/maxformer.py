@@ -119,7 +119,7 @@ class SpikingTransformer(SpikingModel):
             if int(dep) < 0:
                 raise ValueError(f"depths[{i}] must be >= 0, got {dep}")
 
-        self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, **neuron_kwargs)
+        self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, T=T, **neuron_kwargs)
         in_chans = resolve_in_chans("SpikingTransformer", in_channels, in_chans, 3)
         self.head_order = head
         self.embeds, self.mixers, self.depths, self.dims = tuple(embeds), tuple(mixers), depths, dims

@@ -154,7 +154,7 @@ class SpikingResNet(SpikingModel):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"{name}: num_classes must be an int >= 0, got {num_classes!r}")
         in_chans = resolve_in_chans(name, in_channels, in_chans, 3)
-        cfg = neuron_config_from_kwargs(name, neuron, **neuron_kwargs)
+        cfg = neuron_config_from_kwargs(name, neuron, T=T, **neuron_kwargs)
         self.neuron_cfg = cfg
         self.layer_specs = tuple(specs)
         reduction, feature_info = 1, []

@@ -202,7 +202,7 @@ class Spikformer(SpikingModel):
         overrides = dict(pools=pools, layer=layer, mlp_layer=mlp_layer, qkv_bias=qkv_bias, scale=scale)
         cfg = dict(VARIANTS[variant], **{k: v for k, v in overrides.items() if v is not None})
         self.variant, self.config = variant, cfg
-        self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, **neuron_kwargs)
+        self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, T=T, **neuron_kwargs)
         reduction = 2 ** sum(bool(p) for p in cfg["pools"])
         self._init_timm_api(in_chans=in_chans, num_classes=num_classes, num_features=embed_dims, T=T,
                             global_pool=global_pool, stateful=stateful,

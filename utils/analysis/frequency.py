@@ -69,6 +69,8 @@ def _fit_amplitude(y: np.ndarray, omega: float, n: np.ndarray, poly: int) -> flo
 def _neuron(kind: str, tau: float, v_threshold: float, v_reset: Optional[float] = 0.0) -> nn.Module:
     from models.neurons import NeuronConfig
 
+    if kind not in ("lif", "if"):  # the transfer functions compared with are LIF's and IF's
+        raise ValueError(f"this analysis supports LIF/IF (neuron 'lif' or 'if'), got {kind!r}")
     return NeuronConfig(kind=kind, tau=tau, v_threshold=v_threshold, v_reset=v_reset).make()
 
 

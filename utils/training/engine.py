@@ -202,6 +202,8 @@ def build_model(cfg, num_classes: int) -> nn.Module:
             raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
                               "set one of them")
         kwargs["neuron_impl"] = impl
+    if "triton" in (kwargs.get("neuron_impl"), kwargs.get("impl")):
+        import utils.verify.triton_cpu  # noqa: F401  (registers neuron impl 'triton')
     pretrained = bool(cfg.get("pretrained"))
     _apply_weights_T(cfg, pretrained)
     try:
@@ -269,7 +271,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
     if getattr(cfg, "neuron_impl", "auto") == "triton":
-        from models.triton_neurons import check_device
+        from utils.verify.triton_cpu import check_device
         try:
             check_device(device)
         except (ImportError, RuntimeError) as err:

@@ -155,6 +155,8 @@ def _check_file(path: str, verbose: bool, transform: Optional[Callable], neuron_
     model, prepare = build_reference_model(golden["model_ctor"], golden.get("kwargs") or {})
     if neuron_impl is not None:
         from models.neurons import convert_neurons
+        if neuron_impl == "triton":
+            from utils.verify import triton_cpu  # noqa: F401  (registers neuron impl 'triton')
         convert_neurons(model, neuron_impl)
     prepared = prepare(model, golden) if prepare is not None else None
     prepared = prepared or Prepared()
