@@ -257,8 +257,9 @@ def _check_impl(impl: str) -> None:
         return
     if impl in _REGISTERED_BY:
         raise ValueError(f"neuron impl {impl!r} is not registered: it is a verification device that registers "
-                         f"itself on import; import {_REGISTERED_BY[impl]} first (train.py, benchmark.py and "
-                         f"utils.verify.conformance do so for neuron_impl: {impl})")
+                         f"itself on import. In Python, import {_REGISTERED_BY[impl]} first; train.py, validate.py "
+                         f"and benchmark.py load it for the config key neuron_impl: {impl} (--neuron-impl {impl}), "
+                         f"not for a model kwarg")
     raise ValueError(f"unknown neuron impl {impl!r}: choose one of {NEURON_IMPLS}")
 
 
