@@ -71,7 +71,8 @@ class SpikingTransformer(SpikingModel):
         stateful: keep membrane potentials across forward calls (streaming); default: every
             forward starts from fresh membranes.
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: spiking neuron
-            settings reaching every neuron (see :class:`models.neurons.NeuronConfig`);
+            settings reaching every neuron (see :class:`models.neurons.NeuronConfig`; ``neuron``: ``'lif'``,
+            ``'if'``, ``'plif'`` or a spikingjelly neuron class name, whose own arguments are kwargs too);
             ``v_reset=None`` or ``'soft'`` selects the soft reset. Attention LIFs keep
             threshold ``attn_v_threshold`` (0.5).
     """

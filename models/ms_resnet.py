@@ -126,7 +126,8 @@ class SpikingResNet(SpikingModel):
         T: time steps a ``[B,C,H,W]`` image is repeated over (``[B,T,C,H,W]`` input brings its own T).
         global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
         stateful: keep membrane potentials across forward calls (default: fresh every call).
-        neuron: ``'lif'`` or ``'if'`` (or a :class:`NeuronConfig`); the remaining neuron kwargs
+        neuron: ``'lif'``, ``'if'``, ``'plif'``, a spikingjelly neuron class name (its own constructor arguments
+            are kwargs too) or a :class:`NeuronConfig`; the remaining neuron kwargs
             (``tau``, ``v_threshold``, ``v_reset``, ``detach_reset``, ``surrogate``, ``alpha``) reach
             every neuron.
     """

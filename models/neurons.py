@@ -206,7 +206,7 @@ class NeuronConfig:
             hint = f"Did you mean: {', '.join(close)}?" if close else f"Its own arguments: {', '.join(own) or 'none'}."
             raise ValueError(f"neuron {self.kind!r} ({kind.cls.__name__}) takes no argument {unknown[0]!r}. {hint}")
         if self.impl != "spikingjelly" and kind.cls not in _IMPLEMENTATIONS.get(self.impl, {}):
-            have = ", ".join(neuron_name_of_class(c) for c in _IMPLEMENTATIONS.get(self.impl, {}))
+            have = ", ".join(_name_of_class(c) for c in _IMPLEMENTATIONS.get(self.impl, {}))
             raise ValueError(f"neuron impl {self.impl!r} exists for {have}, not for {self.kind!r}; "
                              f"use impl='spikingjelly' (spikingjelly's own kernels)")
 
@@ -386,14 +386,14 @@ def spiking_modules(model: nn.Module):
             yield name, m
 
 
-def neuron_name_of_class(cls: type) -> str:
+def _name_of_class(cls: type) -> str:
     base = _base_class(cls) or cls
     return next((k for k, v in NEURONS.items() if v.cls is base), base.__name__)
 
 
 def neuron_name(module: nn.Module) -> str:
     """``'lif'``, ``'if'``, ``'plif'``... for a neuron of :data:`NEURONS` (any implementation), else its class name."""
-    return neuron_name_of_class(type(module))
+    return _name_of_class(type(module))
 
 
 def reset_net(model: nn.Module) -> None:

@@ -172,8 +172,9 @@ class Spikformer(SpikingModel):
         global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
         stateful: keep membrane potentials across forward calls (default: fresh every call).
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: neuron settings reaching
-            every neuron (``v_reset=None`` or ``'soft'``: soft reset); ``attn_v_threshold`` (0.5) is
-            the threshold of the attention LIF.
+            every neuron (``v_reset=None`` or ``'soft'``: soft reset; ``neuron``: ``'lif'``, ``'if'``,
+            ``'plif'`` or a spikingjelly neuron class name, whose own arguments are kwargs too);
+            ``attn_v_threshold`` (0.5) is the threshold of the attention LIF.
 
     Feature maps (``feature_info``, ``forward_intermediates``) are the block outputs (one per block,
     all at the SPS resolution), as for timm's ViTs.

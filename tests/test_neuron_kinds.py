@@ -88,8 +88,9 @@ def test_reset_describe_and_fast_path_conversion():
 
 
 def test_fast_path_says_in_one_line_where_no_fused_path_exists(caplog):
-    from utils.training.fastpath import FastPathConfig, prepare_model
+    from utils.training.fastpath import FastPathConfig, _warn_once, prepare_model
 
+    _warn_once.cache_clear()
     model = _model(neuron="plif")
     with caplog.at_level(logging.WARNING, logger="utils.training.fastpath"):
         prepare_model(model, "train", config=FastPathConfig(neuron_impl="torch", compile=False))

@@ -396,8 +396,14 @@ def _convert_neurons(model: nn.Module, impl: str) -> None:
             rest[neuron_name(m)] = rest.get(neuron_name(m), 0) + 1
     if rest:
         what = ", ".join(f"{n} {kind}" for kind, n in sorted(rest.items()))
-        _logger.warning(f"fast path: no neuron_impl '{impl}' for {what} neurons (it exists for LIF/IF); they run "
-                        f"spikingjelly's own multi-step forward, uncompiled unless the whole model is")
+        _warn_once(f"fast path: no neuron_impl '{impl}' for {what} neurons (it exists for LIF/IF); they run "
+                   f"spikingjelly's own multi-step forward, uncompiled unless the whole model is")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """A warning a process gives once (the memory planner prepares a model before the real one)."""
+    _logger.warning(message)
 
 
 def compile_model(model: nn.Module, scope) -> nn.Module:

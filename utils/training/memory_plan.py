@@ -310,8 +310,10 @@ def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spike
         prepare_model(model, mode, config=fp)  # fold_bn needs values: planned unfolded (inference only)
         applied = model.fastpath_config
         if compile and neuron_impl == "torch":
-            from models.neurons import spiking_modules
+            from models.neurons import implementation_of, spiking_modules
             for _, m in spiking_modules(model):
+                if implementation_of(m) != "torch":  # no fused loop for this neuron: it runs as it is
+                    continue
                 m.multi_step_forward = functools.partial(_fused_neuron_forward, m)
         from models.neurons import spiking_modules
         hooks = [m.register_forward_hook(lambda mod, inp, out: tracker.mark_binary(out))
