@@ -2,15 +2,18 @@
 
 Each fenced ``bash`` block is run in order in its own temporary folder that links the repository's files (so
 ``output/`` lands there), with ``python`` meaning this interpreter. A command not covered by a row of
-:data:`NOT_RUN` runs by default (a new doc command is checked without editing this file): as written, or with
+:data:`EXCEPTIONS` runs by default (a new doc command is checked without editing this file): as written, or with
 the tiny settings of :data:`TINY` appended for its entry point, so that every flag it passes is parsed and
 used. It must exit 0 with no traceback, and no command may write into the repository's own files.
 """
+import contextlib
+import io
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,20 +22,41 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell"}
 FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```", re.S | re.M)
 
-# The exceptions, by rule: the first row whose pattern matches a command says why it is not run here.
-NOT_RUN = [
+# The exceptions, one table: the first row whose pattern matches a command decides. "skip": not run here, for
+# the reason given; "parse": the command line is parsed by the entry point's own parser in this process (every
+# flag, value and config check), not run, for the reason given. Any other command runs (see TINY).
+EXCEPTIONS = [
     (r"\b(torchrun|srun|sbatch|salloc|scontrol|squeue)\b|--nnodes|\bGPUS=|\bNPROC=|/scratch/"
-     r"|--launcher slurm(?!.*--dry-run)|gpu_check\.sh|--device cuda", "needs GPUs or a cluster"),
-    (r"^(make|pip|apt-get|hf|\.ci/)\b", "installs software or runs the whole suite (make test, CI)"),
-    (r"\bpytest\b|fresh_machine\.sh|tests\.triton_cases|TRITON_INTERPRET", "part of the test suite (tests/)"),
-    (r"download\.sh|--download\b|--pretrained\b|\.t[14]_in1k\b|huggingface_hub",
+     r"|--launcher slurm(?!.*--dry-run)|gpu_check\.sh|--device cuda", "skip", "needs GPUs or a cluster"),
+    (r"^(make|pip|apt-get|hf|\.ci/)\b", "skip", "installs software or runs the whole suite (make test, CI)"),
+    (r"\bpytest\b|fresh_machine\.sh|tests\.triton_cases|TRITON_INTERPRET", "skip", "part of the test suite (tests/)"),
+    (r"download\.sh|--download\b|--pretrained\b|\.t[14]_in1k\b|huggingface_hub", "skip",
      "needs the network (released weights, datasets)"),
-    (r"\s-c (event|imagenet)/|run_all\.sh(?!.*--dry-run)|imagenet/\w+\.sh|cifar10-100/run\.sh|event/run\.sh"
-     r"|prepare_data|\bCKPT=|--images\b", "needs a dataset that is not in the tree"),
-    (r"ckpt\.pth|imagenet/checkpoints/|old\.pth\.tar|path/to/|\s\.\.\.(\s|$)|<\w+>|\bORG/", "needs a file the reader supplies"),
-    (r"utils\.verify\.conformance .*\*", "long (every golden case); tests/test_conformance.py, test_triton_kernels.py"),
-    (r"benchmark\.py .*--(sweep|peak|compare-eager)\b", "long (many timed configurations); tests/test_benchmark.py"),
+    (r"run_all\.sh(?!.*--dry-run)|imagenet/\w+\.sh|cifar10-100/run\.sh|event/run\.sh|prepare_data|\bCKPT=|--images\b",
+     "skip", "needs a dataset that is not in the tree"),
+    (r"ckpt\.pth|imagenet/checkpoints/|old\.pth\.tar|path/to/|\s\.\.\.(\s|$)|<\w+>|\bORG/", "skip",
+     "needs a file the reader supplies"),
+    (r"utils\.verify\.conformance .*\*", "skip", "long (every golden case); tests/test_conformance.py runs it"),
+    (r"^python (train|validate)\.py (?!.*-c demo/)", "parse",
+     "needs a dataset or minutes of CPU (the digits configs run for real)"),
+    (r"^python -m utils\.analysis\.(energy|frequency)\b", "parse",
+     "builds full-size models (tens of seconds each); tests/test_energy.py and test_frequency.py run the CLI"),
+    (r"^python benchmark\.py\b", "parse", "timed runs; tests/test_benchmark.py runs the CLI"),
 ]
+
+
+def _parsers():
+    """Entry point -> a function that parses its argv as the entry point does (raises on a bad command line)."""
+    import benchmark
+    import validate
+    from utils.analysis import energy, frequency
+    from utils.config import parse_config
+
+    return {"train.py": parse_config, "validate.py": lambda argv: parse_config(argv, extra=validate.VALIDATE_OPTIONS),
+            "benchmark.py": lambda argv: benchmark.build_parser().parse_args(argv),
+            "utils.analysis.energy": lambda argv: energy.build_parser().parse_args(argv),
+            "utils.analysis.frequency": lambda argv: frequency.build_parser().parse_args(argv)}
+
 
 # Appended to a command of the entry point (after `--` for a sweep) so that it runs in seconds.
 _TRAIN_TINY = ("--epochs 1 --warmup-epochs 0 --cooldown-epochs 0 --max-train-batches 1 --max-eval-batches 1 "
@@ -43,8 +67,6 @@ TINY = {
     "utils.tools.sweep": _TRAIN_TINY,
     "benchmark.py": "--smoke --steps 1 --warmup 1",
 }
-# CIFAR configs run on random CIFAR-shaped data: the same model and flags, no download.
-SYNTHETIC = "--dataset synthetic --synthetic-size 4 4"
 TIMEOUT = 300
 
 
@@ -82,12 +104,25 @@ def block_commands(text: str):
         command = ""
 
 
-def why_not_run(command: str):
-    """The reason from :data:`NOT_RUN`, or None: the command runs here."""
-    for pattern, reason in NOT_RUN:
+def exception(command: str):
+    """``(action, reason)`` of the first row of :data:`EXCEPTIONS` that matches, or ``(None, None)``: it runs."""
+    for pattern, action, reason in EXCEPTIONS:
         if re.search(pattern, command):
-            return reason
-    return None
+            return action, reason
+    return None, None
+
+
+def why_not_run(command: str):
+    """The reason a command is skipped, or None."""
+    action, reason = exception(command)
+    return reason if action == "skip" else None
+
+
+def split_entry(command: str):
+    """``(entry point, argv)`` of ``python X.py ARGS`` or ``python -m MODULE ARGS``."""
+    words = shlex.split(command)
+    i = 2 if words[1] == "-m" else 1
+    return words[i], words[i + 1:]
 
 
 def entry_point(command: str):
@@ -104,8 +139,6 @@ def runnable_form(command: str) -> str:
     if name is None or {"-h", "--help", "--dry-run", "--status", "--plan-memory"} & set(words):
         return command
     extra = TINY[name]
-    if re.search(r"\s-c cifar10-100/", command):
-        extra += " " + SYNTHETIC
     if name == "utils.tools.sweep":
         return command + (" " if " -- " in command else " -- ") + extra
     return command + " " + extra
@@ -126,7 +159,7 @@ def _farm(tmp: Path) -> Path:
 
 
 def _env(tmp: Path) -> dict:
-    env = dict(os.environ, PATH=f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg",
+    env = dict(os.environ, PATH=f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg", RUFF_NO_CACHE="true",
                PYTHONDONTWRITEBYTECODE="1", USER=os.environ.get("USER", "user"))
     env.pop("PYTHONPATH", None)
     return env
@@ -136,14 +169,17 @@ def run_block(tmp: Path, where: str, commands):
     """Run one block's commands in order; a list of failure descriptions."""
     work, env, failures, unavailable = _farm(tmp), _env(tmp), [], []
     for command in commands:
-        reason = why_not_run(command)
+        action, _ = exception(command)
         reads = re.findall(r"output/[\w.-]+", command)
-        if reason:
+        if action == "skip":
             unavailable += reads
             continue
+        if action == "parse":
+            continue  # test_doc_commands_parse
         if any(r in unavailable for r in reads):
             continue  # reads what a command above, not run here, would have written
         form = runnable_form(command)
+        start = time.monotonic()
         try:
             proc = subprocess.run(["bash", "-c", form], cwd=work, env=env, capture_output=True, text=True,
                                   timeout=TIMEOUT)
@@ -151,13 +187,14 @@ def run_block(tmp: Path, where: str, commands):
             failures.append(f"{where}: `{form}` ran over {TIMEOUT} s")
             continue
         out = proc.stdout + proc.stderr
+        print(f"{time.monotonic() - start:6.1f} s  {where}: {command[:100]}")
         if proc.returncode != 0 or "Traceback (most recent call last)" in out:
             failures.append(f"{where}: `{form}` exit {proc.returncode}:\n{out[-3000:]}")
     return failures
 
 
 def _snapshot():
-    skip = {".git", ".venv", "output", "__pycache__", ".pytest_cache"}
+    skip = {".git", ".venv", "output", "__pycache__", ".pytest_cache", ".ruff_cache"}
     state = {}
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if d not in skip]
@@ -181,12 +218,13 @@ def test_rules_classify_commands_as_intended():
     assert why_not_run("torchrun --standalone --nproc_per_node 8 train.py -c x.yaml") == "needs GPUs or a cluster"
     assert why_not_run("python train.py -c demo/digits.yaml --nnodes 2") == "needs GPUs or a cluster"
     assert why_not_run("python -m utils.tools.sweep a.yaml --launcher slurm --dry-run") is None
-    assert why_not_run("python train.py -c event/cifar10dvs.yaml") == "needs a dataset that is not in the tree"
-    assert why_not_run("python train.py -c cifar10-100/cifar10.yaml --model max_resnet18") is None
+    assert exception("python train.py -c event/cifar10dvs.yaml")[0] == "parse"
+    assert exception("python train.py -c demo/digits.yaml --model-kwargs neuron=if") == (None, None)
+    assert exception("bash event/ablations/run_all.sh --seeds 0") == ("skip", "needs a dataset that is not in the tree")
+    assert split_entry("python -m utils.analysis.energy --model x") == ("utils.analysis.energy", ["--model", "x"])
     assert runnable_form("python train.py -h") == "python train.py -h"
     assert runnable_form("python -m utils.tools.sweep demo/digits.yaml -- --epochs 1").endswith("-- --epochs 1 "
                                                                                                + _TRAIN_TINY)
-    assert SYNTHETIC in runnable_form("python train.py -c cifar10-100/cifar100.yaml")
     assert list(block_commands('a \\\n  "b # c" # d\n# e\n\nf')) == ['a "b # c"', "f"]
 
 
@@ -202,6 +240,28 @@ def test_the_smoke_overrides_fit_every_config_they_are_documented_for():
     for config in configs:
         cfg = parse_config(["-c", str(config), *overrides])
         assert cfg.epochs + cfg.cooldown_epochs <= 2 and cfg.warmup_epochs == 0, config
+
+
+def test_doc_commands_parse(tmp_path, monkeypatch):
+    """The commands of the "parse" rows: their entry point's own parser accepts them (config checks included)."""
+    parsers, failures, checked = _parsers(), [], 0
+    monkeypatch.chdir(_farm(tmp_path))
+    for where, commands in shell_blocks():
+        for command in commands:
+            if exception(command)[0] != "parse":
+                continue
+            entry, argv = split_entry(command)
+            checked += 1
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    parsers[entry](argv)
+            except SystemExit as e:  # -h exits 0; argparse errors exit 2
+                if e.code:
+                    failures.append(f"{where}: `{command}`: exit {e.code}")
+            except Exception as e:  # ConfigError, ModelError, ...: report them all
+                failures.append(f"{where}: `{command}`: {type(e).__name__}: {e}")
+    assert checked > 5
+    assert not failures, "\n".join(failures)
 
 
 def test_doc_commands_run_as_written(tmp_path):
