@@ -159,8 +159,8 @@ def _farm(tmp: Path) -> Path:
 
 
 def _env(tmp: Path) -> dict:
-    env = dict(os.environ, PATH=f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg", RUFF_NO_CACHE="true",
-               PYTHONDONTWRITEBYTECODE="1", USER=os.environ.get("USER", "user"))
+    env = dict(os.environ, PATH=f"{tmp / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg",
+               RUFF_NO_CACHE="true", PYTHONDONTWRITEBYTECODE="1", USER=os.environ.get("USER", "user"))
     env.pop("PYTHONPATH", None)
     return env
 
