@@ -42,6 +42,8 @@ EXCEPTIONS = [
     (r"^python -m utils\.analysis\.(energy|frequency)\b", "parse",
      "builds full-size models (tens of seconds each); tests/test_energy.py and test_frequency.py run the CLI"),
     (r"^python benchmark\.py\b", "parse", "timed runs; tests/test_benchmark.py runs the CLI"),
+    (r"^python -m utils\.analysis\.tables( params\b|\s*$| --)", "parse",
+     "builds every model of the zoo (tens of seconds); tests/test_tables.py runs it"),
 ]
 
 
@@ -49,13 +51,14 @@ def _parsers():
     """Entry point -> a function that parses its argv as the entry point does (raises on a bad command line)."""
     import benchmark
     import validate
-    from utils.analysis import energy, frequency
+    from utils.analysis import energy, frequency, tables
     from utils.config import parse_config
 
     return {"train.py": parse_config, "validate.py": lambda argv: parse_config(argv, extra=validate.VALIDATE_OPTIONS),
             "benchmark.py": lambda argv: benchmark.build_parser().parse_args(argv),
             "utils.analysis.energy": lambda argv: energy.build_parser().parse_args(argv),
-            "utils.analysis.frequency": lambda argv: frequency.build_parser().parse_args(argv)}
+            "utils.analysis.frequency": lambda argv: frequency.build_parser().parse_args(argv),
+            "utils.analysis.tables": lambda argv: tables.build_parser().parse_args(argv)}
 
 
 # Appended to a command of the entry point (after `--` for a sweep) so that it runs in seconds.
