@@ -4,7 +4,9 @@ Each fenced ``bash`` block is run in order in its own temporary folder that link
 ``output/`` lands there), with ``python`` meaning this interpreter. A command not covered by a row of
 :data:`EXCEPTIONS` runs by default (a new doc command is checked without editing this file): as written, or with
 the tiny settings of :data:`TINY` appended for its entry point, so that every flag it passes is parsed and
-used. It must exit 0 with no traceback, and no command may write into the repository's own files.
+used. It must exit 0 (or the status its "exit:N" row documents) with no traceback, and no command may write
+into the repository's own files. The rows say why a command is skipped (cluster, data, network, a file the
+reader supplies, the suite itself) or only parsed by its entry point's own parser (long runs).
 """
 import contextlib
 import io
@@ -17,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell"}
@@ -24,7 +28,8 @@ FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```", re.S | re.M)
 
 # The exceptions, one table: the first row whose pattern matches a command decides. "skip": not run here, for
 # the reason given; "parse": the command line is parsed by the entry point's own parser in this process (every
-# flag, value and config check), not run, for the reason given. Any other command runs (see TINY).
+# flag, value and config check), not run, for the reason given; "exit:N": it runs and must exit with status N.
+# Any other command runs (see TINY) and must exit 0.
 EXCEPTIONS = [
     (r"\b(torchrun|srun|sbatch|salloc|scontrol|squeue)\b|--nnodes|\bGPUS=|\bNPROC=|/scratch/"
      r"|--launcher slurm(?!.*--dry-run)|gpu_check\.sh|--device cuda", "skip", "needs GPUs or a cluster"),
@@ -173,6 +178,7 @@ def run_block(tmp: Path, where: str, commands):
     work, env, failures, unavailable = _farm(tmp), _env(tmp), [], []
     for command in commands:
         action, _ = exception(command)
+        expected = int(action.split(":")[1]) if action and action.startswith("exit:") else 0
         reads = re.findall(r"output/[\w.-]+", command)
         if action == "skip":
             unavailable += reads
@@ -191,8 +197,8 @@ def run_block(tmp: Path, where: str, commands):
             continue
         out = proc.stdout + proc.stderr
         print(f"{time.monotonic() - start:6.1f} s  {where}: {command[:100]}")
-        if proc.returncode != 0 or "Traceback (most recent call last)" in out:
-            failures.append(f"{where}: `{form}` exit {proc.returncode}:\n{out[-3000:]}")
+        if proc.returncode != expected or "Traceback (most recent call last)" in out:
+            failures.append(f"{where}: `{form}` exit {proc.returncode} (expected {expected}):\n{out[-3000:]}")
     return failures
 
 
@@ -229,6 +235,16 @@ def test_rules_classify_commands_as_intended():
     assert runnable_form("python -m utils.tools.sweep demo/digits.yaml -- --epochs 1").endswith("-- --epochs 1 "
                                                                                                + _TRAIN_TINY)
     assert list(block_commands('a \\\n  "b # c" # d\n# e\n\nf')) == ['a "b # c"', "f"]
+
+
+def test_a_failing_or_crashing_command_is_reported(tmp_path):
+    failures = run_block(tmp_path, "page.md:1", ['python -c "import sys; sys.exit(3)"',
+                                                 'python -c "import sys; print(sys.executable)"',
+                                                 "python -c \"raise SystemExit(__import__('traceback').print_stack()"
+                                                 " or print('Traceback (most recent call last):'))\""])
+    assert len(failures) == 2 and "exit 3 (expected 0)" in failures[0] and "Traceback" in failures[1]
+    with pytest.raises(Exception, match="no_such_key"):
+        _parsers()["train.py"](["-c", str(ROOT / "demo" / "digits.yaml"), "--no-such-key", "1"])
 
 
 def test_the_smoke_overrides_fit_every_config_they_are_documented_for():
