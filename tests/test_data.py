@@ -355,6 +355,41 @@ def test_prepare_data_converts_raw_events_with_spikingjelly(tmp_path, monkeypatc
     assert 'already present' in capsys.readouterr().out
 
 
+def test_prepare_data_failed_download_stops_naming_the_url_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(url, root, filename, md5):
+        (tmp_path / 'a' / 'c10' / 'download' / filename).write_bytes(b'part')  # a partial file, then the failure
+        raise OSError('<urlopen error [Errno -2] Name or service not known>')
+
+    monkeypatch.setattr(tv_utils, 'download_url', offline)
+    root = tmp_path / 'a' / 'c10'
+    assert prepare_data.main(['--dataset', 'cifar10dvs', '--data-dir', str(root), '--download']) == 1
+    out = capsys.readouterr().out
+    assert 'airplane.zip from https://ndownloader.figshare.com/files/' in out and 'Name or service not known' in out
+    assert 'Converting' not in out and 'rerun without --download' in out
+    assert not (tmp_path / 'a').exists()  # the folders it made, and the partial file, are gone
+
+
+def test_prepare_data_failed_conversion_names_the_partial_folders(tmp_path, monkeypatch, capsys):
+    from spikingjelly.datasets import cifar10_dvs
+
+    for c in cifar10_dvs.CIFAR10DVS_CLASS_NAMES:
+        (tmp_path / 'download').mkdir(exist_ok=True)
+        (tmp_path / 'download' / f'{c}.zip').touch()
+
+    def disk_full(root, **kw):
+        (tmp_path / 'extract').mkdir()
+        (tmp_path / 'events_np.building').touch()
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(cifar10_dvs, 'CIFAR10DVS', disk_full)
+    assert prepare_data.main(['--dataset', 'cifar10dvs', '--data-dir', str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'No space left on device' in out
+    assert f'partial entries: {tmp_path / "events_np.building"}, {tmp_path / "extract"}.' in out
+
+
 # ---------------------------------------------------------------- ImageNet (ImageFolder JPEGs)
 
 def write_imagefolder(root, classes=('n01440764', 'n01443537'), per_class=2, size=(48, 40)):

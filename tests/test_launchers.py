@@ -59,3 +59,24 @@ def test_launcher_forwards_args_from_any_directory(fake_python, script, env, exp
         assert argv.endswith("--epochs 3 --model-kwargs embed_dims=64"), argv
         config = argv.split(" -c ", 1)[1].split()[0]
         assert os.path.isfile(config), config
+
+
+def test_download_failure_names_the_url_and_keeps_nothing_partial(tmp_path):
+    """Offline, download.sh says which URL failed and why, and leaves no .part file behind."""
+    script = tmp_path / "checkpoints" / "download.sh"
+    script.parent.mkdir()
+    script.write_text(open(os.path.join(ROOT, "imagenet/checkpoints/download.sh")).read())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    curl = bin_dir / "curl"  # writes a few bytes, then fails as curl does without a network
+    curl.write_text('#!/usr/bin/env bash\nwhile [ "$1" != -o ]; do shift; done\necho partial > "$2"\n'
+                    'echo "curl: (6) Could not resolve host: github.com" >&2\nexit 6\n')
+    curl.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(["bash", str(script), "10-768-T4"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "could not download https://github.com/bic-L/MaxFormer/releases/download/checkpoints/10-768-T4.pth.tar" \
+        in r.stderr and "curl exit status 6" in r.stderr and "Could not resolve host" in r.stderr
+    assert sorted(p.name for p in script.parent.iterdir()) == ["download.sh"]
+    r = subprocess.run(["bash", str(script), "10-768-T9"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no released checkpoint '10-768-T9'" in r.stderr

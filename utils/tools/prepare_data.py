@@ -68,6 +68,35 @@ def _raw_available(name: str, root: Path) -> bool:
     return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
 
+def download_cifar10dvs(root: Path) -> str:
+    """Fetch CIFAR10-DVS's class archives into ``root/download``, each checked against its md5 sum.
+
+    Returns '' when all are there, else the reason (URL and error). A failed or interrupted file is deleted,
+    and so are the folders this call created while they are still empty: nothing partial stays behind.
+    """
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    target = root / 'download'
+    created = [p for p in (*reversed(target.parents), target) if not p.exists()]  # outermost first
+    target.mkdir(parents=True, exist_ok=True)
+    for fname, url, md5 in CIFAR10DVS.resource_url_md5():
+        path = target / fname
+        if check_integrity(str(path), md5):
+            continue
+        try:
+            download_url(url, str(target), fname, md5)
+        except BaseException as e:  # network down, disk full, md5 mismatch, Ctrl-C: keep nothing partial
+            path.unlink(missing_ok=True)
+            for folder in reversed(created):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not isinstance(e, Exception):
+                raise
+            return f'Download of {fname} from {url} into {target} failed: {type(e).__name__}: {e}'
+    return ''
+
+
 def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool = False) -> int:
     frames = frames_dir(root, T)
     stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
@@ -80,7 +109,11 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
             if name == 'cifar10dvs' and download:
                 print(f'Downloading CIFAR10-DVS (10 class zips, several GB, from figshare) '
                       f'into {root / "download"} ...')
-                root.mkdir(parents=True, exist_ok=True)
+                problem = download_cifar10dvs(root)
+                if problem:
+                    print(f'\n{problem}\nNo network here? Download airplane.zip ... truck.zip from {CIFAR10DVS_URL} '
+                          f'on a machine that has it, put them in {root / "download"}, and rerun without --download.')
+                    return 1
             else:
                 print(f'{name}: no frames for T={T} and no raw recordings in {root}.\n\nExpected layout:\n'
                       f'{expected_tree(name, root, T)}\n')
@@ -95,15 +128,18 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
         from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
         kw = dict(data_type='frame', frames_number=T, split_by='number')
+        before = set(root.iterdir())
         try:
             if name == 'cifar10dvs':
                 CIFAR10DVS(str(root), **kw)
             else:
                 DVS128Gesture(str(root), train=True, **kw)
-        except Exception as e:  # network, corrupt archive, disk full: report it, not a traceback
+        except Exception as e:  # corrupt archive, disk full: report it, not a traceback
+            partial = sorted(str(p) for p in set(root.iterdir()) - before if p.name != 'download')
             print(f'\nspikingjelly failed while preparing {name}: {type(e).__name__}: {e}\n'
-                  f'Fix the cause, delete the partial folders it names (and any *.building markers in {root}), '
-                  f'then rerun this command.')
+                  + (f'It left these partial entries: {", ".join(partial)}.\nFix the cause, delete them (keep '
+                     f'{root / "download"}: the archives in it are checked on every run), then rerun this command.'
+                     if partial else f'It left nothing new in {root}. Fix the cause, then rerun this command.'))
             return 1
     else:
         print(f'Frames already present in {frames}; checking them.')
