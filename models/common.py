@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Dict, List, Optional, Union
+import re
+from typing import Dict, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
@@ -275,7 +276,58 @@ class SpikingModel(nn.Module):
             disable_grad_checkpointing(self)
         self.grad_checkpointing = enable
 
+    # ------------------------------------------------------------------ optimizer groups (timm API)
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters trained without weight decay: the 1-D ones (BatchNorm weights and biases, biases), the
+        set the training recipe (``create_optimizer_v2(filter_bias_and_bn=True)``) already excludes."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        """Parameter groups in depth order for timm's layer-wise lr decay (``param_groups_layer_decay``):
+        the stem, then one group per stage (``coarse``) or per patch embedding and block; the classifier last.
+        A stage unit that is an ``nn.Sequential`` (a ResNet layer) counts as its blocks when not ``coarse``."""
+        names = {id(m): n for n, m in self.named_modules()}
+        blocks = []
+        for i, stage in enumerate(self._stages()):
+            for j, unit in enumerate(stage):
+                parts = list(unit) if isinstance(unit, nn.Sequential) and not coarse else [unit]
+                for k, part in enumerate(parts):
+                    order = (i,) if coarse else (i, j, k)
+                    blocks.append((rf"^{re.escape(names[id(part)])}\.", order))
+        units = [names[id(u)] for stage in self._stages() for u in stage]
+        stem = [re.escape(n) for n, m in self.named_children()
+                if n != self.classifier_name and any(True for _ in m.parameters())
+                and not any(u == n or u.startswith(n + ".") for u in units)]
+        return dict(stem=rf"^(?:{'|'.join(stem)})\." if stem else None, blocks=blocks)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last one ``indices`` asks for (timm API); returns the kept indices.
+
+        ``prune_head`` removes the classifier (``forward_head`` then returns pre-logits); keeping it is
+        refused when the last kept stage is narrower than the classifier's input. ``prune_norm`` has nothing
+        to remove: these networks have no final norm layer.
+        """
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        width = self.feature_info[max_index]["num_chs"]
+        if not prune_head and width != self.head_hidden_size:
+            raise ValueError(f"{type(self).__name__}: stage {max_index} has {width} channels but the classifier "
+                             f"reads {self.head_hidden_size}; prune with prune_head=True")
+        self._keep_stages(max_index + 1)
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.head_hidden_size = width
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     # ------------------------------------------------------------------ family hooks
+    def _keep_stages(self, n: int) -> None:
+        """Remove every stage after the first ``n`` (for :meth:`prune_intermediate_layers`)."""
+        raise NotImplementedError
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
