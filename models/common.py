@@ -32,7 +32,9 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
+from .errors import WeightsError
 from .neurons import NeuronConfig, reset_net
+from .weights import read_weights, stored_model_kwargs
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
            "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
@@ -379,9 +381,41 @@ def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optiona
             "For a checkpoint of your own pass pretrained_cfg_overlay=dict(file=PATH) or build the model and "
             "call utils.training.checkpoint.load_checkpoint(model, PATH)")
     if pretrained and cfg.file and not cfg.state_dict and not os.path.isfile(cfg.file):
-        raise FileNotFoundError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
+        raise WeightsError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
                                 f"given as pretrained_cfg_overlay=dict(file=...)")
     return cfg
+
+
+def _load_pretrained(model: nn.Module, source, num_classes: int, in_chans: int, cache_dir) -> None:
+    """timm's ``load_pretrained`` with our names converted; a file that does not fit, or weights that cannot be
+    downloaded, raise :class:`WeightsError` naming the fix."""
+    from timm.models import load_pretrained
+
+    from .legacy_names import filter_pretrained_state_dict
+
+    name = model.pretrained_cfg.get("architecture", type(model).__name__)
+    try:
+        # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            load_pretrained(model, pretrained_cfg=source.to_dict(), num_classes=num_classes, in_chans=in_chans,
+                            filter_fn=filter_pretrained_state_dict, strict=True, cache_dir=cache_dir)
+    except WeightsError:
+        raise
+    except RuntimeError as err:  # filter_pretrained_state_dict's listing: the file is another model's
+        where = f"{source.file!r}" if source.file else "the pretrained weights"
+        raise WeightsError(f"{where}: {str(err).splitlines()[0]}\n" + "\n".join(str(err).splitlines()[1:])) \
+            from None
+    except OSError as err:  # no network, or the file is not (or no longer) at the URL / on the hub
+        from .pretrained import RELEASED
+
+        files = [w.file for w in RELEASED if source.url and w.url == source.url]
+        got = f"bash imagenet/checkpoints/download.sh {files[0]}" if files else "imagenet/checkpoints/download.sh"
+        local = f"imagenet/checkpoints/{files[0]}.pth.tar" if files else "PATH"
+        raise WeightsError(
+            f"{name}: cannot fetch the pretrained weights from {source.hf_hub_id or source.url} "
+            f"({type(err).__name__}: {getattr(err, 'reason', None) or err}). Without network: fetch the file with "
+            f"'{got}' where there is network, then pass pretrained_cfg_overlay=dict(file='{local}') (on the command "
+            f"line: --initial-checkpoint / --checkpoint {local}).") from None
 
 
 def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str, num_stages: int,
@@ -399,10 +433,6 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
     ``num_classes`` differs, the stem adapted when ``in_chans`` does. A named tag or ``pretrained=True``
     sets ``T`` to the cfg's (models.pretrained) over the variant's, unless ``T`` is given.
     """
-    from timm.models import load_pretrained
-
-    from .legacy_names import filter_pretrained_state_dict
-
     for k in _DROP_KWARGS:
         if kwargs.pop(k, 0.0):
             raise ValueError(f"{variant}: {k} is not supported (the published models use no dropout/DropPath)")
@@ -412,7 +442,13 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
     asked = kwargs.pop("pretrained_cfg", None)
     source = _source_cfg(variant, pretrained, asked, kwargs.pop("pretrained_cfg_overlay", None))
     weights_T = getattr(source, "T", None) if pretrained or asked is not None else None
-    kwargs = {**(variant_kwargs or {}), **({"T": weights_T} if weights_T else {}), **kwargs}
+    stored: dict = {}
+    if pretrained and source.file and not source.state_dict:  # read (and checked) once, here
+        obj = read_weights(source.file)
+        stored = stored_model_kwargs(obj, variant)
+        source = dataclasses.replace(source, state_dict=obj,  # the file's classifier rows, kept unless asked
+                                     num_classes=stored.get("num_classes", source.num_classes))
+    kwargs = {**(variant_kwargs or {}), **({"T": weights_T} if weights_T else {}), **stored, **kwargs}
     overlay = _data_overlay(data, in_chans, kwargs.get("num_classes"))
     model = build_model_with_cfg(
         model_cls, variant, pretrained=False, pretrained_cfg=source, pretrained_cfg_overlay=overlay,
@@ -420,11 +456,8 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
         in_chans=in_chans, **kwargs)
     target = model if isinstance(model, SpikingModel) else model.model  # the features_only wrapper holds it
     if pretrained:
-        # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            load_pretrained(target, pretrained_cfg=source.to_dict(),
-                            num_classes=target.num_classes if target is model else 0, in_chans=in_chans,
-                            filter_fn=filter_pretrained_state_dict, strict=True, cache_dir=cache_dir)
+        _load_pretrained(target, source, num_classes=target.num_classes if target is model else 0, in_chans=in_chans,
+                         cache_dir=cache_dir)
     target.input_frames = data in _FRAME_DATA  # read by models.factory.input_spec
     if target is not model:
         model.T = target.T
