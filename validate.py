@@ -45,6 +45,17 @@ def build_parser():
     return build_arg_parser(all_options(VALIDATE_OPTIONS), __doc__.split("\n\n")[0], shown=EVAL_KEYS)
 
 
+def refuse_training_flags(argv: Sequence[str]) -> None:
+    """A training key on the command line would change nothing here: refused (from a YAML config it is fine)."""
+    given, _ = build_parser().parse_known_args(list(argv))
+    ignored = sorted(k for k in vars(given) if k != "config" and k not in EVAL_KEYS)
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise ConfigError(f"{flags}: training setting{'s' if len(ignored) > 1 else ''} that validate.py does not "
+                          f"read (it evaluates; validate.py -h lists its settings); leave "
+                          f"{'them' if len(ignored) > 1 else 'it'} out")
+
+
 def check_input(cfg, model, eval_set) -> None:
     """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
     from models import input_spec
@@ -216,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
+        refuse_training_flags(sys.argv[1:] if argv is None else argv)
         run(cfg)
         return 0
     except input_errors() as err:
