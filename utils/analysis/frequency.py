@@ -529,6 +529,17 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
     print(f"wrote {png} and {csv_path}")
 
 
+def _regex(text: str) -> str:
+    """``--blocks``: a Python regular expression (checked here, so a typo is named before any model is built)."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        where = f" at position {err.pos}: {text[:err.pos]!r} then {text[err.pos:]!r}" if err.pos is not None else ""
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err.msg}{where}); escape literal "
+                                         f"brackets and dots as \\( \\[ \\.") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.analysis.frequency {transfer,toy,spectra,gradcam}``."""
     from utils.config.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
@@ -562,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_alias("--checkpoint", of="--weights", action="append")
     c.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-learn sample photos)")
     c.add_argument("--img-size", type=positive_int, default=64)
-    c.add_argument("--blocks", default=DEFAULT_BLOCKS, help="regex of module names whose outputs are analysed")
+    c.add_argument("--blocks", default=DEFAULT_BLOCKS, type=_regex,
+                   help="regex of module names whose outputs are analysed")
     c.add_argument("--bins", type=positive_int, default=16, help="frequency rings")
     c.add_argument("--name", default="spectra", help="output file stem")
     c.set_defaults(func=spectra_command)
