@@ -209,7 +209,7 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.analysis.energy import measure_energy, write_report
+    from utils.analysis.energy import measure_energy, settings_tag, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
@@ -217,7 +217,8 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
         print(report.format_table(per_layer=False))
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
         out_dir = cfg.energy_out or os.path.join(folder, "energy")
-        write_report(report, out_dir, f"{cfg.model}_T{cfg.T}", title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
+        stem = f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
+        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
 

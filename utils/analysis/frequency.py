@@ -397,9 +397,15 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 
 
 def spectra_command(args) -> None:
+    from models import ModelError
+
     plt = _plt()
     specs = [parse_model_spec(s) for s in args.model]
     ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
+    unknown = sorted(set(ckpts) - {label for label, _, _ in specs})
+    if unknown:
+        raise ModelError(f"--weights {unknown[0]}=...: no --model has the label {unknown[0]!r}; labels: "
+                         f"{', '.join(label for label, _, _ in specs)} (give one as --model LABEL=NAME)")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
     rows = []
     for label, name, kwargs in specs:
