@@ -256,3 +256,17 @@ def test_settings_tag_is_short_and_stable():
     assert settings_tag({"num_heads": 2, "embed_dims": 32}) == "embed_dims32-num_heads2"
     long = {"mixers": ["orig", "max", "max"] * 5, "embed_dims": 32}
     assert settings_tag(long) == settings_tag(dict(reversed(long.items()))) and len(settings_tag(long)) == 12
+
+
+def test_cli_checkpoint_of_train_py_brings_its_model_kwargs(tmp_path):
+    """--checkpoint RUN/last.pth.tar needs no --model-kwargs repeated: the file records them."""
+    from models import create_model
+
+    trained = create_model("maxformer_cifar", embed_dims=32, num_heads=1, T=2, num_classes=7)
+    ck = tmp_path / "last.pth.tar"
+    torch.save({"state_dict": trained.state_dict(), "config": {"model": "maxformer_cifar", "T": 2,
+                "model_kwargs": {"embed_dims": 32, "num_heads": 1}, "num_classes": None}}, ck)
+    assert main(["--model", "maxformer_cifar", "--checkpoint", str(ck), "--img-size", "16", "--batch-size", "1",
+                 "--quiet", "--out", str(tmp_path / "e")]) == 0
+    d = json.loads((tmp_path / "e" / "maxformer_cifar_T2_16px_energy.json").read_text())
+    assert d["T"] == 2 and "checkpoint" in d["input"]

@@ -607,10 +607,16 @@ def validation_batches(config_path: str, batch_size: int, img_size: Optional[int
 
 
 def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs), then the weights
-    of ``checkpoint`` if given (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
+    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs; the kwargs a checkpoint
+    of train.py records under them), then the weights of ``checkpoint`` if given
+    (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
     from models import create_model
 
+    if checkpoint:  # a checkpoint train.py wrote records its model kwargs: the given ones go on top
+        from models.weights import stored_model_kwargs
+        from utils.training.checkpoint import read_checkpoint
+
+        kwargs = {**stored_model_kwargs(read_checkpoint(checkpoint), name), **kwargs}
     model = create_model(name, **kwargs)
     if checkpoint:
         from utils.training.checkpoint import load_checkpoint
