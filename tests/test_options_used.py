@@ -68,3 +68,16 @@ def test_validate_refuses_training_flags_on_its_command_line(tmp_path, capsys):
                         "--lr", "5", "--epochs", "3"])
     err = capsys.readouterr().err
     assert rc == 2 and "--epochs, --lr: training settings that validate.py does not read" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "cifar10", "--T", "8"], "--T sets the frames per event sample; cifar10 holds images"),
+    (["--dataset", "dvsgesture", "--download"], "--download fetches cifar10, cifar100, cifar10dvs; dvsgesture is"),
+    (["--dataset", "imagenet", "--download"], "imagenet is downloaded by hand"),
+])
+def test_prepare_data_refuses_options_a_dataset_does_not_read(args, message, tmp_path, capsys):
+    from utils.tools import prepare_data
+
+    with pytest.raises(SystemExit) as info:
+        prepare_data.main([*args, "--data-dir", str(tmp_path)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
