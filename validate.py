@@ -46,10 +46,16 @@ def build_parser():
     return build_arg_parser(all_options(VALIDATE_OPTIONS), __doc__.split("\n\n")[0], shown=EVAL_KEYS)
 
 
-def refuse_training_flags(argv: Sequence[str]) -> None:
-    """A training key on the command line would change nothing here: refused (from a YAML config it is fine)."""
+def refuse_training_flags(argv: Sequence[str], cfg) -> None:
+    """A training key on the command line would change nothing here: refused (from a YAML config it is fine); so
+    are the energy settings without ``--energy``."""
     given, _ = build_parser().parse_known_args(list(argv))
     ignored = sorted(k for k in vars(given) if k != "config" and k not in EVAL_KEYS)
+    energy_only = [flag for k, flag in (("energy_batches", "--energy-batches"), ("energy_out", "--energy-output"))
+                   if k in vars(given)]
+    if energy_only and not cfg.energy:
+        raise ConfigError(f"{', '.join(energy_only)}: only with --energy, which this run does not set; add --energy "
+                          f"or leave {'it' if len(energy_only) == 1 else 'them'} out")
     if ignored:
         flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
         raise ConfigError(f"{flags}: training setting{'s' if len(ignored) > 1 else ''} that validate.py does not "
@@ -229,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
-        refuse_training_flags(sys.argv[1:] if argv is None else argv)
+        refuse_training_flags(sys.argv[1:] if argv is None else argv, cfg)
         run(cfg)
         return 0
     except input_errors() as err:

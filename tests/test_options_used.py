@@ -81,3 +81,30 @@ def test_prepare_data_refuses_options_a_dataset_does_not_read(args, message, tmp
     with pytest.raises(SystemExit) as info:
         prepare_data.main([*args, "--data-dir", str(tmp_path)])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model-ema-decay", "0.99"], "--model-ema-decay acts only with --model-ema"),
+    (["--wandb-project", "p"], "--wandb-project acts only with --log-wandb"),
+    (["--clip-mode", "value"], "--clip-mode acts only with --clip-grad"),
+    (["--warmup-epochs", "0", "--warmup-lr", "1e-5"], "--warmup-lr acts only with --warmup-epochs > 0"),
+    (["--reprob", "0", "--remode", "const"], "--remode acts only with --reprob > 0"),
+    (["--mixup", "0", "--cutmix", "0", "--mixup-off-epoch", "3"], "--mixup-off-epoch acts only with --mixup or"),
+])
+def test_train_flags_whose_switch_is_off_are_refused(argv, message):
+    from utils.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(argv)
+    switched_on = {"--model-ema-decay": ["--model-ema"], "--wandb-project": ["--log-wandb"],
+                   "--clip-mode": ["--clip-grad", "1"]}.get(argv[0])
+    if switched_on:
+        parse_config(argv + switched_on)
+
+
+def test_validate_energy_settings_need_energy(tmp_path, capsys):
+    import validate
+
+    rc = validate.main(["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--checkpoint", str(tmp_path / "x.pth.tar"),
+                        "--energy-batches", "2"])
+    assert rc == 2 and "--energy-batches: only with --energy" in capsys.readouterr().err
