@@ -517,7 +517,9 @@ def gradcam_command(args) -> None:
     state = f"checkpoint {os.path.basename(args.checkpoint)}" if args.checkpoint else "random init (no checkpoint)"
     fig.suptitle(f"Grad-CAM {label} @ {layer} ({state})", fontsize=9)
     fig.tight_layout()
-    _save(fig, rows, args.output, "gradcam_" + name)
+    from utils.analysis.energy import settings_tag
+
+    _save(fig, rows, args.output, "gradcam_" + name + (f"_{settings_tag(kwargs)}" if kwargs else ""))
 
 
 # ============================================================================ CLI
