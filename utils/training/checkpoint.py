@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -109,6 +109,7 @@ def load_checkpoint(
                 lines.append(f"  {label} ({len(items)}):\n    {shown}")
         lines.append("Check that the model and its settings (model name, num_classes, embed_dims and other "
                      "model_kwargs) are those the checkpoint was trained with.")
+        lines += _recorded_settings(obj, target)
         raise CheckpointError("\n".join(lines))
     if renames and log is not None:
         log(f"{source}: older parameter names converted ({len(renames)} modules):")
@@ -118,6 +119,23 @@ def load_checkpoint(
     loadable = {k: v for k, v in sd.items() if k in own and k not in bad}
     target.load_state_dict(loadable, strict=False)
     return report
+
+
+def _recorded_settings(obj: Any, model: nn.Module) -> List[str]:
+    """The line naming the settings a checkpoint of train.py records, for a file that does not fit ``model``."""
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    name = config.get("model") if isinstance(config, Mapping) else None
+    if not isinstance(name, str):
+        return []
+    kwargs = stored_model_kwargs(obj, name)
+    text = {k: "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v) for k, v in kwargs.items()}
+    top = ("T", "num_classes")
+    flags = [f"--model {name}"] + [f"--{k.replace('_', '-')} {text[k]}" for k in top if k in text]
+    if set(text) - set(top):
+        flags.append("--model-kwargs " + " ".join(f"{k}={v}" for k, v in text.items() if k not in top))
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    return [f"The file records what it was trained with ({name}: {kwargs}); this model is {arch}. On the command "
+            f"line: {' '.join(flags)} (or -c the run's args.yaml)."]
 
 
 # ----------------------------------------------------------------------------------------------
