@@ -19,15 +19,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch.nn as nn
 import yaml
 
+from .errors import ModelError
+
 __all__ = ["ModelError", "OUR_MODULES", "list_our_models", "create_model", "check_model_kwargs", "model_kwarg_types",
            "parse_model_kwargs", "parse_value", "InputSpec", "input_spec"]
 
 # timm registers a model under the last component of its module's name.
 OUR_MODULES = ("maxformer", "ms_resnet", "spikformer")
-
-
-class ModelError(ValueError):
-    """An unknown model name or kwargs a model rejects; the message names the problem and the fix."""
 
 
 def list_our_models(pattern: str = "*") -> List[str]:

@@ -165,6 +165,14 @@ class SpikingTransformer(SpikingModel):
     def _stages(self) -> List[List[nn.Module]]:
         return [[getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")] for i in range(1, self.num_stages + 1)]
 
+    def _keep_stages(self, n: int) -> None:
+        for i in range(n + 1, self.num_stages + 1):
+            delattr(self, f"patch_embed{i}")
+            delattr(self, f"stage{i}")
+        self.num_stages = n
+        self.embeds, self.mixers, self.depths, self.dims = (v[:n] for v in (self.embeds, self.mixers, self.depths,
+                                                                            self.dims))
+
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         """Token mean -> LIF -> readout (order set by ``head``)."""
         s = self.head_lif(seq.flatten(3).mean(3))

@@ -196,6 +196,11 @@ class SpikingResNet(SpikingModel):
     def _stages(self) -> List[List[nn.Module]]:
         return [[layer] for layer in self.layers]
 
+    def _keep_stages(self, n: int) -> None:
+        for i in range(n + 1, len(self.layer_specs) + 1):
+            delattr(self, f"layer{i}")
+        self.layer_specs = self.layer_specs[:n]
+
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = self.avgpool(self.head_lif(seq)).flatten(2)  # [T,B,C]
         return x.mean(0) if pre_logits else self.fc1(x).mean(0)

@@ -231,6 +231,9 @@ class Spikformer(SpikingModel):
         """One stage per block; the stream is integer-valued spike counts ``[T,B,D,H',W']``."""
         return [[blk] for blk in self.block]
 
+    def _keep_stages(self, n: int) -> None:
+        self.block = self.block[:n]
+
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = seq.flatten(3).mean(3).mean(0)
         return x if pre_logits else self.head(x)

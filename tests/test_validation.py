@@ -73,8 +73,13 @@ def test_relations_between_keys(argv, pattern):
         parse_config(argv)
 
 
-def test_a_warmup_lr_above_the_lr_is_fine_without_warmup():
-    assert parse_config(["--lr", "1e-3", "--warmup-lr", "0.1"]).warmup_lr == 0.1
+def test_a_warmup_lr_above_the_lr_is_fine_without_warmup(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("warmup_epochs: 0\nwarmup_lr: 0.1\n")
+    assert parse_config(["-c", str(config), "--lr", "1e-3"]).warmup_lr == 0.1
+    # given on the command line without warm-up it would change nothing: refused (tests/test_options_used.py)
+    with pytest.raises(ConfigError, match="--warmup-lr acts only with --warmup-epochs > 0"):
+        parse_config(["--lr", "1e-3", "--warmup-lr", "0.1", "--warmup-epochs", "0"])
 
 
 @pytest.mark.parametrize("key", ["threads", "workers"])

@@ -592,24 +592,31 @@ def synthetic_batches(shape: Sequence[int], n: int, seed: int = 0, kind: str = "
         yield x
 
 
-def validation_batches(config_path: str, batch_size: int):
-    """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description."""
+def validation_batches(config_path: str, batch_size: int, img_size: Optional[int] = None):
+    """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description;
+    ``img_size`` overrides the config's ``img_size``."""
     from torch.utils.data import DataLoader
 
     from utils.config import parse_config
     from utils.data import create_datasets
 
-    cfg = parse_config(["-c", config_path])
+    cfg = parse_config(["-c", config_path] + (["--img-size", str(img_size)] if img_size else []))
     _, eval_set = create_datasets(cfg, include_train=False)
     loader = DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=0)
     return loader, f"{config_path} evaluation set"
 
 
 def build_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs), then the weights
-    of ``checkpoint`` if given (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
+    """:func:`models.create_model` (:class:`~models.ModelError` on a bad name or kwargs; the kwargs a checkpoint
+    of train.py records under them), then the weights of ``checkpoint`` if given
+    (:class:`~utils.training.checkpoint.CheckpointError` if they do not load)."""
     from models import create_model
 
+    if checkpoint:  # a checkpoint train.py wrote records its model kwargs: the given ones go on top
+        from models.weights import stored_model_kwargs
+        from utils.training.checkpoint import read_checkpoint
+
+        kwargs = {**stored_model_kwargs(read_checkpoint(checkpoint), name), **kwargs}
     model = create_model(name, **kwargs)
     if checkpoint:
         from utils.training.checkpoint import load_checkpoint
@@ -639,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("-b", "--batch-size", type=positive_int, default=2)
     p.add_argument("--batches", type=positive_int, default=1, help="number of batches to average over")
-    p.add_argument("--input", choices=("images", "randn"), default="images", help="synthetic input kind")
+    p.add_argument("--input", choices=("images", "randn"), default=None,
+                   help="synthetic input kind (default: images; not with --config, whose data is real)")
     p.add_argument("--e-mac", type=non_negative_float, default=4.6, help="pJ per MAC")
     p.add_argument("--e-ac", type=non_negative_float, default=0.9, help="pJ per AC")
     p.add_bool("--integer-inputs-as-ac", help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
@@ -664,9 +672,13 @@ def main(argv=None) -> int:
     try:
         kwargs = parse_model_kwargs(args.model_kwargs)
         kwargs.update({k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None})
+        if args.config and args.input:
+            raise ModelError(f"--input {args.input} chooses the synthetic input; with --config the input is the "
+                             "config's evaluation data: leave out one of them")
+        args.input = args.input or "images"
         model = build_model(args.model, args.checkpoint, **kwargs)
         if args.config:
-            batches, desc = validation_batches(args.config, args.batch_size)
+            batches, desc = validation_batches(args.config, args.batch_size, args.img_size)
         else:
             shape = input_spec(model).shape(args.batch_size, args.img_size)
             batches = synthetic_batches(shape, args.batches, kind=args.input)
@@ -685,8 +697,22 @@ def main(argv=None) -> int:
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))
-    write_report(report, args.output, f"{args.model}_T{T}", title=f"{args.model} T={T}: {desc}")
+    settings = {k: v for k, v in kwargs.items() if k != "T"}  # T is in the name already
+    stem = "_".join([args.model, f"T{T}"] + ([settings_tag(settings)] if settings else [])
+                    + ([f"{args.img_size}px"] if args.img_size else []))
+    write_report(report, args.output, stem, title=f"{args.model} T={T}: {desc}")
     return 0
+
+
+def settings_tag(kwargs: dict) -> str:
+    """A short, stable file-name tag for model kwargs: ``embed_dims32-neuronif``, or a hash when that is long."""
+    text = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+    text = re.sub(r"[^\w.+-]+", "", text)
+    if len(text) <= 40:
+        return text
+    import hashlib
+
+    return "kw" + hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "") -> str:

@@ -399,9 +399,15 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 
 
 def spectra_command(args) -> None:
+    from models import ModelError
+
     plt = _plt()
     specs = [parse_model_spec(s) for s in args.model]
     ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
+    unknown = sorted(set(ckpts) - {label for label, _, _ in specs})
+    if unknown:
+        raise ModelError(f"--weights {unknown[0]}=...: no --model has the label {unknown[0]!r}; labels: "
+                         f"{', '.join(label for label, _, _ in specs)} (give one as --model LABEL=NAME)")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
     rows = []
     for label, name, kwargs in specs:
@@ -513,7 +519,9 @@ def gradcam_command(args) -> None:
     state = f"checkpoint {os.path.basename(args.checkpoint)}" if args.checkpoint else "random init (no checkpoint)"
     fig.suptitle(f"Grad-CAM {label} @ {layer} ({state})", fontsize=9)
     fig.tight_layout()
-    _save(fig, rows, args.output, "gradcam_" + name)
+    from utils.analysis.energy import settings_tag
+
+    _save(fig, rows, args.output, "gradcam_" + name + (f"_{settings_tag(kwargs)}" if kwargs else ""))
 
 
 # ============================================================================ CLI
@@ -529,6 +537,17 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
             w.writeheader()
             w.writerows(rows)
     print(f"wrote {png} and {csv_path}")
+
+
+def _regex(text: str) -> str:
+    """``--blocks``: a Python regular expression (checked here, so a typo is named before any model is built)."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        where = f" at position {err.pos}: {text[:err.pos]!r} then {text[err.pos:]!r}" if err.pos is not None else ""
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err.msg}{where}); escape literal "
+                                         f"brackets and dots as \\( \\[ \\.") from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -564,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_alias("--checkpoint", of="--weights", action="append")
     c.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-learn sample photos)")
     c.add_argument("--img-size", type=positive_int, default=64)
-    c.add_argument("--blocks", default=DEFAULT_BLOCKS, help="regex of module names whose outputs are analysed")
+    c.add_argument("--blocks", default=DEFAULT_BLOCKS, type=_regex,
+                   help="regex of module names whose outputs are analysed")
     c.add_argument("--bins", type=positive_int, default=16, help="frequency rings")
     c.add_argument("--name", default="spectra", help="output file stem")
     c.set_defaults(func=spectra_command)

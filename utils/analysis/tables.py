@@ -136,6 +136,25 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
     return rows
 
 
+def check_weights_arg(key: str, path: str) -> str:
+    """``path`` of ``--weights key=path`` once ``key`` names an energy row of Table 3 (``NAME`` or ``NAME@T4``)
+    and the file reads as a checkpoint (``ConfigError`` / ``CheckpointError`` otherwise)."""
+    from utils.errors import ConfigError
+    from utils.training.checkpoint import read_checkpoint
+
+    name, at, t = key.partition("@T")
+    rows = [r for r in PAPER_ROWS if r.energy_mj is not None]
+    Ts = sorted({r.T for r in rows if r.model == name})
+    if not Ts:
+        names = ", ".join(dict.fromkeys(r.model for r in rows))
+        raise ConfigError(f"--weights {key}=...: the paper quotes energy only for {names} (Table 3); "
+                         f"for another model use python -m utils.analysis.energy --model NAME --checkpoint FILE")
+    if at and (not t.isdigit() or int(t) not in Ts):
+        raise ConfigError(f"--weights {key}=...: Table 3 has {name} at " + ", ".join(f"{name}@T{T}" for T in Ts))
+    read_checkpoint(path)  # a missing, truncated or non-checkpoint file is named now, not after the table
+    return path
+
+
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
     from models import input_spec
     from utils.analysis.energy import build_model, measure_energy, synthetic_batches
@@ -166,13 +185,20 @@ def read_curve(path: str) -> Dict[str, List[float]]:
         raise SystemExit(f"log file {path!r} does not exist")
     rename = {"Step": "epoch", "val_acc1": "eval_top1", "val_loss": "eval_loss", "train_acc1": "train_top1"}
     cols: Dict[str, List[float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                try:
-                    cols.setdefault(rename.get(k, k), []).append(float(v))
-                except (TypeError, ValueError):
-                    pass
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for k, v in row.items():
+                    try:
+                        cols.setdefault(rename.get(k, k), []).append(float(v))
+                    except (TypeError, ValueError):
+                        pass
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        what = "a checkpoint (torch.save file)" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else "binary"
+        raise SystemExit(f"{path} is {what}, not a CSV log: compare-log reads per-epoch CSV logs (a run's "
+                         "summary.csv, or the authors' logs named by --reference)") from None
     if "epoch" not in cols or "eval_top1" not in cols:
         raise SystemExit(f"{path}: needs columns epoch (or Step) and eval_top1 (or val_acc1); found {sorted(cols)}")
     return cols
@@ -489,12 +515,16 @@ def _compare_log(a) -> int:
 
 
 def _params(a) -> int:
+    from utils.errors import ConfigError
+
     ckpts = {}
     for c in a.weights:
         if "=" not in c:
-            raise SystemExit(f"--weights takes NAME=PATH, got {c!r}")
+            raise ConfigError(f"--weights takes NAME=PATH, got {c!r}")
         k, v = c.split("=", 1)
-        ckpts[k] = v
+        ckpts[k] = check_weights_arg(k, v)
+    if a.img_size and not ckpts:
+        raise ConfigError("--img-size is the input size of the energy estimate, which needs --weights NAME=PATH")
     rows = params_table(ckpts, a.img_size)
     print(format_rows(rows))
     n_ok = sum(r["match"] == "✓" for r in rows)

@@ -222,6 +222,9 @@ def _report(name: str, root: Path, problems: list) -> int:
     return 0
 
 
+DOWNLOADABLE = ('cifar10', 'cifar100', 'cifar10dvs')  # what --download fetches; the others come by hand
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m utils.tools.prepare_data``."""
     from utils.config.cli import Parser, positive_int
@@ -232,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--data-dir', '--data-path', dest='root', default=None, metavar='DIR',
                         help='dataset folder (the data_path of the config); required')
     parser.add_alias('--root', of='--data-dir')
-    parser.add_argument('-T', '--T', type=positive_int, default=16,
-                        help='frames per event sample (= model time steps)')
+    parser.add_argument('-T', '--T', type=positive_int, default=None,
+                        help='frames per event sample (= model time steps; default 16); event datasets only')
     parser.add_bool('--download', help='download first (CIFAR-10/100, CIFAR10-DVS)')
     parser.add_bool('--verify', help='CIFAR: also check the official md5 sums; other datasets: read every sample '
                                      'file and list the unreadable ones')
@@ -253,10 +256,13 @@ def main(argv=None) -> int:
         parser.error(problem)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()
-    if args.T < 1:
-        parser.error(f'--T must be a positive number of frames, got {args.T}')
+    if args.download and name not in DOWNLOADABLE:
+        parser.error(f'--download fetches {", ".join(DOWNLOADABLE)}; {name} is downloaded by hand (docs/data.md): '
+                     f'leave --download out')
+    if args.T is not None and DATASETS[name].kind != 'event':
+        parser.error(f'--T sets the frames per event sample; {name} holds images: leave --T out')
     if DATASETS[name].kind == 'event':
-        return prepare_events(name, root, args.T, args.download, args.verify)
+        return prepare_events(name, root, args.T or 16, args.download, args.verify)
     if name in ('cifar10', 'cifar100'):
         return prepare_cifar(name, root, args.download, args.verify)
     return prepare_folders(name, root, args.verify)
