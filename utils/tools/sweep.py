@@ -21,6 +21,9 @@ Launchers:
   ``last.pth.tar``; a job requeued by the scheduler itself restarts the same command with the same effect.
   The request is checked against the partition's nodes (``sinfo``) before submission; ``--dry-run`` prints
   the ``#SBATCH`` options without needing SLURM on this machine (:mod:`utils.tools.slurm`).
+  ``--nodes-per-run N`` spreads each run over N nodes (``--gpus-per-run`` GPUs on each): one task per node,
+  each starting torchrun's agent with the c10d rendezvous on the job's first node; torchrun restarts failed
+  workers (train.py continues from the last checkpoint) and a requeued job continues the same way.
 """
 from __future__ import annotations
 
@@ -43,10 +46,10 @@ import yaml
 from utils.training.logger import read_summary
 from utils.training.run_folder import is_running, read_status
 from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
-                         partition_nodes, sbatch_preview)
+                               node_command, partition_nodes, rendezvous_endpoint, sbatch_preview)
 from utils.training.threads import usable_cpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PY = os.path.join(ROOT, "train.py")
 MANIFEST = "sweep.json"
 STOP_GRACE_S = 60  # how long train.py may take to save its checkpoint after SIGTERM
@@ -80,8 +83,13 @@ class Run:
         return ["-c", self.config, "--seed", str(self.seed), "--output", self.output, "--experiment", self.name,
                 "--resume", "auto", *self.overrides]
 
-    def command(self, gpus_per_run: int = 0, python: str = sys.executable) -> List[str]:
-        """The full command line (``torchrun`` when the run uses more than one GPU)."""
+    def command(self, gpus_per_run: int = 0, python: str = sys.executable, nodes: int = 1,
+                endpoint: str = "<first node of SLURM_JOB_NODELIST>:<port>",
+                run_id: str = "<SLURM_JOB_ID>") -> List[str]:
+        """The full command line (``torchrun`` when the run uses more than one GPU); across ``nodes`` > 1, that
+        of one node, meeting the others at ``endpoint``."""
+        if nodes > 1:
+            return node_command(python, [TRAIN_PY, *self.train_args()], nodes, gpus_per_run, endpoint, run_id)
         if gpus_per_run > 1:
             return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus_per_run),
                     TRAIN_PY, *self.train_args()]
@@ -191,7 +199,7 @@ def save_manifest(output: str, manifest: dict) -> None:
 
 
 def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
-                gpus_per_run: int = 0) -> dict:
+                gpus_per_run: int = 0, nodes: int = 1) -> dict:
     """Add ``runs`` to the manifest; refuses a run recorded earlier with another config or overrides."""
     m = load_manifest(output) or {"created": _now(), "runs": {}, "submissions": []}
     for r in runs:
@@ -202,7 +210,7 @@ def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional
                              f"{list(r.overrides) or 'no overrides'}. Use another --output, or the same overrides "
                              "to continue it.")
         m["runs"].setdefault(r.name, {"config": r.config, "seed": r.seed, "overrides": list(r.overrides)})
-        m["runs"][r.name]["command"] = " ".join(r.command(gpus_per_run))
+        m["runs"][r.name]["command"] = " ".join(r.command(gpus_per_run, nodes=nodes))
     m["configs"] = sorted({v["config"] for v in m["runs"].values()})
     m["seeds"] = sorted({v["seed"] for v in m["runs"].values()})
     m["submissions"].append({"time": _now(), "launcher": launcher, "runs": [r.name for r in runs], **(extra or {})})
@@ -269,8 +277,8 @@ def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0,
 class TrainJob:
     """One training run as a submitit job; checkpointable, so time-outs and preemptions requeue it."""
 
-    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable):
-        self.run, self.gpus_per_run, self.cpus, self.python = run, gpus_per_run, cpus, python
+    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable, nodes: int = 1):
+        self.run, self.gpus_per_run, self.cpus, self.python, self.nodes = run, gpus_per_run, cpus, python, nodes
         self._proc: Optional[subprocess.Popen] = None
 
     def __getstate__(self):
@@ -282,7 +290,14 @@ class TrainJob:
     def __call__(self) -> dict:
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus)  # what the job was given
         threads = max(1, cpus // max(1, self.gpus_per_run))
-        cmd = self.run.command(self.gpus_per_run, self.python)
+        if self.nodes > 1:  # this task is one node of the run; the rendezvous is on the job's first node
+            import submitit
+
+            env = submitit.JobEnvironment()
+            cmd = self.run.command(self.gpus_per_run, self.python, self.nodes,
+                                   rendezvous_endpoint(env.hostnames, env.raw_job_id), env.raw_job_id)
+        else:
+            cmd = self.run.command(self.gpus_per_run, self.python)
         print("[sweep] " + " ".join(cmd), flush=True)
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=thread_env(threads))
         while self._proc.poll() is None:  # not wait(): checkpoint() must be able to reap it from a signal handler
@@ -309,7 +324,8 @@ class TrainJob:
                 proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python,
+                                                           self.nodes))
 
 
 def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"):
@@ -333,7 +349,8 @@ def submit_slurm(runs: Sequence[Run], resources: SlurmResources, cluster: str = 
     folder = os.path.join(runs[0].output, "slurm", "%j")
     ex = make_executor(folder, resources, cluster)
     with ex.batch():
-        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python)) for r in runs]
+        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python,
+                                   resources.nodes_per_run)) for r in runs]
     return jobs
 
 
@@ -411,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parallel", type=machine_count(per_cpu=2, floor=4, what="runs"), default=1,
                    help="runs at once (CPU threads are split between them)")
     g = p.add_argument_group("both launchers")
-    g.add_argument("--gpus-per-run", type=non_negative_int, default=0, help="GPUs per run (torchrun when > 1)")
+    g.add_argument("--gpus-per-run", type=non_negative_int, default=0,
+                   help="GPUs per run, per node with --nodes-per-run (torchrun when > 1)")
     g = p.add_argument_group("slurm launcher")
+    g.add_argument("--nodes-per-run", type=positive_int, default=1,
+                   help="nodes per run: one task per node, torchrun's c10d rendezvous on the job's first node")
     g.add_argument("--partition", default=None)
     g.add_argument("--cpus-per-gpu", type=positive_int, default=8, help="CPUs per GPU (per run without GPU)")
     g.add_argument("--timeout-min", type=positive_int, default=24 * 60, help="wall-time limit per job; "
@@ -446,6 +466,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SweepError("--output DIR is required: the sweep folder that holds one run folder per (config, seed)")
         if args.parallel < 1 or args.gpus_per_run < 0:
             raise SweepError("--parallel must be >= 1 and --gpus-per-run >= 0")
+        if args.nodes_per_run > 1 and args.launcher != "slurm":
+            raise SweepError(f"--nodes-per-run {args.nodes_per_run} needs --launcher slurm (the local launcher runs on "
+                             "this machine only); for a run across machines without SLURM see docs/training.md")
         runs = plan(args.configs + args.more_configs, args.seeds, args.output, overrides)
         return _launch(args, runs)
     except SweepError as err:
@@ -484,13 +507,15 @@ def _launch(args, runs: List[Run]) -> int:
         else:
             todo.append(r)
     resources = SlurmResources(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.timeout_min, args.mem_gb,
-                               args.account, args.qos, args.array_parallelism, args.job_name)
+                               args.account, args.qos, args.array_parallelism, args.job_name, args.nodes_per_run)
     if args.launcher == "slurm" and todo:
         check_partition(resources)
     if args.dry_run:
         print(f"[sweep] plan: {len(runs)} runs, {len(todo)} to start, launcher {args.launcher}, output {output}")
         for r in todo:
-            print(f"  {r.name} ({states[r.name].state}): " + " ".join(r.command(args.gpus_per_run)))
+            where = f" on each of its {args.nodes_per_run} nodes" if args.nodes_per_run > 1 else ""
+            print(f"  {r.name} ({states[r.name].state}){where}: "
+                  + " ".join(r.command(args.gpus_per_run, nodes=args.nodes_per_run)))
         if args.launcher == "slurm" and todo:
             print("[sweep] SLURM: one array job of %d tasks, submitit parameters %s" % (
                 len(todo), json.dumps(resources.executor_parameters())))
@@ -527,7 +552,7 @@ def _launch(args, runs: List[Run]) -> int:
     except Exception as err:  # sbatch missing or refusing: say so in one line
         raise SweepError(f"SLURM submission failed: {err}") from None
     record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
-                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run)
+                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run, args.nodes_per_run)
     m = load_manifest(output)
     for r, j in zip(todo, jobs):
         m["runs"][r.name]["job_id"] = j.job_id
