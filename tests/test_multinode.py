@@ -164,18 +164,19 @@ def test_a_killed_worker_restarts_and_the_run_equals_an_uninterrupted_one(hosts,
 
 
 def test_an_unreachable_rank0_is_named_within_seconds_and_times_out(hosts, setup):
-    """Host a's agent gives its host name (no --local-addr): on host b it leads to a loopback address."""
+    """No --local-addr: rank 0's agent gives its host name as the store's address, which leads elsewhere
+    (here to a loopback address) from the other host: both say what they wait for and give up."""
     d, cfg, _, env = setup
     t0 = time.time()
     out = on_hosts(hosts, env, str(d), {node: torchrun(
         "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", RDZV, "--rdzv-id",
-        "lost", *(["--rdzv-conf", "is_host=1"] if node == "a" else ["--local-addr", HOSTS[node]]),
+        "lost", *(["--rdzv-conf", "is_host=1"] if node == "a" else []),
         "train.py", "-c", cfg, "--output", str(d), "--experiment", "lost", "--dist-timeout", "20") for node in hosts},
         timeout=240)
     took = time.time() - t0
-    b = out["b"][1]
-    assert out["b"][0] != 0 and took < 200, b[-3000:]
-    assert "still connecting to the run's other processes through rank 0's store at" in b, b[-3000:]
-    assert "(MASTER_ADDR:MASTER_PORT, set by torchrun: node 0's --local-addr, else its host name)" in b
-    assert "could not connect to the run's other processes within --dist-timeout 20 s" in b
-    assert "--local-addr <this node's address" in b and "GLOO_SOCKET_IFNAME" in b
+    log = out["a"][1] + out["b"][1]
+    assert out["a"][0] != 0 and out["b"][0] != 0 and took < 200, log[-5000:]
+    assert "still connecting to the run's other processes through rank 0's store at" in log, log[-5000:]
+    assert "(MASTER_ADDR:MASTER_PORT, set by torchrun: node 0's --local-addr, else its host name)" in log
+    assert "could not connect to the run's other processes within --dist-timeout 20 s" in log
+    assert "--local-addr <this node's address" in log and "GLOO_SOCKET_IFNAME" in log
