@@ -28,12 +28,15 @@ Launchers:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -164,6 +167,14 @@ def plan(configs: Sequence[str], seeds: Sequence[int], output: str, overrides: S
     if not configs:
         raise SweepError("no config given: python -m utils.tools.sweep CONFIG [CONFIG ...] --seeds 0 1 --output DIR")
     output = os.path.abspath(output)
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise SweepError(f"--seeds repeats {', '.join(map(str, repeated))}: each seed is one run, so give each "
+                         "seed once")
+    given = [os.path.abspath(c) for c in configs]
+    twice = sorted({c for c in configs if given.count(os.path.abspath(c)) > 1})
+    if twice:
+        raise SweepError(f"config {', '.join(twice)} is given twice: each (config, seed) is one run, so name it once")
     runs = []
     for c in configs:
         planned_epochs(c, overrides)
@@ -198,9 +209,54 @@ def save_manifest(output: str, manifest: dict) -> None:
     atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))
 
 
+@contextlib.contextmanager
+def manifest_lock(output: str):
+    """Hold ``DIR`` (flock on the folder) while reading and rewriting its manifest: two sweeps in one folder
+    each add their part instead of one writing over the other's."""
+    os.makedirs(output, exist_ok=True)
+    fd = os.open(output, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def claim_runs(runs: Sequence[Run]):
+    """Take ``DIR/logs/<run>.claim`` (flock, held until this process ends) for each run this sweep starts;
+    returns (the runs claimed, ``{run name: holder}`` of those another sweep holds)."""
+    mine, taken = [], {}
+    for r in runs:
+        path = os.path.join(r.output, "logs", f"{r.name}.claim")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            taken[r.name] = f.read().strip() or "another process"
+            f.close()
+            continue
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        _CLAIMS.append(f)
+        mine.append(r)
+    return mine, taken
+
+
+_CLAIMS: list = []  # the claim files this process holds (open for its lifetime)
+
+
 def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
                 gpus_per_run: int = 0, nodes: int = 1) -> dict:
     """Add ``runs`` to the manifest; refuses a run recorded earlier with another config or overrides."""
+    with manifest_lock(output):
+        return _record_runs(output, runs, launcher, extra, gpus_per_run, nodes)
+
+
+def _record_runs(output, runs, launcher, extra, gpus_per_run, nodes) -> dict:
     m = load_manifest(output) or {"created": _now(), "runs": {}, "submissions": []}
     for r in runs:
         old = m["runs"].get(r.name)
@@ -528,6 +584,12 @@ def _launch(args, runs: List[Run]) -> int:
         print("[sweep] nothing to start: every run is finished, running or queued")
         return 0
     if args.launcher == "local":
+        todo, taken = claim_runs(todo)
+        for name, holder in taken.items():
+            print(f"[sweep] skip {name}: another sweep ({holder}) is running it")
+        if not todo:
+            print("[sweep] nothing to start: every run is finished, running or taken by another sweep")
+            return 0
         record_runs(output, todo, "local", {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run},
                     args.gpus_per_run)
         try:
@@ -535,10 +597,11 @@ def _launch(args, runs: List[Run]) -> int:
         except KeyboardInterrupt:
             print("\n[sweep] interrupted; run the same command again to continue the unfinished runs", file=sys.stderr)
             return 130
-        m = load_manifest(output)
-        for name, code in codes.items():
-            m["runs"][name]["last_exit_code"] = code
-        save_manifest(output, m)
+        with manifest_lock(output):
+            m = load_manifest(output)
+            for name, code in codes.items():
+                m["runs"][name]["last_exit_code"] = code
+            save_manifest(output, m)
         failed = [n for n, c in codes.items() if c != 0]
         if failed:
             print(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (logs in {output}/logs/)", file=sys.stderr)
@@ -553,10 +616,11 @@ def _launch(args, runs: List[Run]) -> int:
         raise SweepError(f"SLURM submission failed: {err}") from None
     record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
                                         "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run, args.nodes_per_run)
-    m = load_manifest(output)
-    for r, j in zip(todo, jobs):
-        m["runs"][r.name]["job_id"] = j.job_id
-    save_manifest(output, m)
+    with manifest_lock(output):
+        m = load_manifest(output)
+        for r, j in zip(todo, jobs):
+            m["runs"][r.name]["job_id"] = j.job_id
+        save_manifest(output, m)
     print(f"[sweep] submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
           f"follow with: python -m utils.tools.sweep --status {output}")
     return 0
