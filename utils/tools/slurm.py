@@ -116,9 +116,9 @@ def node_command(python: str, script_args: Sequence[str], nodes: int, gpus_per_n
     (one on CPU), meeting at ``endpoint``; torchrun restarts failed workers up to :data:`MAX_RESTARTS` times
     (train.py then continues from the last checkpoint), each attempt on a fresh store (the store torchrun
     shares by default can hold the previous attempt's addresses)."""
-    return ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",
-            str(max(1, gpus_per_node)), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
-            "--max-restarts", str(MAX_RESTARTS), *script_args]
+    return ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", python, "-m", "torch.distributed.run", "--nnodes",
+            str(nodes), "--nproc-per-node", str(max(1, gpus_per_node)), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+            endpoint, "--rdzv-id", run_id, "--max-restarts", str(MAX_RESTARTS), *script_args]
 
 
 # ----------------------------------------------------------------------------------------------
