@@ -235,7 +235,8 @@ def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_s
                      f"current config at epoch {start_epoch}): {', '.join(changed)}")
     if state.get("world_size", world_size) != world_size:
         _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, now {world_size}; "
-                     f"the effective batch changed")
+                     f"the effective batch changed (and an lr set by blr), so from here the run continues but no "
+                     f"longer equals an uninterrupted one (docs/training.md, 'Many nodes')")
 
 
 def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
