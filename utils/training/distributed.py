@@ -170,7 +170,9 @@ def shared_store_warning() -> Optional[str]:
 def elastic_restart() -> Optional[str]:
     """Under torchrun after it restarted the workers (``TORCHELASTIC_RESTART_COUNT`` > 0 on any rank): the
     launch's id (``TORCHELASTIC_RUN_ID``); else None. Every rank calls it (a collective)."""
-    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)])
+    nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)],
+                         device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
     if int(all_reduce_sum(count).item()) == 0:
         return None
     return os.environ.get("TORCHELASTIC_RUN_ID", "")
