@@ -170,7 +170,7 @@ def _setup_process(cfg: Config):
     from utils.training.threads import ThreadPolicy, loader_workers
 
     try:
-        dist_info = init_distributed(cfg.device, cfg.dist_backend)
+        dist_info = init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
     _log = setup_console_logging(dist_info.is_main)
@@ -190,15 +190,21 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
     """Lock the run folder and read what to resume (a training state, or None to start at epoch 0).
 
     A fresh start over a folder that holds a run stops unless ``--overwrite``; every process gets rank 0's
-    answer.
+    answer. Workers torchrun restarted continue the run their launch started (``status.json`` names the
+    launch) from its last checkpoint, whatever ``--resume``/``--overwrite`` said.
     """
     from utils.training.checkpoint import auto_resume_path, read_training_state
-    from utils.training.distributed import broadcast_object
+    from utils.training.distributed import broadcast_object, elastic_restart
+    from utils.training.run_folder import read_status
 
-    error, resume = None, cfg.resume
+    error, resume, launch = None, cfg.resume, elastic_restart()
     if folder is not None:
         try:
             folder.lock(command)
+            if launch is not None and (read_status(folder.path) or {}).get("launch") == launch:
+                last = auto_resume_path(folder.path)  # none yet: what this launch wrote before it goes
+                _log.info(f"torchrun restarted the workers: continuing from {last or resume or 'the start'}")
+                resume, cfg.overwrite = (last, False) if last else (resume, True)
             if resume == "auto":
                 resume = auto_resume_path(folder.path)
                 if resume is None:
@@ -207,7 +213,7 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
                 folder.check_fresh_start(cfg.overwrite)
         except ConfigError as err:
             error = str(err)
-    error, resume = broadcast_object((error, resume))
+    error, resume, cfg.overwrite = broadcast_object((error, resume, cfg.overwrite))
     if error:
         raise ConfigError(error)
     if not resume:
@@ -229,7 +235,8 @@ def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_s
                      f"current config at epoch {start_epoch}): {', '.join(changed)}")
     if state.get("world_size", world_size) != world_size:
         _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, now {world_size}; "
-                     f"the effective batch changed")
+                     f"the effective batch changed (and an lr set by blr), so from here the run continues but no "
+                     f"longer equals an uninterrupted one (docs/training.md, 'Many nodes')")
 
 
 def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
@@ -297,7 +304,8 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
         _rank0_writes(dist_info, lambda: folder.write_status(
             state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
             best_top1=state.get("best_metric") if state else None,
-            best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message=""))
+            best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="",
+            launch=os.environ.get("TORCHELASTIC_RUN_ID")))  # torchrun's launch: its restarts continue this run
         try:
             result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
         except BaseException as err:

@@ -20,6 +20,7 @@ spikingjelly's multi-step mode). At the timm API the time axis moves out of the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 import re

@@ -89,6 +89,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
                          "4x smaller, exact (a memory option, see README 'Memory options')"),
     "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
     "dist_backend": _o("auto", str, "auto | nccl | gloo"),
+    "dist_timeout": _o(300.0, float, "seconds a process may take to connect to the run's others at start-up "
+                       "(rank 0's store, every rank) before it gives up with an error naming what it waited for",
+                       low=1),
     "model_ema": _o(False, bool, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"),
     "model_ema_decay": _o(0.9998, float, "EMA decay", low=0, high=1),
     "model_ema_warmup": _o(False, bool, "EMA decay warmup"),
