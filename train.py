@@ -205,6 +205,8 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
                     _log.info(f"--resume auto: no checkpoint in {folder.path}, starting from scratch")
             elif not resume:
                 folder.check_fresh_start(cfg.overwrite)
+            else:  # a checkpoint named by the user: refused if this folder holds later epochs
+                folder.check_resume(resume, cfg.overwrite)
         except ConfigError as err:
             error = str(err)
     error, resume = broadcast_object((error, resume))
@@ -214,6 +216,8 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
         return None
     state = read_training_state(resume)
     state["path"] = resume
+    run_dir = os.path.abspath(os.path.join(cfg.output, cfg.experiment))
+    state["other_folder"] = os.path.dirname(os.path.abspath(resume)) != run_dir  # continues a run from elsewhere
     return state
 
 
@@ -613,7 +617,10 @@ def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int
 
 def _report_reconciled(logger, state) -> None:
     """Say which ``summary.csv`` rows a resume restored from the checkpoint, and which neither file holds."""
-    if logger.restored:
+    if logger.restored and state.get("other_folder"):
+        _log.info(f"summary.csv: the rows of epochs {_epochs_text(logger.restored)} come from {state['path']}, "
+                  f"the checkpoint this run continues")
+    elif logger.restored:
         _log.warning(f"summary.csv lacked the rows of epochs {_epochs_text(logger.restored)}: restored them from "
                      f"{state['path']}")
     if logger.missing:
@@ -636,7 +643,14 @@ def _rederive_best(state, best_path: str) -> None:
     have = checkpoint_position(best_path)
     if have is not None and have["epoch"] == best_epoch and not have["partial_epoch"]:
         return
-    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
+    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch") and state.get("other_folder"):
+        copy_checkpoint(state["path"], best_path)
+        _log.info(f"best.pth.tar: a copy of {state['path']} (epoch {best_epoch}, the best so far of the run this "
+                  f"one continues)")
+    elif state.get("other_folder"):
+        _log.info(f"best.pth.tar is written once an epoch beats {state.get('best_metric')}, the best of the run "
+                  f"this one continues (its epoch {best_epoch}, in {os.path.dirname(os.path.abspath(state['path']))})")
+    elif best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
         copy_checkpoint(state["path"], best_path)
         _log.warning(f"best.pth.tar did not hold epoch {best_epoch} (the run ended before copying it): "
                      f"re-derived it from {state['path']}")

@@ -211,3 +211,23 @@ def test_checkpoint_hist_keeps_the_best_epochs(tmp_path):
         assert read_training_state(run / name)["epoch"] == int(name[len("checkpoint-"):-len(".pth.tar")])
     assert _run(tmp_path, "--epochs", "1", "--overwrite", "true") == 0
     assert not [f for f in os.listdir(run) if f.startswith("checkpoint-")]
+
+
+def test_resuming_an_older_checkpoint_into_its_own_folder_names_the_epochs_it_would_lose(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "3", "--checkpoint-hist", "3") == 0
+    run, older = tmp_path / "x", str(tmp_path / "x" / "checkpoint-0.pth.tar")
+    before = {f: (run / f).read_bytes() for f in ("summary.csv", "last.pth.tar", "status.json")}
+    capsys.readouterr()
+    assert _run(tmp_path, "--epochs", "3", "--resume", older) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume {older} holds epoch 0 but {run / 'last.pth.tar'} holds epoch 2: resuming into {run} would "
+            f"throw away epochs 1-2") in err and "--resume auto" in err and "--overwrite true" in err, err
+    assert {f: (run / f).read_bytes() for f in before} == before
+    # into a new folder: said as it is (no crash to recover from)
+    assert _run(tmp_path, "--epochs", "3", "--resume", older, name="branch") == 0
+    out = "".join(capsys.readouterr())
+    assert f"summary.csv: the rows of epochs 0 come from {older}, the checkpoint this run continues" in out
+    assert "ended before" not in out and "lacked the rows" not in out
+    # --overwrite true: epochs 1-2 are trained again from epoch 0
+    assert _run(tmp_path, "--epochs", "3", "--resume", older, "--overwrite", "true") == 0
+    assert [int(r["epoch"]) for r in read_summary(str(run / "summary.csv"))] == [0, 1, 2]

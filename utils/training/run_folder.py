@@ -131,6 +131,28 @@ class RunFolder:
             elif os.path.exists(p):
                 os.remove(p)
 
+    def check_resume(self, resume: str, overwrite: bool) -> None:
+        """Before resuming from ``resume`` (a path given by the user): refuse a checkpoint that is behind this
+        folder's ``last.pth.tar``, since resuming here replaces the later epochs, unless ``overwrite`` (then
+        ``last.pth.tar`` becomes that checkpoint at once, so that a kill before the next epoch resumes there)."""
+        from utils.training.checkpoint import checkpoint_position, copy_checkpoint
+
+        last = os.path.join(self.path, "last.pth.tar")
+        if not os.path.isfile(last) or os.path.abspath(resume) == os.path.abspath(last):
+            return
+        held, want = checkpoint_position(last), checkpoint_position(resume)
+        if held is None or want is None or _done(held) <= _done(want):
+            return
+        first, end = want["epoch"] + 1, held["epoch"] + (2 if held["partial_epoch"] else 1)
+        lost = f"epoch {first}" if end - first == 1 else f"epochs {first}-{end - 1}"
+        if not overwrite:
+            raise ConfigError(
+                f"--resume {resume} holds {_where(want)} but {last} holds {_where(held)}: resuming into "
+                f"{self.path} would throw away {lost} (last.pth.tar and their summary.csv rows). Continue the run "
+                f"with --resume auto, start from that checkpoint in a new folder with another --experiment, or pass "
+                f"--overwrite true to discard {lost}")
+        copy_checkpoint(resume, last)
+
     # ------------------------------------------------------------------ status.json
     def write_status(self, **fields) -> None:
         """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file)."""
@@ -138,3 +160,13 @@ class RunFolder:
         self.status.update(pid=os.getpid(),
                            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         atomic_write(os.path.join(self.path, STATUS_NAME), json.dumps(self.status, indent=1) + "\n")
+
+
+def _done(position: Dict[str, Any]) -> tuple:
+    """(epochs done, steps into the next) of a :func:`~utils.training.checkpoint.checkpoint_position`."""
+    return position["epoch"] + 1, int((position["partial_epoch"] or {}).get("step", 0))
+
+
+def _where(position: Dict[str, Any]) -> str:
+    partial = position["partial_epoch"]
+    return (f"epoch {partial['epoch']} after step {partial['step']}" if partial else f"epoch {position['epoch']}")
