@@ -297,7 +297,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
         state = _claim_run_folder(cfg, folder, command or "train.py")
         total = cfg.epochs + cfg.cooldown_epochs
         if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
-            return _finished(cfg, state, run_dir, total, dist_info.is_main)
+            return _finished(cfg, state, run_dir, total, dist_info.is_main, folder)
         _rank0_writes(dist_info, lambda: folder.write_status(
             state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
             best_top1=state.get("best_metric") if state else None,
@@ -322,8 +322,9 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
             folder.release()
 
 
-def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
-    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten).
+def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool, folder=None) -> Dict[str, Any]:
+    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten, unless the run was
+    killed after its last checkpoint: then the files that follow it are completed, :func:`_complete_files`).
 
     ``--overwrite true`` cannot be honoured together with ``--resume``: that is refused (ConfigError)."""
     best, best_epoch = state.get("best_metric"), int(state.get("best_epoch", -1))
@@ -333,10 +334,32 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
         raise ConfigError(f"{done}; --resume continues a run, so --overwrite true has nothing to replace. To start "
                           f"this run over, drop --resume (keep --overwrite true); to train it longer, drop "
                           f"--overwrite and pass a larger --epochs with --resume auto")
+    if folder is not None and (folder.read_state() or {}).get("state") != "finished":
+        _complete_files(cfg, state, folder, total)
     if main:
         _log.info(f"{done}. To train it longer pass a larger --epochs with --resume auto; to start a new run choose "
                   f"another --experiment (or run without --resume and with --overwrite true to replace this one).")
     return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
+
+
+def _complete_files(cfg: Config, state: Dict[str, Any], folder, total: int) -> None:
+    """A run killed after writing its last epoch's ``last.pth.tar``: write what follows it from the checkpoint
+    (``summary.csv`` rows, ``best.pth.tar``, ``learning_curve.png``) and mark ``status.json`` finished."""
+    from utils.training.logger import RunLogger
+
+    quiet = {**cfg.to_dict(), "tensorboard": False, "log_wandb": False}
+    logger = RunLogger(folder.path, quiet, ema=bool(cfg.model_ema), start_epoch=total, history=state.get("history", []))
+    _report_reconciled(logger, state)
+    _rederive_best(state, os.path.join(folder.path, "best.pth.tar"))
+    if cfg.plot and logger.rows:
+        logger.plot()
+    folder.status = folder.read_state() or {}
+    folder.write_status(state="finished", epoch=int(state["epoch"]), total_epochs=total,
+                        best_top1=state.get("best_metric"), best_epoch=int(state.get("best_epoch", -1)),
+                        exit_message="done (status completed by --resume: the run had stopped after its last "
+                                     "checkpoint)")
+    _log.info(f"the run had stopped after writing its last checkpoint: completed status.json, summary.csv, "
+              f"best.pth.tar{' and learning_curve.png' if cfg.plot else ''} from {state['path']}")
 
 
 def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 from typing import Any, Dict, Optional
@@ -102,6 +103,20 @@ class RunFolder:
         f.write(f"pid {os.getpid()} on {socket.gethostname()} ({command})\n")
         f.flush()
         self._lock_file = f
+        for name in os.listdir(self.path):  # temp files of a writer killed mid-write: nobody else writes here now
+            if re.fullmatch(r".+\.tmp-\d+", name):
+                try:
+                    os.remove(os.path.join(self.path, name))
+                except OSError:
+                    pass
+
+    def read_state(self) -> Optional[Dict[str, Any]]:
+        """``status.json`` as written (no reconciliation with the checkpoint), or None."""
+        try:
+            with open(os.path.join(self.path, STATUS_NAME)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def release(self) -> None:
         if self._lock_file is not None:
