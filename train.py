@@ -302,9 +302,14 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
             state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
             best_top1=state.get("best_metric") if state else None,
             best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message=""))
+        stop = stop or StopSignals()
         try:
-            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
+            result = _train(cfg, dist_info, run_dir, state, stop, folder, datasets)
         except BaseException as err:
+            if stop.requested() and not isinstance(err, (TrainingStopped, KeyboardInterrupt, FileWriteError)):
+                # e.g. torch.compile's workers, stopped by the same signal: the run was stopped, not broken
+                err = TrainingStopped(stop.signum, f"before its next step could finish ({type(err).__name__} in "
+                                                   f"the work the signal interrupted; the last checkpoint is kept)")
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
                         "interrupted" if isinstance(err, (TrainingStopped, KeyboardInterrupt)) else "failed")
@@ -313,6 +318,8 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
                 except FileWriteError as status_err:  # the disk refuses: read_status reconciles with the checkpoint
                     if isinstance(err, FileWriteError) and status_err.path != err.path:
                         err.kept += f" {os.path.basename(status_err.path)} could not be updated either."
+            if isinstance(err, TrainingStopped):
+                raise err from None
             raise
         if folder is not None:
             folder.write_status(state="finished", exit_message="done")

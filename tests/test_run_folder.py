@@ -231,3 +231,38 @@ def test_resuming_an_older_checkpoint_into_its_own_folder_names_the_epochs_it_wo
     # --overwrite true: epochs 1-2 are trained again from epoch 0
     assert _run(tmp_path, "--epochs", "3", "--resume", older, "--overwrite", "true") == 0
     assert [int(r["epoch"]) for r in read_summary(str(run / "summary.csv"))] == [0, 1, 2]
+
+
+def test_a_stop_signal_that_breaks_the_work_in_progress_ends_interrupted_with_a_short_message(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """E.g. SIGTERM while torch.compile's workers compile: their failure is the stop, not an error of the run;
+    and any message status.json holds is bounded, the whole of it in error.log."""
+    import signal
+
+    compiler_log = "InductorError: SubprocException\n" + "x" * 300_000
+    stop = train.StopSignals()
+
+    def compiling(*args):
+        stop.signum = signal.SIGTERM
+        raise RuntimeError(compiler_log)
+
+    monkeypatch.setattr(train, "_train", compiling)
+    monkeypatch.setattr(train, "StopSignals", lambda: stop)
+    assert _run(tmp_path, "--epochs", "1") == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM before its next step could finish (RuntimeError" in err and "--resume auto" in err
+    assert len(err) < 2000
+    status = read_status(str(tmp_path / "x"))
+    assert status["state"] == "interrupted" and len(status["exit_message"]) < 400, status
+
+    def failing(*args):
+        raise RuntimeError(compiler_log)
+
+    monkeypatch.setattr(train, "_train", failing)
+    stop.signum = None
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, "--epochs", "1", "--overwrite", "true")
+    status = read_status(str(tmp_path / "x"))
+    assert status["state"] == "failed" and len(status["exit_message"]) < 2200
+    assert status["exit_message"].endswith(f"the whole message is in {tmp_path / 'x' / 'error.log'}]")
+    assert (tmp_path / "x" / "error.log").read_text() == f"RuntimeError: {compiler_log}\n"

@@ -27,9 +27,11 @@ __all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "
 
 LOCK_NAME = "run.lock"
 STATUS_NAME = "status.json"
+ERROR_LOG = "error.log"
+MESSAGE_LIMIT = 2000  # characters of a status.json message (a compiler's error can be hundreds of KB)
 # files that mean "a run lives here" (and that --overwrite removes, with the other outputs below)
 RUN_FILES = ("args.yaml", "summary.csv", "last.pth.tar", "best.pth.tar")
-_OUTPUTS = RUN_FILES + ("learning_curve.png", STATUS_NAME, "wandb_id.txt", "tensorboard")
+_OUTPUTS = RUN_FILES + ("learning_curve.png", STATUS_NAME, ERROR_LOG, "wandb_id.txt", "tensorboard")
 
 
 def is_running(run_dir: str) -> bool:
@@ -170,7 +172,15 @@ class RunFolder:
 
     # ------------------------------------------------------------------ status.json
     def write_status(self, **fields) -> None:
-        """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file)."""
+        """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file). An
+        ``exit_message`` longer than :data:`MESSAGE_LIMIT` characters is cut there; the whole of it goes to
+        ``error.log`` in the run folder, which the cut message names."""
+        message = fields.get("exit_message")
+        if isinstance(message, str) and len(message) > MESSAGE_LIMIT:
+            log = os.path.join(self.path, ERROR_LOG)
+            atomic_write(log, message + "\n")
+            fields["exit_message"] = (f"{message[:MESSAGE_LIMIT]} ... [cut at {MESSAGE_LIMIT} of {len(message)} "
+                                      f"characters; the whole message is in {log}]")
         self.status.update(fields)
         self.status.update(pid=os.getpid(),
                            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
