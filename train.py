@@ -395,6 +395,7 @@ class _Run:
     best: Dict[str, Any]
     history: List[Dict[str, Any]]
     held: Optional[str] = None
+    data: Optional[Dict[str, Any]] = None  # the datasets' fingerprints, saved with every checkpoint
     logger: Any = None  # rank 0's RunLogger
     skip: int = 0  # the current epoch's first sample (per process) and step
     start_step: int = 0
@@ -421,7 +422,7 @@ class _Run:
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
-                              config=_plain(cfg.to_dict()), history=self.history, **fields)
+                              config=_plain(cfg.to_dict()), history=self.history, data=self.data, **fields)
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
@@ -461,6 +462,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     from utils.training.engine import build_model, build_training, seed_everything
     from utils.training.logger import RunLogger
     from utils.training.memory_plan import device_memory_warning
+    from utils.data.fingerprint import dataset_fingerprint
 
     main, device = dist_info.is_main, dist_info.device
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
@@ -480,6 +482,10 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
 
     # ---- resume position
     start_epoch, best, partial = _position(state)  # the update count is restored into t (restore_training)
+    data = {"train": dataset_fingerprint(train_set), "eval": dataset_fingerprint(eval_set)}
+    if state is not None and _data_changed(state, data, start_epoch, partial, best) and partial:
+        partial = None  # the saved position indexes a sample order of the old data: the epoch starts again
+        t.num_updates = start_epoch * t.updates_per_epoch
     if state is not None:
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
@@ -488,7 +494,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
     history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
     run = _Run(cfg, dist_info, stop, folder, run_dir, t, train_loader, eval_loader, train_sampler, state,
-               start_epoch, partial, best, history)
+               start_epoch, partial, best, history, data=data)
     if state is not None:
         run.held = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
                     else f"epoch {start_epoch - 1}")
@@ -689,6 +695,29 @@ def _rederive_best(state, best_path: str) -> None:
                      f"({'it is missing' if have is None else 'it holds epoch %d' % have['epoch']}) and "
                      f"{state['path']} holds a later position: best.pth.tar is rewritten when an epoch beats "
                      f"{state.get('best_metric')}")
+
+
+def _data_changed(state, data, start_epoch: int, partial, best) -> bool:
+    """Compare the datasets with those the checkpoint was written with; warn (rank 0) and return True when the
+    training set changed. Inside an epoch the caller then starts that epoch again: its saved position counts
+    samples of an order computed for the old set."""
+    from utils.data.fingerprint import describe_data_change
+    from utils.training.distributed import is_main
+
+    saved = state.get("data") or {}
+    train, evals = describe_data_change(saved.get("train"), data["train"]), \
+        describe_data_change(saved.get("eval"), data["eval"])
+    if is_main() and train:
+        then = (f"epoch {start_epoch} starts again from its first step (its sample order was computed for the old "
+                f"set; the {partial['step']} steps done stay in the weights)" if partial else
+                f"epochs from {start_epoch} on train on the set as it is now")
+        _log.warning(f"warning: the training set changed since {state['path']} was written ({train}): {then}")
+    if is_main() and evals:
+        _log.warning(f"warning: the evaluation set changed since {state['path']} was written ({evals}): the top-1 of "
+                     f"epochs from {start_epoch} on is not comparable with the earlier rows of summary.csv"
+                     + (f" nor with the best so far ({best['metric']:.2f} at epoch {best['epoch']})"
+                        if best["metric"] is not None else ""))
+    return bool(train)
 
 
 def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:

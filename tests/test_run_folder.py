@@ -266,3 +266,32 @@ def test_a_stop_signal_that_breaks_the_work_in_progress_ends_interrupted_with_a_
     assert status["state"] == "failed" and len(status["exit_message"]) < 2200
     assert status["exit_message"].endswith(f"the whole message is in {tmp_path / 'x' / 'error.log'}]")
     assert (tmp_path / "x" / "error.log").read_text() == f"RuntimeError: {compiler_log}\n"
+
+
+def test_a_training_set_changed_since_the_checkpoint_restarts_the_interrupted_epoch(tmp_path, capsys):
+    """The advice for an unreadable file is to delete it; the resume then sees 15 samples instead of 16: the saved
+    position (a sample order for 16) no longer applies, so the epoch starts again, and the run says so."""
+    from tests.test_data import write_imagefolder
+
+    data = tmp_path / "inet"
+    write_imagefolder(data, per_class=8, size=(20, 20))
+    bad = data / "train" / "n01443537" / "n01443537_5.JPEG"
+    bad.write_bytes(bad.read_bytes()[:40])
+    args = ["--dataset", "imagenet", "--data-path", str(data), "--img-size", "16", "--batch-size", "2",
+            "--max-train-batches", "0", "--max-eval-batches", "0", "--epochs", "2", "--val-batch-size", "4",
+            "--aa", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0"]
+    assert _run(tmp_path, *args) == 2
+    state = read_training_state(str(tmp_path / "x" / "last.pth.tar"))
+    assert state["partial_epoch"]["step"] > 0 and state["data"]["train"]["size"] == 16
+    bad.unlink()
+    capsys.readouterr()
+    assert _run(tmp_path, *args, "--resume", "auto") == 0
+    err = capsys.readouterr().err
+    assert (f"the training set changed since {tmp_path / 'x' / 'last.pth.tar'} was written (16 -> 15 samples): "
+            f"epoch 0 starts again from its first step") in err, err
+    assert "continues at its sample" not in err
+    assert [int(r["epoch"]) for r in read_summary(str(tmp_path / "x" / "summary.csv"))] == [0, 1]
+    assert read_training_state(str(tmp_path / "x" / "last.pth.tar"))["data"]["train"]["size"] == 15
+    # the same files again: nothing to say
+    assert _run(tmp_path, *args, "--epochs", "3", "--resume", "auto") == 0
+    assert "set changed since" not in capsys.readouterr().err
