@@ -225,7 +225,7 @@ def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_s
     partial = state.get("partial_epoch")
     where = f"epoch {start_epoch}, step {partial['step']}" if partial else f"epoch {start_epoch}"
     _log.info(f"resumed from {state['path']} (epoch {state['epoch']} done; continuing at {where})")
-    saved, now = state.get("config", {}), _plain(cfg.to_dict())
+    saved, now = state.get("config", {}), _plain(vars(cfg))
     changed = [f"{k} {saved[k]} -> {v}" for k, v in now.items()
                if k not in ("resume", "overwrite", "config") and k in saved and saved[k] != v]
     if changed:
@@ -251,7 +251,7 @@ def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) ->
         "total_epochs": t.total_epochs, "threads": dist_info.threads.describe(),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    atomic_write(os.path.join(run_dir, "args.yaml"), dump_yaml({**_plain(cfg.to_dict()), "run_info": _plain(run_info)}))
+    atomic_write(os.path.join(run_dir, "args.yaml"), dump_yaml({**_plain(vars(cfg)), "run_info": _plain(run_info)}))
     v = run_info["versions"]
     lr_desc = (f"lr {t.lr:.4g} = blr {cfg.blr:g} x effective batch {t.effective_batch} / 256" if cfg.blr
                else f"lr {t.lr:.4g}")
@@ -354,7 +354,7 @@ def _complete_files(cfg: Config, state: Dict[str, Any], folder, total: int) -> N
     (``summary.csv`` rows, ``best.pth.tar``, ``learning_curve.png``) and mark ``status.json`` finished."""
     from utils.training.logger import RunLogger
 
-    quiet = {**cfg.to_dict(), "tensorboard": False, "log_wandb": False}
+    quiet = {**vars(cfg), "tensorboard": False, "log_wandb": False}
     logger = RunLogger(folder.path, quiet, ema=bool(cfg.model_ema), start_epoch=total, history=state.get("history", []))
     _report_reconciled(logger, state)
     _rederive_best(state, os.path.join(folder.path, "best.pth.tar"))
@@ -422,7 +422,7 @@ class _Run:
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
-                              config=_plain(cfg.to_dict()), history=self.history, data=self.data, **fields)
+                              config=_plain(vars(cfg)), history=self.history, data=self.data, **fields)
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
@@ -502,7 +502,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     # ---- rank 0's files
     def setup_files() -> None:
         _announce(cfg, t, run_dir, info, num_classes, len(train_set), len(eval_set), dist_info)
-        run.logger = RunLogger(run_dir, cfg.to_dict(), ema=t.ema is not None, start_epoch=start_epoch,
+        run.logger = RunLogger(run_dir, cfg, ema=t.ema is not None, start_epoch=start_epoch,
                                history=history)
         _report_reconciled(run.logger, state)
         _rederive_best(state, run.best_path)
@@ -764,7 +764,7 @@ def _evaluate(t, loader, device, max_batches: int) -> Dict[str, float]:
     row = {}
     for prefix, model in (("", t.eval_model), ("ema_", t.ema.module if t.ema is not None else None)):
         if model is not None:
-            ev = evaluate(model, loader, device=device, autocast=t.autocast, channels_last=t.channels_last,
+            ev = evaluate(model, loader, device=device, autocast=t.eval_autocast, channels_last=t.channels_last,
                           max_batches=max_batches)
             row.update({f"{prefix}eval_loss": ev["loss"], f"{prefix}eval_top1": ev["top1"],
                         f"{prefix}eval_top5": ev["top5"]})

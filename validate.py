@@ -26,13 +26,14 @@ VALIDATE_OPTIONS = {
     "trust_checkpoint": Option(False, bool, "allow arbitrary pickled objects in the checkpoint (trusted files only)"),
     "energy": Option(False, bool, "also measure firing rates, SOPs and energy (paper App. B) on the eval data"),
     "energy_batches": Option(4, int, "eval batches the energy measurement averages over", low=1),
-    "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)"),
+    "energy_out": Option("", str, "folder for the energy JSON/CSV/PNG (default: next to the checkpoint)",
+                         flags=("--energy-output",)),
 }
 
 # The config keys an evaluation uses: the ones ``validate.py -h`` lists. The training keys are accepted too (from
 # a YAML config or the command line, so ``-c cifar10-100/cifar10.yaml`` works) but are not listed.
 EVAL_KEYS = ("model", "model_kwargs", "num_classes", "T", "pretrained", "device", "threads", "dist_backend", "seed",
-             "deterministic", "amp", "channels_last", "fastpath", "compile", "neuron_impl", "batch_size",
+             "deterministic", "amp", "eval_amp", "channels_last", "fastpath", "compile", "neuron_impl", "batch_size",
              "val_batch_size", "max_eval_batches", "progress", "dataset", "data_path", "download", "verify_data",
              "img_size", "mean", "std", "crop_pct", "interpolation", "synthetic_size", "workers", "pin_memory",
              *VALIDATE_OPTIONS)
@@ -181,13 +182,13 @@ def build_eval(cfg):
 
 def run(cfg) -> Dict[str, Any]:
     from utils.training.distributed import is_main
-    from utils.training.engine import amp_context, evaluate
+    from utils.training.engine import eval_amp_context, evaluate
 
     results_file = prepare_results_file(cfg.results_file, cfg) if cfg.results_file and is_main() else None
     check_paths(cfg)
     model, loader, dist_info, num_classes = build_eval(cfg)
     try:
-        autocast = amp_context(cfg.amp, dist_info.device)
+        autocast = eval_amp_context(cfg, dist_info.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     t0 = time.perf_counter()

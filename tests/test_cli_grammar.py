@@ -108,6 +108,7 @@ def test_checkpoint_is_a_path_and_compile_a_switch_everywhere():
 
 
 def test_every_switch_takes_the_same_forms():
+    assert issubclass(BoolFlag, argparse.BooleanOptionalAction)  # argparse's own switch; the value forms map onto it
     for label, p in PARSERS:
         for action in visible(p):
             assert action.nargs != 0 or isinstance(action, BoolFlag), \
@@ -199,7 +200,7 @@ def test_old_spellings_of_train_and_validate_keys():
     new = parse_config(["--data-dir", "d1", "--no-pin-mem", "-vb", "8", "--torchcompile", "--amp-dtype", "bfloat16",
                         "-j", "0"])
     for key in ("data_path", "pin_memory", "val_batch_size", "compile", "amp", "workers"):
-        assert cfg[key] == new[key], key
+        assert getattr(cfg, key) == getattr(new, key), key
     assert (new.pin_memory, new.val_batch_size, new.compile, new.amp) == (False, 8, True, "bf16")
     assert parse_config(["--deterministic", "null"]).deterministic is None  # tri-state keys also take none
 
@@ -247,3 +248,23 @@ def test_benchmark_sweep_children_drop_the_sweep_switch_in_any_spelling():
     child = benchmark._child_argv(p.normalize(["--sweep", "true", "--compile", "blocks", "-T", "2"]), 1, 4)
     assert "--sweep" not in child and "true" not in child and "2" not in child
     assert benchmark.compile_scope(p.parse_args(child)) == "blocks" and p.parse_args(child).T == 1
+
+
+def test_timm_flag_names_mean_what_they_mean_in_timm():
+    from utils.config import ConfigError, parse_config
+
+    cfg = parse_config(["--grad-accum-steps", "4", "--in-chans", "3", "--gp", "avg", "--drop-path", "0",
+                        "--model-kwargs", "neuron=if", "-o", "runs"])
+    assert (cfg.accum_steps, cfg.output) == (4, "runs")
+    assert cfg.model_kwargs == {"neuron": "if", "in_chans": 3, "global_pool": "avg", "drop_path_rate": 0}
+    cfg = parse_config(["--input-size", "3", "48", "48"])
+    assert (cfg.img_size, cfg.model_kwargs) == (48, {"in_chans": 3})
+    with pytest.raises(ConfigError, match="--input-size takes C H W with H = W"):
+        parse_config(["--input-size", "3", "48", "32"])
+    with pytest.raises(ConfigError, match="--lr-base: timm scales it .* here the base lr is --blr"):
+        parse_config(["--lr-base", "0.1"])
+    with pytest.raises(ConfigError, match="drop_path_rate is not supported"):  # the models have no DropPath
+        parse_config(["--drop-path", "0.1"])
+    text = open("docs/cli.md").read()
+    for flag in ("--grad-accum-steps", "--lr-base", "--in-chans", "--input-size", "--gp", "--drop-path", "-o"):
+        assert flag in text, flag

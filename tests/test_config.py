@@ -217,3 +217,11 @@ def test_adamw_has_no_weight_decay_on_1d_params_and_biases():
 def test_none_on_the_command_line_switches_off_an_optional_key():
     assert parse_config(["--aa", "none", "--clip-grad", "null"]).aa is None
     assert parse_config(["--aa", "rand-m9-mstd0.5-inc1"]).aa == "rand-m9-mstd0.5-inc1"
+
+
+def test_event_configs_evaluate_in_float32_as_published():
+    for name in ("cifar10dvs", "dvsgesture"):  # the ablations inherit it
+        cfg = parse_config(["-c", os.path.join(ROOT, "event", f"{name}.yaml")])
+        assert (cfg.amp, cfg.eval_amp) == ("bf16", "none")
+    assert parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")]).eval_amp == "same"
+    assert parse_config(["--eval-amp", "float32"]).eval_amp == "none"

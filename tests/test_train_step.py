@@ -62,3 +62,36 @@ def test_a_stop_request_ends_the_pass_after_an_update_with_its_position():
     stats = train_one_epoch(t, loader, 0, should_stop=lambda: t.num_updates == 2)
     assert stats["stopped_at"] == 4 and stats["num_updates"] == 2 and stats["error"] is None
     assert stats["loss_sum"] > 0 and stats["train_loss"] == pytest.approx(stats["loss_sum"] / 6)
+
+
+@pytest.mark.parametrize("eval_amp, want", [("same", torch.bfloat16), ("none", torch.float32),
+                                            ("bf16", torch.bfloat16)])
+def test_the_evaluation_runs_at_the_eval_amp_precision(eval_amp, want):
+    from utils.config import parse_config
+    from utils.training.engine import build_training, evaluate
+
+    class Probe(nn.Linear):  # records the dtype its matmul ran in
+        def forward(self, x):
+            out = super().forward(x.flatten(1))
+            self.seen.append(out.dtype)
+            return out
+
+    amp = "none" if eval_amp == "bf16" else "bf16"
+    cfg = parse_config(["--amp", amp, "--eval-amp", eval_amp, "--no-fastpath", "--device", "cpu"])
+    model = Probe(12, 3)
+    model.seen = []
+    t = build_training(cfg, model, torch.device("cpu"), world_size=1, train_batches=1)
+    evaluate(t.eval_model, [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]))], device=torch.device("cpu"),
+             autocast=t.eval_autocast)
+    with t.autocast():
+        model(torch.randn(4, 12))
+    assert model.seen == [want, torch.bfloat16 if amp == "bf16" else torch.float32]
+
+
+def test_eval_amp_fp16_on_a_cpu_names_its_own_key():
+    from utils.config import ConfigError, parse_config
+    from utils.training.engine import build_training
+
+    cfg = parse_config(["--eval-amp", "fp16", "--no-fastpath", "--device", "cpu"])
+    with pytest.raises(ConfigError, match="eval_amp fp16 needs a CUDA device; on CPU use --eval-amp bf16"):
+        build_training(cfg, nn.Linear(2, 2), torch.device("cpu"), world_size=1, train_batches=1)

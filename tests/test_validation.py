@@ -391,3 +391,31 @@ def test_a_command_prints_no_traceback_for_an_os_error(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: cannot use {tmp_path / 'out' / 'results.md'}: it is a "
                                                 f"folder: give a file"]
+
+
+def test_config_files_that_are_links_or_not_utf8_say_so(tmp_path):
+    os.symlink("loop.yaml", tmp_path / "loop.yaml")
+    assert "is a symlink loop" in _error(["-c", str(tmp_path / "loop.yaml")])
+    os.symlink("gone.yaml", tmp_path / "dangling.yaml")
+    assert "is a symlink to gone.yaml, which does not exist" in _error(["-c", str(tmp_path / "dangling.yaml")])
+    (tmp_path / "latin.yaml").write_bytes(b"lr: 0.1  # caf\xe9\n")
+    msg = _error(["-c", str(tmp_path / "latin.yaml")])
+    assert "is not UTF-8 text: byte 0xe9 at offset 14 (line 1); save the file as UTF-8" in msg
+    assert "checkpoint" not in msg
+
+
+def test_base_is_a_path_or_a_list_of_paths(tmp_path):
+    _yaml(tmp_path, "epochs: 3\nlr: 0.5\nmodel_kwargs: {tau: 3.0}\n", "a.yaml")
+    _yaml(tmp_path, "epochs: 5\nmodel_kwargs: {neuron: if}\n", "b.yaml")
+    cfg = parse_config(["-c", _yaml(tmp_path, "base: [a.yaml, b.yaml]\nlr: 0.2\n")])
+    assert (cfg.epochs, cfg.lr, cfg.model_kwargs) == (5, 0.2, {"tau": 3.0, "neuron": "if"})
+    assert "give a file path, or a list of paths" in _error(["-c", _yaml(tmp_path, "base: {a: 1}\n")])
+    assert "'base: nope.yaml': base config not found" in _error(["-c", _yaml(tmp_path, "base: [a.yaml, nope.yaml]\n")])
+
+
+def test_an_experiment_name_too_long_for_a_folder_is_refused_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match="experiment name is too long: .* is 300 bytes, a folder name holds at "
+                                          "most 255; choose a shorter --experiment"):
+        check_run_paths(_run_cfg(tmp_path, experiment="e" * 300))
+    check_run_paths(_run_cfg(tmp_path, experiment="group/" + "e" * 255))
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,4 @@
-"""One configuration key (:class:`Option`) and the error a bad configuration raises (:class:`ConfigError`).
-
-The bottom layer of the configuration: ``utils.data`` declares the data keys with it and ``utils.config``
-the training keys, then composes both into the run's configuration (and re-exports both names).
-"""
+"""One configuration key (:class:`Option`): ``utils.data`` declares the data keys with it, ``utils.config`` the rest."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,24 +11,14 @@ __all__ = ["ConfigError", "Option"]
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One configuration key: default, value type (``None`` = any YAML value), help text and valid values.
-
-    ``low``/``high`` bound a number (for a list: every element); ``length`` is a list's required length.
-    """
+    """A key's default, type, help text and valid values; ``low``/``high`` bound a number (in a list: each),
+    ``length`` is a list's length, ``flags`` its other spellings (``-b``, timm's name), listed first."""
 
     default: Any
-    type: Optional[type] = None
-    help: str = ""
+    kind: type
+    help: str
     choices: Optional[Sequence[Any]] = None
-    short: Optional[str] = None  # e.g. "-b"
+    flags: Sequence[str] = ()
     low: Optional[float] = None
     high: Optional[float] = None
     length: Optional[int] = None
-
-    @property
-    def kind(self):
-        if self.type is not None:
-            return self.type
-        if self.default is None:
-            return None
-        return type(self.default)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE_LOG_DIR = os.path.join(ROOT, "docs", "reference_logs")
 REFERENCE_LOGS = {
     "cifar10": "cifar10-100_logs_cifar-10.csv",

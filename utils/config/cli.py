@@ -1,17 +1,5 @@
-"""Input checks shared by the argparse commands (``benchmark.py``, ``python -m utils.*``) and the run folder.
-
-* argparse ``type=`` functions for numbers: finite, in range, integers that fit (:func:`number_type`,
-  :data:`positive_int`, :data:`non_negative_int`, :data:`positive_float`, ...), :func:`int_list`
-  (``1,4,16``) and :func:`machine_count` (threads / processes a machine can run);
-* path checks that return the problem as one sentence, or None: :func:`readable_file_problem`,
-  :func:`writable_folder_problem` (read-only or full file systems are named as such), :func:`inside_problem`;
-  argparse types built on them: :func:`readable_file`, :func:`existing_folder`, :func:`writable_folder`,
-  :func:`writable_file`;
-* :func:`describe_os_error` and :func:`run_main`, the last line of defence of every entry point: an
-  ``OSError`` becomes one line naming the path and the cause, a bad input one ``error:`` line (exit 2).
-
-Config files (train.py, validate.py) are checked by ``utils.config``, which uses the path checks here.
-"""
+"""The command line every entry point shares (docs/cli.md): :class:`Parser`, argparse ``type=`` checks for numbers
+and paths, and :func:`run_main`, the last line of defence (one ``error:`` line, never a traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -23,14 +11,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from utils.errors import INPUT_ERRORS
 
-__all__ = ["number_type", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "any_int", "int_list", "machine_count", "readable_file_problem", "writable_folder_problem",
-           "inside_problem", "readable_file", "existing_folder", "writable_folder", "writable_file",
-           "describe_os_error", "run_main", "INT64_MAX", "INT32_MAX"]
-
 INT32_MAX = 2 ** 31 - 1
 INT64_MAX = 2 ** 63 - 1
 MIN_FREE_BYTES = 1 << 20  # a file system with less free space than this is reported as full
+TRUE_WORDS, FALSE_WORDS, NONE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -38,8 +22,7 @@ def number_type(cast, minimum, strict: bool = False, below: Optional[float] = No
                 maximum: Optional[float] = None):
     """argparse ``type=``: a finite ``cast`` value >= ``minimum`` (> with ``strict``; < ``below``, <= ``maximum``
     if given). Integers are also at most :data:`INT32_MAX` unless ``maximum`` says otherwise."""
-    if cast is int and maximum is None:
-        maximum = INT32_MAX
+    maximum = INT32_MAX if cast is int and maximum is None else maximum
 
     def parse(text: str):
         try:
@@ -48,9 +31,8 @@ def number_type(cast, minimum, strict: bool = False, below: Optional[float] = No
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if (not math.isfinite(value) or (minimum is not None and (value < minimum or (strict and value == minimum)))
                 or (below is not None and value >= below) or (maximum is not None and value > maximum)):
-            limit = f" (at most {maximum})" if maximum is not None and math.isfinite(value) and value > maximum \
-                else ""
-            raise argparse.ArgumentTypeError(f"expected {what}{limit}, got {text}")
+            big = maximum is not None and math.isfinite(value) and value > maximum
+            raise argparse.ArgumentTypeError(f"expected {what}{f' (at most {maximum})' if big else ''}, got {text}")
         return value
 
     return parse
@@ -65,17 +47,16 @@ positive_float = number_type(float, 0.0, strict=True, what="a finite number > 0"
 
 def int_list(minimum: int = 1, what: str = "positive integers") -> Callable[[str], List[int]]:
     """argparse ``type=``: a comma-separated list of integers >= ``minimum`` (``1,4,16``)."""
-    one = number_type(int, minimum, what=what[:-1] if what.endswith("s") else what)
+    one = number_type(int, minimum, what=what)
 
     def parse(text: str) -> List[int]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            items = [one(t.strip()) for t in text.split(",") if t.strip()]
+        except argparse.ArgumentTypeError:
+            items = []
         if not items:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what} (e.g. 1,4,16), got {text!r}")
-        try:
-            return [one(t) for t in items]
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what} (e.g. 1,4,16), got {text!r}") \
-                from None
+        return items
 
     return parse
 
@@ -84,16 +65,23 @@ def machine_count(per_cpu: int = 1, floor: int = 1, what: str = "threads") -> Ca
     """argparse ``type=``: a positive integer of ``what`` this machine can run (<= ``per_cpu`` x its CPUs)."""
     cpus = max(1, os.cpu_count() or 1)
     limit = max(floor, per_cpu * cpus)
-    return number_type(int, 1, maximum=limit, what=f"a number of {what} from 1 to {limit} (this machine has "
-                                                   f"{cpus} CPUs)")
+    return number_type(int, 1, maximum=limit, what=f"a number of {what} from 1 to {limit} (this machine has {cpus} "
+                                                   "CPUs)")
 
 
 # ------------------------------------------------------------------------------------------ paths
 def readable_file_problem(path: str, what: str = "file") -> Optional[str]:
-    """Why ``path`` cannot be read as a file (missing, a folder, not readable), or None."""
+    """Why ``path`` cannot be read as a file (missing, a symlink loop, a folder, not readable), or None."""
     if os.path.isdir(path):
         return f"{what} {path} is a folder; give a file"
     if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"{what} {path} is a symlink loop (a link that leads back to itself); give the file itself"
+        if os.path.islink(path):
+            return f"{what} {path} is a symlink to {os.readlink(path)}, which does not exist"
         return f"{what} not found: {path}"
     if not os.path.isfile(path):
         return f"{what} {path} is not a regular file"
@@ -102,21 +90,12 @@ def readable_file_problem(path: str, what: str = "file") -> Optional[str]:
     return None
 
 
-def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(os.path.expanduser(path))
-    while not os.path.lexists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
 def writable_folder_problem(path: str, what: str = "output folder") -> Optional[str]:
     """Why files cannot be written in folder ``path`` (created if missing): a file in the way, no permission,
     a read-only or full file system; None when they can. Nothing is created."""
-    target = os.path.abspath(os.path.expanduser(path))
-    base = _nearest_existing(target)
+    target = base = os.path.abspath(os.path.expanduser(path))
+    while not os.path.lexists(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
     if not os.path.isdir(base):
         where = "" if base == target else f" (on the way to {target})"
         return f"{what} {base}{where} is a file, not a folder; choose another path"
@@ -135,7 +114,8 @@ def writable_folder_problem(path: str, what: str = "output folder") -> Optional[
 
 
 def inside_problem(root: str, name: str, key: str = "experiment") -> Optional[str]:
-    """Why ``<root>/<name>`` is not a folder strictly inside ``root`` (absolute name, ``..``), or None."""
+    """Why ``<root>/<name>`` is not a folder strictly inside ``root`` (absolute, ``..``, a part longer than a
+    file name can be), or None."""
     if not name or not name.strip():
         return f"{key} is empty; give a name such as my_run"
     if os.path.isabs(os.path.expanduser(name)):
@@ -145,6 +125,10 @@ def inside_problem(root: str, name: str, key: str = "experiment") -> Optional[st
     if os.path.commonpath([root, full]) != root or full == root:
         return (f"{key} '{name}' leads outside the output root {root} (no '..', not the root itself); "
                 f"choose a plain name such as my_run, or change --output")
+    longest = max(name.split(os.sep), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > 255:  # NAME_MAX of every common file system
+        return (f"{key} name is too long: '{longest[:40]}...' is {len(longest.encode())} bytes, a folder name holds "
+                f"at most 255; choose a shorter --{key} (nothing was written)")
     return None
 
 
@@ -158,18 +142,12 @@ def _arg_type(problem: Callable[[str], Optional[str]]) -> Callable[[str], str]:
     return parse
 
 
-readable_file = _arg_type(readable_file_problem)
-writable_folder = _arg_type(writable_folder_problem)
-
-
 def _existing_folder_problem(path: str) -> Optional[str]:
     if not os.path.exists(path):
         return f"folder not found: {path}"
     if not os.path.isdir(path):
         return f"{path} is a file, not a folder"
-    if not os.access(path, os.R_OK | os.X_OK):
-        return f"folder {path} is not readable (permission denied)"
-    return None
+    return None if os.access(path, os.R_OK | os.X_OK) else f"folder {path} is not readable (permission denied)"
 
 
 def _writable_file_problem(path: str) -> Optional[str]:
@@ -180,8 +158,8 @@ def _writable_file_problem(path: str) -> Optional[str]:
     return writable_folder_problem(os.path.dirname(os.path.abspath(path)) or ".", "folder")
 
 
-existing_folder = _arg_type(_existing_folder_problem)
-writable_file = _arg_type(_writable_file_problem)
+readable_file, writable_folder = _arg_type(readable_file_problem), _arg_type(writable_folder_problem)
+existing_folder, writable_file = _arg_type(_existing_folder_problem), _arg_type(_writable_file_problem)
 
 
 # ------------------------------------------------------------------------------------------ last line of defence
@@ -200,10 +178,15 @@ _FIXES = {
 def describe_os_error(err: OSError) -> str:
     """One line: the path(s), what failed and the fix."""
     path = err.filename if err.filename is not None else "?"
-    if getattr(err, "filename2", None):
-        path = f"{path} -> {err.filename2}"
-    cause = _FIXES.get(err.errno, err.strerror or type(err).__name__)
-    return f"cannot use {path}: {cause}"
+    path = f"{path} -> {err.filename2}" if getattr(err, "filename2", None) else path
+    return f"cannot use {path}: {_FIXES.get(err.errno, err.strerror or type(err).__name__)}"
+
+
+def report_input_error(err: Exception) -> int:
+    """Print ``error: <message>`` once (on the first process of a distributed run) and return the exit code 2."""
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def run_main(main: Callable[..., object], argv=None) -> int:
@@ -213,8 +196,7 @@ def run_main(main: Callable[..., object], argv=None) -> int:
     try:
         result = main(argv)
     except INPUT_ERRORS + (ModelError,) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
     except OSError as err:
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1
@@ -222,151 +204,91 @@ def run_main(main: Callable[..., object], argv=None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ one grammar (docs/cli.md)
-TRUE_WORDS = ("true", "yes", "on", "1")
-FALSE_WORDS = ("false", "no", "off", "0")
-NONE_WORDS = ("none", "null")
+class BoolFlag(argparse.BooleanOptionalAction):
+    """argparse's switch (``--x`` / ``--no-x``); :class:`Parser` reads ``--x true|false`` and ``--x=false`` as
+    those. ``allow_none``: a tri-state key whose default is "automatic" also takes ``--x none``."""
 
-
-def parse_bool(text: str, flag: str = "", allow_none: bool = False) -> Optional[bool]:
-    """``true|yes|on|1`` -> True, ``false|no|off|0`` -> False (``none|null`` -> None where allowed)."""
-    word = str(text).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    if allow_none and word in NONE_WORDS:
-        return None
-    forms = "true or false" + (" (or none)" if allow_none else "")
-    raise argparse.ArgumentTypeError(f"{flag + ': ' if flag else ''}expected {forms}, got {text!r}; the switch "
-                                     f"forms are {flag or '--x'}, --no-{(flag or '--x')[2:]} and "
-                                     f"{flag or '--x'} true|false")
-
-
-class BoolFlag(argparse.Action):
-    """A switch in the one grammar: ``--x``, ``--no-x``, ``--x true|false`` and ``--x=false`` (the value forms are
-    rewritten by :class:`Parser` before argparse sees them, so a switch never swallows a positional argument).
-    ``allow_none`` also takes ``--x none`` (a tri-state key whose default is "automatic")."""
-
-    def __init__(self, option_strings, dest, default=None, required=False, help=None, allow_none=False,
-                 metavar=None):
-        negatives = [f"--no-{s[2:]}" for s in option_strings if s.startswith("--") and not s.startswith("--no-")]
-        self.allow_none = allow_none
-        super().__init__(list(option_strings) + negatives, dest, nargs=0, default=default, required=required,
-                         help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        value = getattr(parser, "_bool_values", {}).pop(id(self), None) if option_string else None
-        if value is None:
-            value = not (option_string or "").startswith("--no-")
-        setattr(namespace, self.dest, None if value == "none" else value)
-
-    def format_usage(self) -> str:
-        return " | ".join(self.option_strings[:1] + [s for s in self.option_strings if s.startswith("--no-")][:1])
+    def __init__(self, *args, help=None, allow_none=False, **kwargs):
+        super().__init__(*args, **kwargs)  # without help: the formatter appends the default once
+        self.help, self.allow_none = help, allow_none
 
 
 class DefaultsOnceFormatter(argparse.RawDescriptionHelpFormatter):
     """Help text with the default appended once: not when the text already names it, nor for switches that are
-    off, nor for empty or suppressed defaults. The ``--key_name`` spellings of ``--key-name`` are not listed."""
-
-    def _format_action_invocation(self, action):
-        if not action.option_strings:
-            return super()._format_action_invocation(action)
-        dashed = {s.replace("_", "-") for s in action.option_strings if "_" not in s}
-        strings = [s for s in action.option_strings if "_" not in s or s.replace("_", "-") not in dashed]
-        if action.nargs == 0:
-            return ", ".join(strings)
-        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
-        return ", ".join(f"{s} {metavar}" for s in strings)
+    off, nor for empty or suppressed defaults."""
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if ("default" in text or default in (None, False, "", [], argparse.SUPPRESS) or action.nargs == 0
-                and not isinstance(action, BoolFlag) or not action.option_strings):
+        text, default = action.help or "", action.default
+        if ("default" in text or default in (None, False, "", [], argparse.SUPPRESS) or not action.option_strings
+                or action.nargs == 0 and not isinstance(action, BoolFlag)):
             return text
-        if isinstance(default, bool):
-            default = "true" if default else "false"
-        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        default = ("true" if default else "false") if isinstance(default, bool) else "%(default)s"
+        return f"{text} (default: {default})" if text else f"default: {default}"
 
 
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` speaking the one grammar of the entry points (docs/cli.md): defaults shown once,
-    :meth:`add_bool` switches, :meth:`add_alias` old spellings that still work but stay out of ``-h``."""
+    :meth:`add_bool` switches, :meth:`add_alias` old spellings that still work but stay out of ``-h``.
+    ``legacy(argv)`` rewrites old spellings a plain alias cannot express (e.g. a changed value)."""
 
     def __init__(self, *args, legacy: Optional[Callable[[List[str]], List[str]]] = None, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
         super().__init__(*args, **kwargs)
-        self.legacy = legacy  # rewrites an old spelling that a plain alias cannot express (e.g. a changed value)
-        self.aliases: Dict[str, str] = {}  # old spelling -> the flag it is an alias of
+        self.legacy, self.aliases = legacy, {}  # aliases: old spelling -> the flag it stands for
 
     def add_bool(self, *flags, default=False, help="", allow_none=False, **kwargs):
         """A :class:`BoolFlag` switch (``--x``/``--no-x``/``--x true|false``)."""
-        return self.add_argument(*flags, action=BoolFlag, default=default, help=help, allow_none=allow_none,
-                                 **kwargs)
+        return self.add_argument(*flags, action=BoolFlag, default=default, help=help, allow_none=allow_none, **kwargs)
 
     def add_alias(self, *old, of: str, **kwargs):
         """Old spellings ``old`` of the flag ``of``: they still work (same dest and type unless ``kwargs`` say
         otherwise), hidden from ``-h``; :attr:`aliases` lists them (docs/cli.md, tests)."""
         target = next(a for a in self._actions if of in a.option_strings)
-        if isinstance(target, BoolFlag) and "action" not in kwargs:
+        if "action" not in kwargs and isinstance(target, BoolFlag):
             kwargs.update(action=BoolFlag, allow_none=target.allow_none)
         elif "action" not in kwargs:
-            kwargs.setdefault("type", target.type)
-            kwargs.setdefault("nargs", target.nargs)
-            kwargs.setdefault("choices", target.choices)
-            if target.nargs == "?":
-                kwargs.setdefault("const", target.const)
+            kwargs = dict(type=target.type, nargs=target.nargs, choices=target.choices, **kwargs)
+            kwargs.update(const=target.const) if target.nargs == "?" else None
         kwargs.setdefault("default", argparse.SUPPRESS)
         action = self.add_argument(*old, dest=kwargs.pop("dest", target.dest), help=argparse.SUPPRESS, **kwargs)
-        for flag in action.option_strings:
-            self.aliases[flag] = of
+        self.aliases.update(dict.fromkeys(action.option_strings, of))
         return action
 
-    # the value forms of switches: '--x true' / '--x=false' become '--x' / '--no-x' before argparse parses
-    def _bool_actions(self) -> Dict[str, BoolFlag]:
-        return {s: a for a in self._actions if isinstance(a, BoolFlag) for s in a.option_strings
-                if not s.startswith("--no-")}
-
     def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(self.normalize(sys.argv[1:] if args is None else args), namespace)
+        namespace, rest = super().parse_known_args(self.normalize(sys.argv[1:] if args is None else args), namespace)
+        for dest in self._nones:
+            setattr(namespace, dest, None)
+        return namespace, rest
 
     def normalize(self, args: Sequence[str]) -> List[str]:
-        """``args`` in this parser's canonical spelling: old spellings rewritten (``legacy``), switches as
-        ``--x`` / ``--no-x`` (a ``none`` value is kept aside for the switch's action)."""
-        args = list(args)
-        if self.legacy is not None:
-            args = self.legacy(args)
-        switches = self._bool_actions()
-        takes_positionals = any(not a.option_strings for a in self._actions)
-        out, i = [], 0
-        self._bool_values = {}
+        """``args`` in this parser's canonical spelling: old spellings rewritten (``legacy``), switches as ``--x`` /
+        ``--no-x`` (a switch takes the next word only if it is a truth value, or where no positionals exist)."""
+        args = self.legacy(list(args)) if self.legacy else list(args)
+        switches = {s: a for a in self._actions if isinstance(a, BoolFlag) for s in a.option_strings}
+        positionals = any(not a.option_strings for a in self._actions)
+        out, i, self._nones = [], 0, []
         while i < len(args):
-            token = args[i]
+            token, i = args[i], i + 1
             if token == "--":
-                out.extend(args[i:])
+                out += args[i - 1:]
                 break
             flag, eq, value = token.partition("=")
-            action = switches.get(flag) if flag.startswith("--") else switches.get(token)
+            action = switches.get(flag)
             if action is None:
                 out.append(token)
-                i += 1
                 continue
-            if not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
-                nxt = args[i + 1].strip().lower()
-                known = TRUE_WORDS + FALSE_WORDS + (NONE_WORDS if action.allow_none else ())
-                if nxt in known or not takes_positionals:
-                    value, eq = args[i + 1], "="
-                    i += 1
-            if eq:
-                try:
-                    parsed = parse_bool(value, flag, action.allow_none)
-                except argparse.ArgumentTypeError as err:
-                    self.error(str(err))
-                token = flag if parsed is not False else f"--no-{flag[2:]}"
-                if parsed is None:
-                    self._bool_values[id(action)] = "none"
-            out.append(token)
-            i += 1
+            nxt = args[i].strip().lower() if i < len(args) and not args[i].startswith("-") else None
+            words = TRUE_WORDS + FALSE_WORDS + (NONE_WORDS if action.allow_none else ())
+            if not eq and nxt is not None and (nxt in words or not positionals) and not flag.startswith("--no-"):
+                value, eq, i = args[i], "=", i + 1
+            word = value.strip().lower()
+            if eq and word in NONE_WORDS and action.allow_none:
+                self._nones.append(action.dest)
+            elif eq and word not in TRUE_WORDS + FALSE_WORDS:
+                self.error(f"{flag}: expected true or false{' (or none)' if action.allow_none else ''}, got "
+                           f"{value!r}; the switch forms are {flag}, --no-{flag[2:]} and {flag} true|false")
+            else:
+                out.append(flag if not eq or word in TRUE_WORDS else f"--no-{flag[2:]}")
         return out
 
 
@@ -377,4 +299,14 @@ def hidden_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 out.update(hidden_flags(sub))
+    return out
+
+
+def without_options(argv: Sequence[str], valued: Sequence[str] = (), flags: Sequence[str] = ()) -> List[str]:
+    """``argv`` without the options ``valued`` (``--key value`` or ``--key=value``) and ``flags`` (no value)."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a not in flags and a not in valued and a.split("=", 1)[0] not in valued:
+            out.append(a)
+        skip = not skip and a in valued
     return out

@@ -9,7 +9,8 @@
 * ``transforms.py``: image and event-frame transforms; ``mixup.py``: ``create_mixup(cfg, num_classes)``.
 * ``files.py``: the errors, reading checks of sample files and the safe CIFAR unpickler.
 * ``options.py``: :data:`DATA_OPTIONS`, every data config key with its type, range and help (read by
-  ``utils.config``).
+  ``utils.config``). The builders take a ``cfg`` holding every one of them (read as ``cfg.key``; outside a run
+  config: ``argparse.Namespace(**{**DATA_DEFAULTS, ...})``).
 
 Entry points: ``create_datasets(cfg) -> (train_set, eval_set)`` (samples ``(float image [C,H,W], int)`` for
 images, normalised, and ``(float event counts [T,2,H,W], int)`` for events, T = ``cfg.T`` frames) and
@@ -29,7 +30,7 @@ from .files import (BadSampleError, CifarUnpickler, DatasetError, NamedSampleErr
                     verify_files)
 from .imagefolder import CheckedImageFolder, build_imagefolder
 from .mixup import create_mixup, mixup_active
-from .options import DATA_DEFAULTS, DATA_OPTIONS, get_option
+from .options import DATA_DEFAULTS, DATA_OPTIONS
 from .spec import REPO_ROOT, DatasetSpec, Splits, prepare_cmd
 from .synthetic import SyntheticDataset, build_synthetic
 from .table import _ALIASES as _ALIASES  # the alias map itself (tests add to it)
@@ -37,7 +38,7 @@ from .table import (DATASETS, canonical_name, check_data_config, check_num_class
                     data_root, dataset_info, expected_tree, missing_data_error, prepare_text)
 from .transforms import EventFrames, cifar_transforms, imagenet_transforms
 
-__all__ = ["DATASETS", "DatasetSpec", "Splits", "DATA_OPTIONS", "DATA_DEFAULTS", "get_option", "REPO_ROOT",
+__all__ = ["DATASETS", "DatasetSpec", "Splits", "DATA_OPTIONS", "DATA_DEFAULTS", "REPO_ROOT",
            "create_datasets", "dataset_info", "canonical_name", "data_root", "expected_tree", "prepare_text",
            "prepare_cmd", "missing_data_error", "check_data_config", "check_num_classes", "DatasetError",
            "BadSampleError", "NamedSampleErrors", "CifarUnpickler", "read_cifar_batch", "find_unreadable",

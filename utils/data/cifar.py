@@ -5,7 +5,6 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
 
 from .files import DatasetError, read_cifar_batch
-from .options import get_option
 from .spec import DatasetSpec, Splits
 from .transforms import cifar_transforms
 
@@ -63,7 +62,7 @@ class CIFAR100Files(_SafeCifarLoading, CIFAR100):
 def build_cifar(cfg, spec: DatasetSpec, include_train: bool, cls: type) -> Splits:
     """``(train, eval)`` CIFAR splits of the dataset class ``cls``; ``train`` is None unless ``include_train``."""
     root = spec.root(cfg)
-    if get_option(cfg, "download"):
+    if cfg.download:
         try:
             cls(str(root), train=False, download=True)
         except Exception as e:  # network or disk problem

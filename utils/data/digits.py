@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import transforms as T_
 
-from .options import get_option
 from .spec import DatasetSpec, Splits
 
 
@@ -52,8 +51,8 @@ class DigitsDataset(Dataset):
 
 def build_digits(cfg, spec: DatasetSpec, include_train: bool) -> Splits:
     """``(train, eval)`` digits splits; ``train`` is None unless ``include_train``."""
-    size = get_option(cfg, "img_size") or spec.img_size
-    mean, std = get_option(cfg, "mean") or spec.mean, get_option(cfg, "std") or spec.std
-    train = (DigitsDataset(True, size, mean, std, augment=bool(get_option(cfg, "digits_augment")))
+    size = cfg.img_size or spec.img_size
+    mean, std = cfg.mean or spec.mean, cfg.std or spec.std
+    train = (DigitsDataset(True, size, mean, std, augment=bool(cfg.digits_augment))
              if include_train else None)
     return train, DigitsDataset(False, size, mean, std)

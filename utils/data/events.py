@@ -13,7 +13,6 @@ from typing import List, Optional, Sequence, Tuple
 from torch.utils.data import Subset
 
 from .files import DatasetError, NamedSampleErrors
-from .options import get_option
 from .spec import DatasetSpec, Splits, prepare_cmd
 from .transforms import EventFrames
 
@@ -123,19 +122,19 @@ def _train_names(label: int, names: Sequence[str], train_ratio: float) -> Option
 def build_events(cfg, spec: DatasetSpec, include_train: bool, frames_class: str) -> Splits:
     """``(train, eval)`` frame datasets for ``T`` time steps; ``train`` is None unless ``include_train``."""
     name, root = spec.name, spec.root(cfg)
-    T = int(get_option(cfg, "T"))
-    img_size = get_option(cfg, "img_size")
+    T = int(cfg.T)
+    img_size = cfg.img_size
     if img_size not in (None, spec.img_size):
         raise DatasetError(f"{name}: img_size={img_size} is not supported; event frames are used at their native "
                            f"{spec.img_size}x{spec.img_size} (set img_size to null or {spec.img_size})")
-    if get_option(cfg, "download"):
+    if cfg.download:
         raise DatasetError(f"{name}: download=true is not supported inside training (conversion takes long and "
                            f"must not run once per process). Run once:\n  "
                            + prepare_cmd(name, root, T, download=name == "cifar10dvs"))
     _check_frames(spec, root, T)
     cls = globals().get(frames_class) or _make_frames_class(frames_class)
-    augment = bool(get_option(cfg, "event_augment"))
-    train_tf, eval_tf = EventFrames(augment, get_option(cfg, "hflip")), EventFrames(False)
+    augment = bool(cfg.event_augment)
+    train_tf, eval_tf = EventFrames(augment, cfg.hflip), EventFrames(False)
     kw = dict(data_type="frame", frames_number=T, split_by="number")
     try:
         if name == "cifar10dvs":

@@ -3,12 +3,11 @@ from typing import Optional
 
 from .augment import SpatialMixup
 from .files import DatasetError
-from .options import get_option
 
 
 def mixup_active(cfg) -> bool:
     """Whether mixup or cutmix is on (either alpha > 0, or a cutmix box range set)."""
-    return get_option(cfg, "mixup") > 0 or get_option(cfg, "cutmix") > 0 or get_option(cfg, "cutmix_minmax") is not None
+    return cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
 
 
 def create_mixup(cfg, num_classes: int) -> Optional[SpatialMixup]:
@@ -21,12 +20,12 @@ def create_mixup(cfg, num_classes: int) -> Optional[SpatialMixup]:
     """
     if not mixup_active(cfg):
         return None
-    mode = get_option(cfg, "mixup_mode")
+    mode = cfg.mixup_mode
     if mode not in ("batch", "pair", "elem"):
         raise DatasetError(f"mixup_mode={mode!r} is not valid; use 'batch', 'pair' or 'elem'")
-    minmax = get_option(cfg, "cutmix_minmax")
+    minmax = cfg.cutmix_minmax
     return SpatialMixup(
-        mixup_alpha=float(get_option(cfg, "mixup")), cutmix_alpha=float(get_option(cfg, "cutmix")),
-        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(get_option(cfg, "mixup_prob")),
-        switch_prob=float(get_option(cfg, "mixup_switch_prob")), mode=mode,
-        label_smoothing=float(get_option(cfg, "smoothing")), num_classes=int(num_classes))
+        mixup_alpha=float(cfg.mixup), cutmix_alpha=float(cfg.cutmix),
+        cutmix_minmax=tuple(minmax) if minmax is not None else None, prob=float(cfg.mixup_prob),
+        switch_prob=float(cfg.mixup_switch_prob), mode=mode,
+        label_smoothing=float(cfg.smoothing), num_classes=int(num_classes))

@@ -1,5 +1,5 @@
-"""Every data key of a config (:data:`DATA_OPTIONS`: YAML key and ``--flag``) and :func:`get_option`."""
-from typing import Any, Dict
+"""Every data key of a config (:data:`DATA_OPTIONS`: YAML key and ``--flag``) and their defaults."""
+from typing import Dict
 
 from ..options import Option
 
@@ -9,8 +9,8 @@ _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"
 DATA_OPTIONS: Dict[str, Option] = {
     "dataset": Option("digits", str, "dataset name or alias: digits | synthetic | cifar10 | cifar100 | cifar10dvs | "
                       "dvsgesture | imagenet (see docs/data.md)"),
-    "data_path": Option(None, str, "dataset folder (null = <repo>/data/<dataset>); in a YAML file relative to "
-                        "that file's folder, on the command line relative to the current folder"),
+    "data_path": Option(None, str, "dataset folder (null = <repo>/data/<dataset>); in a YAML file relative to that "
+                        "file's folder, on the command line to the current folder", flags=("--data-dir",)),
     "download": Option(False, bool, "download the dataset if missing (CIFAR-10/100 only, via torchvision)"),
     "verify_data": Option(False, bool, "read every sample file once at start and list all unreadable ones "
                           "(ImageNet / event frames; costs one pass over the files)"),
@@ -38,7 +38,9 @@ DATA_OPTIONS: Dict[str, Option] = {
                              low=1, length=2),
     "digits_augment": Option(False, bool, "digits only: light random affine (+-10 deg, +-10% shift, 0.9-1.1 scale)"),
     "event_augment": Option(True, bool, "events only: hflip + EventTrivialAugment on training samples"),
-    "T": Option(4, int, "model time steps; for event datasets also the number of frames", low=1),
+    "T": Option(4, int, "model time steps (model attribute .T); event data: also the frames per sample", flags=("-T",),
+                low=1),
+    "num_classes": Option(None, int, "number of classes, >= the dataset's (default: from the dataset)", low=1),
     "mixup": Option(0.0, float, "mixup alpha (0 = off)", low=0.0),
     "cutmix": Option(0.0, float, "cutmix alpha (0 = off)", low=0.0),
     "cutmix_minmax": Option(None, list, "cutmix box area range [min, max] as fractions (null = from cutmix alpha)",
@@ -51,12 +53,8 @@ DATA_OPTIONS: Dict[str, Option] = {
                               low=0),
     "smoothing": Option(0.1, float, "label smoothing of the targets (0 = one-hot)", low=0.0, high=0.999),
     "workers": Option(None, int, "DataLoader worker processes per training process (0 = load in the main process; "
-                      "null = auto: the CPU cores per process on CUDA, at most 4 on CPU)", low=0),
-    "pin_memory": Option(True, bool, "page-locked batches for faster host-to-GPU copies"),
+                      "null = auto: the CPU cores per process on CUDA, at most 4 on CPU)", flags=("-j",), low=0),
+    "pin_memory": Option(True, bool, "page-locked batches for faster host-to-GPU copies", flags=("--pin-mem",)),
 }
 DATA_DEFAULTS = {k: o.default for k, o in DATA_OPTIONS.items()}
 
-
-def get_option(cfg, key: str) -> Any:
-    """``cfg.<key>``, or the key's default when ``cfg`` lacks it (loaders accept any namespace)."""
-    return getattr(cfg, key, DATA_DEFAULTS[key]) if cfg is not None else DATA_DEFAULTS[key]

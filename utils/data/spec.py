@@ -12,7 +12,6 @@ from typing import Callable, Optional, Tuple
 from torch.utils.data import Dataset
 
 from .files import DatasetError
-from .options import get_option
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +61,7 @@ class DatasetSpec:
 
     def root(self, cfg) -> Path:
         """Resolved dataset folder: ``cfg.data_path`` or ``<repo>/data/<name>``."""
-        path = get_option(cfg, "data_path")
+        path = cfg.data_path
         if path in (None, ""):
             return REPO_ROOT / "data" / self.name
         return Path(os.path.expanduser(str(path))).resolve()

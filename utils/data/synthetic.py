@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .files import DatasetError
-from .options import get_option
 from .spec import DatasetSpec, Splits
 
 
@@ -46,10 +45,10 @@ class SyntheticDataset(Dataset):
 
 def build_synthetic(cfg, spec: DatasetSpec, include_train: bool) -> Splits:
     """``(train, eval)`` random splits of ``synthetic_size`` samples; ``train`` is None unless ``include_train``."""
-    sizes = [int(v) for v in get_option(cfg, "synthetic_size")]
+    sizes = [int(v) for v in cfg.synthetic_size]
     if len(sizes) != 2 or min(sizes) < 1:
         raise DatasetError(f"synthetic_size must be [train_samples, eval_samples] with both >= 1, got {sizes}")
-    size = get_option(cfg, "img_size") or spec.img_size
-    classes = getattr(cfg, "num_classes", None) or spec.num_classes
+    size = cfg.img_size or spec.img_size
+    classes = cfg.num_classes or spec.num_classes
     train = SyntheticDataset(sizes[0], size, classes, seed=0) if include_train else None
     return train, SyntheticDataset(sizes[1], size, classes, seed=1)

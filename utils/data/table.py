@@ -17,7 +17,6 @@ from .digits import build_digits
 from .events import GESTURE_FILES, GESTURE_URL, build_events
 from .files import DatasetError, verify_files, warn_count
 from .imagefolder import build_imagefolder
-from .options import get_option
 from .spec import DatasetSpec, Splits
 from .synthetic import build_synthetic
 
@@ -98,7 +97,7 @@ def dataset_info(name: str) -> dict:
 
 def data_root(cfg) -> Path:
     """Resolved dataset folder: ``cfg.data_path`` or ``<repo>/data/<dataset>``."""
-    return DATASETS[canonical_name(get_option(cfg, "dataset"))].root(cfg)
+    return DATASETS[canonical_name(cfg.dataset)].root(cfg)
 
 
 def expected_tree(name: str, root, T: int = 16) -> str:
@@ -124,7 +123,7 @@ def _label_count(ds) -> Optional[int]:
 
 def check_num_classes(cfg, spec: DatasetSpec, eval_set) -> None:
     """``cfg.num_classes`` (if set) must cover every label of the data; raises ``DatasetError``."""
-    n = getattr(cfg, "num_classes", None)
+    n = cfg.num_classes
     if n is None or spec.name == "synthetic":  # synthetic draws its labels from num_classes
         return
     labels = _label_count(eval_set) or spec.num_classes
@@ -142,11 +141,11 @@ def create_datasets(cfg, include_train: bool = True) -> Splits:
     tree and the preparation command when the data are missing or incomplete, when ``cfg.num_classes`` is
     smaller than the dataset's number of classes, and (``verify_data: true``) when sample files are unreadable.
     """
-    spec = DATASETS[canonical_name(get_option(cfg, "dataset"))]
+    spec = DATASETS[canonical_name(cfg.dataset)]
     train_set, eval_set = spec.build(cfg, spec, include_train)
     check_num_classes(cfg, spec, eval_set)
-    if get_option(cfg, "verify_data"):
-        verify_files(train_set, eval_set, int(get_option(cfg, "workers") or 0))
+    if cfg.verify_data:
+        verify_files(train_set, eval_set, int(cfg.workers or 0))
     if spec.tree:  # datasets of files have official sizes (synthetic's are chosen, digits' fixed)
         warn_count(spec.name, spec.eval_split, len(eval_set), spec.eval_size)
         if train_set is not None:
@@ -157,14 +156,14 @@ def create_datasets(cfg, include_train: bool = True) -> Splits:
 def check_data_config(cfg) -> None:
     """Config-level checks of the data keys that need the dataset (name, mean/std length); ``ConfigError``."""
     try:
-        spec = DATASETS[canonical_name(get_option(cfg, "dataset"))]
+        spec = DATASETS[canonical_name(cfg.dataset)]
     except DatasetError as err:
         raise ConfigError(f"config key 'dataset': {err}") from None
     for key in ("mean", "std"):
-        value = get_option(cfg, key)
+        value = getattr(cfg, key)
         if value is not None and len(value) != spec.in_channels:
             raise ConfigError(f"config key '{key}': {spec.name} has {spec.in_channels} input channels, got "
                               f"{len(value)} values {list(value)}; give {spec.in_channels} or null")
-    std = get_option(cfg, "std")
+    std = cfg.std
     if std is not None and min(std) <= 0:
         raise ConfigError(f"config key 'std': every value must be > 0, got {list(std)}")

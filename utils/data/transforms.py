@@ -8,7 +8,6 @@ from timm.data import create_transform
 from torchvision import transforms as T_
 
 from .augment import EventTrivialAugment, snn_rand_augment
-from .options import get_option
 from .spec import DatasetSpec
 
 Transforms = Tuple[Callable, Callable]
@@ -16,34 +15,34 @@ Transforms = Tuple[Callable, Callable]
 
 def cifar_transforms(cfg, spec: DatasetSpec) -> Transforms:
     """``(train, eval)`` transforms of CIFAR: timm's, plus the published reduced RandAugment (``aa``)."""
-    img_size = get_option(cfg, "img_size") or spec.img_size
-    mean, std = tuple(get_option(cfg, "mean") or spec.mean), tuple(get_option(cfg, "std") or spec.std)
+    img_size = cfg.img_size or spec.img_size
+    mean, std = tuple(cfg.mean or spec.mean), tuple(cfg.std or spec.std)
     primary, _, final = create_transform(
         img_size, is_training=True, separate=True,
-        scale=tuple(get_option(cfg, "scale")), ratio=tuple(get_option(cfg, "ratio")),
-        hflip=get_option(cfg, "hflip"), color_jitter=None, interpolation=get_option(cfg, "train_interpolation"),
-        mean=mean, std=std, re_prob=get_option(cfg, "reprob"), re_mode=get_option(cfg, "remode"),
-        re_count=get_option(cfg, "recount"))
-    aa = get_option(cfg, "aa")
-    secondary = [snn_rand_augment(aa, img_size, mean, get_option(cfg, "train_interpolation"))] if aa else []
+        scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, color_jitter=None, interpolation=cfg.train_interpolation,
+        mean=mean, std=std, re_prob=cfg.reprob, re_mode=cfg.remode,
+        re_count=cfg.recount)
+    aa = cfg.aa
+    secondary = [snn_rand_augment(aa, img_size, mean, cfg.train_interpolation)] if aa else []
     train_tf = T_.Compose(list(primary.transforms) + secondary + list(final.transforms))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, "interpolation"),
-                               crop_pct=get_option(cfg, "crop_pct") or 1.0, mean=mean, std=std)
+    eval_tf = create_transform(img_size, is_training=False, interpolation=cfg.interpolation,
+                               crop_pct=cfg.crop_pct or 1.0, mean=mean, std=std)
     return train_tf, eval_tf
 
 
 def imagenet_transforms(cfg, spec: DatasetSpec) -> Transforms:
     """``(train, eval)`` transforms of ImageNet-style folders: timm's ``create_transform``."""
-    img_size = get_option(cfg, "img_size") or spec.img_size
-    mean, std = tuple(get_option(cfg, "mean") or spec.mean), tuple(get_option(cfg, "std") or spec.std)
-    crop_pct = get_option(cfg, "crop_pct") or (0.875 if img_size <= 224 else 1.0)
+    img_size = cfg.img_size or spec.img_size
+    mean, std = tuple(cfg.mean or spec.mean), tuple(cfg.std or spec.std)
+    crop_pct = cfg.crop_pct or (0.875 if img_size <= 224 else 1.0)
     train_tf = create_transform(
-        img_size, is_training=True, scale=tuple(get_option(cfg, "scale")), ratio=tuple(get_option(cfg, "ratio")),
-        hflip=get_option(cfg, "hflip"), color_jitter=get_option(cfg, "color_jitter"),
-        auto_augment=get_option(cfg, "aa"), interpolation=get_option(cfg, "train_interpolation"),
-        mean=mean, std=std, re_prob=get_option(cfg, "reprob"),
-        re_mode=get_option(cfg, "remode"), re_count=get_option(cfg, "recount"))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=get_option(cfg, "interpolation"),
+        img_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+        auto_augment=cfg.aa, interpolation=cfg.train_interpolation,
+        mean=mean, std=std, re_prob=cfg.reprob,
+        re_mode=cfg.remode, re_count=cfg.recount)
+    eval_tf = create_transform(img_size, is_training=False, interpolation=cfg.interpolation,
                                crop_pct=crop_pct, mean=mean, std=std)
     return train_tf, eval_tf
 

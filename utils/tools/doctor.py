@@ -113,7 +113,7 @@ def _c_compiler() -> Optional[str]:
 
 def _check_compiler(cfg, cuda: bool) -> Check:
     """Triton builds a C launcher at its first kernel launch, Inductor (``torch.compile``) C/C++ code."""
-    compiles = bool(cfg.get("fastpath") or cfg.get("compile"))
+    compiles = cfg.fastpath or cfg.compile
     needed = cuda or compiles
     cc = _c_compiler()
     header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
@@ -171,7 +171,7 @@ def _check_neurons(cfg, device: torch.device) -> Check:
     kinds = sorted({"lif" if isinstance(m, sj_neuron.LIFNode) else "if" for _, m in spiking_modules(model)})
     if not kinds:
         return Check("PASS", "neurons", f"{cfg.model} has no spiking neurons")
-    fast = bool(cfg.get("fastpath"))
+    fast = cfg.fastpath
     how = "fastpath: the project's PyTorch loop, compiled" if fast else "spikingjelly's selection"
     names = ", ".join(f"{k}: {neuron_kernel(k, device, fast)}" for k in kinds)
     return Check("PASS", "neurons", f"{names} on {device.type} ({how})")
@@ -181,12 +181,12 @@ def _check_data(cfg) -> Check:
     from utils import data as data_lib
     from utils.config import Config, ConfigError
 
-    quiet = Config(**{**cfg.to_dict(), "download": False, "verify_data": False})
+    quiet = Config(**{**vars(cfg), "download": False, "verify_data": False})
     try:
         train_set, eval_set = data_lib.create_datasets(quiet)
     except (data_lib.DatasetError, ConfigError) as err:
         first, _, rest = str(err).partition("\n")
-        if cfg.get("download"):
+        if cfg.download:
             return Check("WARN", "data", first, "download: true: train.py downloads it at start")
         return Check("FAIL", "data", first, rest.strip().replace("\n", "\n" + " " * 16) or "see docs/data.md")
     spec = data_lib.DATASETS[data_lib.canonical_name(cfg.dataset)]
@@ -195,7 +195,7 @@ def _check_data(cfg) -> Check:
 
 
 def _device_index(cfg) -> int:
-    name = (cfg.get("device") or "auto").lower()
+    name = cfg.device.lower()
     if ":" in name:
         return int(name.split(":", 1)[1])
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -210,7 +210,7 @@ def cheap_checks(cfg, device: torch.device) -> List[Check]:
 
 def run_checks(cfg) -> List[Check]:
     """Every check for ``cfg`` on this machine."""
-    cuda, index = wants_cuda(cfg.get("device")), _device_index(cfg)
+    cuda, index = wants_cuda(cfg.device), _device_index(cfg)
     device = torch.device("cuda", index) if cuda else torch.device("cpu")
     checks = cheap_checks(cfg, device)
     return checks + [_check_memory(cfg, cuda, index), _check_neurons(cfg, device), _check_data(cfg)]
@@ -235,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    requested = cfg.get("device") or "auto"
+    requested = cfg.device
     cuda = wants_cuda(requested)
     print(f"preflight for {cfg.config or 'the default config'}: {cfg.model}, dataset {cfg.dataset}, device "
           f"{requested} -> {'cuda' if cuda else 'cpu'}")

@@ -18,8 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from utils.data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATASETS, GESTURE_FILES, GESTURE_URL, DatasetError,
-                   canonical_name, create_datasets, dataset_info, expected_tree, frames_dir)
+from utils.data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATA_DEFAULTS, DATASETS, GESTURE_FILES, GESTURE_URL,
+                        DatasetError, canonical_name, create_datasets, dataset_info, expected_tree, frames_dir)
 
 CIFAR10DVS_PER_CLASS = 1000
 GESTURE_COUNTS = {'train': 1176, 'test': 288}
@@ -110,8 +110,8 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
     problems = check_event_counts(name, root, T)
     if not problems:
         try:  # the loader used by train.py must read them too
-            cfg = argparse.Namespace(dataset=name, data_path=str(root), T=T, download=False, event_augment=False,
-                                     verify_data=verify)
+            cfg = argparse.Namespace(**{**DATA_DEFAULTS, "dataset": name, "data_path": str(root), "T": T,
+                                        "event_augment": False, "verify_data": verify})
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')  # counts were reported above
                 train_set, eval_set = create_datasets(cfg)
@@ -128,7 +128,8 @@ def _load_quietly(name: str, root: Path, verify: bool):
     silenced because the callers report the counts themselves."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return create_datasets(argparse.Namespace(dataset=name, data_path=str(root), verify_data=verify))
+        return create_datasets(argparse.Namespace(**{**DATA_DEFAULTS, "dataset": name, "data_path": str(root),
+                                                     "verify_data": verify}))
 
 
 def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:

@@ -46,7 +46,7 @@ from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResourc
                          partition_nodes, sbatch_preview)
 from utils.training.threads import usable_cpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PY = os.path.join(ROOT, "train.py")
 MANIFEST = "sweep.json"
 STOP_GRACE_S = 60  # how long train.py may take to save its checkpoint after SIGTERM

@@ -31,8 +31,8 @@ from utils.config import ConfigError
 from utils.training.distributed import all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "seed_everything", "epoch_seed", "seed_worker", "SeededDistributedSampler",
-           "SampleSeededDataset", "amp_context", "make_scaler", "place_model", "Training", "build_training",
-           "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
+           "SampleSeededDataset", "amp_context", "eval_amp_context", "make_scaler", "place_model", "Training",
+           "build_training", "restore_training", "training_state", "build_optimizer", "build_scheduler", "set_epoch_lr",
            "start_epoch_schedule", "build_train_loss", "EpochStart", "train_step", "train_one_epoch", "evaluate",
            "current_lr", "resolve_lr"]
 
@@ -122,17 +122,23 @@ class SampleSeededDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------------------------
 # mixed precision
-def amp_context(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def amp_context(mode: str, device: torch.device, key: str = "amp") -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts for ``amp`` = none | bf16 | fp16: ``with amp_context(amp, device)():``."""
     if mode not in ("none", "bf16", "fp16"):
-        raise ValueError(f"amp must be one of ('none', 'bf16', 'fp16'), got {mode!r}")
+        raise ValueError(f"{key} must be one of ('none', 'bf16', 'fp16'), got {mode!r}")
     device = torch.device(device)
     if mode == "none":
         return contextlib.nullcontext
     if mode == "fp16" and device.type != "cuda":
-        raise ValueError("amp fp16 needs a CUDA device; on CPU use --amp bf16 or --amp none")
+        flag = "--" + key.replace("_", "-")
+        raise ValueError(f"{key} fp16 needs a CUDA device; on CPU use {flag} bf16 or {flag} none")
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def eval_amp_context(cfg, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The evaluation's autocast: ``cfg.eval_amp``, or the training's ``cfg.amp`` where it is ``same``."""
+    return amp_context(cfg.amp, device) if cfg.eval_amp == "same" else amp_context(cfg.eval_amp, device, "eval_amp")
 
 
 def make_scaler(mode: str, device: torch.device):
@@ -168,7 +174,7 @@ class Training:
     ema: Any  # timm ModelEmaV3 or None
     loss_fn: nn.Module
     mixup_fn: Optional[Callable]
-    autocast: Callable[[], contextlib.AbstractContextManager]
+    autocast: Callable[[], contextlib.AbstractContextManager]  # training passes
     fastpath: Any  # the utils.training.fastpath.FastPathConfig that applied, or None (plain eager path)
     channels_last: bool  # inputs go channels-last
     lr: float
@@ -177,6 +183,7 @@ class Training:
     total_epochs: int
     n_params: int
     warnings: list = dataclasses.field(default_factory=list)
+    eval_autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # eval_amp
     # how a batch becomes an optimizer update (train_step), and the updates done so far
     device: torch.device = torch.device("cpu")
     world_size: int = 1
@@ -196,13 +203,13 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     for k in ("T", "num_classes"):
         if k in kwargs:
             raise ConfigError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead")
-    impl = getattr(cfg, "neuron_impl", "auto")
+    impl = cfg.neuron_impl
     if impl != "auto":
         if kwargs.get("neuron_impl", impl) != impl:
             raise ConfigError(f"neuron_impl: {impl} but model_kwargs sets neuron_impl={kwargs['neuron_impl']}; "
                               "set one of them")
         kwargs["neuron_impl"] = impl
-    pretrained = bool(cfg.get("pretrained"))
+    pretrained = cfg.pretrained
     _apply_weights_T(cfg, pretrained)
     try:
         return create_model(cfg.model, num_classes=num_classes, T=cfg.T, pretrained=pretrained, **kwargs)
@@ -223,7 +230,7 @@ def _apply_weights_T(cfg, pretrained: bool) -> None:
         return
     from timm.models import get_pretrained_cfg
 
-    from utils.config import TRAIN_OPTIONS
+    from utils.data import DATA_OPTIONS
 
     try:
         weights_T = getattr(get_pretrained_cfg(cfg.model), "T", None)
@@ -231,7 +238,7 @@ def _apply_weights_T(cfg, pretrained: bool) -> None:
         return
     if weights_T is None or weights_T == cfg.T:
         return
-    if cfg.T == TRAIN_OPTIONS["T"].default:
+    if cfg.T == DATA_OPTIONS["T"].default:
         cfg.T = weights_T
     else:
         logging.getLogger(__name__).warning(f"{cfg.model}: the weights were trained with T={weights_T}; "
@@ -258,7 +265,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
                 "train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
                 grad_checkpointing=cfg.grad_checkpointing or None, compact_spikes=cfg.compact_spikes or None,
                 compile="model" if cfg.compile else None,
-                neuron_impl=None if getattr(cfg, "neuron_impl", "auto") == "auto" else cfg.neuron_impl)
+                neuron_impl=None if cfg.neuron_impl == "auto" else cfg.neuron_impl)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         warnings += [warning] if warning else []
@@ -268,14 +275,14 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     elif cfg.compact_spikes:
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
-    if getattr(cfg, "neuron_impl", "auto") == "triton":
+    if cfg.neuron_impl == "triton":
         from models.triton_neurons import check_device
         try:
             check_device(device)
         except (ImportError, RuntimeError) as err:
             raise ConfigError(f"neuron_impl: triton: {err}") from None
     try:
-        autocast = amp_context(cfg.amp, device)
+        autocast, eval_autocast = amp_context(cfg.amp, device), eval_amp_context(cfg, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     n_params = sum(p.numel() for p in model.parameters())
@@ -299,7 +306,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
     t = Training(model=model, eval_model=model, optimizer=optimizer, scheduler=sched,
                  scaler=make_scaler(cfg.amp, device),
                  ema=ema, loss_fn=build_train_loss(cfg, mixup_fn is not None).to(device), mixup_fn=mixup_fn,
-                 autocast=autocast, fastpath=None,
+                 autocast=autocast, eval_autocast=eval_autocast, fastpath=None,
                  channels_last=fastpath.channels_last if fastpath else cfg.channels_last,
                  lr=lr, effective_batch=effective_batch, updates_per_epoch=updates_per_epoch,
                  total_epochs=total_epochs, n_params=n_params, warnings=warnings, device=device,
@@ -355,7 +362,7 @@ def training_state(t: Training, **fields) -> Dict[str, Any]:
 
 def resolve_lr(cfg, effective_batch: int) -> float:
     """``blr * effective_batch / 256`` when ``blr`` is set (ImageNet recipe), else ``lr``."""
-    if cfg.get("blr"):
+    if cfg.blr:
         return cfg.blr * effective_batch / 256
     return cfg.lr
 
@@ -365,9 +372,9 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2  # lazy: see the module docstring
 
     kw: Dict[str, Any] = {}
-    if cfg.get("opt_eps") is not None:
+    if cfg.opt_eps is not None:
         kw["eps"] = cfg.opt_eps
-    if cfg.get("opt_betas"):
+    if cfg.opt_betas:
         kw["betas"] = tuple(cfg.opt_betas)
     return create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
                                momentum=cfg.momentum, filter_bias_and_bn=True, **kw)
@@ -425,7 +432,7 @@ def build_train_loss(cfg, mixup_active: bool) -> nn.Module:
 
     if mixup_active:
         return SoftTargetCrossEntropy()
-    if cfg.get("smoothing", 0.0):
+    if cfg.smoothing:
         return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
     return nn.CrossEntropyLoss()
 

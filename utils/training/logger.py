@@ -64,7 +64,7 @@ class RunLogger:
     epochs restored and those neither file holds.
     """
 
-    def __init__(self, run_dir: str, cfg: Mapping[str, Any], ema: bool = False, start_epoch: int = 0,
+    def __init__(self, run_dir: str, cfg, ema: bool = False, start_epoch: int = 0,
                  history: Sequence[Mapping[str, Any]] = ()):
         self.run_dir = run_dir
         self.cfg = cfg
@@ -84,7 +84,7 @@ class RunLogger:
         self.rows: List[Dict[str, Any]] = [rows[e] for e in sorted(rows)]
         self._rewrite()
         self.tb = None
-        if cfg.get("tensorboard", True):
+        if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -92,7 +92,7 @@ class RunLogger:
             except Exception as err:  # tensorboard missing: warn, keep training
                 _log.warning(f"TensorBoard disabled ({err}); pip install tensorboard to enable it")
         self.wandb = None
-        if cfg.get("log_wandb", False):
+        if cfg.log_wandb:
             self.wandb = self._init_wandb(cfg, start_epoch)
 
     # ------------------------------------------------------------------
@@ -102,10 +102,10 @@ class RunLogger:
         except ImportError:
             raise RuntimeError("log_wandb is true but wandb is not installed: pip install wandb "
                                "(or set log_wandb: false)") from None
-        project = cfg.get("wandb_project") or os.environ.get("WANDB_PROJECT") or "maxformer"
-        entity = cfg.get("wandb_entity") or os.environ.get("WANDB_ENTITY") or None
-        run = wandb.init(project=project.replace("/", "-"), entity=entity, name=cfg.get("experiment"),
-                         dir=self.run_dir, config=dict(cfg), resume="allow" if start_epoch else None,
+        project = cfg.wandb_project or os.environ.get("WANDB_PROJECT") or "maxformer"
+        entity = cfg.wandb_entity or os.environ.get("WANDB_ENTITY") or None
+        run = wandb.init(project=project.replace("/", "-"), entity=entity, name=cfg.experiment,
+                         dir=self.run_dir, config=vars(cfg), resume="allow" if start_epoch else None,
                          id=self._wandb_id())
         return run
 
@@ -153,7 +153,7 @@ class RunLogger:
                     group = "train" if k.startswith("train") or k == "lr" else "time" if k in TIME_COLUMNS else "eval"
                     self.tb.add_scalar(f"{group}/{k}", v, epoch)
                 self.tb.flush()
-            if self.cfg.get("plot", True):
+            if self.cfg.plot:
                 self.plot()
         except OSError as err:
             _log.warning(f"warning: TensorBoard events / learning curve of epoch {epoch} not written ({err})")
@@ -176,14 +176,14 @@ class RunLogger:
 
         ep = col("epoch")
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-        ax1.plot(ep, col("train_loss"), label="train (soft targets)" if self.cfg.get("mixup") else "train")
+        ax1.plot(ep, col("train_loss"), label="train (soft targets)" if self.cfg.mixup else "train")
         ax1.plot(ep, col("eval_loss"), label="eval")
         ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
         ax2.plot(ep, col("eval_top1"), label="top-1")
         if "ema_eval_top1" in self.columns:
             ax2.plot(ep, col("ema_eval_top1"), label="EMA top-1")
         ax2.set_xlabel("epoch"), ax2.set_ylabel("eval accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
-        fig.suptitle(f"{self.cfg.get('experiment', '')} ({self.cfg.get('model', '')})")
+        fig.suptitle(f"{self.cfg.experiment} ({self.cfg.model})")
         fig.tight_layout()
         try:
             atomic_write(self.plot_path, lambda f: fig.savefig(f, format="png"))

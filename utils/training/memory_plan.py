@@ -407,16 +407,15 @@ def _config_settings(cfg) -> Dict[str, Any]:
     """``plan_step`` keyword arguments for a resolved training config."""
     from utils.training.fastpath import EAGER, resolve_config
 
-    device = "cpu" if str(cfg.get("device", "auto")) == "cpu" else "cuda"
-    grad_ckpt, compact = bool(cfg.get("grad_checkpointing")), bool(cfg.get("compact_spikes"))
-    if cfg.get("fastpath", True):
-        fp, _ = resolve_config("train", cfg.get("amp", "none"), device=device,
-                               channels_last=cfg.get("channels_last") or None, grad_checkpointing=grad_ckpt or None,
-                               compact_spikes=compact or None, compile="model" if cfg.get("compile") else None)
+    device = "cpu" if cfg.device == "cpu" else "cuda"
+    if cfg.fastpath:
+        fp, _ = resolve_config("train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
+                               grad_checkpointing=cfg.grad_checkpointing or None,
+                               compact_spikes=cfg.compact_spikes or None, compile="model" if cfg.compile else None)
     else:
-        fp = dataclasses.replace(EAGER, channels_last=bool(cfg.get("channels_last")), grad_checkpointing=grad_ckpt)
+        fp = dataclasses.replace(EAGER, channels_last=cfg.channels_last, grad_checkpointing=cfg.grad_checkpointing)
     fast = fastpath_settings(fp)
-    num_classes = cfg.get("num_classes")
+    num_classes = cfg.num_classes
     if not num_classes:
         try:
             from utils import data as data_lib
@@ -424,10 +423,9 @@ def _config_settings(cfg) -> Dict[str, Any]:
         except Exception:  # an unknown dataset is reported by the data checks; the head hardly matters here
             num_classes = None
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return dict(model_name=cfg.model, T=cfg.get("T"), batch=cfg.batch_size, img_size=cfg.get("img_size"),
-                amp=cfg.get("amp", "none"), mode="train", model_kwargs=dict(cfg.get("model_kwargs") or {}),
-                num_classes=num_classes, optimizer=cfg.get("opt", "adamw"), ema=bool(cfg.get("model_ema")),
-                ddp=world > 1, device=device, **fast)
+    return dict(model_name=cfg.model, T=cfg.T, batch=cfg.batch_size, img_size=cfg.img_size, amp=cfg.amp,
+                mode="train", model_kwargs=dict(cfg.model_kwargs), num_classes=num_classes, optimizer=cfg.opt,
+                ema=cfg.model_ema, ddp=world > 1, device=device, **fast)
 
 
 # --------------------------------------------------------------------------- fitting a device
