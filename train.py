@@ -354,7 +354,10 @@ def _complete_files(cfg: Config, state: Dict[str, Any], folder, total: int) -> N
     (``summary.csv`` rows, ``best.pth.tar``, ``learning_curve.png``) and mark ``status.json`` finished."""
     from utils.training.logger import RunLogger
 
-    quiet = {**vars(cfg), "tensorboard": False, "log_wandb": False}
+    import copy
+
+    quiet = copy.copy(cfg)
+    quiet.tensorboard = quiet.log_wandb = False
     logger = RunLogger(folder.path, quiet, ema=bool(cfg.model_ema), start_epoch=total, history=state.get("history", []))
     _report_reconciled(logger, state)
     _rederive_best(state, os.path.join(folder.path, "best.pth.tar"))
