@@ -286,6 +286,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     from utils.atomic_file import FileWriteError
     from utils.config import check_run_paths
     from utils.training.engine import NonFiniteLossError
+    from utils.errors import INPUT_ERRORS
     from utils.training.run_folder import RunFolder
 
     check_run_paths(cfg)
@@ -293,6 +294,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     datasets = _load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
+    new_folder = not os.path.exists(run_dir)  # a setup refusal leaves no folder behind (remove_if_unused)
     try:
         state = _claim_run_folder(cfg, folder, command or "train.py")
         total = cfg.epochs + cfg.cooldown_epochs
@@ -326,6 +328,8 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
         return result
     finally:
         if folder is not None:
+            if new_folder and isinstance(sys.exc_info()[1], INPUT_ERRORS):  # refused: e.g. --amp fp16 on a CPU
+                folder.remove_if_unused()
             folder.release()
 
 

@@ -295,3 +295,9 @@ def test_a_training_set_changed_since_the_checkpoint_restarts_the_interrupted_ep
     # the same files again: nothing to say
     assert _run(tmp_path, *args, "--epochs", "3", "--resume", "auto") == 0
     assert "set changed since" not in capsys.readouterr().err
+
+
+def test_a_run_refused_during_its_setup_leaves_no_folder(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "1", "--amp", "fp16", "--device", "cpu") == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # no run.lock, no status.json "failed" of a run that never started

@@ -120,6 +120,22 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
+    def remove_if_unused(self) -> None:
+        """Remove the folder if it holds nothing but ``run.lock`` and ``status.json`` (a run refused during its
+        setup, before any output): nothing to resume, nothing to keep. Call while holding the lock."""
+        try:
+            names = set(os.listdir(self.path))
+        except OSError:
+            return
+        if not names <= {LOCK_NAME, STATUS_NAME, ERROR_LOG}:
+            return
+        try:
+            for name in sorted(names - {LOCK_NAME}) + [LOCK_NAME]:
+                os.remove(os.path.join(self.path, name))
+            os.rmdir(self.path)
+        except OSError:  # e.g. another process has just created its run.lock: its folder stays
+            pass
+
     def release(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
