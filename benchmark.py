@@ -498,6 +498,25 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         check_model_kwargs(args.model, parse_model_kwargs(args.model_kwargs))
     except ModelError as err:
         parser.error(f"argument --model/--model-kwargs: {err}")
+    if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
+        from utils.errors import ConfigError
+        from utils.output_files import check_outputs
+
+        try:
+            check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)
+        except ConfigError as err:
+            parser.error(str(err).replace(", or pass --csv with another path to replace it", " (it appends to a "
+                                          "CSV of benchmark rows only)"))
+
+
+def _benchmark_csv(path: str) -> bool:
+    """True when ``path`` is a CSV of benchmark rows (this version's columns or an older set): rows are appended."""
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:2] == CSV_FIELDS[:2] and "img_per_s" in header
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:

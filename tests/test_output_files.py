@@ -117,3 +117,14 @@ def test_analysis_outputs_refuse_files_they_did_not_write(run_dir, tmp_path, cap
     with pytest.raises(SystemExit):
         energy.main(["--model", "maxformer_cifar", "--model-kwargs", "embed_dims=16", "--T", "1", "-o", str(tmp_path)])
     assert "maxformer_cifar_T1_energy.json already exists" in capsys.readouterr().err
+
+
+def test_benchmark_appends_to_its_own_csv_only(tmp_path, capsys):
+    import benchmark
+
+    summary = tmp_path / "summary.csv"
+    summary.write_text("epoch,eval_top1\n0,10\n")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "maxformer_cifar", "--smoke", "--csv", str(summary)])
+    assert "it appends to a CSV of benchmark rows only" in capsys.readouterr().err
+    assert summary.read_text() == "epoch,eval_top1\n0,10\n"
