@@ -228,6 +228,9 @@ def test_resuming_an_older_checkpoint_into_its_own_folder_names_the_epochs_it_wo
     out = "".join(capsys.readouterr())
     assert f"summary.csv: the rows of epochs 0 come from {older}, the checkpoint this run continues" in out
     assert "ended before" not in out and "lacked the rows" not in out
+    # into a folder holding another run: refused, as a fresh start there would be
+    assert _run(tmp_path, "--epochs", "3", "--resume", str(run / "last.pth.tar"), name="branch") == 2
+    assert f"run folder {tmp_path / 'branch'} already holds a run" in capsys.readouterr().err
     # --overwrite true: epochs 1-2 are trained again from epoch 0
     assert _run(tmp_path, "--epochs", "3", "--resume", older, "--overwrite", "true") == 0
     assert [int(r["epoch"]) for r in read_summary(str(run / "summary.csv"))] == [0, 1, 2]

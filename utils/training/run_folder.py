@@ -165,12 +165,21 @@ class RunFolder:
                 os.remove(p)
 
     def check_resume(self, resume: str, overwrite: bool) -> None:
-        """Before resuming from ``resume`` (a path given by the user): refuse a checkpoint that is behind this
-        folder's ``last.pth.tar``, since resuming here replaces the later epochs, unless ``overwrite`` (then
-        ``last.pth.tar`` becomes that checkpoint at once, so that a kill before the next epoch resumes there)."""
+        """Before resuming from ``resume`` (a path given by the user): unless ``overwrite``, refuse a checkpoint of
+        another folder when this one holds a run, and one that is behind this folder's ``last.pth.tar``, since
+        resuming here replaces the later epochs. With ``overwrite`` this folder's run is deleted, or
+        ``last.pth.tar`` becomes that checkpoint at once (so that a kill before the next epoch resumes there)."""
         from utils.training.checkpoint import checkpoint_position, copy_checkpoint
 
         last = os.path.join(self.path, "last.pth.tar")
+        found = self.existing_run_files()
+        if found and os.path.dirname(os.path.abspath(resume)) != os.path.abspath(self.path):
+            if not overwrite:  # another run's checkpoint: continuing it here would replace this folder's run
+                raise ConfigError(f"run folder {self.path} already holds a run ({', '.join(found)}); --resume {resume} "
+                                  f"belongs to another one. Choose another --experiment, or pass --overwrite true to "
+                                  f"delete this folder's run and continue {resume} here")
+            self.check_fresh_start(overwrite=True)
+            return
         if not os.path.isfile(last) or os.path.abspath(resume) == os.path.abspath(last):
             return
         held, want = checkpoint_position(last), checkpoint_position(resume)
