@@ -499,6 +499,15 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     except ModelError as err:
         parser.error(f"argument --model/--model-kwargs: {err}")
     _check_used(parser, args)
+    if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
+        from utils.errors import ConfigError
+        from utils.output_files import check_outputs
+
+        try:
+            check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)
+        except ConfigError as err:
+            parser.error(str(err).replace(", or pass --csv with another path to replace it", " (it appends to a "
+                                          "CSV of benchmark rows only)"))
 
 
 # Options read only with another one (``dest: (needed dest, its flag)``), and those only a measurement reads.
@@ -519,6 +528,16 @@ def _check_used(parser: argparse.ArgumentParser, args) -> None:
     if (args.plan_memory or args.max_batch) and unused:
         parser.error(f"{', '.join(unused)} set a measurement; --plan-memory / --max-batch plan without running a "
                      f"step or writing the CSV: leave {'them' if len(unused) > 1 else 'it'} out")
+
+
+def _benchmark_csv(path: str) -> bool:
+    """True when ``path`` is a CSV of benchmark rows (this version's columns or an older set): rows are appended."""
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:2] == CSV_FIELDS[:2] and "img_per_s" in header
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:

@@ -211,6 +211,8 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
                     _log.info(f"--resume auto: no checkpoint in {folder.path}, starting from scratch")
             elif not resume:
                 folder.check_fresh_start(cfg.overwrite)
+            else:  # a checkpoint named by the user: refused if this folder holds later epochs
+                folder.check_resume(resume, cfg.overwrite)
         except ConfigError as err:
             error = str(err)
     error, resume, cfg.overwrite = broadcast_object((error, resume, cfg.overwrite))
@@ -220,6 +222,8 @@ def _claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, A
         return None
     state = read_training_state(resume)
     state["path"] = resume
+    run_dir = os.path.abspath(os.path.join(cfg.output, cfg.experiment))
+    state["other_folder"] = os.path.dirname(os.path.abspath(resume)) != run_dir  # continues a run from elsewhere
     return state
 
 
@@ -289,6 +293,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     from utils.atomic_file import FileWriteError
     from utils.config import check_run_paths
     from utils.training.engine import NonFiniteLossError
+    from utils.errors import INPUT_ERRORS
     from utils.training.run_folder import RunFolder
 
     check_run_paths(cfg)
@@ -296,19 +301,25 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     datasets = _load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
+    new_folder = not os.path.exists(run_dir)  # a setup refusal leaves no folder behind (remove_if_unused)
     try:
         state = _claim_run_folder(cfg, folder, command or "train.py")
         total = cfg.epochs + cfg.cooldown_epochs
         if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
-            return _finished(cfg, state, run_dir, total, dist_info.is_main)
+            return _finished(cfg, state, run_dir, total, dist_info.is_main, folder)
         _rank0_writes(dist_info, lambda: folder.write_status(
             state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
             best_top1=state.get("best_metric") if state else None,
             best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="",
             launch=os.environ.get("TORCHELASTIC_RUN_ID")))  # torchrun's launch: its restarts continue this run
+        stop = stop or StopSignals()
         try:
-            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
+            result = _train(cfg, dist_info, run_dir, state, stop, folder, datasets)
         except BaseException as err:
+            if stop.requested() and not isinstance(err, (TrainingStopped, KeyboardInterrupt, FileWriteError)):
+                # e.g. torch.compile's workers, stopped by the same signal: the run was stopped, not broken
+                err = TrainingStopped(stop.signum, f"before its next step could finish ({type(err).__name__} in "
+                                                   f"the work the signal interrupted; the last checkpoint is kept)")
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
                         "interrupted" if isinstance(err, (TrainingStopped, KeyboardInterrupt)) else "failed")
@@ -317,17 +328,22 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
                 except FileWriteError as status_err:  # the disk refuses: read_status reconciles with the checkpoint
                     if isinstance(err, FileWriteError) and status_err.path != err.path:
                         err.kept += f" {os.path.basename(status_err.path)} could not be updated either."
+            if isinstance(err, TrainingStopped):
+                raise err from None
             raise
         if folder is not None:
             folder.write_status(state="finished", exit_message="done")
         return result
     finally:
         if folder is not None:
+            if new_folder and isinstance(sys.exc_info()[1], INPUT_ERRORS):  # refused: e.g. --amp fp16 on a CPU
+                folder.remove_if_unused()
             folder.release()
 
 
-def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
-    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten).
+def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool, folder=None) -> Dict[str, Any]:
+    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten, unless the run was
+    killed after its last checkpoint: then the files that follow it are completed, :func:`_complete_files`).
 
     ``--overwrite true`` cannot be honoured together with ``--resume``: that is refused (ConfigError)."""
     best, best_epoch = state.get("best_metric"), int(state.get("best_epoch", -1))
@@ -337,10 +353,35 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
         raise ConfigError(f"{done}; --resume continues a run, so --overwrite true has nothing to replace. To start "
                           f"this run over, drop --resume (keep --overwrite true); to train it longer, drop "
                           f"--overwrite and pass a larger --epochs with --resume auto")
+    if folder is not None and (folder.read_state() or {}).get("state") != "finished":
+        _complete_files(cfg, state, folder, total)
     if main:
         _log.info(f"{done}. To train it longer pass a larger --epochs with --resume auto; to start a new run choose "
                   f"another --experiment (or run without --resume and with --overwrite true to replace this one).")
     return {"best_top1": best, "best_epoch": best_epoch, "run_dir": run_dir, "finished": True}
+
+
+def _complete_files(cfg: Config, state: Dict[str, Any], folder, total: int) -> None:
+    """A run killed after writing its last epoch's ``last.pth.tar``: write what follows it from the checkpoint
+    (``summary.csv`` rows, ``best.pth.tar``, ``learning_curve.png``) and mark ``status.json`` finished."""
+    from utils.training.logger import RunLogger
+
+    import copy
+
+    quiet = copy.copy(cfg)
+    quiet.tensorboard = quiet.log_wandb = False
+    logger = RunLogger(folder.path, quiet, ema=bool(cfg.model_ema), start_epoch=total, history=state.get("history", []))
+    _report_reconciled(logger, state)
+    _rederive_best(state, os.path.join(folder.path, "best.pth.tar"))
+    if cfg.plot and logger.rows:
+        logger.plot()
+    folder.status = folder.read_state() or {}
+    folder.write_status(state="finished", epoch=int(state["epoch"]), total_epochs=total,
+                        best_top1=state.get("best_metric"), best_epoch=int(state.get("best_epoch", -1)),
+                        exit_message="done (status completed by --resume: the run had stopped after its last "
+                                     "checkpoint)")
+    _log.info(f"the run had stopped after writing its last checkpoint: completed status.json, summary.csv, "
+              f"best.pth.tar{' and learning_curve.png' if cfg.plot else ''} from {state['path']}")
 
 
 def _train(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Dict[str, Any]:
@@ -369,6 +410,7 @@ class _Run:
     best: Dict[str, Any]
     history: List[Dict[str, Any]]
     held: Optional[str] = None
+    data: Optional[Dict[str, Any]] = None  # the datasets' fingerprints, saved with every checkpoint
     logger: Any = None  # rank 0's RunLogger
     skip: int = 0  # the current epoch's first sample (per process) and step
     start_step: int = 0
@@ -395,7 +437,7 @@ class _Run:
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
-                              config=_plain(vars(cfg)), history=self.history, **fields)
+                              config=_plain(vars(cfg)), history=self.history, data=self.data, **fields)
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
@@ -435,6 +477,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     from utils.training.engine import build_model, build_training, seed_everything
     from utils.training.logger import RunLogger
     from utils.training.memory_plan import device_memory_warning
+    from utils.data.fingerprint import dataset_fingerprint
 
     main, device = dist_info.is_main, dist_info.device
     if main and (memory_warning := device_memory_warning(cfg, device)):  # CUDA only: planned step vs the device
@@ -454,6 +497,10 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
 
     # ---- resume position
     start_epoch, best, partial = _position(state)  # the update count is restored into t (restore_training)
+    data = {"train": dataset_fingerprint(train_set), "eval": dataset_fingerprint(eval_set)}
+    if state is not None and _data_changed(state, data, start_epoch, partial, best) and partial:
+        partial = None  # the saved position indexes a sample order of the old data: the epoch starts again
+        t.num_updates = start_epoch * t.updates_per_epoch
     if state is not None:
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
@@ -462,7 +509,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
     history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
     run = _Run(cfg, dist_info, stop, folder, run_dir, t, train_loader, eval_loader, train_sampler, state,
-               start_epoch, partial, best, history)
+               start_epoch, partial, best, history, data=data)
     if state is not None:
         run.held = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
                     else f"epoch {start_epoch - 1}")
@@ -621,7 +668,10 @@ def _resume_offset(partial, state, batch_size: int, per_process: int, steps: int
 
 def _report_reconciled(logger, state) -> None:
     """Say which ``summary.csv`` rows a resume restored from the checkpoint, and which neither file holds."""
-    if logger.restored:
+    if logger.restored and state.get("other_folder"):
+        _log.info(f"summary.csv: the rows of epochs {_epochs_text(logger.restored)} come from {state['path']}, "
+                  f"the checkpoint this run continues")
+    elif logger.restored:
         _log.warning(f"summary.csv lacked the rows of epochs {_epochs_text(logger.restored)}: restored them from "
                      f"{state['path']}")
     if logger.missing:
@@ -644,7 +694,14 @@ def _rederive_best(state, best_path: str) -> None:
     have = checkpoint_position(best_path)
     if have is not None and have["epoch"] == best_epoch and not have["partial_epoch"]:
         return
-    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
+    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch") and state.get("other_folder"):
+        copy_checkpoint(state["path"], best_path)
+        _log.info(f"best.pth.tar: a copy of {state['path']} (epoch {best_epoch}, the best so far of the run this "
+                  f"one continues)")
+    elif state.get("other_folder"):
+        _log.info(f"best.pth.tar is written once an epoch beats {state.get('best_metric')}, the best of the run "
+                  f"this one continues (its epoch {best_epoch}, in {os.path.dirname(os.path.abspath(state['path']))})")
+    elif best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
         copy_checkpoint(state["path"], best_path)
         _log.warning(f"best.pth.tar did not hold epoch {best_epoch} (the run ended before copying it): "
                      f"re-derived it from {state['path']}")
@@ -653,6 +710,29 @@ def _rederive_best(state, best_path: str) -> None:
                      f"({'it is missing' if have is None else 'it holds epoch %d' % have['epoch']}) and "
                      f"{state['path']} holds a later position: best.pth.tar is rewritten when an epoch beats "
                      f"{state.get('best_metric')}")
+
+
+def _data_changed(state, data, start_epoch: int, partial, best) -> bool:
+    """Compare the datasets with those the checkpoint was written with; warn (rank 0) and return True when the
+    training set changed. Inside an epoch the caller then starts that epoch again: its saved position counts
+    samples of an order computed for the old set."""
+    from utils.data.fingerprint import describe_data_change
+    from utils.training.distributed import is_main
+
+    saved = state.get("data") or {}
+    train, evals = describe_data_change(saved.get("train"), data["train"]), \
+        describe_data_change(saved.get("eval"), data["eval"])
+    if is_main() and train:
+        then = (f"epoch {start_epoch} starts again from its first step (its sample order was computed for the old "
+                f"set; the {partial['step']} steps done stay in the weights)" if partial else
+                f"epochs from {start_epoch} on train on the set as it is now")
+        _log.warning(f"warning: the training set changed since {state['path']} was written ({train}): {then}")
+    if is_main() and evals:
+        _log.warning(f"warning: the evaluation set changed since {state['path']} was written ({evals}): the top-1 of "
+                     f"epochs from {start_epoch} on is not comparable with the earlier rows of summary.csv"
+                     + (f" nor with the best so far ({best['metric']:.2f} at epoch {best['epoch']})"
+                        if best["metric"] is not None else ""))
+    return bool(train)
 
 
 def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:

@@ -78,11 +78,16 @@ def check_input(cfg, model, eval_set) -> None:
                           "check --dataset, --model and --T")
 
 
-def prepare_results_file(path: str) -> str:
-    """Create the folder of ``--results-file`` and check it is writable, before any evaluation time is spent."""
+def prepare_results_file(path: str, cfg=None) -> str:
+    """Create the folder of ``--results-file`` and check it is writable and replaces neither an input (the
+    checkpoint, the config) nor a file validate.py did not write (``--overwrite``), before any evaluation."""
+    from utils.output_files import check_outputs
+
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise ConfigError(f"--results-file {path} is a folder; give a file name such as {path}/results.json")
+    if cfg is not None:
+        check_outputs({"--results-file": path}, cfg.overwrite, inputs=(cfg.checkpoint, cfg.config))
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -112,15 +117,22 @@ def check_paths(cfg) -> None:
         problem = writable_folder_problem(out, "--energy-output folder")
         if problem:
             raise ConfigError(problem)
+        from utils.analysis.energy import report_paths
+        from utils.output_files import check_outputs
+
+        check_outputs(report_paths(out, f"{cfg.model}_T{cfg.T}"), cfg.overwrite, inputs=(cfg.checkpoint,))
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
     from utils.atomic_file import FileWriteError, atomic_write
 
+    from utils.output_files import record_outputs
+
     text = json.dumps(out, indent=2)
     try:
         atomic_write(path, text + "\n")
+        record_outputs(path)
     except FileWriteError as err:
         print(text)
         raise ConfigError(f"could not write --results-file {path} ({err.reason}); the results are printed above") \
@@ -189,7 +201,7 @@ def run(cfg) -> Dict[str, Any]:
     from utils.training.distributed import is_main
     from utils.training.engine import eval_amp_context, evaluate
 
-    results_file = prepare_results_file(cfg.results_file) if cfg.results_file and is_main() else None
+    results_file = prepare_results_file(cfg.results_file, cfg) if cfg.results_file and is_main() else None
     check_paths(cfg)
     model, loader, dist_info, num_classes = build_eval(cfg)
     try:
@@ -225,7 +237,8 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
         out_dir = cfg.energy_out or os.path.join(folder, "energy")
         stem = f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
-        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
+        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
+                     overwrite=cfg.overwrite)
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
 

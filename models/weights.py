@@ -168,19 +168,23 @@ def read_weights(path: Union[str, os.PathLike], trust_pickle: bool = False,
 def _refusal(path: str, unsafe: List[str], trust_flag: Optional[str], resume: bool = False) -> str:
     """The message for a file that safe loading refuses because of the pickled objects ``unsafe``."""
     code = [n for n in unsafe if n.split(".")[0] in _CODE_MODULES]
+    flag = trust_flag or f"'{_CONVERT_COMMAND} ... --trust-checkpoint'"
     if code:
         return (f"checkpoint {path!r} holds pickled code ({', '.join(code)}): loading it would run that code, so "
                 f"it is refused. A checkpoint needs no code; do not load this file, get the checkpoint again from "
-                f"a source you trust.")
+                f"a source you trust. ({flag} would load it and run that code: it is meant only for files whose "
+                f"source you trust.)")
     if trust_flag:
-        advice = f"If you trust where this file comes from, pass {trust_flag}."
+        advice = (f"If you trust where this file comes from, pass {trust_flag}: it unpickles the file in full, "
+                  f"which runs any code the file holds, so only for files you trust.")
     elif resume:
         advice = (f"A run resumes only from a checkpoint train.py wrote. If you trust where this file comes from, "
                   f"write a weights-only copy with '{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and "
                   f"start from it with --initial-checkpoint OUT.pth.tar.")
     else:
         advice = (f"If you trust where this file comes from, write a weights-only copy once with "
-                  f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and use OUT.pth.tar.")
+                  f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' (it unpickles the file in full, "
+                  f"which runs any code the file holds) and use OUT.pth.tar.")
     return (f"checkpoint {path!r} holds pickled Python objects ({', '.join(unsafe)}) that safe (weights_only) "
             f"loading refuses, because unpickling them can run code. {advice}")
 

@@ -145,7 +145,8 @@ def test_unsafe_pickle_advice_fits_the_caller(tmp_path):
     path = tmp_path / "pickled.pth"  # an arbitrary pickled object: refused unless trusted
     torch.save({"state_dict": model.state_dict(), "extra": PickledThing()}, path)
     # a command line with a trust flag names it
-    with pytest.raises(CheckpointError, match=r"PickledThing.*can run code.*pass --trust-checkpoint\.$"):
+    with pytest.raises(CheckpointError, match=r"PickledThing.*can run code.*pass --trust-checkpoint: "
+                                              r".* only for files you trust\.$"):
         load_checkpoint(model, str(path), trust_flag="--trust-checkpoint")
     # without one (train.py, Python callers) the advice is the convert command, which has the flag
     with pytest.raises(CheckpointError) as err:

@@ -225,7 +225,7 @@ class _Plain:
     pass
 
 
-def test_pickled_code_is_named_as_code_without_trust_advice(tmp_path):
+def test_pickled_code_is_named_as_code_and_the_trust_flag_with_its_risk(tmp_path):
     zipped, raw = tmp_path / "code.pth.tar", tmp_path / "code.pkl"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _System()}, zipped)
     raw.write_bytes(pickle.dumps({"x": _System()}))
@@ -235,13 +235,16 @@ def test_pickled_code_is_named_as_code_without_trust_advice(tmp_path):
                 read_checkpoint(path, trust_flag=flag)
             msg = str(err.value)
             assert "holds pickled code" in msg and "system" in msg and str(path) in msg, msg
-            assert "--trust" not in msg and "truncated" not in msg, msg
+            assert "--trust-checkpoint" in msg and "would load it and run that code" in msg, msg
+            assert "truncated" not in msg, msg
+            assert "only for files whose source you trust" in msg, msg
 
 
 def test_pickled_objects_get_the_flag_that_loads_them(tmp_path):
     path = tmp_path / "obj.pth.tar"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Plain()}, path)
-    with pytest.raises(CheckpointError, match=r"_Plain.*pass --trust-checkpoint\.$"):
+    with pytest.raises(CheckpointError, match=r"_Plain.*pass --trust-checkpoint: it unpickles the file in full, "
+                                              r"which runs any code the file holds, so only for files you trust\.$"):
         read_checkpoint(path, trust_flag="--trust-checkpoint")
     with pytest.raises(CheckpointError) as err:  # resuming: a weights-only copy is a start, not a resume
         read_training_state(path)

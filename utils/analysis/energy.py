@@ -658,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output/energy", type=writable_folder, help="folder for JSON / CSV / PNG")
     p.add_alias("--out", of="--output")
     p.add_bool("--quiet", help="print only the summary, not every layer")
+    p.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
 
 
@@ -693,6 +694,12 @@ def main(argv=None) -> int:
                                                                                          kind=args.input)
         calibrate_bn(model, cal)
         desc += f", BN calibrated on {n_cal} {'data' if args.config else 'synthetic'} batches"
+    from utils.output_files import check_outputs
+
+    try:  # before the measurement
+        check_outputs(report_paths(args.output, f"{args.model}_T{T}"), args.overwrite, inputs=(args.checkpoint,))
+    except input_errors() as err:
+        p.error(str(err))
     config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
@@ -700,7 +707,7 @@ def main(argv=None) -> int:
     settings = {k: v for k, v in kwargs.items() if k != "T"}  # T is in the name already
     stem = "_".join([args.model, f"T{T}"] + ([settings_tag(settings)] if settings else [])
                     + ([f"{args.img_size}px"] if args.img_size else []))
-    write_report(report, args.output, stem, title=f"{args.model} T={T}: {desc}")
+    write_report(report, args.output, stem, title=f"{args.model} T={T}: {desc}", overwrite=args.overwrite)
     return 0
 
 
@@ -715,14 +722,28 @@ def settings_tag(kwargs: dict) -> str:
     return "kw" + hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "") -> str:
-    """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``."""
+def report_paths(out_dir: str, stem: str) -> Dict[str, str]:
+    """The files :func:`write_report` writes, by what they hold."""
+    stem = os.path.join(out_dir, stem)
+    return {what: stem + suffix for what, suffix in (("energy JSON", "_energy.json"), ("energy CSV", "_energy.csv"),
+                                                     ("firing-rate CSV", "_firing_rates.csv"),
+                                                     ("firing-rate figure", "_firing_rates.png"))}
+
+
+def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> str:
+    """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``
+    (files there that an earlier report did not write are refused unless ``overwrite``, :mod:`utils.output_files`)."""
+    from utils.output_files import check_outputs, record_outputs
+
+    paths = report_paths(out_dir, stem)
+    check_outputs(paths, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, stem)
     with open(stem + "_energy.json", "w") as f:
         json.dump(report.as_dict(), f, indent=1)
     report.write_csv(stem + "_energy.csv")
     write_firing_rates(report.firing_rates, stem + "_firing_rates.csv", stem + "_firing_rates.png", title=title)
+    record_outputs(*paths.values())
     print(f"wrote {stem}_energy.json, _energy.csv, _firing_rates.csv, _firing_rates.png")
     return stem
 

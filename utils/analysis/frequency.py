@@ -536,6 +536,9 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
+    from utils.output_files import record_outputs
+
+    record_outputs(png, csv_path)
     print(f"wrote {png} and {csv_path}")
 
 
@@ -602,7 +605,21 @@ def build_parser() -> argparse.ArgumentParser:
     for s in (a, b, c, d):
         s.add_argument("-o", "--output", default="output/frequency", type=writable_folder, help="output folder")
         s.add_alias("--out", of="--output")
+        s.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
+
+
+def _check_outputs(args) -> None:
+    """The subcommand's ``<stem>.png`` / ``.csv`` replace no input and no file it did not write (``--overwrite``)."""
+    from utils.output_files import check_outputs
+
+    stem = {"transfer": "transfer", "toy": "toy", "spectra": getattr(args, "name", "")}.get(args.cmd)
+    if stem is None:  # gradcam_<model name>
+        stem = "gradcam_" + parse_model_spec(args.model)[1]
+    inputs = [getattr(args, "checkpoint", None), *(getattr(args, "images", None) or [])]
+    inputs += [w.split("=", 1)[-1] for w in getattr(args, "weights", None) or []]
+    check_outputs({"figure": os.path.join(args.output, stem + ".png"), "CSV": os.path.join(args.output, stem + ".csv")},
+                  args.overwrite, inputs=inputs)
 
 
 def main(argv=None) -> int:
@@ -612,6 +629,7 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     try:
+        _check_outputs(args)
         args.func(args)
     except input_errors() + (ModelError, LookupError, OSError) as err:  # bad names, files, kwargs: no traceback
         p.error(str(err))

@@ -417,10 +417,14 @@ def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "") -> List[str]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths."""
+def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> List[str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths. Files there that
+    an earlier call did not write are refused (:mod:`utils.output_files`) unless ``overwrite``."""
+    from utils.output_files import check_outputs, record_outputs
+
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "csv", "png")]
+    check_outputs({"table": paths[0], "CSV": paths[1], "figure": paths[2]}, overwrite)
     with open(paths[0], "w") as f:
         f.write((f"# {title}\n\n" if title else "") + results_markdown(rows) + "\n")
     with open(paths[1], "w", newline="") as f:
@@ -428,6 +432,7 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = ""
         w.writeheader()
         w.writerows(rows)
     results_figure(rows, paths[2], title)
+    record_outputs(*paths)
     return paths
 
 
@@ -471,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
     c.add_argument("--figure", default=None, type=writable_file, help="PNG path (default: next to the run's CSV)")
     c.add_alias("--out", of="--figure")
+    for s in (a, r, c):
+        s.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
 
 
@@ -499,14 +506,18 @@ def _runs(a) -> int:
     unfinished = sum(r["status"] != "finished" for r in rows)
     if unfinished:
         print(f"\n{unfinished} of {len(rows)} rows are unfinished (means over the epochs done so far).")
-    print("wrote " + ", ".join(write_results(rows, a.output or a.runs, stem, title)))
+    print("wrote " + ", ".join(write_results(rows, a.output or a.runs, stem, title, a.overwrite)))
     return 0
 
 
 def _compare_log(a) -> int:
+    from utils.output_files import check_outputs, record_outputs
+
     out = a.figure or os.path.join(os.path.dirname(os.path.abspath(a.run)),
                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
+    check_outputs({"--figure": out}, a.overwrite, inputs=(a.run, a.reference))
     s = compare_logs(a.run, a.reference, out)
+    record_outputs(out)
     print(f"this run: best {s['run_best']:.2f} last {s['run_last']:.2f} over {s['run_epochs']} epochs; "
           f"authors: best {s['ref_best']:.2f} last {s['ref_last']:.2f} over {s['ref_epochs']} epochs "
           f"({s['ref_at_run_last_epoch']:.2f} at this run's last epoch)")
@@ -516,7 +527,10 @@ def _compare_log(a) -> int:
 
 def _params(a) -> int:
     from utils.errors import ConfigError
+    from utils.output_files import check_outputs, record_outputs
 
+    if a.csv:
+        check_outputs({"--csv": a.csv}, a.overwrite, inputs=[w.split("=", 1)[-1] for w in a.weights])
     ckpts = {}
     for c in a.weights:
         if "=" not in c:
@@ -536,6 +550,7 @@ def _params(a) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+        record_outputs(a.csv)
     return 0
 
 

@@ -324,19 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model settings, e.g. num_classes=100 embed_dims=384")
     conv.add_bool("--trust-checkpoint",
                   help="allow arbitrary pickled objects in IN (only for files you trust); OUT holds none")
+    conv.add_bool("--overwrite", help="replace an existing OUT this command did not write")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from models.factory import ModelError, parse_model_kwargs
+    from utils.errors import ConfigError
+    from utils.output_files import check_outputs, record_outputs
 
     try:
-        if os.path.abspath(args.src) == os.path.abspath(args.dst):
-            raise CheckpointError("OUT must differ from IN (the original stays untouched)")
+        check_outputs({"OUT": args.dst}, args.overwrite, inputs=(args.src,))
         convert_file(args.src, args.dst, args.model, parse_model_kwargs(args.model_kwargs),
                      trust_pickle=args.trust_checkpoint)
-    except (CheckpointError, ModelError) as err:
+        record_outputs(args.dst)
+    except (CheckpointError, ModelError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
