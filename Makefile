@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fresh lint clean
+.PHONY: install demo test test-fresh lint docs-check clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# every command of README.md and docs/ that runs on a CPU without data (part of make test too)
+docs-check: $(STAMP)
+	$(PY) -m pytest -q tests/test_docs.py
 
 # the suite as on a fresh machine: SLURM's tools, caches, /tmp and the network hidden (docs/testing.md)
 test-fresh: $(STAMP)

@@ -498,6 +498,46 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         check_model_kwargs(args.model, parse_model_kwargs(args.model_kwargs))
     except ModelError as err:
         parser.error(f"argument --model/--model-kwargs: {err}")
+    _check_used(parser, args)
+    if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
+        from utils.errors import ConfigError
+        from utils.output_files import check_outputs
+
+        try:
+            check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)
+        except ConfigError as err:
+            parser.error(str(err).replace(", or pass --csv with another path to replace it", " (it appends to a "
+                                          "CSV of benchmark rows only)"))
+
+
+# Options read only with another one (``dest: (needed dest, its flag)``), and those only a measurement reads.
+_ONLY_WITH = {"sweep_T": ("sweep", "--sweep"), "sweep_batch_sizes": ("sweep", "--sweep"),
+              "device_memory": ("max_batch", "--max-batch")}
+_MEASURING = ("warmup", "steps", "sweep", "compare_eager", "peak", "seed", "csv")
+
+
+def _check_used(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse an option this run would not read (every accepted option changes the result)."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    given = [d for d in flags if d != "help" and getattr(args, d, None) != parser.get_default(d)]
+    for dest in given:
+        need, flag = _ONLY_WITH.get(dest, (None, None))
+        if need and not getattr(args, need):
+            parser.error(f"{flags[dest]} applies only with {flag}")
+    unused = [flags[d] for d in _MEASURING if d in given]
+    if (args.plan_memory or args.max_batch) and unused:
+        parser.error(f"{', '.join(unused)} set a measurement; --plan-memory / --max-batch plan without running a "
+                     f"step or writing the CSV: leave {'them' if len(unused) > 1 else 'it'} out")
+
+
+def _benchmark_csv(path: str) -> bool:
+    """True when ``path`` is a CSV of benchmark rows (this version's columns or an older set): rows are appended."""
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:2] == CSV_FIELDS[:2] and "img_per_s" in header
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:

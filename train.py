@@ -25,10 +25,11 @@ from utils.atomic_file import FileWriteError
 from utils.config import (Config, ConfigError, all_options, build_arg_parser, check_run_paths, input_errors,
                           parse_config, report_input_error, without_options)
 from utils.config.cli import describe_os_error
+from utils.errors import INPUT_ERRORS
 from utils.training.distributed import cleanup, is_main
 from utils.training.epochs import rank0_writes, run_epochs
 from utils.training.run_folder import RunFolder
-from utils.training.run_setup import claim_run_folder, load_datasets, setup_process, setup_run
+from utils.training.run_setup import claim_run_folder, complete_files, load_datasets, setup_process, setup_run
 from utils.training.stop import NonFiniteLossError, StopSignals, TrainingStopped
 
 _log = logging.getLogger("train")
@@ -46,18 +47,25 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     datasets = load_datasets(cfg, dist_info.world_size)
     run_dir = os.path.join(cfg.output, cfg.experiment)
     folder = RunFolder(run_dir) if dist_info.is_main else None
+    new_folder = not os.path.exists(run_dir)  # a setup refusal leaves no folder behind (remove_if_unused)
     try:
         state = claim_run_folder(cfg, folder, command or "train.py")
         total = cfg.epochs + cfg.cooldown_epochs
         if state is not None and int(state["epoch"]) + 1 >= total and not state.get("partial_epoch"):
-            return _finished(cfg, state, run_dir, total, dist_info.is_main)
+            return _finished(cfg, state, run_dir, total, dist_info.is_main, folder)
         rank0_writes(dist_info, lambda: folder.write_status(
             state="running", epoch=int(state["epoch"]) if state else -1, total_epochs=total,
             best_top1=state.get("best_metric") if state else None,
-            best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message=""))
+            best_epoch=int(state.get("best_epoch", -1)) if state else -1, exit_message="",
+            launch=os.environ.get("TORCHELASTIC_RUN_ID")))  # torchrun's launch: its restarts continue this run
+        stop = stop or StopSignals()
         try:
-            result = _train(cfg, dist_info, run_dir, state, stop or StopSignals(), folder, datasets)
+            result = _train(cfg, dist_info, run_dir, state, stop, folder, datasets)
         except BaseException as err:
+            if stop.requested() and not isinstance(err, (TrainingStopped, KeyboardInterrupt, FileWriteError)):
+                # e.g. torch.compile's workers, stopped by the same signal: the run was stopped, not broken
+                err = TrainingStopped(stop.signum, f"before its next step could finish ({type(err).__name__} in "
+                                                   f"the work the signal interrupted; the last checkpoint is kept)")
             if folder is not None:
                 kind = ("diverged" if isinstance(err, NonFiniteLossError) else
                         "interrupted" if isinstance(err, (TrainingStopped, KeyboardInterrupt)) else "failed")
@@ -66,17 +74,23 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
                 except FileWriteError as status_err:  # the disk refuses: read_status reconciles with the checkpoint
                     if isinstance(err, FileWriteError) and status_err.path != err.path:
                         err.kept += f" {os.path.basename(status_err.path)} could not be updated either."
+            if isinstance(err, TrainingStopped):
+                raise err from None
             raise
         if folder is not None:
             folder.write_status(state="finished", exit_message="done")
         return result
     finally:
         if folder is not None:
+            if new_folder and isinstance(sys.exc_info()[1], INPUT_ERRORS):  # refused: e.g. --amp fp16 on a CPU
+                folder.remove_if_unused()
             folder.release()
 
 
-def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool) -> Dict[str, Any]:
-    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten).
+def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main: bool,
+              folder=None) -> Dict[str, Any]:
+    """``--resume`` of a run that has done all its epochs: say so and stop (nothing is rewritten, unless the run was
+    killed after its last checkpoint: then the files that follow it are completed, ``run_setup.complete_files``).
 
     ``--overwrite true`` cannot be honoured together with ``--resume``: that is refused (ConfigError)."""
     best, best_epoch = state.get("best_metric"), int(state.get("best_epoch", -1))
@@ -86,6 +100,8 @@ def _finished(cfg: Config, state: Dict[str, Any], run_dir: str, total: int, main
         raise ConfigError(f"{done}; --resume continues a run, so --overwrite true has nothing to replace. To start "
                           f"this run over, drop --resume (keep --overwrite true); to train it longer, drop "
                           f"--overwrite and pass a larger --epochs with --resume auto")
+    if folder is not None and (folder.read_state() or {}).get("state") != "finished":
+        complete_files(cfg, state, folder, total)
     if main:
         _log.info(f"{done}. To train it longer pass a larger --epochs with --resume auto; to start a new run choose "
                   f"another --experiment (or run without --resume and with --overwrite true to replace this one).")

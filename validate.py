@@ -46,6 +46,23 @@ def build_parser():
     return build_arg_parser(all_options(VALIDATE_OPTIONS), __doc__.split("\n\n")[0], shown=EVAL_KEYS)
 
 
+def refuse_training_flags(argv: Sequence[str], cfg) -> None:
+    """A training key on the command line would change nothing here: refused (from a YAML config it is fine); so
+    are the energy settings without ``--energy``."""
+    given, _ = build_parser().parse_known_args(list(argv))
+    ignored = sorted(k for k in vars(given) if k != "config" and k not in EVAL_KEYS)
+    energy_only = [flag for k, flag in (("energy_batches", "--energy-batches"), ("energy_out", "--energy-output"))
+                   if k in vars(given)]
+    if energy_only and not cfg.energy:
+        raise ConfigError(f"{', '.join(energy_only)}: only with --energy, which this run does not set; add --energy "
+                          f"or leave {'it' if len(energy_only) == 1 else 'them'} out")
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise ConfigError(f"{flags}: training setting{'s' if len(ignored) > 1 else ''} that validate.py does not "
+                          f"read (it evaluates; validate.py -h lists its settings); leave "
+                          f"{'them' if len(ignored) > 1 else 'it'} out")
+
+
 def check_input(cfg, model, eval_set) -> None:
     """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
     from models import input_spec
@@ -61,11 +78,16 @@ def check_input(cfg, model, eval_set) -> None:
                           "check --dataset, --model and --T")
 
 
-def prepare_results_file(path: str) -> str:
-    """Create the folder of ``--results-file`` and check it is writable, before any evaluation time is spent."""
+def prepare_results_file(path: str, cfg=None) -> str:
+    """Create the folder of ``--results-file`` and check it is writable and replaces neither an input (the
+    checkpoint, the config) nor a file validate.py did not write (``--overwrite``), before any evaluation."""
+    from utils.output_files import check_outputs
+
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise ConfigError(f"--results-file {path} is a folder; give a file name such as {path}/results.json")
+    if cfg is not None:
+        check_outputs({"--results-file": path}, cfg.overwrite, inputs=(cfg.checkpoint, cfg.config))
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -95,15 +117,22 @@ def check_paths(cfg) -> None:
         problem = writable_folder_problem(out, "--energy-output folder")
         if problem:
             raise ConfigError(problem)
+        from utils.analysis.energy import report_paths
+        from utils.output_files import check_outputs
+
+        check_outputs(report_paths(out, f"{cfg.model}_T{cfg.T}"), cfg.overwrite, inputs=(cfg.checkpoint,))
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
     from utils.atomic_file import FileWriteError, atomic_write
 
+    from utils.output_files import record_outputs
+
     text = json.dumps(out, indent=2)
     try:
         atomic_write(path, text + "\n")
+        record_outputs(path)
     except FileWriteError as err:
         print(text)
         raise ConfigError(f"could not write --results-file {path} ({err.reason}); the results are printed above") \
@@ -173,7 +202,7 @@ def run(cfg) -> Dict[str, Any]:
     from utils.training.distributed import is_main
     from utils.training.engine import eval_amp_context, evaluate
 
-    results_file = prepare_results_file(cfg.results_file) if cfg.results_file and is_main() else None
+    results_file = prepare_results_file(cfg.results_file, cfg) if cfg.results_file and is_main() else None
     check_paths(cfg)
     model, loader, dist_info, num_classes = build_eval(cfg)
     try:
@@ -200,7 +229,7 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.analysis.energy import measure_energy, write_report
+    from utils.analysis.energy import measure_energy, settings_tag, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
@@ -208,7 +237,9 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
         print(report.format_table(per_layer=False))
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
         out_dir = cfg.energy_out or os.path.join(folder, "energy")
-        write_report(report, out_dir, f"{cfg.model}_T{cfg.T}", title=f"{cfg.model} T={cfg.T} on {cfg.dataset}")
+        stem = f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
+        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
+                     overwrite=cfg.overwrite)
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
 
@@ -218,6 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
+        refuse_training_flags(sys.argv[1:] if argv is None else argv, cfg)
         run(cfg)
         return 0
     except input_errors() as err:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
-from typing import Dict, List, Optional, Union
+import re
+from typing import Dict, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
@@ -31,13 +33,15 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
-from .neurons import NeuronConfig, reset_net
+from .errors import WeightsError
+from .neurons import NEURON_SETTINGS, NEURONS, NeuronConfig, neuron_kwarg_types, reset_net
+from .weights import read_weights, stored_model_kwargs
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
            "neuron_config_from_kwargs", "resolve_in_chans", "to_time_major", "check_T",
            "init_trunc_normal"]
 
-NEURON_KWARGS = tuple(f.name for f in dataclasses.fields(NeuronConfig) if f.name != "kind")
+NEURON_KWARGS = NEURON_SETTINGS  # the model-wide neuron settings; each neuron adds its own arguments
 # Passed by timm-style training scripts; the published models have no dropout / DropPath.
 _DROP_KWARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 GLOBAL_POOLS = ("avg", "")
@@ -58,26 +62,34 @@ def variant_cfg(data: str, **kwargs) -> dict:
     return dict(DATA_CFG[data], license="mit", **kwargs)
 
 
-def neuron_config_from_kwargs(model: str, neuron="lif", neuron_impl: Optional[str] = None,
+def neuron_config_from_kwargs(model: str, neuron="lif", neuron_impl: Optional[str] = None, T: Optional[int] = None,
                               **kwargs) -> NeuronConfig:
     """A :class:`NeuronConfig` from a model's neuron kwargs; unknown names raise a clear error.
 
-    ``neuron_impl`` is the model-level name of :attr:`NeuronConfig.impl` (``'spikingjelly'``, ``'torch'``,
-    ``'triton'``); passing both with different values is an error.
+    ``neuron`` is a short name (``'lif'``, ``'if'``, ``'plif'``), a spikingjelly neuron class name or a
+    ready config; the kwargs it takes are :func:`models.neurons.neuron_kwarg_types`. ``T`` (the model's)
+    reaches neurons whose constructor takes it. ``neuron_impl`` is the model-level name of
+    :attr:`NeuronConfig.impl` (``'spikingjelly'``, ``'torch'``, ``'triton'``); passing both with different
+    values is an error.
     """
     if neuron_impl is not None:
         if kwargs.get("impl", neuron_impl) != neuron_impl:
             raise ValueError(f"{model}: neuron_impl={neuron_impl!r} and impl={kwargs['impl']!r} disagree; "
                              "they are the same setting, pass one of them")
         kwargs["impl"] = neuron_impl
-    unknown = sorted(set(kwargs) - set(NEURON_KWARGS))
+    kind = neuron.kind if isinstance(neuron, NeuronConfig) else neuron
+    accepted = neuron_kwarg_types(kind)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(accepted), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise TypeError(
-            f"{model} got unexpected keyword argument(s) {unknown}. Model kwargs besides the architecture are "
-            f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron='lif'|'if' and "
-            f"the neuron kwargs {', '.join(NEURON_KWARGS)} (impl also as neuron_impl)."
+            f"{model} got unexpected keyword argument(s) {unknown}.{hint} Model kwargs besides the architecture are "
+            f"in_chans (alias in_channels), num_classes, T, global_pool, stateful, neuron (a short name "
+            f"{'|'.join(NEURONS)} or a spikingjelly neuron class name) and the kwargs of neuron {kind!r}: "
+            f"{', '.join(accepted)} (impl also as neuron_impl)."
         )
-    return NeuronConfig.from_kwargs(neuron, **kwargs)
+    return NeuronConfig.from_kwargs(neuron, T=T, **kwargs)
 
 
 def resolve_in_chans(model: str, in_channels: Optional[int], in_chans: Optional[int], default: int) -> int:
@@ -201,7 +213,7 @@ class SpikingModel(nn.Module):
             return x.mean(-1)
         head_lif = getattr(self, "head_lif", None)
         if head_lif is not None and not self.stateful:
-            head_lif.reset()
+            reset_net(head_lif)
         return self._head(x.permute(4, 0, 1, 2, 3), pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +287,58 @@ class SpikingModel(nn.Module):
             disable_grad_checkpointing(self)
         self.grad_checkpointing = enable
 
+    # ------------------------------------------------------------------ optimizer groups (timm API)
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters trained without weight decay: the 1-D ones (BatchNorm weights and biases, biases), the
+        set the training recipe (``create_optimizer_v2(filter_bias_and_bn=True)``) already excludes."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        """Parameter groups in depth order for timm's layer-wise lr decay (``param_groups_layer_decay``):
+        the stem, then one group per stage (``coarse``) or per patch embedding and block; the classifier last.
+        A stage unit that is an ``nn.Sequential`` (a ResNet layer) counts as its blocks when not ``coarse``."""
+        names = {id(m): n for n, m in self.named_modules()}
+        blocks = []
+        for i, stage in enumerate(self._stages()):
+            for j, unit in enumerate(stage):
+                parts = list(unit) if isinstance(unit, nn.Sequential) and not coarse else [unit]
+                for k, part in enumerate(parts):
+                    order = (i,) if coarse else (i, j, k)
+                    blocks.append((rf"^{re.escape(names[id(part)])}\.", order))
+        units = [names[id(u)] for stage in self._stages() for u in stage]
+        stem = [re.escape(n) for n, m in self.named_children()
+                if n != self.classifier_name and any(True for _ in m.parameters())
+                and not any(u == n or u.startswith(n + ".") for u in units)]
+        return dict(stem=rf"^(?:{'|'.join(stem)})\." if stem else None, blocks=blocks)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last one ``indices`` asks for (timm API); returns the kept indices.
+
+        ``prune_head`` removes the classifier (``forward_head`` then returns pre-logits); keeping it is
+        refused when the last kept stage is narrower than the classifier's input. ``prune_norm`` has nothing
+        to remove: these networks have no final norm layer.
+        """
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        width = self.feature_info[max_index]["num_chs"]
+        if not prune_head and width != self.head_hidden_size:
+            raise ValueError(f"{type(self).__name__}: stage {max_index} has {width} channels but the classifier "
+                             f"reads {self.head_hidden_size}; prune with prune_head=True")
+        self._keep_stages(max_index + 1)
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.head_hidden_size = width
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     # ------------------------------------------------------------------ family hooks
+    def _keep_stages(self, n: int) -> None:
+        """Remove every stage after the first ``n`` (for :meth:`prune_intermediate_layers`)."""
+        raise NotImplementedError
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -327,9 +390,41 @@ def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optiona
             "For a checkpoint of your own pass pretrained_cfg_overlay=dict(file=PATH) or build the model and "
             "call utils.training.checkpoint.load_checkpoint(model, PATH)")
     if pretrained and cfg.file and not cfg.state_dict and not os.path.isfile(cfg.file):
-        raise FileNotFoundError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
+        raise WeightsError(f"{variant}: pretrained weights file not found: {cfg.file!r}; check the path "
                                 f"given as pretrained_cfg_overlay=dict(file=...)")
     return cfg
+
+
+def _load_pretrained(model: nn.Module, source, num_classes: int, in_chans: int, cache_dir) -> None:
+    """timm's ``load_pretrained`` with our names converted; a file that does not fit, or weights that cannot be
+    downloaded, raise :class:`WeightsError` naming the fix."""
+    from timm.models import load_pretrained
+
+    from .legacy_names import filter_pretrained_state_dict
+
+    name = model.pretrained_cfg.get("architecture", type(model).__name__)
+    try:
+        # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            load_pretrained(model, pretrained_cfg=source.to_dict(), num_classes=num_classes, in_chans=in_chans,
+                            filter_fn=filter_pretrained_state_dict, strict=True, cache_dir=cache_dir)
+    except WeightsError:
+        raise
+    except RuntimeError as err:  # filter_pretrained_state_dict's listing: the file is another model's
+        where = f"{source.file!r}" if source.file else "the pretrained weights"
+        raise WeightsError(f"{where}: {str(err).splitlines()[0]}\n" + "\n".join(str(err).splitlines()[1:])) \
+            from None
+    except OSError as err:  # no network, or the file is not (or no longer) at the URL / on the hub
+        from .pretrained import RELEASED
+
+        files = [w.file for w in RELEASED if source.url and w.url == source.url]
+        got = f"bash imagenet/checkpoints/download.sh {files[0]}" if files else "imagenet/checkpoints/download.sh"
+        local = f"imagenet/checkpoints/{files[0]}.pth.tar" if files else "PATH"
+        raise WeightsError(
+            f"{name}: cannot fetch the pretrained weights from {source.hf_hub_id or source.url} "
+            f"({type(err).__name__}: {getattr(err, 'reason', None) or err}). Without network: fetch the file with "
+            f"'{got}' where there is network, then pass pretrained_cfg_overlay=dict(file='{local}') (on the command "
+            f"line: --initial-checkpoint / --checkpoint {local}).") from None
 
 
 def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str, num_stages: int,
@@ -347,10 +442,6 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
     ``num_classes`` differs, the stem adapted when ``in_chans`` does. A named tag or ``pretrained=True``
     sets ``T`` to the cfg's (models.pretrained) over the variant's, unless ``T`` is given.
     """
-    from timm.models import load_pretrained
-
-    from .legacy_names import filter_pretrained_state_dict
-
     for k in _DROP_KWARGS:
         if kwargs.pop(k, 0.0):
             raise ValueError(f"{variant}: {k} is not supported (the published models use no dropout/DropPath)")
@@ -360,7 +451,13 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
     asked = kwargs.pop("pretrained_cfg", None)
     source = _source_cfg(variant, pretrained, asked, kwargs.pop("pretrained_cfg_overlay", None))
     weights_T = getattr(source, "T", None) if pretrained or asked is not None else None
-    kwargs = {**(variant_kwargs or {}), **({"T": weights_T} if weights_T else {}), **kwargs}
+    stored: dict = {}
+    if pretrained and source.file and not source.state_dict:  # read (and checked) once, here
+        obj = read_weights(source.file)
+        stored = stored_model_kwargs(obj, variant)
+        source = dataclasses.replace(source, state_dict=obj,  # the file's classifier rows, kept unless asked
+                                     num_classes=stored.get("num_classes", source.num_classes))
+    kwargs = {**(variant_kwargs or {}), **({"T": weights_T} if weights_T else {}), **stored, **kwargs}
     overlay = _data_overlay(data, in_chans, kwargs.get("num_classes"))
     model = build_model_with_cfg(
         model_cls, variant, pretrained=False, pretrained_cfg=source, pretrained_cfg_overlay=overlay,
@@ -368,11 +465,8 @@ def build_spiking_model(model_cls, variant: str, pretrained: bool, /, data: str,
         in_chans=in_chans, **kwargs)
     target = model if isinstance(model, SpikingModel) else model.model  # the features_only wrapper holds it
     if pretrained:
-        # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            load_pretrained(target, pretrained_cfg=source.to_dict(),
-                            num_classes=target.num_classes if target is model else 0, in_chans=in_chans,
-                            filter_fn=filter_pretrained_state_dict, strict=True, cache_dir=cache_dir)
+        _load_pretrained(target, source, num_classes=target.num_classes if target is model else 0, in_chans=in_chans,
+                         cache_dir=cache_dir)
     target.input_frames = data in _FRAME_DATA  # read by models.factory.input_spec
     if target is not model:
         model.T = target.T

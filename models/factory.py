@@ -22,14 +22,12 @@ import torch
 import torch.nn as nn
 import yaml
 
+from .errors import ModelError
+
 __all__ = ["ModelError", "family_modules", "list_our_models", "create_model", "build_model", "check_model_kwargs",
            "TOP_LEVEL_KWARGS", "model_kwarg_types",
            "parse_model_kwargs", "parse_value", "InputSpec", "input_spec"]
 
-
-
-class ModelError(ValueError):
-    """An unknown model name or kwargs a model rejects; the message names the problem and the fix."""
 
 
 def _spiking_model_classes() -> List[type]:
@@ -134,11 +132,11 @@ def _model_class(name: str) -> Optional[type]:
     return found[0] if len(found) == 1 else None
 
 
-def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
+def model_kwarg_types(name: str, neuron: Any = None) -> Optional[Dict[str, Any]]:
     """``{kwarg: annotation or None}`` that model ``name`` accepts, read from its class's constructor (plus the
-    neuron settings its ``**kwargs`` takes and timm's builder kwargs); None for a model that is not ours."""
-    from .common import NEURON_KWARGS
-    from .neurons import NeuronConfig
+    settings of ``neuron`` (default: the model's) its ``**kwargs`` takes and timm's builder kwargs); None for a
+    model that is not ours."""
+    from .neurons import NeuronConfig, neuron_kwarg_types
 
     _check_name(name)
     cls = _model_class(name) if name in list_our_models() else None
@@ -151,9 +149,12 @@ def model_kwarg_types(name: str) -> Optional[Dict[str, Any]]:
     out: Dict[str, Any] = {k: None for k in _BUILDER_KWARGS}
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind is p.VAR_KEYWORD:
-            neuron_hints = typing.get_type_hints(NeuronConfig)
-            out.update({k: neuron_hints.get(k) for k in NEURON_KWARGS})
-            out["neuron_impl"] = neuron_hints.get("impl")  # the model-level name of the neuron's impl
+            kind = neuron.kind if isinstance(neuron, NeuronConfig) else neuron or "lif"
+            try:
+                out.update(neuron_kwarg_types(kind))
+            except ValueError as err:  # an unknown neuron name: did-you-mean
+                raise ModelError(f"model '{name}': {err}") from None
+            out["neuron_impl"] = out["impl"]  # the model-level name of the neuron's impl
         elif p.kind is not p.VAR_POSITIONAL:
             out[p.name] = hints.get(p.name)
     return out
@@ -215,7 +216,7 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any], top_level: Iterable
         if k in kwargs:
             raise ModelError(f"model_kwargs sets '{k}'; use the top-level config key '{k}' instead "
                              f"(e.g. --{k.replace('_', '-')} {kwargs[k]})")
-    types = model_kwarg_types(name)
+    types = model_kwarg_types(name, kwargs.get("neuron"))
     if types is None:
         return
     for key, value in kwargs.items():

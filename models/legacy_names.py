@@ -242,12 +242,18 @@ def filter_pretrained_state_dict(state_dict: Mapping[str, Any], model: nn.Module
         return [k for k in keys if not k.startswith(classifier + ".") and top_module(k) not in refusals]
 
     missing, unexpected = listed([k for k in own if k not in sd]), listed([k for k in sd if k not in own])
-    if refusals or missing or unexpected:
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv") or ()
+    first_conv = (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
+    mismatched = [f"{k} {list(sd[k].shape)} in the file, {list(own[k].shape)} in the model"
+                  for k in listed([k for k in own if k in sd and sd[k].shape != own[k].shape])
+                  if not (k.rpartition(".")[0] in first_conv and sd[k].shape[:1] + sd[k].shape[2:] ==
+                          own[k].shape[:1] + own[k].shape[2:])]  # other input channels: timm adapts the stem
+    if refusals or missing or unexpected or mismatched:
         lines = [f"pretrained weights do not fit {type(model).__name__} ({len(own)} tensors in the model, "
                  f"{len(sd)} in the file):", *refusals.values()]
-        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched)):
             if keys:
-                lines.append(f"  {label} ({len(keys)}): {', '.join(keys[:10])}" + (" ..." if len(keys) > 10 else ""))
+                lines.append(f"  {label} ({len(keys)}): {'; '.join(keys[:5])}" + (" ..." if len(keys) > 5 else ""))
         lines.append("Create the model with the architecture kwargs the weights were trained with (model name, "
                      "embed_dims, depths, ...).")
         raise RuntimeError("\n".join(lines))

@@ -71,7 +71,8 @@ class SpikingTransformer(SpikingModel):
         stateful: keep membrane potentials across forward calls (streaming); default: every
             forward starts from fresh membranes.
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: spiking neuron
-            settings reaching every neuron (see :class:`models.neurons.NeuronConfig`);
+            settings reaching every neuron (see :class:`models.neurons.NeuronConfig`; ``neuron``: ``'lif'``,
+            ``'if'``, ``'plif'`` or a spikingjelly neuron class name, whose own arguments are kwargs too);
             ``v_reset=None`` or ``'soft'`` selects the soft reset. Attention LIFs keep
             threshold ``attn_v_threshold`` (0.5).
     """
@@ -119,7 +120,7 @@ class SpikingTransformer(SpikingModel):
             if int(dep) < 0:
                 raise ValueError(f"depths[{i}] must be >= 0, got {dep}")
 
-        self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, **neuron_kwargs)
+        self.neuron_cfg = neuron_config_from_kwargs("SpikingTransformer", neuron, T=T, **neuron_kwargs)
         in_chans = resolve_in_chans("SpikingTransformer", in_channels, in_chans, 3)
         self.head_order = head
         self.embeds, self.mixers, self.depths, self.dims = tuple(embeds), tuple(mixers), depths, dims
@@ -163,6 +164,14 @@ class SpikingTransformer(SpikingModel):
 
     def _stages(self) -> List[List[nn.Module]]:
         return [[getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")] for i in range(1, self.num_stages + 1)]
+
+    def _keep_stages(self, n: int) -> None:
+        for i in range(n + 1, self.num_stages + 1):
+            delattr(self, f"patch_embed{i}")
+            delattr(self, f"stage{i}")
+        self.num_stages = n
+        self.embeds, self.mixers, self.depths, self.dims = (v[:n] for v in (self.embeds, self.mixers, self.depths,
+                                                                            self.dims))
 
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         """Token mean -> LIF -> readout (order set by ``head``)."""

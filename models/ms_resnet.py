@@ -126,7 +126,8 @@ class SpikingResNet(SpikingModel):
         T: time steps a ``[B,C,H,W]`` image is repeated over (``[B,T,C,H,W]`` input brings its own T).
         global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
         stateful: keep membrane potentials across forward calls (default: fresh every call).
-        neuron: ``'lif'`` or ``'if'`` (or a :class:`NeuronConfig`); the remaining neuron kwargs
+        neuron: ``'lif'``, ``'if'``, ``'plif'``, a spikingjelly neuron class name (its own constructor arguments
+            are kwargs too) or a :class:`NeuronConfig`; the remaining neuron kwargs
             (``tau``, ``v_threshold``, ``v_reset``, ``detach_reset``, ``surrogate``, ``alpha``) reach
             every neuron.
     """
@@ -154,7 +155,7 @@ class SpikingResNet(SpikingModel):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"{name}: num_classes must be an int >= 0, got {num_classes!r}")
         in_chans = resolve_in_chans(name, in_channels, in_chans, 3)
-        cfg = neuron_config_from_kwargs(name, neuron, **neuron_kwargs)
+        cfg = neuron_config_from_kwargs(name, neuron, T=T, **neuron_kwargs)
         self.neuron_cfg = cfg
         self.layer_specs = tuple(specs)
         reduction, feature_info = 1, []
@@ -194,6 +195,11 @@ class SpikingResNet(SpikingModel):
 
     def _stages(self) -> List[List[nn.Module]]:
         return [[layer] for layer in self.layers]
+
+    def _keep_stages(self, n: int) -> None:
+        for i in range(n + 1, len(self.layer_specs) + 1):
+            delattr(self, f"layer{i}")
+        self.layer_specs = self.layer_specs[:n]
 
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = self.avgpool(self.head_lif(seq)).flatten(2)  # [T,B,C]

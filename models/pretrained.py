@@ -9,7 +9,10 @@ bicubic, ImageNet mean/std, and ``T``) and the paper's top-1 (``top1``, Table 3)
 A tag's ``T`` is the model's ``T`` whenever the tag is named or ``pretrained=True`` (an explicit ``T=``
 kwarg still wins). ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local copy instead, and
 ``pretrained_cfg_overlay=dict(hf_hub_id='ORG/maxformer_10_768.t4_in1k')`` a Hugging Face hub mirror
-written by ``python -m utils.tools.hub_export`` (docs/checkpoints.md). Setting :data:`HF_HUB_ORG` makes every
+written by ``python -m utils.tools.hub_export`` (docs/checkpoints.md). A local file is read by
+:func:`models.weights.read_weights` (a checkpoint train.py wrote also brings its model kwargs); a file that is not
+weights, is truncated or does not fit, and weights that cannot be fetched (offline), raise
+:class:`models.errors.WeightsError` naming the fix. Setting :data:`HF_HUB_ORG` makes every
 cfg point at ``<HF_HUB_ORG>/<name>.<tag>`` (timm then prefers the hub to the URL).
 """
 from __future__ import annotations

@@ -172,8 +172,9 @@ class Spikformer(SpikingModel):
         global_pool: ``'avg'`` or ``''`` (no pooling, no classifier).
         stateful: keep membrane potentials across forward calls (default: fresh every call).
         neuron, tau, v_threshold, v_reset, detach_reset, surrogate, alpha: neuron settings reaching
-            every neuron (``v_reset=None`` or ``'soft'``: soft reset); ``attn_v_threshold`` (0.5) is
-            the threshold of the attention LIF.
+            every neuron (``v_reset=None`` or ``'soft'``: soft reset; ``neuron``: ``'lif'``, ``'if'``,
+            ``'plif'`` or a spikingjelly neuron class name, whose own arguments are kwargs too);
+            ``attn_v_threshold`` (0.5) is the threshold of the attention LIF.
 
     Feature maps (``feature_info``, ``forward_intermediates``) are the block outputs (one per block,
     all at the SPS resolution), as for timm's ViTs.
@@ -202,7 +203,7 @@ class Spikformer(SpikingModel):
         overrides = dict(pools=pools, layer=layer, mlp_layer=mlp_layer, qkv_bias=qkv_bias, scale=scale)
         cfg = dict(VARIANTS[variant], **{k: v for k, v in overrides.items() if v is not None})
         self.variant, self.config = variant, cfg
-        self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, **neuron_kwargs)
+        self.neuron_cfg = neuron_config_from_kwargs("Spikformer", neuron, T=T, **neuron_kwargs)
         reduction = 2 ** sum(bool(p) for p in cfg["pools"])
         self._init_timm_api(in_chans=in_chans, num_classes=num_classes, num_features=embed_dims, T=T,
                             global_pool=global_pool, stateful=stateful,
@@ -229,6 +230,9 @@ class Spikformer(SpikingModel):
     def _stages(self) -> List[List[nn.Module]]:
         """One stage per block; the stream is integer-valued spike counts ``[T,B,D,H',W']``."""
         return [[blk] for blk in self.block]
+
+    def _keep_stages(self, n: int) -> None:
+        self.block = self.block[:n]
 
     def _head(self, seq: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = seq.flatten(3).mean(3).mean(0)

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-import models  # noqa: F401  (registers the variants)
+import models  # registers the variants
 from utils.training.checkpoint import CheckpointError, load_checkpoint
 
 MANIFESTS = os.path.join(os.path.dirname(__file__), "data", "golden", "manifests")
@@ -145,7 +145,8 @@ def test_unsafe_pickle_advice_fits_the_caller(tmp_path):
     path = tmp_path / "pickled.pth"  # an arbitrary pickled object: refused unless trusted
     torch.save({"state_dict": model.state_dict(), "extra": PickledThing()}, path)
     # a command line with a trust flag names it
-    with pytest.raises(CheckpointError, match=r"PickledThing.*can run code.*pass --trust-checkpoint\.$"):
+    with pytest.raises(CheckpointError, match=r"PickledThing.*can run code.*pass --trust-checkpoint: "
+                                              r".* only for files you trust\.$"):
         load_checkpoint(model, str(path), trust_flag="--trust-checkpoint")
     # without one (train.py, Python callers) the advice is the convert command, which has the flag
     with pytest.raises(CheckpointError) as err:
@@ -182,3 +183,17 @@ def test_does_not_fit_lists_keys_without_unavailable_advice():
 
 class PickledThing:
     pass
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_settings_it_records(tmp_path):
+    """validate.py / --initial-checkpoint with other model kwargs: the error says the ones the run used."""
+    trained = models.create_model("maxformer_cifar", embed_dims=32, num_heads=1, T=2, num_classes=7)
+    path = tmp_path / "best.pth.tar"
+    config = {"model": "maxformer_cifar", "T": 2, "num_classes": None,
+              "model_kwargs": {"embed_dims": 32, "num_heads": 1}}
+    torch.save({"state_dict": trained.state_dict(), "config": config}, path)
+    expected = ("On the command line: --model maxformer_cifar --T 2 --num-classes 7 --model-kwargs embed_dims=32 "
+                "num_heads=1 (or -c the run's args.yaml)")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(models.create_model("maxformer_cifar", embed_dims=64, num_heads=1), path, log=None)
+    assert expected in str(info.value)

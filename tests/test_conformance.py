@@ -140,3 +140,18 @@ def test_ctor_table_covers_every_published_family():
     table = conformance.reference_ctors()
     assert "cifar10-100/max_former.py::Max_Former" in table and "imagenet/ms_qkformer.py::MS_QKformer" in table
     assert all(callable(b) for b in table.values())
+
+
+def test_a_file_that_is_not_a_golden_case_is_named(tmp_path, tiny_ctor, capsys):
+    """A checkpoint given by mistake used to print 'FAIL ... eval nan'; now it says what a golden case is."""
+    tiny_ctor[TINY] = _tiny_model
+    good = make_golden(tmp_path / "good.pt")
+    torch.save({"epoch": 0, "state_dict": {"w": torch.zeros(2)}}, tmp_path / "last.pth.tar")
+    (tmp_path / "notes.pt").write_text("hello\n")
+    assert main([str(tmp_path / "last.pth.tar"), str(good), str(tmp_path / "notes.pt")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"error: {tmp_path / 'last.pth.tar'} is a training checkpoint, not a golden case file "
+                               f"(it has no model_ctor, x, targets, y_eval, y_train, loss). A golden case holds")
+    assert lines[1].startswith("PASS  good.pt")
+    assert lines[2].startswith("error: not a golden case file: ") and "is a text file" in lines[2]
+    assert "nan" not in "\n".join(lines)

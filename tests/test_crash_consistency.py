@@ -37,10 +37,10 @@ def _rows(run_dir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_summary(os.path.join(run_dir, "summary.csv"))]
 
 
-def _fail_after(monkeypatch, run_dir, name, fault):
-    """Make the run-folder write of ``name`` in epoch 0's commit (the first one from last.pth.tar on) fail:
+def _fail_after(monkeypatch, run_dir, name, fault, epoch=0):
+    """Make the run-folder write of ``name`` in ``epoch``'s commit (the first one from last.pth.tar on) fail:
     ``fault`` "kill" completes it and then kills the run (every later write is lost too); "enospc" refuses it."""
-    real, seen = os.replace, {"commit": False, "dead": False}
+    real, seen = os.replace, {"commit": False, "dead": False, "last": 0}
 
     def replace(src, dst, *a, **kw):
         if os.path.dirname(os.path.abspath(dst)) != os.path.abspath(run_dir):
@@ -48,7 +48,8 @@ def _fail_after(monkeypatch, run_dir, name, fault):
         if seen["dead"]:
             raise Killed
         base = os.path.basename(dst)
-        seen["commit"] |= base == "last.pth.tar"
+        seen["last"] += base == "last.pth.tar"
+        seen["commit"] |= seen["last"] > epoch
         if seen["commit"] and base == name:
             if fault == "enospc":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -188,3 +189,26 @@ def test_a_full_disk_inside_torch_save_is_named_as_such(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 0 and os.listdir(tmp_path) == ["last.pth.tar"]
+
+
+@pytest.mark.parametrize("name", [w for w in WRITES if w != "best.pth.tar"])  # epoch 1 does not beat epoch 0 here
+def test_a_kill_after_the_last_epochs_checkpoint_is_completed_by_resume(tmp_path, monkeypatch, capsys, name):
+    """Killed after any write of the last epoch's commit: --resume auto says finished and makes it true:
+    status.json finished, sweep --status finished, the learning curve drawn, no temporary file left."""
+    run_dir = str(tmp_path / "x")
+    _fail_after(monkeypatch, run_dir, name, "kill", epoch=1)
+    with pytest.raises(Killed):
+        _run(tmp_path, "--plot", "true")
+    monkeypatch.undo()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    open(os.path.join(run_dir, "status.json.tmp-999999"), "w").write("{")  # a SIGKILL inside atomic_write
+    assert run_state(run_dir).state == "interrupted"
+    capsys.readouterr()
+    assert _run(tmp_path, "--plot", "true", "--resume", "auto") == 0
+    assert "is finished (2/2 epochs" in "".join(capsys.readouterr())
+    assert read_status(run_dir)["state"] == "finished" and run_state(run_dir).state == "finished"
+    assert [int(r["epoch"]) for r in read_summary(os.path.join(run_dir, "summary.csv"))] == [0, 1]
+    assert os.path.isfile(os.path.join(run_dir, "learning_curve.png"))
+    best = read_status(run_dir)["best_epoch"]
+    assert checkpoint_position(os.path.join(run_dir, "best.pth.tar"))["epoch"] == best
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f]

@@ -1,5 +1,6 @@
 """Data loaders on tiny files written in each dataset's real on-disk format."""
 import argparse
+import os
 import pickle
 import warnings
 
@@ -355,6 +356,41 @@ def test_prepare_data_converts_raw_events_with_spikingjelly(tmp_path, monkeypatc
     assert 'already present' in capsys.readouterr().out
 
 
+def test_prepare_data_failed_download_stops_naming_the_url_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(url, root, filename, md5):
+        (tmp_path / 'a' / 'c10' / 'download' / filename).write_bytes(b'part')  # a partial file, then the failure
+        raise OSError('<urlopen error [Errno -2] Name or service not known>')
+
+    monkeypatch.setattr(tv_utils, 'download_url', offline)
+    root = tmp_path / 'a' / 'c10'
+    assert prepare_data.main(['--dataset', 'cifar10dvs', '--data-dir', str(root), '--download']) == 1
+    out = capsys.readouterr().out
+    assert 'airplane.zip from https://ndownloader.figshare.com/files/' in out and 'Name or service not known' in out
+    assert 'Converting' not in out and 'rerun without --download' in out
+    assert not (tmp_path / 'a').exists()  # the folders it made, and the partial file, are gone
+
+
+def test_prepare_data_failed_conversion_names_the_partial_folders(tmp_path, monkeypatch, capsys):
+    from spikingjelly.datasets import cifar10_dvs
+
+    for c in cifar10_dvs.CIFAR10DVS_CLASS_NAMES:
+        (tmp_path / 'download').mkdir(exist_ok=True)
+        (tmp_path / 'download' / f'{c}.zip').touch()
+
+    def disk_full(root, **kw):
+        (tmp_path / 'extract').mkdir()
+        (tmp_path / 'events_np.building').touch()
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(cifar10_dvs, 'CIFAR10DVS', disk_full)
+    assert prepare_data.main(['--dataset', 'cifar10dvs', '--data-dir', str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'No space left on device' in out
+    assert f'partial entries: {tmp_path / "events_np.building"}, {tmp_path / "extract"}.' in out
+
+
 # ---------------------------------------------------------------- ImageNet (ImageFolder JPEGs)
 
 def write_imagefolder(root, classes=('n01440764', 'n01443537'), per_class=2, size=(48, 40)):
@@ -425,3 +461,28 @@ def test_create_mixup_follows_the_config():
     assert y.shape == (4, 10)
     with pytest.raises(DatasetError, match='mixup_mode'):
         create_mixup(make_cfg(mixup=0.5, mixup_mode='batches'), 10)
+
+
+def test_cifar10dvs_split_is_stable_when_files_are_removed(tmp_path):
+    """A sample's side is decided by its own file name: after deleting files (e.g. unreadable ones, as the error
+    advises) every remaining sample is where it was; by index, a test sample would move into training."""
+    T = 2
+    write_cifar10dvs(tmp_path, T, per_class=lambda c: 20)
+
+    def sides():
+        train, test = create_datasets(make_cfg(dataset='cifar10dvs', data_path=str(tmp_path), T=T))
+        return tuple({ds.dataset.samples[i][0] for i in ds.indices} for ds in (train, test))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train, test = sides()
+        assert len(train) == 180 and len(test) == 20  # complete: the published ceil(0.9 n) rule
+        frames = tmp_path / f'frames_number_{T}_split_by_number' / 'airplane'
+        removed = {str(frames / 'cifar10_airplane_0.npz'), str(frames / 'cifar10_airplane_1.npz')}
+        for f in removed:
+            os.remove(f)
+        train2, test2 = sides()
+    assert train2 == train - removed and test2 == test
+    names = [os.path.basename(p) for p in sorted(p for p in train | test if '/airplane/' in p and p not in removed)]
+    by_index, _ = split_per_class([0] * len(names))  # the index rule on what is left: a test sample moves
+    assert {names[i] for i in by_index} != {os.path.basename(p) for p in train2 if '/airplane/' in p}

@@ -1,12 +1,13 @@
 """utils.analysis.energy: SOP / MAC / energy counting with analytic answers, firing rates by hand."""
 import json
+import os
 
 import pytest
 import torch
 import torch.nn as nn
 
 from models.neurons import NeuronConfig
-from utils.analysis.energy import (EnergyConfig, FiringRateMonitor, calibrate_bn, main, measure_energy,
+from utils.analysis.energy import (EnergyConfig, FiringRateMonitor, calibrate_bn, main, measure_energy, settings_tag,
                           table9_group)
 
 PJ = 1e-9  # pJ -> mJ
@@ -223,6 +224,49 @@ def test_cli_event_model_input_comes_from_its_registered_config(tmp_path):
     """maxformer_dvs takes [B, T, 2, H, W] event frames: the shape is read from the model, not its name."""
     main(["--model", "maxformer_dvs", "--model-kwargs", "embed_dims=32", "num_heads=2", "--T", "2",
           "--img-size", "32", "--batch-size", "1", "--calibrate-bn", "1", "--quiet", "--out", str(tmp_path)])
-    d = json.loads((tmp_path / "maxformer_dvs_T2_energy.json").read_text())
+    d = json.loads((tmp_path / "maxformer_dvs_T2_embed_dims32-num_heads2_32px_energy.json").read_text())
     assert d["input"].startswith("synthetic images [1, 2, 2, 32, 32] x1, random init, BN calibrated")
     assert d["T"] == 2 and d["layers"][0]["input"] == "real"
+
+
+def test_cli_img_size_applies_to_config_data_and_names_the_files(tmp_path):
+    """--img-size resizes a config's evaluation data too; model kwargs and the size are in the file names,
+    so runs with other settings do not overwrite each other."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = ["--model", "maxformer_cifar", "--model-kwargs", "embed_dims=32",
+            "-c", os.path.join(root, "demo/digits.yaml"), "--batch-size", "1",
+            "--calibrate-bn", "0", "--quiet", "--out", str(tmp_path)]
+    flops = {}
+    for size in (16, 32):
+        assert main(base + ["--img-size", str(size)]) == 0
+        d = json.loads((tmp_path / f"maxformer_cifar_T4_embed_dims32_{size}px_energy.json").read_text())
+        flops[size] = d["flops_per_image_per_step"]
+    assert flops[32] > 3 * flops[16]
+
+
+def test_cli_synthetic_input_kind_with_config_data_is_refused(tmp_path, capsys):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "maxformer_cifar", "-c", os.path.join(root, "demo/digits.yaml"), "--input", "randn",
+              "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--input randn chooses the synthetic input" in capsys.readouterr().err
+
+
+def test_settings_tag_is_short_and_stable():
+    assert settings_tag({"num_heads": 2, "embed_dims": 32}) == "embed_dims32-num_heads2"
+    long = {"mixers": ["orig", "max", "max"] * 5, "embed_dims": 32}
+    assert settings_tag(long) == settings_tag(dict(reversed(long.items()))) and len(settings_tag(long)) == 12
+
+
+def test_cli_checkpoint_of_train_py_brings_its_model_kwargs(tmp_path):
+    """--checkpoint RUN/last.pth.tar needs no --model-kwargs repeated: the file records them."""
+    from models import create_model
+
+    trained = create_model("maxformer_cifar", embed_dims=32, num_heads=1, T=2, num_classes=7)
+    ck = tmp_path / "last.pth.tar"
+    torch.save({"state_dict": trained.state_dict(), "config": {"model": "maxformer_cifar", "T": 2,
+                "model_kwargs": {"embed_dims": 32, "num_heads": 1}, "num_classes": None}}, ck)
+    assert main(["--model", "maxformer_cifar", "--checkpoint", str(ck), "--img-size", "16", "--batch-size", "1",
+                 "--quiet", "--out", str(tmp_path / "e")]) == 0
+    d = json.loads((tmp_path / "e" / "maxformer_cifar_T2_16px_energy.json").read_text())
+    assert d["T"] == 2 and "checkpoint" in d["input"]

@@ -129,3 +129,22 @@ def test_spectra_cli_compares_models_built_from_specs(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert {r["model"] for r in rows} == {"lif", "if"} and (tmp_path / "s.png").exists()
     assert all(0 <= float(r["hf_ratio"]) <= 1 for r in rows)
+
+
+def test_blocks_that_are_not_a_regex_are_named(capsys):
+    from utils.analysis.frequency import main as frequency_main
+
+    with pytest.raises(SystemExit) as info:
+        frequency_main(["spectra", "--model", "maxformer_cifar", "--blocks", "(["])
+    err = capsys.readouterr().err
+    expected = "argument --blocks: not a regular expression (unterminated character set at position 1: '(' then '['"
+    assert info.value.code == 2 and expected in err and "Traceback" not in err
+
+
+def test_weights_for_a_label_no_model_has_are_refused(capsys):
+    from utils.analysis.frequency import main as frequency_main
+
+    with pytest.raises(SystemExit) as info:
+        frequency_main(["spectra", "--model", "a=maxformer_cifar", "--weights", "b=missing.pth.tar"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--weights b=...: no --model has the label 'b'; labels: a" in err

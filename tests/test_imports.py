@@ -13,12 +13,14 @@ SKIP_TOP = {"data", "runs", "output", "build", "dist"}  # top-level folders of d
 # Packages bottom first: a package imports only from layers below its own (never from a package beside it).
 LAYERS = [
     ("utils.errors",),  # the project's error types
-    ("utils", "utils.atomic_file", "utils.options"),  # atomic writes; the option declaration
+    ("utils", "utils.atomic_file", "utils.options", "utils.output_files"),  # atomic writes, outputs never
+    # overwriting inputs; the option declaration
     ("mixer_hub",),  # token mixers (their neurons are passed in)
     ("models", "utils.data"),  # architectures; datasets (neither knows the other)
     ("utils.config",),  # YAML + command line -> a checked Config
+    ("utils.verify",),  # golden conformance; spikingjelly's Triton kernels on CPU (a neuron implementation)
     ("utils.training",),  # engine, run folder, checkpoints, preflight, memory plan
-    ("utils.analysis", "utils.verify"),  # the paper's analyses; golden conformance
+    ("utils.analysis",),  # the paper's analyses
     ("utils.tools",),  # operations: sweep, SLURM, doctor, data preparation, hub export
     ("train", "validate", "benchmark"),  # entry scripts
 ]

@@ -254,7 +254,7 @@ def test_embedding_downsampling(name):
     (dict(num_heads=(1, 1, 3)), r"stage 3: width 32 is not divisible by num_heads=3"),
     (dict(head="linear"), r"head must be one of"),
     (dict(weight_init="xavier"), r"weight_init must be one of"),
-    (dict(neuron="plif"), r"unknown neuron 'plif'"),
+    (dict(neuron="plfi"), r"unknown neuron 'plfi'.*Did you mean: plif"),
     (dict(embeds="orig"), r"one name per stage"),
 ])
 def test_clear_errors(kwargs, message):

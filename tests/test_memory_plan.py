@@ -128,3 +128,35 @@ def test_table8_training_memory_within_20_percent_of_the_paper():
                         fast_conv=False, device="cuda")
     assert plan.peak / 1e6 == pytest.approx(15431 * 2 ** 20 / 1e6, rel=0.20)
     assert time.process_time() - start < 20
+
+
+def test_large_steps_are_extrapolated_from_small_plans_exactly(monkeypatch):
+    """T x batch beyond what runs op by op in seconds: four small plans, extended bilinearly, give the same bytes."""
+    kw = dict(model_kwargs={"embed_dims": 32, "num_heads": 2}, device="cuda")
+    monkeypatch.setattr(mp, "EXACT_T", 4)
+    monkeypatch.setattr(mp, "EXACT_WORK", 32)
+    estimate = mp.plan_step("maxformer_cifar", T=7, batch=24, **kw)
+    assert estimate.estimate == "extrapolated linearly from plans at T 2, 4 and batch 4, 8"
+    assert "(extrapolated linearly" in estimate.describe() and estimate.as_dict()["estimate"]
+    monkeypatch.setattr(mp, "EXACT_T", 64)
+    monkeypatch.setattr(mp, "EXACT_WORK", 1 << 20)
+    exact = mp.plan_step("maxformer_cifar", T=7, batch=24, **kw)
+    assert not exact.estimate
+    assert (estimate.batch, estimate.T) == (exact.batch, exact.T) == (24, 7)
+    assert estimate.peak == pytest.approx(exact.peak, rel=0.01)  # exact at the real corner sizes (T 4-8, b 64-256)
+    assert (estimate.weights, estimate.grads, estimate.optimizer) == (exact.weights, exact.grads, exact.optimizer)
+
+
+def test_an_absurd_step_is_planned_from_four_small_ones(monkeypatch):
+    """benchmark.py --plan-memory -b 4096 -T 1000 used to run every op of that step (minutes, silent)."""
+    sizes = []
+    real = mp._plan
+
+    def counted(model_name, T, batch, *args):
+        sizes.append((T, batch))
+        return real(model_name, T, batch, *args)
+
+    monkeypatch.setattr(mp, "_plan", counted)
+    plan = mp.plan_step("maxformer_cifar", T=1000, batch=4096, model_kwargs={"embed_dims": 32, "num_heads": 2})
+    assert len(sizes) <= 4 and all(T <= mp.EXACT_T and T * b <= mp.EXACT_WORK for T, b in sizes)
+    assert plan.T == 1000 and plan.batch == 4096 and plan.peak > 1000 * 4096 * 32 * 4  # a step of that size

@@ -15,6 +15,7 @@ import torch
 
 import models
 from models.pretrained import RELEASE_URL, RELEASED
+from models.errors import WeightsError
 from tests.test_legacy_checkpoints import EMBEDS, legacy, other_family_names
 from utils.tools import hub_export
 
@@ -109,16 +110,16 @@ def test_pretrained_from_a_file_in_the_released_layout(tmp_path, caplog):
 def test_files_that_do_not_fit_are_refused(tmp_path):
     path = tmp_path / "broken.pth.tar"
     released_file(path, "maxformer_10_768.t4_in1k", **SMALL)
-    with pytest.raises(RuntimeError, match=r"(?s)do not fit SpikingTransformer.*patch_embed2\.\*: the file's names"):
+    with pytest.raises(WeightsError, match=r"(?s)do not fit SpikingTransformer.*patch_embed2\.\*: the file's names"):
         timm.create_model("maxformer_10_768.t4_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
                           **dict(SMALL, embed_dims=64))  # other widths: shapes differ
     sd = torch.load(path, weights_only=False)
     del sd["model"]["stage3.0.mlp.fc1_conv.weight"]
     torch.save(sd, path)
-    with pytest.raises(RuntimeError, match=r"missing \(1\): stage3.0.mlp.fc1_conv.weight"):
+    with pytest.raises(WeightsError, match=r"missing \(1\): stage3.0.mlp.fc1_conv.weight"):
         timm.create_model("maxformer_10_768.t4_in1k", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
                           **SMALL)
-    with pytest.raises(FileNotFoundError, match="weights file not found"):
+    with pytest.raises(WeightsError, match="weights file not found"):
         timm.create_model("maxformer_10_768", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "x")))
 
 
@@ -143,6 +144,55 @@ def test_pretrained_true_downloads_the_release_url_through_torch_hub(tmp_path, m
     assert len(fetched) == 1
     assert tuned.get_classifier().weight.shape == (10, 32) and tuned.pretrained_cfg["num_classes"] == 10
     assert_same_weights(src, tuned, skip=("head.",))
+
+
+def test_pretrained_offline_names_the_routes_without_network(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(models.ModelError, match=r"cannot fetch the pretrained weights from .*10-384-T4\.pth\.tar "
+                       r".*'bash imagenet/checkpoints/download.sh 10-384-T4'.*"
+                       r"pretrained_cfg_overlay=dict\(file='imagenet/checkpoints/10-384-T4.pth.tar'\)"):
+        timm.create_model("maxformer_10_384.t4_in1k", pretrained=True, **SMALL)
+
+
+def test_local_files_that_are_not_weights_are_named(tmp_path):
+    """A text file, a truncated file and another model's safetensors: one clear WeightsError each."""
+    from safetensors.torch import save_file
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    good = tmp_path / "own.pth.tar"
+    torch.save({"state_dict": timm.create_model("maxformer_cifar", **SMALL).state_dict()}, good)
+    cut = tmp_path / "cut.pth.tar"
+    cut.write_bytes(good.read_bytes()[:5000])
+    other = tmp_path / "other.safetensors"
+    save_file(timm.create_model("maxformer_cifar", **dict(SMALL, embed_dims=64)).state_dict(), str(other))
+    for path, message in ((text, "is not a PyTorch checkpoint: it is a text file"), (cut, "is truncated"),
+                          (other, r"do not fit SpikingTransformer.*\n  other shape \(\d+\): ")):
+        with pytest.raises(WeightsError, match=message) as info:
+            timm.create_model("maxformer_cifar", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL)
+        assert len(str(info.value).splitlines()) < 12
+
+
+def test_own_checkpoints_bring_their_model_kwargs(tmp_path, capsys):
+    """A checkpoint train.py wrote records its model kwargs: loading or converting it needs none repeated."""
+    from utils.training.checkpoint import main as checkpoint_main
+
+    kwargs = dict(embed_dims=32, num_heads=1)
+    trained = timm.create_model("maxformer_cifar", T=2, num_classes=7, **kwargs)
+    path = tmp_path / "last.pth.tar"
+    torch.save({"arch": "maxformer_cifar", "epoch": 0, "state_dict": trained.state_dict(),
+                "config": {"model": "maxformer_cifar", "model_kwargs": kwargs, "T": 2, "num_classes": None}}, path)
+    model = timm.create_model("maxformer_cifar", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert (model.T, model.num_classes, model.dims[-1]) == (2, 7, 32)
+    assert_same_weights(trained, model)
+    assert checkpoint_main(["convert", str(path), str(tmp_path / "out.pth.tar")]) == 0
+    assert "wrote" in capsys.readouterr().out
 
 
 def hub_cache(cache: Path, repo_id: str, folder: Path) -> None:

@@ -143,3 +143,24 @@ def test_save_checkpoint_is_atomic_in_process(tmp_path, monkeypatch):
     obj = torch.load(path, weights_only=True)
     assert obj["epoch"] == 0 and torch.equal(obj["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["last.pth.tar"]  # no temp file left behind
+
+
+def test_killed_plif_run_resumes_to_identical_rows_and_neuron_parameters(tmp_path):
+    """PLIF's learned time constants (``w``) are in the checkpoint: a run killed mid-epoch resumes to the rows
+    and the parameters of the uninterrupted run."""
+    from utils.training.checkpoint import extract_state_dict
+
+    plif = ("--model-kwargs", "embed_dims=16", "neuron=plif")
+    r = _train(tmp_path, "ref", *plif)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _train(tmp_path, "run", *plif, patch=KILL_AT_STEP.format(k=7, sig="SIGKILL", send=SELF))
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = _train(tmp_path, "run", *plif, "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout + r.stderr
+    assert _rows(tmp_path, "run") == _rows(tmp_path, "ref")
+    ref, run = (extract_state_dict(torch.load(tmp_path / n / "last.pth.tar", map_location="cpu", weights_only=False))
+                for n in ("ref", "run"))
+    w = [k for k in ref if k.rsplit(".", 1)[-1] == "w"]
+    assert len(w) == 25 and any(ref[k].item() != 0.0 for k in w)  # learned away from init_tau=2 (w=0)
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)

@@ -211,3 +211,96 @@ def test_checkpoint_hist_keeps_the_best_epochs(tmp_path):
         assert read_training_state(run / name)["epoch"] == int(name[len("checkpoint-"):-len(".pth.tar")])
     assert _run(tmp_path, "--epochs", "1", "--overwrite", "true") == 0
     assert not [f for f in os.listdir(run) if f.startswith("checkpoint-")]
+
+
+def test_resuming_an_older_checkpoint_into_its_own_folder_names_the_epochs_it_would_lose(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "3", "--checkpoint-hist", "3") == 0
+    run, older = tmp_path / "x", str(tmp_path / "x" / "checkpoint-0.pth.tar")
+    before = {f: (run / f).read_bytes() for f in ("summary.csv", "last.pth.tar", "status.json")}
+    capsys.readouterr()
+    assert _run(tmp_path, "--epochs", "3", "--resume", older) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume {older} holds epoch 0 but {run / 'last.pth.tar'} holds epoch 2: resuming into {run} would "
+            f"throw away epochs 1-2") in err and "--resume auto" in err and "--overwrite true" in err, err
+    assert {f: (run / f).read_bytes() for f in before} == before
+    # into a new folder: said as it is (no crash to recover from)
+    assert _run(tmp_path, "--epochs", "3", "--resume", older, name="branch") == 0
+    out = "".join(capsys.readouterr())
+    assert f"summary.csv: the rows of epochs 0 come from {older}, the checkpoint this run continues" in out
+    assert "ended before" not in out and "lacked the rows" not in out
+    # into a folder holding another run: refused, as a fresh start there would be
+    assert _run(tmp_path, "--epochs", "3", "--resume", str(run / "last.pth.tar"), name="branch") == 2
+    assert f"run folder {tmp_path / 'branch'} already holds a run" in capsys.readouterr().err
+    # --overwrite true: epochs 1-2 are trained again from epoch 0
+    assert _run(tmp_path, "--epochs", "3", "--resume", older, "--overwrite", "true") == 0
+    assert [int(r["epoch"]) for r in read_summary(str(run / "summary.csv"))] == [0, 1, 2]
+
+
+def test_a_stop_signal_that_breaks_the_work_in_progress_ends_interrupted_with_a_short_message(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """E.g. SIGTERM while torch.compile's workers compile: their failure is the stop, not an error of the run;
+    and any message status.json holds is bounded, the whole of it in error.log."""
+    import signal
+
+    compiler_log = "InductorError: SubprocException\n" + "x" * 300_000
+    stop = train.StopSignals()
+
+    def compiling(*args):
+        stop.signum = signal.SIGTERM
+        raise RuntimeError(compiler_log)
+
+    monkeypatch.setattr(train, "_train", compiling)
+    monkeypatch.setattr(train, "StopSignals", lambda: stop)
+    assert _run(tmp_path, "--epochs", "1") == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM before its next step could finish (RuntimeError" in err and "--resume auto" in err
+    assert len(err) < 2000
+    status = read_status(str(tmp_path / "x"))
+    assert status["state"] == "interrupted" and len(status["exit_message"]) < 400, status
+
+    def failing(*args):
+        raise RuntimeError(compiler_log)
+
+    monkeypatch.setattr(train, "_train", failing)
+    stop.signum = None
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, "--epochs", "1", "--overwrite", "true")
+    status = read_status(str(tmp_path / "x"))
+    assert status["state"] == "failed" and len(status["exit_message"]) < 2200
+    assert status["exit_message"].endswith(f"the whole message is in {tmp_path / 'x' / 'error.log'}]")
+    assert (tmp_path / "x" / "error.log").read_text() == f"RuntimeError: {compiler_log}\n"
+
+
+def test_a_training_set_changed_since_the_checkpoint_restarts_the_interrupted_epoch(tmp_path, capsys):
+    """The advice for an unreadable file is to delete it; the resume then sees 15 samples instead of 16: the saved
+    position (a sample order for 16) no longer applies, so the epoch starts again, and the run says so."""
+    from tests.test_data import write_imagefolder
+
+    data = tmp_path / "inet"
+    write_imagefolder(data, per_class=8, size=(20, 20))
+    bad = data / "train" / "n01443537" / "n01443537_5.JPEG"
+    bad.write_bytes(bad.read_bytes()[:40])
+    args = ["--dataset", "imagenet", "--data-path", str(data), "--img-size", "16", "--batch-size", "2",
+            "--max-train-batches", "0", "--max-eval-batches", "0", "--epochs", "2", "--val-batch-size", "4",
+            "--aa", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0"]
+    assert _run(tmp_path, *args) == 2
+    state = read_training_state(str(tmp_path / "x" / "last.pth.tar"))
+    assert state["partial_epoch"]["step"] > 0 and state["data"]["train"]["size"] == 16
+    bad.unlink()
+    capsys.readouterr()
+    assert _run(tmp_path, *args, "--resume", "auto") == 0
+    err = capsys.readouterr().err
+    assert (f"the training set changed since {tmp_path / 'x' / 'last.pth.tar'} was written (16 -> 15 samples): "
+            f"epoch 0 starts again from its first step") in err, err
+    assert "continues at its sample" not in err
+    assert [int(r["epoch"]) for r in read_summary(str(tmp_path / "x" / "summary.csv"))] == [0, 1]
+    assert read_training_state(str(tmp_path / "x" / "last.pth.tar"))["data"]["train"]["size"] == 15
+    # the same files again: nothing to say
+    assert _run(tmp_path, *args, "--epochs", "3", "--resume", "auto") == 0
+    assert "set changed since" not in capsys.readouterr().err
+
+
+def test_a_run_refused_during_its_setup_leaves_no_folder(tmp_path, capsys):
+    assert _run(tmp_path, "--epochs", "1", "--amp", "fp16", "--device", "cpu") == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # no run.lock, no status.json "failed" of a run that never started

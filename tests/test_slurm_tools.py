@@ -104,6 +104,8 @@ def test_sinfo_output_is_read():
     (dict(partition="gpu", gpus_per_run=1, cpus_per_gpu=1, mem_gb=200), "--mem-gb 125"),
     (dict(partition="debug", cpus_per_gpu=1, gpus_per_run=1, timeout_min=10), "--gpus-per-run 0"),
     (dict(partition="gpus", cpus_per_gpu=1), "pass one of: big, debug, gpu"),
+    (dict(partition="debug", cpus_per_gpu=1, timeout_min=10, nodes_per_run=3), "pass --nodes-per-run 2"),
+    (dict(partition="gpu", gpus_per_run=4, cpus_per_gpu=8, nodes_per_run=2), "pass --nodes-per-run 1 (or another"),
 ])
 def test_a_request_no_node_can_run_is_refused_with_the_fix(kwargs, fix):
     with pytest.raises(SlurmRequestError) as err:
@@ -166,3 +168,67 @@ def test_job_state_describes_the_reason_only_while_pending():
     assert JobState("PENDING", "Resources").describe() == "PENDING (Resources)"
     assert JobState("RUNNING", "None").describe() == "RUNNING"
     assert JobState("PENDING", "None").describe() == "PENDING"
+
+
+# ---------------------------------------------------------------------------------------- many nodes
+def test_a_run_across_nodes_dry_run_shows_the_sbatch_lines_and_each_nodes_command(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(str(tmp_path), "t")
+    fake_tools(monkeypatch, tmp_path, sinfo=f"echo {shlex.quote(NODES)}")
+    out = str(tmp_path / "out")
+    args = [cfg, "--launcher", "slurm", "--partition", "gpu", "--gpus-per-run", "2", "--cpus-per-gpu", "4",
+            "--output", out, "--dry-run"]
+    assert sweep.main(args + ["--nodes-per-run", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "#SBATCH --nodes=2\n" in shown and "#SBATCH --ntasks-per-node=1\n" in shown
+    assert "#SBATCH --gpus-per-node=2\n" in shown and "one task per node (2 nodes per run)" in shown
+    line = next(x for x in shown.splitlines() if x.startswith("  t_s0"))
+    assert line.startswith("  t_s0 (pending) on each of its 2 nodes: env TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 ")
+    assert ("-m torch.distributed.run --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint "
+            "<first node of SLURM_JOB_NODELIST>:<port> --rdzv-id <SLURM_JOB_ID> --max-restarts 3 ") in line
+    assert line.endswith("--experiment t_s0 --resume auto")
+    assert not os.path.exists(out)
+    # the partition has two GPU nodes: three are refused, naming the flag
+    assert sweep.main(args + ["--nodes-per-run", "3"]) == 2
+    assert "--nodes-per-run 3 asks 3 nodes per run" in capsys.readouterr().err
+    # the local launcher runs on one machine only
+    assert sweep.main([cfg, "--output", out, "--nodes-per-run", "2"]) == 2
+    assert "--nodes-per-run 2 needs --launcher slurm" in capsys.readouterr().err
+
+
+def test_a_run_across_nodes_is_submitted_with_one_task_per_node(tmp_path, monkeypatch):
+    log = tmp_path / "submitted.sh"
+    fake_tools(monkeypatch, tmp_path, sbatch=fake_sbatch(log), srun="exit 0")
+    res = SlurmResources(gpus_per_run=4, cpus_per_gpu=2, nodes_per_run=3)
+    sweep.submit_slurm([Run("/c/r.yaml", 0, str(tmp_path / "out"))], res)
+    submitted = sbatch_lines(log.read_text())
+    assert submitted["--nodes"] == "3" and submitted["--ntasks-per-node"] == "1"
+    assert submitted["--gpus-per-node"] == "4" and submitted["--cpus-per-task"] == "8"
+    assert {k: submitted.get(k) for k in sbatch_lines(sbatch_preview(res, 1, "x"))} == \
+        sbatch_lines(sbatch_preview(res, 1, "x"))
+
+
+def test_each_node_task_starts_torchrun_with_the_rendezvous_on_the_jobs_first_node(tmp_path, monkeypatch):
+    """One srun task of a 2-node job, as SLURM starts it: its command comes from SLURM_JOB_NODELIST
+    through submitit's JobEnvironment, and is the same on every node."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fakepython"
+    fake.write_text(f'#!/bin/sh\necho "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE|$*" >> {shlex.quote(str(calls))}\n')
+    fake.chmod(0o755)
+    run = Run(tiny_config(str(tmp_path), "t"), 0, str(tmp_path / "out"))
+    for task in ("0", "1"):
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # as the script submitit submits exports it
+        monkeypatch.setenv("SLURM_JOB_ID", "4242")
+        monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu-node[07-08]")
+        monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_PROCID", task)
+        monkeypatch.setenv("SLURM_NODEID", task)
+        monkeypatch.setenv("SLURM_LOCALID", "0")
+        sweep.TrainJob(run, 8, 64, str(fake), nodes=2)()  # the stand-in python exits 0 at once
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]
+    env, argv = lines[0].split("|", 1)
+    assert env == "1"
+    assert argv.startswith("-m torch.distributed.run --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d "
+                           "--rdzv-endpoint gpu-node07:29642 --rdzv-id 4242 --max-restarts 3 ")
+    assert argv.endswith("--experiment t_s0 --resume auto")

@@ -227,7 +227,56 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     twin = tiny_config(str(tmp_path / "sub"), "t")
     assert sweep.main([cfg, twin, "--output", str(tmp_path / "o")]) == 2
     assert "share a file name" in capsys.readouterr().err
+    # a repeated seed or config is named as such (not as two configs sharing a file name)
+    assert sweep.main([cfg, "--seeds", "0", "1", "0", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds repeats 0: each seed is one run" in err and "file name" not in err, err
+    assert sweep.main([cfg, cfg, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"config {cfg} is given twice" in err and "file name" not in err, err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_second_identical_sweep_skips_the_run_the_first_is_running(tmp_path):
+    """The second sweep starts while the first one's train.py is still starting (before it takes run.lock):
+    it sees the first sweep's claim on the run and skips it; the healthy run is not reported failed, and
+    sweep.json keeps the first sweep's record."""
+    cfg = tiny_config(str(tmp_path), "t")
+    out = str(tmp_path / "runs")
+    claim = os.path.join(out, "logs", "t_s0.claim")
+    first = subprocess.Popen([PY, "-m", "utils.tools.sweep", cfg, "--output", out], cwd=ROOT, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: os.path.isfile(os.path.join(out, "sweep.json")), what="the first sweep's record")
+        second = sweep_cli(cfg, "--output", out, timeout=120)
+        first_out = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert second.returncode == 0, second.stdout + second.stderr
+    # the first sweep's claim, or (once its train.py has started) run.lock
+    assert f"skip t_s0: another sweep (pid {first.pid} on" in second.stdout or \
+        "skip t_s0: running now" in second.stdout, second.stdout
+    assert "failed" not in second.stdout + second.stderr
+    assert first.returncode == 0 and "failed" not in first_out, first_out
+    m = json.load(open(os.path.join(out, "sweep.json")))
+    assert len(m["submissions"]) == 1 and m["runs"]["t_s0"]["last_exit_code"] == 0
+    assert run_state(os.path.join(out, "t_s0")).state == "finished"
+    with open(claim) as f:  # released when the first sweep ended
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_claimed_by_another_sweep_is_skipped_before_its_training_starts(tmp_path):
+    cfg = tiny_config(str(tmp_path), "t")
+    out = tmp_path / "runs"
+    (out / "logs").mkdir(parents=True)
+    with open(out / "logs" / "t_s0.claim", "w") as held:  # another sweep, between its claim and train.py's lock
+        held.write("pid 4242 on node7\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = sweep_cli(cfg, "--seeds", "0", "--output", str(out), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skip t_s0: another sweep (pid 4242 on node7) is running it" in r.stdout
+    assert "nothing to start" in r.stdout and not (out / "sweep.json").exists() and not (out / "t_s0").exists()
 
 
 def test_commands_and_thread_split():

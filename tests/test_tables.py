@@ -126,3 +126,33 @@ def test_copies_of_a_run_folder_count_once_and_are_named(tmp_path, capsys):
     assert "81.00 ± 1.41 | 2 |" in out  # seeds 0 and 1, not 0, 0, 0 and 1
     note = [line for line in err.splitlines() if "hold the same run" in line]
     assert len(note) == 1 and all(p in note[0] for p in (f"{name}_s0", "backup", "renamed")) and "seed 0" in note[0]
+
+
+# ----------------------------------------------------------------------------- every option is read
+def test_weights_names_and_files_are_checked_before_the_table(tmp_path, capsys):
+    """--weights used to be skipped for a misspelled or non-Table-3 model, and a bad file was never read."""
+    import torch
+
+    from utils.errors import CheckpointError, ConfigError
+
+    good = tmp_path / "w.pth.tar"
+    torch.save({"state_dict": {"a": torch.zeros(3)}}, good)
+    with pytest.raises(ConfigError, match="energy only for maxformer_10_384"):
+        main(["params", "--weights", f"maxformr_10_384={good}"])
+    with pytest.raises(ConfigError, match="Table 3 has maxformer_10_384 at maxformer_10_384@T4"):
+        main(["params", "--weights", f"maxformer_10_384@T1={good}"])
+    cut = tmp_path / "cut.pth.tar"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated"):
+        main(["params", "--weights", f"maxformer_10_384={cut}"])
+    with pytest.raises(ConfigError, match="--img-size is the input size of the energy estimate"):
+        main(["params", "--img-size", "64"])
+
+
+def test_compare_log_names_a_checkpoint_given_as_a_log(tmp_path):
+    import torch
+
+    ck = tmp_path / "last.pth.tar"
+    torch.save({"state_dict": {"a": torch.zeros(3)}}, ck)
+    with pytest.raises(SystemExit, match="is a checkpoint .*not a CSV log"):
+        read_curve(str(ck))

@@ -217,3 +217,83 @@ def test_set_grad_checkpointing_keeps_values_and_gradients(name):
 
 def test_every_family_shares_the_api():
     assert all(isinstance(small(n), SpikingModel) for n in ("maxformer_cifar", "ms_resnet18", "spikformer_2_256"))
+
+
+FAMILIES = ("maxformer_cifar", "ms_qkformer_10_384", "spikformer_4_384", "max_resnet18")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_no_weight_decay_is_what_the_recipe_already_excludes(name):
+    """no_weight_decay() names the 1-D parameters: the optimizer groups of the training recipe are unchanged."""
+    from timm.optim import create_optimizer_v2
+
+    model = small(name)
+    nwd = model.no_weight_decay()
+    assert nwd and all(p.ndim <= 1 for n, p in model.named_parameters() if n in nwd)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def groups(m):
+        opt = create_optimizer_v2(m, opt="adamw", lr=1e-3, weight_decay=0.05, filter_bias_and_bn=True)
+        return sorted((g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in opt.param_groups)
+
+    with_method = groups(model)
+    type(model).no_weight_decay, saved = (lambda self: set()), type(model).no_weight_decay
+    try:
+        assert groups(model) == with_method
+    finally:
+        type(model).no_weight_decay = saved
+    assert set(dict(with_method)[0.0]) == nwd
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_group_matcher_orders_stem_blocks_head_for_layer_decay(name):
+    from timm.models import group_parameters
+    from timm.optim import create_optimizer_v2
+
+    model = small(name)
+    fine = group_parameters(model, model.group_matcher(coarse=False))
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    everything = [n for n, _ in model.named_parameters()]
+    assert sorted(sum(fine.values(), [])) == sorted(everything) == sorted(sum(coarse.values(), []))
+    head = model.get_classifier()
+    assert {id(model.get_parameter(n)) for n in fine[len(fine) - 1]} == {id(p) for p in head.parameters()}
+    has_stem = model.group_matcher()["stem"] is not None  # Max-Former's first stage starts with its embedding
+    assert len(coarse) == has_stem + len(model.feature_info) + 1 <= len(fine)
+    units = sum(len(s) for s in model._stages())
+    assert len(fine) >= units + 1
+    opt = create_optimizer_v2(model, opt="adamw", lr=1.0, weight_decay=0.05, layer_decay=0.65)
+    scales = sorted({g["lr_scale"] for g in opt.param_groups})
+    assert len(scales) == len(fine) and max(scales) == 1.0
+    assert min(scales) == pytest.approx(0.65 ** (len(fine) - 1))
+    first = next(g for g in opt.param_groups if id(model.get_parameter(fine[0][0])) in map(id, g["params"]))
+    assert first["lr_scale"] == min(scales)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_prune_intermediate_layers_keeps_what_forward_intermediates_needs(name):
+    model = small(name, T=2).eval()
+    fire(model)
+    x = batch(model, 2)
+    with torch.no_grad():
+        _, maps = model.forward_intermediates(x)
+    n = len(maps)
+    assert model.prune_intermediate_layers(indices=[0, 1], prune_head=True) == [0, 1]
+    assert len(model.feature_info) == 2 and model.num_classes == 0
+    before = sum(1 for _ in model.parameters())
+    with torch.no_grad():
+        final, kept = model.forward_intermediates(x)
+        pooled = model(x)
+    assert len(kept) == 2 < n or name.startswith("spikformer") and len(kept) == 2
+    for a, b in zip(kept, maps[:2]):
+        assert torch.equal(a, b)
+    assert pooled.shape == (2, model.feature_info[-1]["num_chs"])
+    assert before < sum(1 for _ in small(name, T=2).parameters())
+
+
+def test_prune_keeping_a_head_that_no_longer_fits_is_refused():
+    model = small("maxformer_cifar")
+    with pytest.raises(ValueError, match="prune_head=True"):
+        model.prune_intermediate_layers(indices=[0], prune_head=False)
+    spikformer = small("spikformer_4_384")
+    assert spikformer.prune_intermediate_layers(indices=[0], prune_head=False) == [0]
+    assert spikformer(batch(spikformer)).shape == (3, spikformer.num_classes)

@@ -88,10 +88,10 @@ def test_engine_switches_ema_accum_clip_bf16_wandb_and_validate(tmp_path, monkey
                                "--results-file", str(out)])
     assert rc == 0
     energy = json.loads(out.read_text())["energy"]
-    report = json.loads((run / "energy" / "maxformer_cifar_T1_energy.json").read_text())
+    report = json.loads((run / "energy" / "maxformer_cifar_T1_embed_dims16-num_heads1_energy.json").read_text())
     assert energy["mj_per_image"] == pytest.approx(report["energy_mj_per_image"]) and energy["mj_per_image"] > 0
     assert 0 < energy["mac_flops_per_image"] < report["ann_energy_mj_per_image"] / 4.6e-9
-    assert (run / "energy" / "maxformer_cifar_T1_firing_rates.csv").is_file()
+    assert (run / "energy" / "maxformer_cifar_T1_embed_dims16-num_heads1_firing_rates.csv").is_file()
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -87,10 +87,19 @@ def test_train_config_key_runs_the_kernels(tmp_path):
     assert info["neuron_implementation"] == expected
 
 
+def test_triton_impl_needs_the_shim_registered(monkeypatch):
+    from models import ModelError, create_model
+    from models import neurons
+
+    monkeypatch.delitem(neurons._IMPLEMENTATIONS, "triton", raising=False)
+    with pytest.raises(ModelError, match=r"neuron impl 'triton' is not registered.*import utils\.verify\.triton_cpu"):
+        create_model("maxformer_cifar", neuron_impl="triton", embed_dims=16, num_heads=1)
+
+
 def test_neuron_impl_model_kwarg_and_fast_path_rules():
     from models import create_model, describe_neurons
-    from models.neurons import TritonIFNode
     from utils.training.fastpath import resolve_config
+    from utils.verify.triton_cpu import TritonIFNode
 
     model = create_model("maxformer_cifar", neuron_impl="triton", neuron="if", embed_dims=16, num_heads=1)
     assert describe_neurons(model).startswith("25 if: spikingjelly if Triton kernels (impl='triton'")
@@ -105,16 +114,16 @@ def test_neuron_impl_model_kwarg_and_fast_path_rules():
 
 # ------------------------------------------------ the pin on spikingjelly's private API (no kernels run)
 def test_other_spikingjelly_version_is_refused(monkeypatch):
-    from models import triton_neurons
+    from utils.verify import triton_cpu
 
-    monkeypatch.setattr(triton_neurons.importlib.metadata, "version", lambda name: "2.1.0")
-    triton_neurons.load_kernels.cache_clear()
+    monkeypatch.setattr(triton_cpu.importlib.metadata, "version", lambda name: "2.1.0")
+    triton_cpu.load_kernels.cache_clear()
     try:
-        with pytest.raises(triton_neurons.TritonAPIError, match=r"spikingjelly 2\.0\.0.*spikingjelly 2\.1\.0 is "
+        with pytest.raises(triton_cpu.TritonAPIError, match=r"spikingjelly 2\.0\.0.*spikingjelly 2\.1\.0 is "
                                                                  r"installed.*spikingjelly==2\.0\.0"):
-            triton_neurons.load_kernels("lif")
+            triton_cpu.load_kernels("lif")
     finally:
-        triton_neurons.load_kernels.cache_clear()
+        triton_cpu.load_kernels.cache_clear()
 
 
 def _launcher_without_guard(x, *, _kernel_wrapper=None):
@@ -126,7 +135,7 @@ def _launcher_without_wrapper(x):
 
 
 def test_moved_launcher_is_named():
-    from models.triton_neurons import TritonAPIError, _check_launcher
+    from utils.verify.triton_cpu import TritonAPIError, _check_launcher
 
     module = types.ModuleType("spikingjelly._ops.lif.triton")
     with pytest.raises(TritonAPIError, match=r"spikingjelly\._ops\.lif\.triton\._forward_impl is gone"):
@@ -140,7 +149,7 @@ def test_moved_launcher_is_named():
 
 
 def test_compiled_kernels_refuse_cpu_tensors_with_the_fix():
-    from models.triton_neurons import TritonKernels
+    from utils.verify.triton_cpu import TritonKernels
 
     kernels = TritonKernels("lif", *(lambda *a: None,) * 4, interpreted=False)
     assert kernels.launchers(torch.device("cuda"))[0] is kernels.forward

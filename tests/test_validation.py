@@ -73,8 +73,13 @@ def test_relations_between_keys(argv, pattern):
         parse_config(argv)
 
 
-def test_a_warmup_lr_above_the_lr_is_fine_without_warmup():
-    assert parse_config(["--lr", "1e-3", "--warmup-lr", "0.1"]).warmup_lr == 0.1
+def test_a_warmup_lr_above_the_lr_is_fine_without_warmup(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("warmup_epochs: 0\nwarmup_lr: 0.1\n")
+    assert parse_config(["-c", str(config), "--lr", "1e-3"]).warmup_lr == 0.1
+    # given on the command line without warm-up it would change nothing: refused (tests/test_options_used.py)
+    with pytest.raises(ConfigError, match="--warmup-lr acts only with --warmup-epochs > 0"):
+        parse_config(["--lr", "1e-3", "--warmup-lr", "0.1", "--warmup-epochs", "0"])
 
 
 @pytest.mark.parametrize("key", ["threads", "workers"])
@@ -220,7 +225,7 @@ class _Plain:
     pass
 
 
-def test_pickled_code_is_named_as_code_without_trust_advice(tmp_path):
+def test_pickled_code_is_named_as_code_and_the_trust_flag_with_its_risk(tmp_path):
     zipped, raw = tmp_path / "code.pth.tar", tmp_path / "code.pkl"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _System()}, zipped)
     raw.write_bytes(pickle.dumps({"x": _System()}))
@@ -230,13 +235,16 @@ def test_pickled_code_is_named_as_code_without_trust_advice(tmp_path):
                 read_checkpoint(path, trust_flag=flag)
             msg = str(err.value)
             assert "holds pickled code" in msg and "system" in msg and str(path) in msg, msg
-            assert "--trust" not in msg and "truncated" not in msg, msg
+            assert "--trust-checkpoint" in msg and "would load it and run that code" in msg, msg
+            assert "truncated" not in msg, msg
+            assert "only for files whose source you trust" in msg, msg
 
 
 def test_pickled_objects_get_the_flag_that_loads_them(tmp_path):
     path = tmp_path / "obj.pth.tar"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Plain()}, path)
-    with pytest.raises(CheckpointError, match=r"_Plain.*pass --trust-checkpoint\.$"):
+    with pytest.raises(CheckpointError, match=r"_Plain.*pass --trust-checkpoint: it unpickles the file in full, "
+                                              r"which runs any code the file holds, so only for files you trust\.$"):
         read_checkpoint(path, trust_flag="--trust-checkpoint")
     with pytest.raises(CheckpointError) as err:  # resuming: a weights-only copy is a start, not a resume
         read_training_state(path)

@@ -57,6 +57,7 @@ def _inputs(case: str, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def run_case(case: str, device: str) -> Dict:
     from models.neurons import NeuronConfig
+    from utils.verify import triton_cpu  # noqa: F401  (registers impl 'triton')
 
     kind, dtype, reset = case.split("-")[:3]
     x, grad = _inputs(case, device)
@@ -78,7 +79,7 @@ def run_case(case: str, device: str) -> Dict:
 
 
 def kernels_info(device: str) -> Dict:
-    from models.triton_neurons import load_kernels
+    from utils.verify.triton_cpu import load_kernels
 
     return dict(case="kernels", device=device, interpreted={k: load_kernels(k).interpreted for k in ("lif", "if")})
 

@@ -368,14 +368,15 @@ def synthetic_batches(shape: Sequence[int], n: int, seed: int = 0, kind: str = "
         yield x
 
 
-def validation_batches(config_path: str, batch_size: int):
-    """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description."""
+def validation_batches(config_path: str, batch_size: int, img_size: Optional[int] = None):
+    """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description;
+    ``img_size`` overrides the config's ``img_size``."""
     from torch.utils.data import DataLoader
 
     from utils.config import parse_config
     from utils.data import create_datasets
 
-    cfg = parse_config(["-c", config_path])
+    cfg = parse_config(["-c", config_path] + (["--img-size", str(img_size)] if img_size else []))
     _, eval_set = create_datasets(cfg, include_train=False)
     loader = DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=0)
     return loader, f"{config_path} evaluation set"
@@ -400,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("-b", "--batch-size", type=positive_int, default=2)
     p.add_argument("--batches", type=positive_int, default=1, help="number of batches to average over")
-    p.add_argument("--input", choices=("images", "randn"), default="images", help="synthetic input kind")
+    p.add_argument("--input", choices=("images", "randn"), default=None,
+                   help="synthetic input kind (default: images; not with --config, whose data is real)")
     p.add_argument("--e-mac", type=non_negative_float, default=4.6, help="pJ per MAC")
     p.add_argument("--e-ac", type=non_negative_float, default=0.9, help="pJ per AC")
     p.add_bool("--integer-inputs-as-ac", help="count integer-valued inputs (pre-spike sums, event counts) as ACs")
@@ -411,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output/energy", type=writable_folder, help="folder for JSON / CSV / PNG")
     p.add_alias("--out", of="--output")
     p.add_bool("--quiet", help="print only the summary, not every layer")
+    p.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
 
 
@@ -424,10 +427,15 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     try:
-        model = load_model(args.model, args.checkpoint, T=args.T, num_classes=args.num_classes,
-                           model_kwargs=parse_model_kwargs(args.model_kwargs))
+        kwargs = parse_model_kwargs(args.model_kwargs)
+        kwargs.update({k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None})
+        if args.config and args.input:
+            raise ModelError(f"--input {args.input} chooses the synthetic input; with --config the input is the "
+                             "config's evaluation data: leave out one of them")
+        args.input = args.input or "images"
+        model = load_model(args.model, args.checkpoint, **kwargs)
         if args.config:
-            batches, desc = validation_batches(args.config, args.batch_size)
+            batches, desc = validation_batches(args.config, args.batch_size, args.img_size)
         else:
             shape = input_spec(model).shape(args.batch_size, args.img_size)
             batches = synthetic_batches(shape, args.batches, kind=args.input)
@@ -442,22 +450,56 @@ def main(argv=None) -> int:
                                                                                          kind=args.input)
         calibrate_bn(model, cal)
         desc += f", BN calibrated on {n_cal} {'data' if args.config else 'synthetic'} batches"
+    from utils.output_files import check_outputs
+
+    try:  # before the measurement
+        check_outputs(report_paths(args.output, f"{args.model}_T{T}"), args.overwrite, inputs=(args.checkpoint,))
+    except input_errors() as err:
+        p.error(str(err))
     config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,
                             model_name=args.model, max_batches=args.batches)
     print(report.format_table(per_layer=not args.quiet))
-    write_report(report, args.output, f"{args.model}_T{T}", title=f"{args.model} T={T}: {desc}")
+    settings = {k: v for k, v in kwargs.items() if k != "T"}  # T is in the name already
+    stem = "_".join([args.model, f"T{T}"] + ([settings_tag(settings)] if settings else [])
+                    + ([f"{args.img_size}px"] if args.img_size else []))
+    write_report(report, args.output, stem, title=f"{args.model} T={T}: {desc}", overwrite=args.overwrite)
     return 0
 
 
-def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "") -> str:
-    """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``."""
+def settings_tag(kwargs: dict) -> str:
+    """A short, stable file-name tag for model kwargs: ``embed_dims32-neuronif``, or a hash when that is long."""
+    text = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+    text = re.sub(r"[^\w.+-]+", "", text)
+    if len(text) <= 40:
+        return text
+    import hashlib
+
+    return "kw" + hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def report_paths(out_dir: str, stem: str) -> Dict[str, str]:
+    """The files :func:`write_report` writes, by what they hold."""
+    stem = os.path.join(out_dir, stem)
+    return {what: stem + suffix for what, suffix in (("energy JSON", "_energy.json"), ("energy CSV", "_energy.csv"),
+                                                     ("firing-rate CSV", "_firing_rates.csv"),
+                                                     ("firing-rate figure", "_firing_rates.png"))}
+
+
+def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> str:
+    """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``
+    (files there that an earlier report did not write are refused unless ``overwrite``, :mod:`utils.output_files`)."""
+    from utils.output_files import check_outputs, record_outputs
+
+    paths = report_paths(out_dir, stem)
+    check_outputs(paths, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, stem)
     with open(stem + "_energy.json", "w") as f:
         json.dump(report.as_dict(), f, indent=1)
     report.write_csv(stem + "_energy.csv")
     write_firing_rates(report.firing_rates, stem + "_firing_rates.csv", stem + "_firing_rates.png", title=title)
+    record_outputs(*paths.values())
     print(f"wrote {stem}_energy.json, _energy.csv, _firing_rates.csv, _firing_rates.png")
     return stem
 

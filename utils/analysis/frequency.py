@@ -71,6 +71,8 @@ def _fit_amplitude(y: np.ndarray, omega: float, n: np.ndarray, poly: int) -> flo
 def _neuron(kind: str, tau: float, v_threshold: float, v_reset: Optional[float] = 0.0) -> nn.Module:
     from models.neurons import NeuronConfig
 
+    if kind not in ("lif", "if"):  # the transfer functions compared with are LIF's and IF's
+        raise ValueError(f"this analysis supports LIF/IF (neuron 'lif' or 'if'), got {kind!r}")
     return NeuronConfig(kind=kind, tau=tau, v_threshold=v_threshold, v_reset=v_reset).make()
 
 
@@ -399,9 +401,15 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 
 
 def spectra_command(args) -> None:
+    from models import ModelError
+
     plt = _plt()
     specs = [parse_model_spec(s) for s in args.model]
     ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
+    unknown = sorted(set(ckpts) - {label for label, _, _ in specs})
+    if unknown:
+        raise ModelError(f"--weights {unknown[0]}=...: no --model has the label {unknown[0]!r}; labels: "
+                         f"{', '.join(label for label, _, _ in specs)} (give one as --model LABEL=NAME)")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
     rows = []
     for label, name, kwargs in specs:
@@ -473,7 +481,9 @@ def gradcam_command(args) -> None:
     state = f"checkpoint {os.path.basename(args.checkpoint)}" if args.checkpoint else "random init (no checkpoint)"
     fig.suptitle(f"Grad-CAM {label} @ {layer} ({state})", fontsize=9)
     fig.tight_layout()
-    _save(fig, rows, args.output, "gradcam_" + name)
+    from utils.analysis.energy import settings_tag
+
+    _save(fig, rows, args.output, "gradcam_" + name + (f"_{settings_tag(kwargs)}" if kwargs else ""))
 
 
 # ============================================================================ CLI
@@ -488,7 +498,21 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
+    from utils.output_files import record_outputs
+
+    record_outputs(png, csv_path)
     print(f"wrote {png} and {csv_path}")
+
+
+def _regex(text: str) -> str:
+    """``--blocks``: a Python regular expression (checked here, so a typo is named before any model is built)."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        where = f" at position {err.pos}: {text[:err.pos]!r} then {text[err.pos:]!r}" if err.pos is not None else ""
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err.msg}{where}); escape literal "
+                                         f"brackets and dots as \\( \\[ \\.") from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_alias("--checkpoint", of="--weights", action="append")
     c.add_argument("--images", nargs="*", default=[], help="image files (default: scikit-learn sample photos)")
     c.add_argument("--img-size", type=positive_int, default=64)
-    c.add_argument("--blocks", default=DEFAULT_BLOCKS, help="regex of module names whose outputs are analysed")
+    c.add_argument("--blocks", default=DEFAULT_BLOCKS, type=_regex,
+                   help="regex of module names whose outputs are analysed")
     c.add_argument("--bins", type=positive_int, default=16, help="frequency rings")
     c.add_argument("--name", default="spectra", help="output file stem")
     c.set_defaults(func=spectra_command)
@@ -542,7 +567,21 @@ def build_parser() -> argparse.ArgumentParser:
     for s in (a, b, c, d):
         s.add_argument("-o", "--output", default="output/frequency", type=writable_folder, help="output folder")
         s.add_alias("--out", of="--output")
+        s.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
+
+
+def _check_outputs(args) -> None:
+    """The subcommand's ``<stem>.png`` / ``.csv`` replace no input and no file it did not write (``--overwrite``)."""
+    from utils.output_files import check_outputs
+
+    stem = {"transfer": "transfer", "toy": "toy", "spectra": getattr(args, "name", "")}.get(args.cmd)
+    if stem is None:  # gradcam_<model name>
+        stem = "gradcam_" + parse_model_spec(args.model)[1]
+    inputs = [getattr(args, "checkpoint", None), *(getattr(args, "images", None) or [])]
+    inputs += [w.split("=", 1)[-1] for w in getattr(args, "weights", None) or []]
+    check_outputs({"figure": os.path.join(args.output, stem + ".png"), "CSV": os.path.join(args.output, stem + ".csv")},
+                  args.overwrite, inputs=inputs)
 
 
 def main(argv=None) -> int:
@@ -552,6 +591,7 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     try:
+        _check_outputs(args)
         args.func(args)
     except input_errors() + (ModelError, LookupError, OSError) as err:  # bad names, files, kwargs: no traceback
         p.error(str(err))

@@ -133,6 +133,25 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
     return rows
 
 
+def check_weights_arg(key: str, path: str) -> str:
+    """``path`` of ``--weights key=path`` once ``key`` names an energy row of Table 3 (``NAME`` or ``NAME@T4``)
+    and the file reads as a checkpoint (``ConfigError`` / ``CheckpointError`` otherwise)."""
+    from utils.errors import ConfigError
+    from utils.training.checkpoint import read_checkpoint
+
+    name, at, t = key.partition("@T")
+    rows = [r for r in PAPER_ROWS if r.energy_mj is not None]
+    Ts = sorted({r.T for r in rows if r.model == name})
+    if not Ts:
+        names = ", ".join(dict.fromkeys(r.model for r in rows))
+        raise ConfigError(f"--weights {key}=...: the paper quotes energy only for {names} (Table 3); "
+                         f"for another model use python -m utils.analysis.energy --model NAME --checkpoint FILE")
+    if at and (not t.isdigit() or int(t) not in Ts):
+        raise ConfigError(f"--weights {key}=...: Table 3 has {name} at " + ", ".join(f"{name}@T{T}" for T in Ts))
+    read_checkpoint(path)  # a missing, truncated or non-checkpoint file is named now, not after the table
+    return path
+
+
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
     from models import input_spec
     from utils.analysis.energy import measure_energy, synthetic_batches
@@ -164,13 +183,20 @@ def read_curve(path: str) -> Dict[str, List[float]]:
         raise SystemExit(f"log file {path!r} does not exist")
     rename = {"Step": "epoch", "val_acc1": "eval_top1", "val_loss": "eval_loss", "train_acc1": "train_top1"}
     cols: Dict[str, List[float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                try:
-                    cols.setdefault(rename.get(k, k), []).append(float(v))
-                except (TypeError, ValueError):
-                    pass
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for k, v in row.items():
+                    try:
+                        cols.setdefault(rename.get(k, k), []).append(float(v))
+                    except (TypeError, ValueError):
+                        pass
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        what = "a checkpoint (torch.save file)" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else "binary"
+        raise SystemExit(f"{path} is {what}, not a CSV log: compare-log reads per-epoch CSV logs (a run's "
+                         "summary.csv, or the authors' logs named by --reference)") from None
     if "epoch" not in cols or "eval_top1" not in cols:
         raise SystemExit(f"{path}: needs columns epoch (or Step) and eval_top1 (or val_acc1); found {sorted(cols)}")
     return cols
@@ -389,10 +415,14 @@ def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "") -> List[str]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths."""
+def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> List[str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths. Files there that
+    an earlier call did not write are refused (:mod:`utils.output_files`) unless ``overwrite``."""
+    from utils.output_files import check_outputs, record_outputs
+
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "csv", "png")]
+    check_outputs({"table": paths[0], "CSV": paths[1], "figure": paths[2]}, overwrite)
     with open(paths[0], "w") as f:
         f.write((f"# {title}\n\n" if title else "") + results_markdown(rows) + "\n")
     with open(paths[1], "w", newline="") as f:
@@ -400,6 +430,7 @@ def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = ""
         w.writeheader()
         w.writerows(rows)
     results_figure(rows, paths[2], title)
+    record_outputs(*paths)
     return paths
 
 
@@ -443,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", required=True, help=f"one of {', '.join(REFERENCE_LOGS)} or a CSV path")
     c.add_argument("--figure", default=None, type=writable_file, help="PNG path (default: next to the run's CSV)")
     c.add_alias("--out", of="--figure")
+    for s in (a, r, c):
+        s.add_bool("--overwrite", help="replace output files this command did not write (it replaces its own anyway)")
     return p
 
 
@@ -471,14 +504,18 @@ def _runs(a) -> int:
     unfinished = sum(r["status"] != "finished" for r in rows)
     if unfinished:
         print(f"\n{unfinished} of {len(rows)} rows are unfinished (means over the epochs done so far).")
-    print("wrote " + ", ".join(write_results(rows, a.output or a.runs, stem, title)))
+    print("wrote " + ", ".join(write_results(rows, a.output or a.runs, stem, title, a.overwrite)))
     return 0
 
 
 def _compare_log(a) -> int:
+    from utils.output_files import check_outputs, record_outputs
+
     out = a.figure or os.path.join(os.path.dirname(os.path.abspath(a.run)),
                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
+    check_outputs({"--figure": out}, a.overwrite, inputs=(a.run, a.reference))
     s = compare_logs(a.run, a.reference, out)
+    record_outputs(out)
     print(f"this run: best {s['run_best']:.2f} last {s['run_last']:.2f} over {s['run_epochs']} epochs; "
           f"authors: best {s['ref_best']:.2f} last {s['ref_last']:.2f} over {s['ref_epochs']} epochs "
           f"({s['ref_at_run_last_epoch']:.2f} at this run's last epoch)")
@@ -487,12 +524,19 @@ def _compare_log(a) -> int:
 
 
 def _params(a) -> int:
+    from utils.errors import ConfigError
+    from utils.output_files import check_outputs, record_outputs
+
+    if a.csv:
+        check_outputs({"--csv": a.csv}, a.overwrite, inputs=[w.split("=", 1)[-1] for w in a.weights])
     ckpts = {}
     for c in a.weights:
         if "=" not in c:
-            raise SystemExit(f"--weights takes NAME=PATH, got {c!r}")
+            raise ConfigError(f"--weights takes NAME=PATH, got {c!r}")
         k, v = c.split("=", 1)
-        ckpts[k] = v
+        ckpts[k] = check_weights_arg(k, v)
+    if a.img_size and not ckpts:
+        raise ConfigError("--img-size is the input size of the energy estimate, which needs --weights NAME=PATH")
     rows = params_table(ckpts, a.img_size)
     print(format_rows(rows))
     n_ok = sum(r["match"] == "✓" for r in rows)
@@ -504,6 +548,7 @@ def _params(a) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+        record_outputs(a.csv)
     return 0
 
 

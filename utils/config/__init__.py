@@ -14,7 +14,7 @@ import difflib
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -89,6 +89,9 @@ TRAIN_OPTIONS: Dict[str, Option] = {
                          "4x smaller, exact (a memory option, see README 'Memory options')"),
     "sync_bn": _o(False, bool, "SyncBatchNorm across processes"),
     "dist_backend": _o("auto", str, "auto | nccl | gloo"),
+    "dist_timeout": _o(300.0, float, "seconds a process may take to connect to the run's others at start-up "
+                       "(rank 0's store, every rank) before it gives up with an error naming what it waited for",
+                       low=1),
     "model_ema": _o(False, bool, "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"),
     "model_ema_decay": _o(0.9998, float, "EMA decay", low=0, high=1),
     "model_ema_warmup": _o(False, bool, "EMA decay warmup"),
@@ -382,6 +385,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
     cfg = Config(**values, config=os.path.abspath(path) if path else "")
     cfg.experiment = cfg.experiment or (os.path.splitext(os.path.basename(path))[0] if path else "run")
     check_relations(cfg)
+    check_given(cfg, vars(args))
     check_data_config(cfg)
     check_model(cfg)
     return cfg
@@ -490,6 +494,28 @@ def check_relations(cfg) -> None:
         problem = rule(cfg)
         if problem:
             raise ConfigError(problem)
+
+
+# Keys that act only while another setting is on: ``key: (is it on, the setting)``. On the command line without it they
+# would change nothing and are refused (a YAML config may keep them for when it is switched on).
+_mixing = (lambda c: bool(c.mixup or c.cutmix or c.cutmix_minmax), "--mixup or --cutmix > 0")
+NEEDS: Dict[str, Tuple[Callable[[Config], bool], str]] = {
+    **dict.fromkeys(("model_ema_decay", "model_ema_warmup"), (lambda c: c.model_ema, "--model-ema")),
+    **dict.fromkeys(("wandb_project", "wandb_entity"), (lambda c: c.log_wandb, "--log-wandb")),
+    "clip_mode": (lambda c: c.clip_grad is not None, "--clip-grad"),
+    **dict.fromkeys(("warmup_lr", "warmup_prefix"), (lambda c: c.warmup_epochs > 0, "--warmup-epochs > 0")),
+    **dict.fromkeys(("remode", "recount"), (lambda c: c.reprob > 0, "--reprob > 0")),
+    **dict.fromkeys(("mixup_prob", "mixup_switch_prob", "mixup_mode", "mixup_off_epoch"), _mixing),
+}
+
+
+def check_given(cfg, given: Iterable[str]) -> None:
+    """Refuse a key given on the command line that this run would not read (:data:`NEEDS`)."""
+    for key in given:
+        on, setting = NEEDS.get(key, (None, ""))
+        if on is not None and key in cfg and not on(cfg):
+            raise ConfigError(f"--{key.replace('_', '-')} acts only with {setting}, which this run does not set: "
+                              f"it would change nothing; leave it out or set {setting.split(' ')[0]}")
 
 
 def schedule_note(cfg) -> str:

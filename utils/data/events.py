@@ -1,11 +1,14 @@
 """``cifar10dvs`` / ``dvsgesture``: spikingjelly's event datasets, read as integrated frames ``[T, 2, H, W]``.
 
 Frames are made once by ``python -m utils.tools.prepare_data`` into :func:`frames_dir`; loading never starts a
-download or a conversion. CIFAR10-DVS uses the published per-class 9:1 split (:func:`split_per_class`).
+download or a conversion. CIFAR10-DVS uses the published per-class 9:1 split (:func:`split_per_class`), decided by
+each sample's file name so that removing a file moves no other sample between train and test.
 """
 import math
+import os
+import re
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from torch.utils.data import Subset
 
@@ -75,11 +78,18 @@ def _check_frames(spec: DatasetSpec, root: Path, T: int) -> None:
         raise spec.missing_error(root, f"frames incomplete: empty or missing class folders {', '.join(missing)}", T)
 
 
-def split_per_class(targets: Sequence[int],
-                    train_ratio: float = CIFAR10DVS_TRAIN_RATIO) -> Tuple[List[int], List[int]]:
+_NUMBERED = re.compile(r"(.*_)(\d+)(\.[^.]+)$")  # cifar10_airplane_17.npz
+
+
+def split_per_class(targets: Sequence[int], train_ratio: float = CIFAR10DVS_TRAIN_RATIO,
+                    names: Optional[Sequence[str]] = None) -> Tuple[List[int], List[int]]:
     """Published CIFAR10-DVS split: per class, the first ceil(ratio * n) samples in dataset order -> train.
 
-    Deterministic (no shuffling). Returns (train_indices, test_indices) in dataset order.
+    With ``names`` (the samples' file names, numbered ``<prefix>_<i>.<ext>`` as the dataset's files are) a
+    sample's side depends on its own name, not on its index: the rule is applied to the complete list
+    ``<prefix>_0 .. <prefix>_<n-1>`` in the dataset's (sorted) order, n = the highest number + 1. On the complete
+    dataset that is the published split; a file removed leaves every other sample on its side. A class whose
+    names do not follow that pattern gets the index rule. Returns (train_indices, test_indices), in dataset order.
     """
     by_class = {}
     for i, t in enumerate(targets):
@@ -87,10 +97,26 @@ def split_per_class(targets: Sequence[int],
     train_idx, test_idx = [], []
     for c in sorted(by_class):
         idx = by_class[c]
-        cut = math.ceil(len(idx) * train_ratio)
-        train_idx += idx[:cut]
-        test_idx += idx[cut:]
+        train = _train_names(c, [names[i] for i in idx], train_ratio) if names is not None else None
+        if train is None:
+            cut = math.ceil(len(idx) * train_ratio)
+            train_idx += idx[:cut]
+            test_idx += idx[cut:]
+        else:
+            for i in idx:
+                (train_idx if names[i] in train else test_idx).append(i)
     return sorted(train_idx), sorted(test_idx)
+
+
+def _train_names(label: int, names: Sequence[str], train_ratio: float) -> Optional[set]:
+    """The training-side names of one class under the published rule on its complete numbered list, or None when
+    the names are not ``<prefix>_<i>.<ext>`` with one prefix and extension."""
+    parts = [_NUMBERED.match(n) for n in names]
+    if not parts or not all(parts) or len({(m.group(1), m.group(3)) for m in parts}) != 1:
+        return None
+    prefix, ext = parts[0].group(1), parts[0].group(3)
+    complete = sorted(f"{prefix}{i}{ext}" for i in range(max(int(m.group(2)) for m in parts) + 1))
+    return set(complete[:math.ceil(len(complete) * train_ratio)])
 
 
 def build_events(cfg, spec: DatasetSpec, include_train: bool, frames_class: str) -> Splits:
@@ -113,7 +139,8 @@ def build_events(cfg, spec: DatasetSpec, include_train: bool, frames_class: str)
     try:
         if name == "cifar10dvs":
             eval_full = cls(str(root), transform=eval_tf, **kw)
-            train_idx, test_idx = split_per_class(eval_full.targets)
+            train_idx, test_idx = split_per_class(eval_full.targets,
+                                                  names=[os.path.basename(p) for p, _ in eval_full.samples])
             eval_set = Subset(eval_full, test_idx)
             train_set = Subset(cls(str(root), transform=train_tf, **kw), train_idx) if include_train else None
         else:

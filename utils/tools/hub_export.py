@@ -74,14 +74,38 @@ def model_card(name: str, cfg: Dict[str, Any], params: int, repo_id: str = "") -
     return "\n".join(lines)
 
 
+EXPORT_FILES = ("README.md", "config.json", "model.safetensors")
+
+
+def _previous_export(out_dir: str) -> bool:
+    """True when ``out_dir`` holds an earlier export: its card and timm config are the ones :func:`export` writes."""
+    import json
+
+    try:
+        with open(os.path.join(out_dir, "README.md")) as f:
+            card = f.read()
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return ("# Model card for " in card and CITATION in card and isinstance(config, dict)
+            and "pretrained_cfg" in config and "architecture" in config)
+
+
 def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, Any]] = None,
-           repo_id: str = "") -> str:
+           repo_id: str = "", overwrite: bool = False) -> str:
     """Write ``out_dir`` (``README.md``, ``config.json``, ``model.safetensors``) for released weights ``name``
-    read from ``file``; ``repo_id`` (``ORG/NAME.TAG``) appears in the card's usage example."""
+    read from ``file``; ``repo_id`` (``ORG/NAME.TAG``) appears in the card's usage example. Files of those names
+    that an earlier export did not write are refused (:class:`~utils.errors.ConfigError`) unless ``overwrite``."""
     import timm
     from timm.models import save_for_hf
 
     from models import build_model
+    from utils.output_files import check_outputs
+
+    previous = _previous_export(out_dir)
+    check_outputs({f"OUTDIR's {n}": os.path.join(out_dir, n) for n in EXPORT_FILES}, overwrite, inputs=(file,),
+                  ours=lambda _: previous)
 
     model = build_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=os.fspath(file)),
                         **dict(model_kwargs or {}))
@@ -102,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(timm.list_pretrained('maxformer*'))")
     parser.add_argument("file", metavar="FILE", help="the released file, e.g. imagenet/checkpoints/10-768-T4.pth.tar")
     parser.add_argument("out_dir", metavar="OUTDIR", help="folder to write (created)")
+    parser.add_bool("--overwrite", help="replace README.md, config.json or model.safetensors in OUTDIR that an "
+                                        "earlier export did not write")
     parser.add_argument("--repo-id", default="", help="hub repository it will be uploaded to, e.g. ORG/NAME.TAG "
                                                       "(shown in the card's usage example)")
     return parser
@@ -116,8 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {args.name!r} is not a released weights name; one of: {', '.join(released)}", file=sys.stderr)
         return 2
     try:
-        export(args.name, args.file, args.out_dir, repo_id=args.repo_id)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        export(args.name, args.file, args.out_dir, repo_id=args.repo_id, overwrite=args.overwrite)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:  # ValueError: ConfigError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out_dir}: README.md, config.json, model.safetensors")

@@ -68,6 +68,35 @@ def _raw_available(name: str, root: Path) -> bool:
     return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
 
+def download_cifar10dvs(root: Path) -> str:
+    """Fetch CIFAR10-DVS's class archives into ``root/download``, each checked against its md5 sum.
+
+    Returns '' when all are there, else the reason (URL and error). A failed or interrupted file is deleted,
+    and so are the folders this call created while they are still empty: nothing partial stays behind.
+    """
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    target = root / 'download'
+    created = [p for p in (*reversed(target.parents), target) if not p.exists()]  # outermost first
+    target.mkdir(parents=True, exist_ok=True)
+    for fname, url, md5 in CIFAR10DVS.resource_url_md5():
+        path = target / fname
+        if check_integrity(str(path), md5):
+            continue
+        try:
+            download_url(url, str(target), fname, md5)
+        except BaseException as e:  # network down, disk full, md5 mismatch, Ctrl-C: keep nothing partial
+            path.unlink(missing_ok=True)
+            for folder in reversed(created):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not isinstance(e, Exception):
+                raise
+            return f'Download of {fname} from {url} into {target} failed: {type(e).__name__}: {e}'
+    return ''
+
+
 def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool = False) -> int:
     frames = frames_dir(root, T)
     stale = [p for p in (frames.with_name(frames.name + '.building'), root / 'events_np.building') if p.exists()]
@@ -80,7 +109,11 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
             if name == 'cifar10dvs' and download:
                 print(f'Downloading CIFAR10-DVS (10 class zips, several GB, from figshare) '
                       f'into {root / "download"} ...')
-                root.mkdir(parents=True, exist_ok=True)
+                problem = download_cifar10dvs(root)
+                if problem:
+                    print(f'\n{problem}\nNo network here? Download airplane.zip ... truck.zip from {CIFAR10DVS_URL} '
+                          f'on a machine that has it, put them in {root / "download"}, and rerun without --download.')
+                    return 1
             else:
                 print(f'{name}: no frames for T={T} and no raw recordings in {root}.\n\nExpected layout:\n'
                       f'{expected_tree(name, root, T)}\n')
@@ -95,15 +128,18 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
         from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
         from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
         kw = dict(data_type='frame', frames_number=T, split_by='number')
+        before = set(root.iterdir())
         try:
             if name == 'cifar10dvs':
                 CIFAR10DVS(str(root), **kw)
             else:
                 DVS128Gesture(str(root), train=True, **kw)
-        except Exception as e:  # network, corrupt archive, disk full: report it, not a traceback
+        except Exception as e:  # corrupt archive, disk full: report it, not a traceback
+            partial = sorted(str(p) for p in set(root.iterdir()) - before if p.name != 'download')
             print(f'\nspikingjelly failed while preparing {name}: {type(e).__name__}: {e}\n'
-                  f'Fix the cause, delete the partial folders it names (and any *.building markers in {root}), '
-                  f'then rerun this command.')
+                  + (f'It left these partial entries: {", ".join(partial)}.\nFix the cause, delete them (keep '
+                     f'{root / "download"}: the archives in it are checked on every run), then rerun this command.'
+                     if partial else f'It left nothing new in {root}. Fix the cause, then rerun this command.'))
             return 1
     else:
         print(f'Frames already present in {frames}; checking them.')
@@ -186,6 +222,9 @@ def _report(name: str, root: Path, problems: list) -> int:
     return 0
 
 
+DOWNLOADABLE = ('cifar10', 'cifar100', 'cifar10dvs')  # what --download fetches; the others come by hand
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m utils.tools.prepare_data``."""
     from utils.config.cli import Parser, positive_int
@@ -196,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--data-dir', '--data-path', dest='root', default=None, metavar='DIR',
                         help='dataset folder (the data_path of the config); required')
     parser.add_alias('--root', of='--data-dir')
-    parser.add_argument('-T', '--T', type=positive_int, default=16,
-                        help='frames per event sample (= model time steps)')
+    parser.add_argument('-T', '--T', type=positive_int, default=None,
+                        help='frames per event sample (= model time steps; default 16); event datasets only')
     parser.add_bool('--download', help='download first (CIFAR-10/100, CIFAR10-DVS)')
     parser.add_bool('--verify', help='CIFAR: also check the official md5 sums; other datasets: read every sample '
                                      'file and list the unreadable ones')
@@ -217,10 +256,13 @@ def main(argv=None) -> int:
         parser.error(problem)
     name = canonical_name(args.dataset)
     root = Path(args.root).expanduser().resolve()
-    if args.T < 1:
-        parser.error(f'--T must be a positive number of frames, got {args.T}')
+    if args.download and name not in DOWNLOADABLE:
+        parser.error(f'--download fetches {", ".join(DOWNLOADABLE)}; {name} is downloaded by hand (docs/data.md): '
+                     f'leave --download out')
+    if args.T is not None and DATASETS[name].kind != 'event':
+        parser.error(f'--T sets the frames per event sample; {name} holds images: leave --T out')
     if DATASETS[name].kind == 'event':
-        return prepare_events(name, root, args.T, args.download, args.verify)
+        return prepare_events(name, root, args.T or 16, args.download, args.verify)
     if name in ('cifar10', 'cifar100'):
         return prepare_cifar(name, root, args.download, args.verify)
     return prepare_folders(name, root, args.verify)

@@ -6,6 +6,8 @@
 * :func:`partition_nodes` / :func:`check_request`: the request against the partition's nodes (``sinfo``), so
   a job that no node can run is refused at submission instead of pending forever.
 * :func:`job_states`: state and pending reason of the sweep's jobs (``squeue``).
+* :func:`node_command`: a run across ``nodes_per_run`` nodes: one task per node, each starting torchrun's
+  agent with the c10d rendezvous on the job's first node (:func:`rendezvous_endpoint`).
 
 ``sinfo`` and ``squeue`` are optional: without them the check is skipped and no queue state is shown.
 """
@@ -19,6 +21,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 SIGNAL = "USR2"  # what submitit asks SLURM to send before the time limit (and what it handles)
 SIGNAL_DELAY_S = 90  # seconds between that signal and the end of the job
+MAX_RESTARTS = 3  # torchrun --max-restarts of a run across nodes: workers restarted after a failure
+RDZV_PORT_BASE = 29400  # the rendezvous port is RDZV_PORT_BASE + job id % 1000 (two jobs sharing a node differ)
 # pending reasons that mean the job will never start as it is, with what to change
 HOPELESS_REASONS = {
     "PartitionConfig": "the request exceeds what the partition's nodes have (CPUs, GPUs, memory)",
@@ -43,7 +47,7 @@ class SlurmResources:
     """The resources of each array task (one training run)."""
 
     partition: Optional[str] = None
-    gpus_per_run: int = 0
+    gpus_per_run: int = 0  # per node
     cpus_per_gpu: int = 8
     timeout_min: int = 24 * 60
     mem_gb: Optional[float] = None
@@ -51,6 +55,7 @@ class SlurmResources:
     qos: Optional[str] = None
     array_parallelism: int = 256
     job_name: str = "sweep"
+    nodes_per_run: int = 1
 
     @property
     def cpus_per_task(self) -> int:
@@ -58,7 +63,7 @@ class SlurmResources:
 
     def executor_parameters(self) -> dict:
         """Parameters for ``submitit.AutoExecutor.update_parameters`` (SLURM-only ones are prefixed)."""
-        p = dict(name=self.job_name, nodes=1, tasks_per_node=1, cpus_per_task=self.cpus_per_task,
+        p = dict(name=self.job_name, nodes=self.nodes_per_run, tasks_per_node=1, cpus_per_task=self.cpus_per_task,
                  timeout_min=self.timeout_min, slurm_array_parallelism=self.array_parallelism,
                  slurm_signal_delay_s=SIGNAL_DELAY_S)
         if self.gpus_per_run:
@@ -72,7 +77,8 @@ class SlurmResources:
 
     def sbatch_options(self, n_runs: int) -> Dict[str, str]:
         """The ``#SBATCH`` options (name -> value) that these resources ask for ``n_runs`` array tasks."""
-        o = {"job-name": self.job_name, "nodes": "1", "ntasks-per-node": "1", "cpus-per-task": str(self.cpus_per_task),
+        o = {"job-name": self.job_name, "nodes": str(self.nodes_per_run), "ntasks-per-node": "1",
+             "cpus-per-task": str(self.cpus_per_task),
              "time": str(self.timeout_min), "signal": f"{SIGNAL}@{SIGNAL_DELAY_S}"}
         if n_runs > 1:
             o["array"] = f"0-{n_runs - 1}%{min(n_runs, self.array_parallelism)}"
@@ -92,7 +98,27 @@ def sbatch_preview(resources: SlurmResources, n_runs: int, folder: str) -> str:
     lines += [f"#SBATCH --{k}={v}" for k, v in resources.sbatch_options(n_runs).items()]
     lines += [f"# submitit adds its log paths (--output/--error in {folder}), --open-mode=append and --wckey,",
               f"# and runs each task as: srun --unbuffered ... python -u -m submitit.core._submit {folder}"]
+    if resources.nodes_per_run > 1:
+        lines += [f"# one task per node ({resources.nodes_per_run} nodes per run); each starts torchrun's agent, "
+                  "the rendezvous on the job's first node (SLURM_JOB_NODELIST)"]
     return "\n".join(lines) + "\n"
+
+
+def rendezvous_endpoint(hostnames: Sequence[str], job_id: str) -> str:
+    """``HOST:PORT`` of a multi-node job's rendezvous: its first node, a port derived from the job id."""
+    digits = re.sub(r"\D", "", str(job_id)) or "0"
+    return f"{hostnames[0]}:{RDZV_PORT_BASE + int(digits) % 1000}"
+
+
+def node_command(python: str, script_args: Sequence[str], nodes: int, gpus_per_node: int, endpoint: str,
+                 run_id: str) -> List[str]:
+    """The command of one node's task: torchrun's agent for ``nodes`` nodes of ``gpus_per_node`` processes
+    (one on CPU), meeting at ``endpoint``; torchrun restarts failed workers up to :data:`MAX_RESTARTS` times
+    (train.py then continues from the last checkpoint), each attempt on a fresh store (the store torchrun
+    shares by default can hold the previous attempt's addresses)."""
+    return ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", python, "-m", "torch.distributed.run", "--nnodes",
+            str(nodes), "--nproc-per-node", str(max(1, gpus_per_node)), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+            endpoint, "--rdzv-id", run_id, "--max-restarts", str(MAX_RESTARTS), *script_args]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,8 +215,14 @@ def check_request(resources: SlurmResources, nodes: Sequence[SlurmNode]) -> None
                         "requeued and continues from its checkpoint)")
     cpus, gpus = resources.cpus_per_task, resources.gpus_per_run
     mem_mb = int(resources.mem_gb * 1024) if resources.mem_gb else None
-    if any(n.cpus >= cpus and n.gpus >= gpus and (mem_mb is None or n.mem_mb is None or n.mem_mb >= mem_mb)
-           for n in nodes):
+    able = [n for n in nodes
+            if n.cpus >= cpus and n.gpus >= gpus and (mem_mb is None or n.mem_mb is None or n.mem_mb >= mem_mb)]
+    if len(able) < resources.nodes_per_run and able:
+        problems.append(f"--nodes-per-run {resources.nodes_per_run} asks {resources.nodes_per_run} nodes per run, but "
+                        f"{where} has {len(able)} node(s) that can run one task of it ({cpus} CPUs, {gpus} GPUs"
+                        f"{f', {resources.mem_gb:g} GB' if mem_mb else ''}): pass --nodes-per-run {len(able)}"
+                        + (" (or another --partition)" if len(able) == 1 else ""))
+    if able:
         if problems:
             raise SlurmRequestError("no node can run this job, it would pend forever: " + "; ".join(problems))
         return

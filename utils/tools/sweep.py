@@ -21,12 +21,14 @@ Launchers:
   ``last.pth.tar``; a job requeued by the scheduler itself restarts the same command with the same effect.
   The request is checked against the partition's nodes (``sinfo``) before submission; ``--dry-run`` prints
   the ``#SBATCH`` options without needing SLURM on this machine (:mod:`utils.tools.slurm`).
+  ``--nodes-per-run N`` spreads each run over N nodes (``--gpus-per-run`` GPUs on each): one task per node,
+  each starting torchrun's agent with the c10d rendezvous on the job's first node; torchrun restarts failed
+  workers (train.py continues from the last checkpoint) and a requeued job continues the same way.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -38,123 +40,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-
-from utils.training.run_folder import run_state
 from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
-                         partition_nodes, sbatch_preview)
+                               partition_nodes, rendezvous_endpoint, sbatch_preview)
+from utils.tools.sweep_runs import (MANIFEST, ROOT, TRAIN_PY, Run, RunState, SweepError, claim_runs,  # noqa: F401
+                                    load_manifest, manifest_lock, plan, planned_epochs, read_top1, record_runs,
+                                    run_state, save_manifest)
 from utils.training.threads import usable_cpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_PY = os.path.join(ROOT, "train.py")
-MANIFEST = "sweep.json"
 STOP_GRACE_S = 60  # how long train.py may take to save its checkpoint after SIGTERM
-
-
-class SweepError(ValueError):
-    """A sweep the user has to fix (bad config, conflicting manifest, missing tool)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# runs and their state
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One training run of the sweep."""
-
-    config: str  # absolute path
-    seed: int
-    output: str  # sweep folder (absolute)
-    overrides: tuple = ()
-
-    @property
-    def name(self) -> str:
-        return f"{os.path.splitext(os.path.basename(self.config))[0]}_s{self.seed}"
-
-    @property
-    def run_dir(self) -> str:
-        return os.path.join(self.output, self.name)
-
-    def train_args(self) -> List[str]:
-        """train.py's arguments for this run."""
-        return ["-c", self.config, "--seed", str(self.seed), "--output", self.output, "--experiment", self.name,
-                "--resume", "auto", *self.overrides]
-
-    def command(self, gpus_per_run: int = 0, python: str = sys.executable) -> List[str]:
-        """The full command line (``torchrun`` when the run uses more than one GPU)."""
-        if gpus_per_run > 1:
-            return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus_per_run),
-                    TRAIN_PY, *self.train_args()]
-        return [python, TRAIN_PY, *self.train_args()]
-
-
-def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
-    """Epochs a run of ``config`` with ``overrides`` will train (schedule + cooldown); raises SweepError."""
-    from utils.config import ConfigError, parse_config
-
-    try:
-        cfg = parse_config(["-c", config, *overrides])
-    except ConfigError as err:  # named once: most config errors already name the file
-        msg = str(err)
-        raise SweepError(msg if config in msg or os.path.abspath(config) in msg else f"{config}: {msg}") from None
-    return cfg.epochs + cfg.cooldown_epochs
-
-
-def plan(configs: Sequence[str], seeds: Sequence[int], output: str, overrides: Sequence[str] = ()) -> List[Run]:
-    """One :class:`Run` per (config, seed); every config is checked (with the overrides) before anything starts."""
-    if not configs:
-        raise SweepError("no config given: python -m utils.tools.sweep CONFIG [CONFIG ...] --seeds 0 1 --output DIR")
-    output = os.path.abspath(output)
-    runs = []
-    for c in configs:
-        planned_epochs(c, overrides)
-        runs += [Run(os.path.abspath(c), s, output, tuple(overrides)) for s in seeds]
-    names = [r.name for r in runs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SweepError(f"two configs share a file name, so their runs would share a folder: {', '.join(dupes)}; "
-                         "rename one of them")
-    return runs
-
-
-# ----------------------------------------------------------------------------------------------
-# manifest
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def load_manifest(output: str) -> dict:
-    path = os.path.join(output, MANIFEST)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def save_manifest(output: str, manifest: dict) -> None:
-    """Write ``DIR/sweep.json`` atomically."""
-    from utils.atomic_file import atomic_write
-
-    manifest["updated"] = _now()
-    atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))
-
-
-def record_runs(output: str, runs: Sequence[Run], launcher: str, extra: Optional[dict] = None,
-                gpus_per_run: int = 0) -> dict:
-    """Add ``runs`` to the manifest; refuses a run recorded earlier with another config or overrides."""
-    m = load_manifest(output) or {"created": _now(), "runs": {}, "submissions": []}
-    for r in runs:
-        old = m["runs"].get(r.name)
-        if old and (old["config"] != r.config or old["overrides"] != list(r.overrides)):
-            raise SweepError(f"{r.run_dir} was started with config {old['config']} and overrides "
-                             f"{old['overrides'] or 'none'}; this sweep asks for {r.config} with "
-                             f"{list(r.overrides) or 'no overrides'}. Use another --output, or the same overrides "
-                             "to continue it.")
-        m["runs"].setdefault(r.name, {"config": r.config, "seed": r.seed, "overrides": list(r.overrides)})
-        m["runs"][r.name]["command"] = " ".join(r.command(gpus_per_run))
-    m["configs"] = sorted({v["config"] for v in m["runs"].values()})
-    m["seeds"] = sorted({v["seed"] for v in m["runs"].values()})
-    m["submissions"].append({"time": _now(), "launcher": launcher, "runs": [r.name for r in runs], **(extra or {})})
-    save_manifest(output, m)
-    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,8 +109,8 @@ def run_local(runs: Sequence[Run], parallel: int = 1, gpus_per_run: int = 0,
 class TrainJob:
     """One training run as a submitit job; checkpointable, so time-outs and preemptions requeue it."""
 
-    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable):
-        self.run, self.gpus_per_run, self.cpus, self.python = run, gpus_per_run, cpus, python
+    def __init__(self, run: Run, gpus_per_run: int = 0, cpus: int = 1, python: str = sys.executable, nodes: int = 1):
+        self.run, self.gpus_per_run, self.cpus, self.python, self.nodes = run, gpus_per_run, cpus, python, nodes
         self._proc: Optional[subprocess.Popen] = None
 
     def __getstate__(self):
@@ -229,7 +122,14 @@ class TrainJob:
     def __call__(self) -> dict:
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus)  # what the job was given
         threads = max(1, cpus // max(1, self.gpus_per_run))
-        cmd = self.run.command(self.gpus_per_run, self.python)
+        if self.nodes > 1:  # this task is one node of the run; the rendezvous is on the job's first node
+            import submitit
+
+            env = submitit.JobEnvironment()
+            cmd = self.run.command(self.gpus_per_run, self.python, self.nodes,
+                                   rendezvous_endpoint(env.hostnames, env.raw_job_id), env.raw_job_id)
+        else:
+            cmd = self.run.command(self.gpus_per_run, self.python)
         print("[sweep] " + " ".join(cmd), flush=True)
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=thread_env(threads))
         while self._proc.poll() is None:  # not wait(): checkpoint() must be able to reap it from a signal handler
@@ -256,7 +156,8 @@ class TrainJob:
                 proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.gpus_per_run, self.cpus, self.python,
+                                                           self.nodes))
 
 
 def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"):
@@ -280,7 +181,8 @@ def submit_slurm(runs: Sequence[Run], resources: SlurmResources, cluster: str = 
     folder = os.path.join(runs[0].output, "slurm", "%j")
     ex = make_executor(folder, resources, cluster)
     with ex.batch():
-        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python)) for r in runs]
+        jobs = [ex.submit(TrainJob(r, resources.gpus_per_run, resources.cpus_per_task, python,
+                                   resources.nodes_per_run)) for r in runs]
     return jobs
 
 
@@ -358,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parallel", type=machine_count(per_cpu=2, floor=4, what="runs"), default=1,
                    help="runs at once (CPU threads are split between them)")
     g = p.add_argument_group("both launchers")
-    g.add_argument("--gpus-per-run", type=non_negative_int, default=0, help="GPUs per run (torchrun when > 1)")
+    g.add_argument("--gpus-per-run", type=non_negative_int, default=0,
+                   help="GPUs per run, per node with --nodes-per-run (torchrun when > 1)")
     g = p.add_argument_group("slurm launcher")
+    g.add_argument("--nodes-per-run", type=positive_int, default=1,
+                   help="nodes per run: one task per node, torchrun's c10d rendezvous on the job's first node")
     g.add_argument("--partition", default=None)
     g.add_argument("--cpus-per-gpu", type=positive_int, default=8, help="CPUs per GPU (per run without GPU)")
     g.add_argument("--timeout-min", type=positive_int, default=24 * 60, help="wall-time limit per job; "
@@ -393,6 +298,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SweepError("--output DIR is required: the sweep folder that holds one run folder per (config, seed)")
         if args.parallel < 1 or args.gpus_per_run < 0:
             raise SweepError("--parallel must be >= 1 and --gpus-per-run >= 0")
+        if args.nodes_per_run > 1 and args.launcher != "slurm":
+            raise SweepError(f"--nodes-per-run {args.nodes_per_run} needs --launcher slurm (the local launcher runs on "
+                             "this machine only); for a run across machines without SLURM see docs/training.md")
         runs = plan(args.configs + args.more_configs, args.seeds, args.output, overrides)
         return _launch(args, runs)
     except SweepError as err:
@@ -431,13 +339,15 @@ def _launch(args, runs: List[Run]) -> int:
         else:
             todo.append(r)
     resources = SlurmResources(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.timeout_min, args.mem_gb,
-                               args.account, args.qos, args.array_parallelism, args.job_name)
+                               args.account, args.qos, args.array_parallelism, args.job_name, args.nodes_per_run)
     if args.launcher == "slurm" and todo:
         check_partition(resources)
     if args.dry_run:
         print(f"[sweep] plan: {len(runs)} runs, {len(todo)} to start, launcher {args.launcher}, output {output}")
         for r in todo:
-            print(f"  {r.name} ({states[r.name].state}): " + " ".join(r.command(args.gpus_per_run)))
+            where = f" on each of its {args.nodes_per_run} nodes" if args.nodes_per_run > 1 else ""
+            print(f"  {r.name} ({states[r.name].state}){where}: "
+                  + " ".join(r.command(args.gpus_per_run, nodes=args.nodes_per_run)))
         if args.launcher == "slurm" and todo:
             print("[sweep] SLURM: one array job of %d tasks, submitit parameters %s" % (
                 len(todo), json.dumps(resources.executor_parameters())))
@@ -450,6 +360,12 @@ def _launch(args, runs: List[Run]) -> int:
         print("[sweep] nothing to start: every run is finished, running or queued")
         return 0
     if args.launcher == "local":
+        todo, taken = claim_runs(todo)
+        for name, holder in taken.items():
+            print(f"[sweep] skip {name}: another sweep ({holder}) is running it")
+        if not todo:
+            print("[sweep] nothing to start: every run is finished, running or taken by another sweep")
+            return 0
         record_runs(output, todo, "local", {"parallel": args.parallel, "gpus_per_run": args.gpus_per_run},
                     args.gpus_per_run)
         try:
@@ -457,10 +373,11 @@ def _launch(args, runs: List[Run]) -> int:
         except KeyboardInterrupt:
             print("\n[sweep] interrupted; run the same command again to continue the unfinished runs", file=sys.stderr)
             return 130
-        m = load_manifest(output)
-        for name, code in codes.items():
-            m["runs"][name]["last_exit_code"] = code
-        save_manifest(output, m)
+        with manifest_lock(output):
+            m = load_manifest(output)
+            for name, code in codes.items():
+                m["runs"][name]["last_exit_code"] = code
+            save_manifest(output, m)
         failed = [n for n, c in codes.items() if c != 0]
         if failed:
             print(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (logs in {output}/logs/)", file=sys.stderr)
@@ -474,11 +391,12 @@ def _launch(args, runs: List[Run]) -> int:
     except Exception as err:  # sbatch missing or refusing: say so in one line
         raise SweepError(f"SLURM submission failed: {err}") from None
     record_runs(output, todo, "slurm", {"resources": dataclasses.asdict(resources),
-                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run)
-    m = load_manifest(output)
-    for r, j in zip(todo, jobs):
-        m["runs"][r.name]["job_id"] = j.job_id
-    save_manifest(output, m)
+                                        "job_ids": [j.job_id for j in jobs]}, args.gpus_per_run, args.nodes_per_run)
+    with manifest_lock(output):
+        m = load_manifest(output)
+        for r, j in zip(todo, jobs):
+            m["runs"][r.name]["job_id"] = j.job_id
+        save_manifest(output, m)
     print(f"[sweep] submitted array job {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
           f"follow with: python -m utils.tools.sweep --status {output}")
     return 0

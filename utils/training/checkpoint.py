@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -22,170 +21,20 @@ import torch.nn as nn
 from models.legacy_names import STATE_DICT_KEYS as _STATE_DICT_KEYS
 from models.legacy_names import convert_state_dict, top_module
 from models.legacy_names import strip_wrapper_prefixes as _strip_prefixes
+from models.weights import WeightsError, read_weights, stored_model_kwargs
 from utils.errors import CheckpointError
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint",
            "load_model"]
 
-_CONVERT_COMMAND = "python -m utils.training.checkpoint convert"
-
-
-# ------------------------------------------------------------------ reading files
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
-# Modules whose callables torch's weights_only unpickler never admits: a file naming them holds code to run.
-_CODE_MODULES = ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "shutil", "socket",
-                 "importlib", "runpy", "pty", "code", "ctypes", "marshal", "pickle", "webbrowser", "commands")
-
-
-def _pickle_scan(data: bytes) -> Tuple[List[str], Optional[str]]:
-    """Globals a pickle stream names and why it cannot be read to its end (None: it can), without running it."""
-    import pickletools
-
-    found: List[str] = []
-    strings: List[str] = []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name == "GLOBAL":
-                found.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(arg, str):
-                strings.append(arg)
-            if op.name == "STOP":
-                break
-        else:
-            return found, "its data ends before its end marker"
-    except ValueError as err:
-        text = str(err)
-        return found, ("its data ends before its end marker" if "exhausted" in text or "STOP" in text
-                       else f"its data is damaged ({text})")
-    return found, None
-
-
-def _unsafe_globals(path: str, err: BaseException) -> List[str]:
-    """What safe loading refused in ``path``: the globals outside torch's allowlist (and ``argparse.Namespace``)."""
-    names: List[str] = []
-    try:
-        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a zip checkpoint (a raw or legacy pickle), or damaged
-        text = str(err)
-        if "Weights only load failed" in text or "weights_only" in text:
-            names = re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"got <class '([\w.]+)'>", text)
-            if os.path.getsize(path) <= 1 << 26:  # the pickle's own globals (read, never run)
-                with open(path, "rb") as f:
-                    scanned, _ = _pickle_scan(f.read())
-                names += [n for n in scanned if not n.startswith(("torch.", "collections.OrderedDict"))]
-    return sorted({n for n in names if n != "argparse.Namespace"})
-
-
-def _damage(path: str, size: int, err: BaseException) -> Tuple[str, str]:
-    """``(kind, detail)`` of a file ``torch.load`` cannot read: kind is truncated | damaged | not a checkpoint."""
-    import zipfile
-
-    with open(path, "rb") as f:
-        head = f.read(min(size, 1 << 16))
-    if head.startswith(_ZIP_MAGIC):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                bad = z.testzip()
-        except zipfile.BadZipFile:
-            return "truncated", "its zip archive ends before its index (central directory)"
-        except (OSError, EOFError, zipfile.LargeZipFile) as e:
-            return "truncated", f"its zip archive cannot be read to its end ({e})"
-        if not any(n.endswith("data.pkl") for n in names):
-            return "not a checkpoint", "a zip archive without the data.pkl of torch.save"
-        if bad:
-            return "damaged", f"its entry {bad} fails its checksum"
-    elif head[:1] == bytes([_PICKLE_PROTO]) and size <= 1 << 26:
-        with open(path, "rb") as f:
-            _, why = _pickle_scan(f.read())
-        if why and "ends before" in why:
-            return "truncated", why
-        if why:
-            return "damaged", why
-    elif not head.startswith(_ZIP_MAGIC) and head[:1] != bytes([_PICKLE_PROTO]):
-        try:
-            text = head[:200].decode("utf-8")
-        except UnicodeDecodeError:
-            return "not a checkpoint", f"unknown format, it starts with the bytes {head[:8]!r}"
-        first = text.strip().splitlines()[0][:60] if text.strip() else ""
-        return "not a checkpoint", f"it is a text file (first line: {first!r})"
-    text = str(err).lower()
-    if isinstance(err, EOFError) or any(t in text for t in ("ran out of input", "unexpected eof", "truncated",
-                                                            "end of file", "unpack requires a buffer")):
-        return "truncated", "its data ends early"
-    return "damaged", f"torch.load cannot parse it: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-
-
 def read_checkpoint(path: Union[str, os.PathLike], trust_pickle: bool = False,
                     trust_flag: Optional[str] = None, resume: bool = False) -> Any:
-    """``torch.load`` on CPU with ``weights_only`` safety; every failure is a :class:`CheckpointError` with the path.
-
-    The authors' ``.pth.tar`` files also pickle an ``argparse.Namespace``; that one class is
-    allow-listed. Files holding other objects need ``trust_pickle=True`` (only for files you trust).
-    ``trust_flag`` names the command-line flag that sets ``trust_pickle`` for the caller (e.g.
-    ``"--trust-checkpoint"``); without one the advice points to ``convert --trust-checkpoint`` (and, with
-    ``resume``, to starting from the converted weights: a weights-only copy cannot be resumed).
-    A refusal is told apart from damage by reading the file's pickle, never by running it: pickled code
-    (``os.system`` and the like) is named as such, with no advice to trust it; a truncated file says truncated.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path!r} is a folder; pass the checkpoint file inside it")
-    if not os.path.isfile(path):
-        folder = os.path.dirname(os.path.abspath(path))
-        near = sorted(f for f in os.listdir(folder) if ".pth" in f or f.endswith(".pt"))[:5] \
-            if os.path.isdir(folder) and os.access(folder, os.R_OK) else []
-        hint = f" Checkpoints in that folder: {', '.join(near)}." if near else ""
-        raise CheckpointError(f"checkpoint not found: {path!r}.{hint}")
-    if not os.access(path, os.R_OK):
-        raise CheckpointError(f"checkpoint {path!r} is not readable (permission denied); fix its permissions")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): it was not written completely "
-                              "(an interrupted download or copy?). Fetch or copy it again.")
+    """:func:`models.weights.read_weights` (safe ``torch.load`` on CPU; a file that cannot be read is named with
+    what is wrong with it), its errors as :class:`CheckpointError`."""
     try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {err.strerror or err}") from None
-    except Exception as err:  # torch raises many types for damaged or refused files; each is classified below
-        unsafe = [] if trust_pickle else _unsafe_globals(path, err)
-        if unsafe:
-            raise CheckpointError(_refusal(path, unsafe, trust_flag, resume)) from None
-        kind, detail = _damage(path, size, err)
-        if kind == "not a checkpoint":
-            raise CheckpointError(f"{path!r} ({size} bytes) is not a PyTorch checkpoint: {detail}. Check the path "
-                                  f"(a checkpoint is a file written by torch.save, e.g. last.pth.tar).") from None
-        raise CheckpointError(f"checkpoint {path!r} ({size} bytes) is {kind}: {detail}. It was not written or copied "
-                              f"completely; fetch or copy it again (or use another checkpoint of the run, e.g. "
-                              f"best.pth.tar)." if kind == "truncated" else
-                              f"checkpoint {path!r} ({size} bytes) is {kind}: {detail}. Fetch or copy it again.") \
-            from None
-
-
-def _refusal(path: str, unsafe: List[str], trust_flag: Optional[str], resume: bool = False) -> str:
-    """The message for a file that safe loading refuses because of the pickled objects ``unsafe``."""
-    code = [n for n in unsafe if n.split(".")[0] in _CODE_MODULES]
-    if code:
-        return (f"checkpoint {path!r} holds pickled code ({', '.join(code)}): loading it would run that code, so "
-                f"it is refused. A checkpoint needs no code; do not load this file, get the checkpoint again from "
-                f"a source you trust.")
-    if trust_flag:
-        advice = f"If you trust where this file comes from, pass {trust_flag}."
-    elif resume:
-        advice = (f"A run resumes only from a checkpoint train.py wrote. If you trust where this file comes from, "
-                  f"write a weights-only copy with '{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and "
-                  f"start from it with --initial-checkpoint OUT.pth.tar.")
-    else:
-        advice = (f"If you trust where this file comes from, write a weights-only copy once with "
-                  f"'{_CONVERT_COMMAND} {path} OUT.pth.tar --trust-checkpoint' and use OUT.pth.tar.")
-    return (f"checkpoint {path!r} holds pickled Python objects ({', '.join(unsafe)}) that safe (weights_only) "
-            f"loading refuses, because unpickling them can run code. {advice}")
+        return read_weights(path, trust_pickle=trust_pickle, trust_flag=trust_flag, resume=resume)
+    except WeightsError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def extract_state_dict(obj: Any, key: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -261,6 +110,7 @@ def load_checkpoint(
                 lines.append(f"  {label} ({len(items)}):\n    {shown}")
         lines.append("Check that the model and its settings (model name, num_classes, embed_dims and other "
                      "model_kwargs) are those the checkpoint was trained with.")
+        lines += _recorded_settings(obj, target)
         raise CheckpointError("\n".join(lines))
     if renames and log is not None:
         log(f"{source}: older parameter names converted ({len(renames)} modules):")
@@ -270,6 +120,23 @@ def load_checkpoint(
     loadable = {k: v for k, v in sd.items() if k in own and k not in bad}
     target.load_state_dict(loadable, strict=False)
     return report
+
+
+def _recorded_settings(obj: Any, model: nn.Module) -> List[str]:
+    """The line naming the settings a checkpoint of train.py records, for a file that does not fit ``model``."""
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    name = config.get("model") if isinstance(config, Mapping) else None
+    if not isinstance(name, str):
+        return []
+    kwargs = stored_model_kwargs(obj, name)
+    text = {k: "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v) for k, v in kwargs.items()}
+    top = ("T", "num_classes")
+    flags = [f"--model {name}"] + [f"--{k.replace('_', '-')} {text[k]}" for k in top if k in text]
+    if set(text) - set(top):
+        flags.append("--model-kwargs " + " ".join(f"{k}={v}" for k, v in text.items() if k not in top))
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    return [f"The file records what it was trained with ({name}: {kwargs}); this model is {arch}. On the command "
+            f"line: {' '.join(flags)} (or -c the run's args.yaml)."]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,10 +222,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def load_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """:func:`models.build_model` ``(name, **kwargs)`` (:class:`~models.ModelError` on a bad name or kwargs), then
-    the weights of ``checkpoint`` if given (:class:`CheckpointError` if they do not load)."""
+    """:func:`models.build_model` ``(name, **kwargs)`` (:class:`~models.ModelError` on a bad name or kwargs; the
+    kwargs a checkpoint of train.py records under the given ones), then the weights of ``checkpoint`` if given
+    (:class:`CheckpointError` if they do not load)."""
     from models import build_model
 
+    if checkpoint:
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs = {**stored_model_kwargs(read_checkpoint(checkpoint), name), **given}
     model = build_model(name, **kwargs)
     if checkpoint:
         load_checkpoint(model, checkpoint)
@@ -400,7 +271,8 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
     """Write ``dst``: the weights of ``src`` (and its EMA weights) under the current names of ``model_name``.
 
     The model comes from ``model_name`` or, if omitted, the name the file records (``arch`` or
-    ``args.model``). Plain entries (``epoch``, ``arch``, ``args``, ``metric``...) are kept, optimizer
+    ``args.model``), built with the kwargs a checkpoint of train.py records (``model_kwargs`` on top).
+    Plain entries (``epoch``, ``arch``, ``args``, ``metric``...) are kept, optimizer
     and scaler state are dropped; the result loads with ``weights_only`` safety.
     """
     from models.factory import ModelError, build_model, list_our_models
@@ -411,8 +283,9 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
     if name is None:
         raise CheckpointError(f"{os.fspath(src)!r} does not record its model; pass --model NAME "
                               f"(one of: {', '.join(list_our_models())})")
+    kwargs = {**stored_model_kwargs(obj, name), **dict(model_kwargs or {})}  # a file of ours records its kwargs
     try:
-        model = build_model(name, meta=True, **dict(model_kwargs or {}))  # names and shapes only
+        model = build_model(name, meta=True, **kwargs)  # names and shapes only
     except ModelError as err:
         raise CheckpointError(f"cannot build the model to convert {os.fspath(src)!r} to: {err}") from None
     entries = [k for k in _STATE_DICT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
@@ -466,19 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model settings, e.g. num_classes=100 embed_dims=384")
     conv.add_bool("--trust-checkpoint",
                   help="allow arbitrary pickled objects in IN (only for files you trust); OUT holds none")
+    conv.add_bool("--overwrite", help="replace an existing OUT this command did not write")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from models.factory import ModelError, parse_model_kwargs
+    from utils.errors import ConfigError
+    from utils.output_files import check_outputs, record_outputs
 
     try:
-        if os.path.abspath(args.src) == os.path.abspath(args.dst):
-            raise CheckpointError("OUT must differ from IN (the original stays untouched)")
+        check_outputs({"OUT": args.dst}, args.overwrite, inputs=(args.src,))
         convert_file(args.src, args.dst, args.model, parse_model_kwargs(args.model_kwargs),
                      trust_pickle=args.trust_checkpoint)
-    except (CheckpointError, ModelError) as err:
+        record_outputs(args.dst)
+    except (CheckpointError, ModelError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

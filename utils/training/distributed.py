@@ -2,21 +2,37 @@
 
 Run ``torchrun --nproc_per_node N train.py ...``; torchrun sets RANK / WORLD_SIZE / LOCAL_RANK and
 :func:`init_distributed` picks them up. Without them the run is a single process.
+
+Start-up never waits in silence: a process still connecting to the others after :data:`WAIT_NOTICE_S`
+seconds says what it waits for (rank 0's store at MASTER_ADDR:MASTER_PORT, who set them) and how to fix
+it, and gives up after ``timeout_s`` (train.py's ``--dist-timeout``) with :class:`DistSetupError`; the
+collectives keep torch's 30-minute timeout. Under torchrun, :func:`elastic_restart` tells a restarted
+worker which launch it belongs to (train.py then continues the run from its last checkpoint).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import os
+import socket
 import sys
-from typing import Any, Iterator
+import threading
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "is_main", "barrier", "all_reduce_sum",
-           "broadcast_object", "cleanup", "ShardSampler"]
+__all__ = ["DistInfo", "DistSetupError", "init_distributed", "elastic_restart", "resolve_device", "is_main",
+           "barrier", "all_reduce_sum", "broadcast_object", "cleanup", "ShardSampler"]
+
+WAIT_NOTICE_S = 10.0  # a process still connecting after this long says what it waits for
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default, for every collective after start-up
+
+
+class DistSetupError(RuntimeError):
+    """The processes of a run could not connect to each other within the start-up timeout."""
 
 
 @dataclasses.dataclass
@@ -61,8 +77,11 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun; otherwise a single-process DistInfo."""
+def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 300) -> DistInfo:
+    """Initialise the process group when launched by torchrun; otherwise a single-process DistInfo.
+
+    Connecting to the other processes may take ``timeout_s`` seconds (then :class:`DistSetupError` naming
+    what was waited for and the fix); a notice after :data:`WAIT_NOTICE_S` seconds says the same meanwhile."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local)
@@ -74,8 +93,89 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         kw = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kw)
+        rank = os.environ.get("RANK", "?")
+        for warning in (interface_warning(backend), shared_store_warning() if rank == "0" else None):
+            if warning:
+                print(f"warning: rank {rank}: {warning}", file=sys.stderr, flush=True)
+        notice = threading.Timer(WAIT_NOTICE_S, lambda: print(f"rank {rank}: {waiting_for(backend, timeout_s)}",
+                                                              file=sys.stderr, flush=True))
+        notice.daemon = True
+        notice.start()
+        try:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+        except (RuntimeError, TimeoutError, ValueError) as err:  # c10d's DistError is a RuntimeError
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise DistSetupError(f"rank {rank} could not connect to the run's other processes within "
+                                 f"--dist-timeout {timeout_s:g} s through rank 0's store at {_store_address()} "
+                                 f"({first}). {_fix(backend)}") from None
+        finally:
+            notice.cancel()
+        dist.set_timeout(COLLECTIVE_TIMEOUT)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, backend)
+
+
+def _store_address() -> str:
+    """``MASTER_ADDR:MASTER_PORT``, with what the name resolves to on this host."""
+    addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    try:
+        resolved = sorted({a[4][0] for a in socket.getaddrinfo(addr, None, proto=socket.IPPROTO_TCP)})
+    except (OSError, UnicodeError):
+        return f"{addr}:{port} (a name this host cannot resolve)"
+    return f"{addr}:{port}" + (f" (here {', '.join(resolved)})" if resolved != [addr] else "")
+
+
+def _fix(backend: str) -> str:
+    ifname = "NCCL_SOCKET_IFNAME" if backend == "nccl" else "GLOO_SOCKET_IFNAME"
+    return ("Check that every node of the run is up and that this address leads to node 0 from here: on clusters "
+            "with several networks start torchrun with --local-addr <this node's address on the network the nodes "
+            f"share> on every node and set {ifname}=<that network's interface>; the port must not be firewalled.")
+
+
+def waiting_for(backend: str, timeout_s: float) -> str:
+    """What a connecting process waits for, who set it, when it gives up, and how to fix the usual causes."""
+    who = ("set by torchrun: node 0's --local-addr, else its host name" if "TORCHELASTIC_RUN_ID" in os.environ
+           else "set in the environment")
+    return (f"still connecting to the run's other processes through rank 0's store at {_store_address()} "
+            f"(MASTER_ADDR:MASTER_PORT, {who}); giving up after --dist-timeout {timeout_s:g} s. {_fix(backend)}")
+
+
+def interface_warning(backend: str) -> Optional[str]:
+    """Across nodes, gloo listens on the address this host's name resolves to: a loopback one (and no
+    ``GLOO_SOCKET_IFNAME``) cannot be reached from the other nodes."""
+    local, world = int(os.environ.get("LOCAL_WORLD_SIZE", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if backend != "gloo" or os.environ.get("GLOO_SOCKET_IFNAME") or not 0 < local < world:
+        return None
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        return None
+    if addrs and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs):
+        return (f"this host's name ({socket.gethostname()}) resolves to {', '.join(sorted(addrs))}, a loopback "
+                "address, where gloo would listen out of the other nodes' reach: set GLOO_SOCKET_IFNAME to the "
+                "interface of the network the nodes share (see `ip -br addr`)")
+    return None
+
+
+def shared_store_warning() -> Optional[str]:
+    """torchrun may restart the workers, and they share its rendezvous store (torch's default since 2.4): a
+    restarted worker can read the previous attempt's addresses there and fail to connect, every restart."""
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) == 0):
+        return None
+    return ("torchrun --max-restarts > 0 with the workers on torchrun's own store: a restart can meet the previous "
+            "attempt's addresses there and fail to connect. Export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
+            "torchrun (docs/training.md, 'Many nodes') so that every attempt gets a fresh store")
+
+
+def elastic_restart() -> Optional[str]:
+    """Under torchrun after it restarted the workers (``TORCHELASTIC_RESTART_COUNT`` > 0 on any rank): the
+    launch's id (``TORCHELASTIC_RUN_ID``); else None. Every rank calls it (a collective)."""
+    nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)],
+                         device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+    if int(all_reduce_sum(count).item()) == 0:
+        return None
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
 
 
 def is_main() -> bool:

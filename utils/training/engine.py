@@ -121,6 +121,9 @@ class Training:
 def build_model(cfg, num_classes: int) -> nn.Module:
     """The configured model (:func:`models.build_model` of ``cfg.model``, ``cfg.T``, ``cfg.model_kwargs``,
     ``cfg.neuron_impl``, ``cfg.pretrained``); bad names or kwargs raise ``ConfigError``."""
+    kwargs = cfg.model_kwargs or {}
+    if "triton" in (cfg.neuron_impl, kwargs.get("neuron_impl"), kwargs.get("impl")):
+        import utils.verify.triton_cpu  # noqa: F401  (registers neuron impl 'triton'; only when asked for)
     pretrained = cfg.pretrained
     _apply_weights_T(cfg, pretrained)
     try:
@@ -182,7 +185,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
     if cfg.neuron_impl == "triton":
-        from models.triton_neurons import check_device
+        from utils.verify.triton_cpu import check_device
         try:
             check_device(device)
         except (ImportError, RuntimeError) as err:

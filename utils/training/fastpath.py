@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.grad_checkpointing import block_modules, enable_grad_checkpointing
-from models.neurons import convert_neurons, reset_net, spiking_modules
+from models.neurons import convert_neurons, implementation_of, neuron_name, reset_net, spiking_modules
 
 __all__ = ["FastPathConfig", "DEFAULTS", "DEFAULTS_AMP", "EAGER", "default_config", "resolve_config", "cpp_compiler",
            "compile_model", "prepare_model", "prepare_input", "fold_batchnorm", "enable_grad_checkpointing",
@@ -365,7 +365,7 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
         # under whole-model compile inductor derives the convolution backward and lowers pooling itself
         fast_conv=train and ((cfg.fast_conv and cfg.compile != "model") or cfg.compact_spikes),
         fast_pool=cfg.fast_pool and not cfg.channels_last and cfg.compile != "model")
-    convert_neurons(model, cfg.neuron_impl)
+    _convert_neurons(model, cfg.neuron_impl)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if not train:
@@ -379,10 +379,31 @@ def prepare_model(model: nn.Module, mode: str = "train", config: Optional[FastPa
         raise ValueError(f"{type(model).__name__} has no blocks to checkpoint; set grad_checkpointing: false")
     if cfg.fast_pool:
         enable_fast_pool(model)
+    model.fastpath_config = cfg
     if not defer_compile:
         compile_model(model, cfg.compile)
-    model.fastpath_config = cfg
     return model
+
+
+def _convert_neurons(model: nn.Module, impl: str) -> None:
+    """Neurons to ``impl``; those it does not cover keep spikingjelly's own forward, said in one line."""
+    if impl == "triton":
+        from utils.verify import triton_cpu  # noqa: F401  (registers neuron impl 'triton')
+    convert_neurons(model, impl)
+    rest: Dict[str, int] = {}
+    for _, m in spiking_modules(model):
+        if implementation_of(m) != impl:
+            rest[neuron_name(m)] = rest.get(neuron_name(m), 0) + 1
+    if rest:
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(rest.items()))
+        _warn_once(f"fast path: no neuron_impl '{impl}' for {what} neurons (it exists for LIF/IF); they run "
+                   f"spikingjelly's own multi-step forward, uncompiled unless the whole model is")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """A warning a process gives once (the memory planner prepares a model before the real one)."""
+    _logger.warning(message)
 
 
 def compile_model(model: nn.Module, scope) -> nn.Module:
@@ -405,7 +426,9 @@ def _compile_neurons(model: nn.Module):
     """Compile only the neuron loops: bitwise the eager torch neuron (fused charge/fire/reset
     forward and surrogate backward), convolutions and BatchNorm stay in eager ATen."""
     import torch._dynamo
-    neurons = [m for _, m in spiking_modules(model)]
+    impl = getattr(getattr(model, "fastpath_config", None), "neuron_impl", None)
+    # a neuron the configured impl does not cover keeps spikingjelly's forward, which is not compiled
+    neurons = [m for _, m in spiking_modules(model) if impl is None or implementation_of(m) == impl]
     # one graph per (shape, threshold) otherwise; dynamic shapes keep the count small
     dcfg = torch._dynamo.config
     dcfg.recompile_limit = max(dcfg.recompile_limit, 64)

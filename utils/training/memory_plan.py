@@ -80,6 +80,7 @@ class MemoryPlan:
     ema: int = 0  # the EMA copy of the weights
     inputs: int = 0  # the batch and its labels
     peak: int = 0
+    estimate: str = ""  # how a large plan was extrapolated from smaller ones ("": planned as is)
 
     @property
     def activations(self) -> int:
@@ -96,7 +97,7 @@ class MemoryPlan:
         settings["compile"] = self.compile or "none"
         mb = {f"{k}_mb": round(getattr(self, k) / MiB, 1)
               for k in ("weights", "grads", "optimizer", "ema", "inputs", "activations", "total")}
-        return {**settings, **mb}
+        return {**settings, **mb, **({"estimate": self.estimate} if self.estimate else {})}
 
     def describe(self) -> str:
         """A few lines: the settings, then each part and the total in MB."""
@@ -107,7 +108,8 @@ class MemoryPlan:
         parts = [("weights", self.weights), ("gradients", self.grads), ("optimizer state", self.optimizer),
                  ("EMA weights", self.ema), ("inputs", self.inputs), ("activations (at peak)", self.activations),
                  ("total (peak of tensors)", self.peak)]
-        return "\n".join([head] + [f"  {name:<24}{n / MiB:>12,.1f} MB" for name, n in parts if n or name[0] == "t"])
+        lines = [head] + [f"  {name:<24}{n / MiB:>12,.1f} MB" for name, n in parts if n or name[0] == "t"]
+        return "\n".join(lines + ([f"  ({self.estimate})"] if self.estimate else []))
 
 
 # ----------------------------------------------------------------------------- tracking
@@ -266,6 +268,12 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
     if dev not in ("cuda", "cpu"):
         raise MemoryPlanError(f"device must be 'cuda' or 'cpu', got {device!r}")
     compile = compile if compile not in (None, "none") else False
+    if (T or 0) > EXACT_T or (T or 4) * batch > EXACT_WORK:
+        settings = dict(img_size=img_size, amp=amp, grad_checkpointing=grad_checkpointing,
+                        compact_spikes=compact_spikes, mode=mode, model_kwargs=model_kwargs, num_classes=num_classes,
+                        neuron_impl=neuron_impl, compile=compile, fast_conv=fast_conv, fast_pool=fast_pool,
+                        channels_last=channels_last, optimizer=optimizer, ema=ema, ddp=ddp, device=device)
+        return _extrapolated(model_name, T, batch, settings)
     key = json.dumps([model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode,
                       model_kwargs or {}, num_classes, neuron_impl, compile, fast_conv, fast_pool, channels_last,
                       optimizer, ema, ddp, dev], sort_keys=True, default=str)
@@ -279,6 +287,31 @@ def plan_step(model_name: str, T: Optional[int] = None, batch: int = 32, img_siz
 
 
 _PLANS: Dict[str, MemoryPlan] = {}  # plans already made in this process (a batch search revisits them)
+# Larger steps are extrapolated: planning runs every op of the step, and its time grows with T and T x batch.
+EXACT_T, EXACT_WORK = 8, 1024
+
+
+def _extrapolated(model_name: str, T: Optional[int], batch: int, settings: Dict[str, Any]) -> MemoryPlan:
+    """The plan of a step too large to run op by op, from plans at T in (EXACT_T / 2, EXACT_T) (when T is larger)
+    and two batches within EXACT_WORK (when the batch is larger): every byte count is affine in T, in the batch
+    and in their product (activations), so a bilinear extension of the four corners gives it."""
+    Ts = [T] if T is None or T <= EXACT_T else [EXACT_T // 2, EXACT_T]
+    top = max(EXACT_WORK // (Ts[-1] or 4), 2)
+    Bs = [batch] if batch <= top else [top // 2, top]
+    grid = {(t, b): plan_step(model_name, T=t, batch=b, **settings) for t in Ts for b in Bs}
+
+    def along(points: List[Tuple[int, float]], x: int) -> float:
+        (x0, v0), (x1, v1) = points[0], points[-1]
+        return v0 if x1 == x0 else v0 + (v1 - v0) * (x - x0) / (x1 - x0)
+
+    last = grid[(Ts[-1], Bs[-1])]
+    steps = T if T is not None else last.T
+    fields = {f: int(round(along([(t or 0, along([(b, getattr(grid[(t, b)], f)) for b in Bs], batch)) for t in Ts],
+                                 steps or 0)))
+              for f in ("weights", "grads", "optimizer", "ema", "inputs", "peak")}
+    how = " and ".join(f"{name} {', '.join(map(str, v))}" for name, v in (("T", Ts), ("batch", Bs)) if len(v) > 1)
+    return dataclasses.replace(last, batch=batch, T=steps, **fields,
+                               estimate=f"extrapolated linearly from plans at {how}")
 
 
 def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
@@ -310,8 +343,10 @@ def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spike
         prepare_model(model, mode, config=fp)  # fold_bn needs values: planned unfolded (inference only)
         applied = model.fastpath_config
         if compile and neuron_impl == "torch":
-            from models.neurons import spiking_modules
+            from models.neurons import implementation_of, spiking_modules
             for _, m in spiking_modules(model):
+                if implementation_of(m) != "torch":  # no fused loop for this neuron: it runs as it is
+                    continue
                 m.multi_step_forward = functools.partial(_fused_neuron_forward, m)
         from models.neurons import spiking_modules
         hooks = [m.register_forward_hook(lambda mod, inp, out: tracker.mark_binary(out))

@@ -23,10 +23,9 @@ from typing import List, Optional
 
 import torch
 from spikingjelly.activation_based import functional as sj_functional
-from spikingjelly.activation_based import neuron as sj_neuron
 
 from models import build_model
-from models.neurons import spiking_modules
+from models.neurons import neuron_name, spiking_modules
 from utils import data as data_lib
 from utils.config import Config, ConfigError, check_run_paths
 from utils.data import dataset_info
@@ -263,12 +262,13 @@ def _check_neurons(cfg, device: torch.device) -> Check:
     except Exception as err:
         return Check("WARN", "neurons", f"not inspected: model {cfg.model} does not build on the meta device "
                      f"({type(err).__name__}: {err})")
-    kinds = sorted({"lif" if isinstance(m, sj_neuron.LIFNode) else "if" for _, m in spiking_modules(model)})
+    kinds = sorted({neuron_name(m) for _, m in spiking_modules(model)})
     if not kinds:
         return Check("PASS", "neurons", f"{cfg.model} has no spiking neurons")
     fast = cfg.fastpath
     how = "fastpath: the project's PyTorch loop, compiled" if fast else "spikingjelly's selection"
-    names = ", ".join(f"{k}: {neuron_kernel(k, device, fast)}" for k in kinds)
+    names = ", ".join(f"{k}: {neuron_kernel(k, device, fast) if k in ('lif', 'if') else 'its own forward'}"
+                      for k in kinds)
     return Check("PASS", "neurons", f"{names} on {device.type} ({how})")
 
 

@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import dataclasses
@@ -31,9 +32,11 @@ __all__ = ["RunFolder", "RunState", "run_state", "read_top1", "is_running", "rea
 
 LOCK_NAME = "run.lock"
 STATUS_NAME = "status.json"
+ERROR_LOG = "error.log"
+MESSAGE_LIMIT = 2000  # characters of a status.json message (a compiler's error can be hundreds of KB)
 # files that mean "a run lives here" (and that --overwrite removes, with the other outputs below)
 RUN_FILES = ("args.yaml", "summary.csv", "last.pth.tar", "best.pth.tar")
-_OUTPUTS = RUN_FILES + ("learning_curve.png", STATUS_NAME, "wandb_id.txt", "tensorboard")
+_OUTPUTS = RUN_FILES + ("learning_curve.png", STATUS_NAME, ERROR_LOG, "wandb_id.txt", "tensorboard")
 
 
 def is_running(run_dir: str) -> bool:
@@ -107,6 +110,36 @@ class RunFolder:
         f.write(f"pid {os.getpid()} on {socket.gethostname()} ({command})\n")
         f.flush()
         self._lock_file = f
+        for name in os.listdir(self.path):  # temp files of a writer killed mid-write: nobody else writes here now
+            if re.fullmatch(r".+\.tmp-\d+", name):
+                try:
+                    os.remove(os.path.join(self.path, name))
+                except OSError:
+                    pass
+
+    def read_state(self) -> Optional[Dict[str, Any]]:
+        """``status.json`` as written (no reconciliation with the checkpoint), or None."""
+        try:
+            with open(os.path.join(self.path, STATUS_NAME)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder if it holds nothing but ``run.lock`` and ``status.json`` (a run refused during its
+        setup, before any output): nothing to resume, nothing to keep. Call while holding the lock."""
+        try:
+            names = set(os.listdir(self.path))
+        except OSError:
+            return
+        if not names <= {LOCK_NAME, STATUS_NAME, ERROR_LOG}:
+            return
+        try:
+            for name in sorted(names - {LOCK_NAME}) + [LOCK_NAME]:
+                os.remove(os.path.join(self.path, name))
+            os.rmdir(self.path)
+        except OSError:  # e.g. another process has just created its run.lock: its folder stays
+            pass
 
     def release(self) -> None:
         if self._lock_file is not None:
@@ -142,9 +175,48 @@ class RunFolder:
             elif os.path.exists(p):
                 os.remove(p)
 
+    def check_resume(self, resume: str, overwrite: bool) -> None:
+        """Before resuming from ``resume`` (a path given by the user): unless ``overwrite``, refuse a checkpoint of
+        another folder when this one holds a run, and one that is behind this folder's ``last.pth.tar``, since
+        resuming here replaces the later epochs. With ``overwrite`` this folder's run is deleted, or
+        ``last.pth.tar`` becomes that checkpoint at once (so that a kill before the next epoch resumes there)."""
+        from utils.training.checkpoint import checkpoint_position, copy_checkpoint
+
+        last = os.path.join(self.path, "last.pth.tar")
+        found = self.existing_run_files()
+        if found and os.path.dirname(os.path.abspath(resume)) != os.path.abspath(self.path):
+            if not overwrite:  # another run's checkpoint: continuing it here would replace this folder's run
+                raise ConfigError(f"run folder {self.path} already holds a run ({', '.join(found)}); --resume {resume} "
+                                  f"belongs to another one. Choose another --experiment, or pass --overwrite true to "
+                                  f"delete this folder's run and continue {resume} here")
+            self.check_fresh_start(overwrite=True)
+            return
+        if not os.path.isfile(last) or os.path.abspath(resume) == os.path.abspath(last):
+            return
+        held, want = checkpoint_position(last), checkpoint_position(resume)
+        if held is None or want is None or _done(held) <= _done(want):
+            return
+        first, end = want["epoch"] + 1, held["epoch"] + (2 if held["partial_epoch"] else 1)
+        lost = f"epoch {first}" if end - first == 1 else f"epochs {first}-{end - 1}"
+        if not overwrite:
+            raise ConfigError(
+                f"--resume {resume} holds {_where(want)} but {last} holds {_where(held)}: resuming into "
+                f"{self.path} would throw away {lost} (last.pth.tar and their summary.csv rows). Continue the run "
+                f"with --resume auto, start from that checkpoint in a new folder with another --experiment, or pass "
+                f"--overwrite true to discard {lost}")
+        copy_checkpoint(resume, last)
+
     # ------------------------------------------------------------------ status.json
     def write_status(self, **fields) -> None:
-        """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file)."""
+        """Update ``status.json`` with ``fields`` (atomically: a reader sees the old or the new file). An
+        ``exit_message`` longer than :data:`MESSAGE_LIMIT` characters is cut there; the whole of it goes to
+        ``error.log`` in the run folder, which the cut message names."""
+        message = fields.get("exit_message")
+        if isinstance(message, str) and len(message) > MESSAGE_LIMIT:
+            log = os.path.join(self.path, ERROR_LOG)
+            atomic_write(log, message + "\n")
+            fields["exit_message"] = (f"{message[:MESSAGE_LIMIT]} ... [cut at {MESSAGE_LIMIT} of {len(message)} "
+                                      f"characters; the whole message is in {log}]")
         self.status.update(fields)
         self.status.update(pid=os.getpid(),
                            updated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -200,3 +272,13 @@ def run_state(run_dir: str) -> RunState:
     elif summary or os.path.isfile(os.path.join(run_dir, "last.pth.tar")):
         st.state = "interrupted"
     return st
+
+
+def _done(position: Dict[str, Any]) -> tuple:
+    """(epochs done, steps into the next) of a :func:`~utils.training.checkpoint.checkpoint_position`."""
+    return position["epoch"] + 1, int((position["partial_epoch"] or {}).get("step", 0))
+
+
+def _where(position: Dict[str, Any]) -> str:
+    partial = position["partial_epoch"]
+    return (f"epoch {partial['epoch']} after step {partial['step']}" if partial else f"epoch {position['epoch']}")

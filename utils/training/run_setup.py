@@ -2,6 +2,7 @@
 training objects, the banner and ``args.yaml``."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -17,20 +18,21 @@ import models
 from utils import data as data_lib
 from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import Config, ConfigError, dump_yaml
+from utils.data.fingerprint import dataset_fingerprint, describe_data_change
 from utils.training.checkpoint import (auto_resume_path, checkpoint_position, copy_checkpoint, load_checkpoint,
                                        read_training_state, restore_rng_state)
 from utils.training.determinism import apply_determinism, resolve_deterministic
-from utils.training.distributed import ShardSampler, broadcast_object, init_distributed
+from utils.training.distributed import ShardSampler, broadcast_object, elastic_restart, init_distributed, is_main
 from utils.training.engine import build_model, build_training
 from utils.training.epochs import Run, plain, position, rank0_writes
 from utils.training.logger import RunLogger, setup_console_logging
 from utils.training.memory_plan import device_memory_warning
 from utils.training.preflight import batch_problem, refuse_failed, run_folder_problem, start_checks
-from utils.training.run_folder import is_running
+from utils.training.run_folder import is_running, read_status
 from utils.training.seeding import SampleSeededDataset, SeededDistributedSampler, seed_everything, seed_worker
 from utils.training.threads import ThreadPolicy, loader_workers
 
-__all__ = ["setup_process", "load_datasets", "make_loaders", "claim_run_folder", "setup_run"]
+__all__ = ["setup_process", "load_datasets", "make_loaders", "claim_run_folder", "setup_run", "complete_files"]
 
 _log = logging.getLogger("train")
 
@@ -39,7 +41,7 @@ def setup_process(cfg: Config):
     """Distributed init, console logging, threads and determinism; returns the DistInfo (with ``.threads``)."""
 
     try:
-        dist_info = init_distributed(cfg.device, cfg.dist_backend)
+        dist_info = init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout)
     except RuntimeError as err:
         raise ConfigError(str(err)) from None
     setup_console_logging(dist_info.is_main)
@@ -85,29 +87,38 @@ def claim_run_folder(cfg: Config, folder, command: str) -> Optional[Dict[str, An
     """Lock the run folder and read what to resume (a training state, or None to start at epoch 0).
 
     A fresh start over a folder that holds a run stops unless ``--overwrite``; every process gets rank 0's
-    answer.
+    answer. Workers torchrun restarted continue the run their launch started (``status.json`` names the
+    launch) from its last checkpoint, whatever ``--resume``/``--overwrite`` said.
     """
-    error, resume = None, cfg.resume
+    error, resume, launch = None, cfg.resume, elastic_restart()
     if folder is not None:
         try:
-            if not is_running(folder.path) and (problem := run_folder_problem(cfg)):
+            if launch is None and not is_running(folder.path) and (problem := run_folder_problem(cfg)):
                 raise ConfigError(problem)  # before run.lock is written; a running run's lock names its holder
             folder.lock(command)
+            if launch is not None and (read_status(folder.path) or {}).get("launch") == launch:
+                last = auto_resume_path(folder.path)  # none yet: what this launch wrote before it goes
+                _log.info(f"torchrun restarted the workers: continuing from {last or resume or 'the start'}")
+                resume, cfg.overwrite = (last, False) if last else (resume, True)
             if resume == "auto":
                 resume = auto_resume_path(folder.path)
                 if resume is None:
                     _log.info(f"--resume auto: no checkpoint in {folder.path}, starting from scratch")
             elif not resume:
                 folder.check_fresh_start(cfg.overwrite)
+            else:  # a checkpoint named by the user: refused if this folder holds later epochs
+                folder.check_resume(resume, cfg.overwrite)
         except ConfigError as err:
             error = str(err)
-    error, resume = broadcast_object((error, resume))
+    error, resume, cfg.overwrite = broadcast_object((error, resume, cfg.overwrite))
     if error:
         raise ConfigError(error)
     if not resume:
         return None
     state = read_training_state(resume)
     state["path"] = resume
+    run_dir = os.path.abspath(os.path.join(cfg.output, cfg.experiment))
+    state["other_folder"] = os.path.dirname(os.path.abspath(resume)) != run_dir  # continues a run from elsewhere
     return state
 
 
@@ -132,6 +143,10 @@ def setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Run:
 
     # ---- resume position
     start_epoch, best, partial = position(state)  # the update count is restored into t (restore_training)
+    data = {"train": dataset_fingerprint(train_set), "eval": dataset_fingerprint(eval_set)}
+    if state is not None and data_changed(state, data, start_epoch, partial, best) and partial:
+        partial = None  # the saved position indexes a sample order of the old data: the epoch starts again
+        t.num_updates = start_epoch * t.updates_per_epoch
     if state is not None:
         if partial is None:  # inside an epoch the RNG is restored once its loader iterator exists
             restore_rng_state(state["rng"])
@@ -140,7 +155,7 @@ def setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Run:
     # every epoch's summary.csv row travels in the checkpoint: a resume restores rows summary.csv lacks
     history = [r for r in (state or {}).get("history", []) if int(r["epoch"]) < start_epoch]
     run = Run(cfg, dist_info, stop, folder, run_dir, t, train_loader, eval_loader, train_sampler, state,
-               start_epoch, partial, best, history)
+               start_epoch, partial, best, history, data=data)
     if state is not None:
         run.held = (f"the position in epoch {start_epoch} after step {partial['step']}" if partial
                     else f"epoch {start_epoch - 1}")
@@ -161,6 +176,25 @@ def setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> Run:
     return run
 
 
+def complete_files(cfg: Config, state: Dict[str, Any], folder, total: int) -> None:
+    """A run killed after writing its last epoch's ``last.pth.tar``: write what follows it from the checkpoint
+    (``summary.csv`` rows, ``best.pth.tar``, ``learning_curve.png``) and mark ``status.json`` finished."""
+    quiet = copy.copy(cfg)
+    quiet.tensorboard = quiet.log_wandb = False
+    logger = RunLogger(folder.path, quiet, ema=bool(cfg.model_ema), start_epoch=total, history=state.get("history", []))
+    report_reconciled(logger, state)
+    rederive_best(state, os.path.join(folder.path, "best.pth.tar"))
+    if cfg.plot and logger.rows:
+        logger.plot()
+    folder.status = folder.read_state() or {}
+    folder.write_status(state="finished", epoch=int(state["epoch"]), total_epochs=total,
+                        best_top1=state.get("best_metric"), best_epoch=int(state.get("best_epoch", -1)),
+                        exit_message="done (status completed by --resume: the run had stopped after its last "
+                                     "checkpoint)")
+    _log.info(f"the run had stopped after writing its last checkpoint: completed status.json, summary.csv, "
+              f"best.pth.tar{' and learning_curve.png' if cfg.plot else ''} from {state['path']}")
+
+
 def report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_size: int) -> None:
     partial = state.get("partial_epoch")
     where = f"epoch {start_epoch}, step {partial['step']}" if partial else f"epoch {start_epoch}"
@@ -173,7 +207,8 @@ def report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_si
                      f"current config at epoch {start_epoch}): {', '.join(changed)}")
     if state.get("world_size", world_size) != world_size:
         _log.warning(f"warning: checkpoint was written with world size {state['world_size']}, now {world_size}; "
-                     f"the effective batch changed")
+                     f"the effective batch changed (and an lr set by blr), so from here the run continues but no "
+                     f"longer equals an uninterrupted one (docs/training.md, 'Many nodes')")
 
 
 def announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
@@ -254,7 +289,10 @@ def git_commit() -> str:
 
 def report_reconciled(logger, state) -> None:
     """Say which ``summary.csv`` rows a resume restored from the checkpoint, and which neither file holds."""
-    if logger.restored:
+    if logger.restored and state.get("other_folder"):
+        _log.info(f"summary.csv: the rows of epochs {epochs_text(logger.restored)} come from {state['path']}, "
+                  f"the checkpoint this run continues")
+    elif logger.restored:
         _log.warning(f"summary.csv lacked the rows of epochs {epochs_text(logger.restored)}: restored them from "
                      f"{state['path']}")
     if logger.missing:
@@ -275,7 +313,14 @@ def rederive_best(state, best_path: str) -> None:
     have = checkpoint_position(best_path)
     if have is not None and have["epoch"] == best_epoch and not have["partial_epoch"]:
         return
-    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
+    if best_epoch == int(state["epoch"]) and not state.get("partial_epoch") and state.get("other_folder"):
+        copy_checkpoint(state["path"], best_path)
+        _log.info(f"best.pth.tar: a copy of {state['path']} (epoch {best_epoch}, the best so far of the run this "
+                  f"one continues)")
+    elif state.get("other_folder"):
+        _log.info(f"best.pth.tar is written once an epoch beats {state.get('best_metric')}, the best of the run "
+                  f"this one continues (its epoch {best_epoch}, in {os.path.dirname(os.path.abspath(state['path']))})")
+    elif best_epoch == int(state["epoch"]) and not state.get("partial_epoch"):
         copy_checkpoint(state["path"], best_path)
         _log.warning(f"best.pth.tar did not hold epoch {best_epoch} (the run ended before copying it): "
                      f"re-derived it from {state['path']}")
@@ -284,3 +329,23 @@ def rederive_best(state, best_path: str) -> None:
                      f"({'it is missing' if have is None else 'it holds epoch %d' % have['epoch']}) and "
                      f"{state['path']} holds a later position: best.pth.tar is rewritten when an epoch beats "
                      f"{state.get('best_metric')}")
+
+
+def data_changed(state, data, start_epoch: int, partial, best) -> bool:
+    """Compare the datasets with those the checkpoint was written with; warn (rank 0) and return True when the
+    training set changed. Inside an epoch the caller then starts that epoch again: its saved position counts
+    samples of an order computed for the old set."""
+    saved = state.get("data") or {}
+    train, evals = describe_data_change(saved.get("train"), data["train"]), \
+        describe_data_change(saved.get("eval"), data["eval"])
+    if is_main() and train:
+        then = (f"epoch {start_epoch} starts again from its first step (its sample order was computed for the old "
+                f"set; the {partial['step']} steps done stay in the weights)" if partial else
+                f"epochs from {start_epoch} on train on the set as it is now")
+        _log.warning(f"warning: the training set changed since {state['path']} was written ({train}): {then}")
+    if is_main() and evals:
+        _log.warning(f"warning: the evaluation set changed since {state['path']} was written ({evals}): the top-1 of "
+                     f"epochs from {start_epoch} on is not comparable with the earlier rows of summary.csv"
+                     + (f" nor with the best so far ({best['metric']:.2f} at epoch {best['epoch']})"
+                        if best["metric"] is not None else ""))
+    return bool(train)

@@ -40,7 +40,8 @@ from models import published
 from models.neurons import reset_net
 from models.published import Prepared  # the result type of the table's prepare hooks
 
-__all__ = ["Prepared", "ConformanceResult", "reference_ctors", "build_reference_model", "check_file",
+__all__ = ["Prepared", "ConformanceResult", "NotGoldenError", "read_golden", "reference_ctors", "build_reference_model",
+           "check_file",
            "LOGIT_ATOL", "LOGIT_RTOL", "GRAD_RTOL", "GRAD_ATOL_FRACTION", "main"]
 
 LOGIT_ATOL, LOGIT_RTOL = 1e-5, 1e-4
@@ -116,6 +117,31 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item() if a.numel() else 0.0
 
 
+GOLDEN_KEYS = ("model_ctor", "x", "targets", "y_eval", "y_train", "loss")
+
+
+class NotGoldenError(ValueError):
+    """A FILE that is not a golden case (a checkpoint, another file): nothing to compare with."""
+
+
+def read_golden(path: str) -> dict:
+    """The golden dict in ``path``, or :class:`NotGoldenError` saying what the file is instead."""
+    from models.weights import WeightsError, read_weights
+
+    try:
+        golden = read_weights(path)
+    except WeightsError as err:
+        raise NotGoldenError(f"not a golden case file: {err}") from None
+    missing = [k for k in GOLDEN_KEYS if not isinstance(golden, dict) or k not in golden]
+    if missing:
+        checkpoint = isinstance(golden, dict) and "state_dict" in golden and "model_ctor" not in golden
+        raise NotGoldenError(f"{path} is {'a training checkpoint, ' if checkpoint else ''}not a golden case file "
+                             f"(it has no {', '.join(missing)}). A golden case holds the published code's constructor "
+                             f"(model_ctor), input, targets, logits and loss of one run (tests/data/golden/README.md), "
+                             f"e.g. tests/data/golden/case1_cifar_max_former.pt")
+    return golden
+
+
 def check_file(path: str, verbose: bool = False, transform: Optional[Callable] = None,
                neuron_impl: Optional[str] = None) -> ConformanceResult:
     """Run the published procedure of one golden file against our model.
@@ -147,7 +173,7 @@ def check_file(path: str, verbose: bool = False, transform: Optional[Callable] =
 def _check_file(path: str, verbose: bool, transform: Optional[Callable], neuron_impl: Optional[str]
                 ) -> ConformanceResult:
     res = ConformanceResult(path)
-    golden = torch.load(path, map_location="cpu", weights_only=True)
+    golden = read_golden(path)
     res.ctor = golden["model_ctor"]
     res.ref_loss = float(golden["loss"])
 
@@ -155,6 +181,8 @@ def _check_file(path: str, verbose: bool, transform: Optional[Callable], neuron_
     model, prepare = build_reference_model(golden["model_ctor"], golden.get("kwargs") or {})
     if neuron_impl is not None:
         from models.neurons import convert_neurons
+        if neuron_impl == "triton":
+            from utils.verify import triton_cpu  # noqa: F401  (registers neuron impl 'triton')
         convert_neurons(model, neuron_impl)
     prepared = prepare(model, golden) if prepare is not None else None
     prepared = prepared or Prepared()
@@ -275,6 +303,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in args.files:
         try:
             res = check_file(path, verbose=args.verbose, neuron_impl=args.neuron_impl)
+        except NotGoldenError as err:
+            print(f"error: {err}", flush=True)
+            all_ok = False
+            continue
         except Exception as err:  # one bad file must not hide the others
             res = ConformanceResult(path)
             res.failures.append(f"{type(err).__name__}: {err}")

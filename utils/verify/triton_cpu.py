@@ -1,5 +1,9 @@
 """spikingjelly's Triton LIF/IF kernels as a neuron implementation (``NeuronConfig(impl='triton')``).
 
+A verification device: importing this module registers ``impl='triton'`` with :mod:`models.neurons`
+(:func:`models.neurons.register_implementation`); ``train.py``/``benchmark.py`` with ``neuron_impl: triton``
+and ``python -m utils.verify.conformance --neuron-impl triton`` import it first.
+
 On CUDA, spikingjelly 2.0.0 runs its Triton kernels when its native CUDA part is missing (the PyPI
 wheel). :class:`TritonLIFNode` / :class:`TritonIFNode` force those kernels on any device: on CUDA
 tensors they launch unchanged; on CPU tensors, with ``TRITON_INTERPRET=1`` set before the kernels
@@ -31,6 +35,8 @@ from typing import Callable, Tuple
 
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
+
+from models.neurons import register_implementation
 
 __all__ = ["SPIKINGJELLY_VERSION", "INTERPRETER_BLOCK", "TritonKernels", "TritonAPIError", "load_kernels",
            "check_device", "interpreter_requested", "triton_multi_step", "TritonLIFNode", "TritonIFNode", "describe"]
@@ -84,7 +90,7 @@ def _api_error(what: str) -> TritonAPIError:
     return TritonAPIError(
         f"neuron impl 'triton' wraps private launchers of spikingjelly {SPIKINGJELLY_VERSION}, but {what} "
         f"(installed spikingjelly {_installed_version()}). Install spikingjelly=={SPIKINGJELLY_VERSION} "
-        "(requirements.txt) or port models/triton_neurons.py to the new API.")
+        "(requirements.txt) or port utils/verify/triton_cpu.py to the new API.")
 
 
 class _CudaWithoutDeviceGuard:
@@ -286,3 +292,6 @@ def describe(kind: str, device: "torch.device | str") -> str:
     interpreted = interpreter_requested() if kernel is None else type(kernel).__name__ == "InterpretedFunction"
     mode = "Triton interpreter on CPU" if interpreted else "CPU tensors need TRITON_INTERPRET=1"
     return f"spikingjelly {kind} Triton kernels (impl='triton', {mode})"
+
+
+register_implementation("triton", {sj_neuron.LIFNode: TritonLIFNode, sj_neuron.IFNode: TritonIFNode}, describe)
