@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.analysis.gradcam import grad_cam
+from utils.analysis.gradcam import grad_cam, last_block
 
 __all__ = [
     "lif_transfer", "if_transfer", "measure_membrane_gain", "measure_spiking_gain",
@@ -447,13 +447,6 @@ def spectra_command(args) -> None:
 
 
 # ============================================================================ (d) Grad-CAM
-def _last_stage_layer(model: nn.Module) -> str:
-    names = [n for n, _ in model.named_modules() if re.match(DEFAULT_BLOCKS, n)]
-    if not names:
-        raise LookupError("cannot find the last block; pass --layer NAME")
-    return names[-1]
-
-
 def gradcam_command(args) -> None:
     from models import input_spec
 
@@ -467,7 +460,7 @@ def gradcam_command(args) -> None:
         from utils.analysis.energy import calibrate_bn
 
         calibrate_bn(model, [x])
-    layer = args.layer or _last_stage_layer(model)
+    layer = args.layer or last_block(model, DEFAULT_BLOCKS)
     cam = grad_cam(model, x, layer, args.target)
     fig, axes = plt.subplots(1, len(x), figsize=(3 * len(x), 3.2), dpi=80, squeeze=False)
     rows = []

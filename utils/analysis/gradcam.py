@@ -1,13 +1,14 @@
 """Grad-CAM of a spiking network: class-activation maps of one module's output, averaged over time steps."""
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["grad_cam"]
+__all__ = ["grad_cam", "last_block"]
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optional[int] = None) -> torch.Tensor:
@@ -48,3 +49,11 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optiona
     cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = cam - cam.flatten(1).min(1)[0][:, None, None]
     return (cam / cam.flatten(1).max(1)[0].clamp_min(1e-12)[:, None, None]).detach()
+
+
+def last_block(model: nn.Module, block_pattern: str) -> str:
+    """The name of the last module of ``model`` matching ``block_pattern`` (the default Grad-CAM layer)."""
+    names = [n for n, _ in model.named_modules() if re.match(block_pattern, n)]
+    if not names:
+        raise LookupError("cannot find the last block; pass --layer NAME")
+    return names[-1]
