@@ -55,6 +55,7 @@ class Run:
     best: Dict[str, Any]
     history: List[Dict[str, Any]]
     held: Optional[str] = None
+    data: Optional[Dict[str, Any]] = None  # the datasets' fingerprints, saved with every checkpoint
     logger: Any = None  # rank 0's RunLogger
     skip: int = 0  # the current epoch's first sample (per process) and step
     start_step: int = 0
@@ -79,7 +80,7 @@ class Run:
         cfg, best = self.cfg, self.best
         return training_state(self.t, arch=cfg.model, num_updates=self.t.num_updates, best_metric=best["metric"],
                               best_epoch=best["epoch"], metric=best["last"], world_size=self.dist_info.world_size,
-                              config=plain(vars(cfg)), history=self.history, **fields)
+                              config=plain(vars(cfg)), history=self.history, data=self.data, **fields)
 
     def save_position(self, epoch: int, step: int, loss_sum: float) -> None:
         """``last.pth.tar`` at ``step`` steps into ``epoch`` (``--resume auto`` continues there)."""
