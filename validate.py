@@ -36,7 +36,7 @@ EVAL_KEYS = ("model", "model_kwargs", "num_classes", "T", "pretrained", "device"
              "deterministic", "amp", "eval_amp", "channels_last", "fastpath", "compile", "neuron_impl", "batch_size",
              "val_batch_size", "max_eval_batches", "progress", "dataset", "data_path", "download", "verify_data",
              "img_size", "mean", "std", "crop_pct", "interpolation", "synthetic_size", "workers", "pin_memory",
-             *VALIDATE_OPTIONS)
+             "overwrite", *VALIDATE_OPTIONS)
 
 
 def build_parser():
@@ -120,7 +120,14 @@ def check_paths(cfg) -> None:
         from utils.analysis.energy import report_paths
         from utils.output_files import check_outputs
 
-        check_outputs(report_paths(out, f"{cfg.model}_T{cfg.T}"), cfg.overwrite, inputs=(cfg.checkpoint,))
+        check_outputs(report_paths(out, energy_stem(cfg)), cfg.overwrite, inputs=(cfg.checkpoint,))
+
+
+def energy_stem(cfg) -> str:
+    """The file-name stem of the ``--energy`` report: the model, T and its model kwargs."""
+    from utils.analysis.energy import settings_tag
+
+    return f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
@@ -228,7 +235,7 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.analysis.energy import measure_energy, settings_tag, write_report
+    from utils.analysis.energy import measure_energy, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
@@ -236,8 +243,7 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
         print(report.format_table(per_layer=False))
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
         out_dir = cfg.energy_out or os.path.join(folder, "energy")
-        stem = f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
-        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
+        write_report(report, out_dir, energy_stem(cfg), title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
                      overwrite=cfg.overwrite)
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
