@@ -246,7 +246,7 @@ def _report_resume(cfg: Config, state: Dict[str, Any], start_epoch: int, world_s
 def _announce(cfg, t, run_dir, info, num_classes, n_train, n_eval, dist_info) -> None:
     """The banner on the console and ``args.yaml`` (config + what was resolved) in the run folder."""
     import models
-    from utils.atomic_file import atomic_write
+    from utils.io.atomic import atomic_write
 
     neuron_impl = models.describe_neurons(t.eval_model, dist_info.device)
     run_info = {
@@ -290,7 +290,7 @@ def run(cfg: Config, stop: Optional[StopSignals] = None, command: str = "") -> D
     signal handlers) ends the run after the current step with a resumable checkpoint
     (:class:`TrainingStopped`); ``command`` is written into ``run.lock``.
     """
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.config import check_run_paths
     from utils.training.engine import NonFiniteLossError
     from utils.errors import INPUT_ERRORS
@@ -472,7 +472,7 @@ def _setup_run(cfg, dist_info, run_dir, state, stop, folder, datasets) -> _Run:
     """Loaders, model and training objects, the resume position, and rank 0's banner, args.yaml and logger
     (summary.csv rows restored from the checkpoint, best.pth.tar re-derived)."""
     from utils import data as data_lib
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.training.checkpoint import load_checkpoint, restore_rng_state
     from utils.training.engine import build_model, build_training, seed_everything
     from utils.training.logger import RunLogger
@@ -534,7 +534,7 @@ def _run_epochs(run: _Run) -> Dict[str, Any]:
     """The epochs from the resume position on, each ended by :func:`_end_epoch`. A stop signal or an unreadable
     training sample saves the position reached in ``last.pth.tar`` and ends the run."""
     from utils import data as data_lib
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.training.engine import EpochStart, epoch_seed, seed_everything, start_epoch_schedule, train_one_epoch
 
     cfg, t, main, stop = run.cfg, run.t, run.dist_info.is_main, run.stop
@@ -739,7 +739,7 @@ def _rank0_writes(dist_info, write: Callable[..., None], *args) -> None:
     """Run ``write(*args)`` (rank 0's files of the run folder) on rank 0, then tell every process whether the disk
     refused it: all ranks raise the same :class:`FileWriteError` and exit, none waits at the next collective
     for a rank 0 that has stopped. Also the processes' synchronisation point after the write."""
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.training.distributed import broadcast_object
 
     error = None
@@ -804,7 +804,7 @@ def build_parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.config import input_errors, report_input_error
     from utils.training.distributed import cleanup, is_main
     from utils.training.engine import NonFiniteLossError
@@ -844,7 +844,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   file=sys.stderr)
         return 128 + err.signum
     except OSError as err:  # the last line of defence: paths are checked before the run starts
-        from utils.config.cli import describe_os_error
+        from utils.io.paths import describe_os_error
 
         if is_main():
             print(f"error: {describe_os_error(err)}", file=sys.stderr)

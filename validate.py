@@ -81,7 +81,7 @@ def check_input(cfg, model, eval_set) -> None:
 def prepare_results_file(path: str, cfg=None) -> str:
     """Create the folder of ``--results-file`` and check it is writable and replaces neither an input (the
     checkpoint, the config) nor a file validate.py did not write (``--overwrite``), before any evaluation."""
-    from utils.output_files import check_outputs
+    from utils.io.outputs import check_outputs
 
     path = os.path.abspath(path)
     if os.path.isdir(path):
@@ -100,7 +100,7 @@ def prepare_results_file(path: str, cfg=None) -> str:
 
 def check_paths(cfg) -> None:
     """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
-    from utils.config.cli import readable_file_problem, writable_folder_problem
+    from utils.io.paths import readable_file_problem, writable_folder_problem
 
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
@@ -118,7 +118,7 @@ def check_paths(cfg) -> None:
         if problem:
             raise ConfigError(problem)
         from utils.analysis.energy import report_paths
-        from utils.output_files import check_outputs
+        from utils.io.outputs import check_outputs
 
         check_outputs(report_paths(out, energy_stem(cfg)), cfg.overwrite, inputs=(cfg.checkpoint,))
 
@@ -132,9 +132,9 @@ def energy_stem(cfg) -> str:
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
-    from utils.atomic_file import FileWriteError, atomic_write
+    from utils.io.atomic import FileWriteError, atomic_write
 
-    from utils.output_files import record_outputs
+    from utils.io.outputs import record_outputs
 
     text = json.dumps(out, indent=2)
     try:
@@ -260,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except input_errors() as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
-        from utils.config.cli import describe_os_error
+        from utils.io.paths import describe_os_error
 
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1

@@ -124,6 +124,16 @@ def test_models_import_nothing_from_utils():
     assert not bad, "models/ must stand alone (move what it needs into models/ or pass it in):\n  " + "\n  ".join(bad)
 
 
+def test_bottom_layer_imports_only_errors():
+    """``utils.errors``, ``utils.options`` and ``utils.io`` sit at the bottom: every command may use them, they use
+    nothing of the project above ``utils.errors``."""
+    graph = import_graph()
+    bottom = {m for m in graph if m in ("utils.errors", "utils.options") or m.startswith("utils.io")}
+    assert {"utils.io.atomic", "utils.io.outputs", "utils.io.paths"} <= bottom
+    bad = sorted(f"{m} -> {d}" for m in bottom for d in graph[m]
+                 if d not in ("utils.errors", "utils") and not d.startswith("utils.io"))
+    assert not bad, "the bottom layer imports only utils.errors:\n  " + "\n  ".join(bad)
+
 def test_the_graph_sees_function_level_imports_and_circles(tmp_path):
     """The checker itself: a lazy import inside a function closes a circle, relative imports resolve."""
     pkg = tmp_path / "pkg"

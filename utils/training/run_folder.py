@@ -20,7 +20,7 @@ import shutil
 import socket
 from typing import Any, Dict, Optional
 
-from utils.atomic_file import FileWriteError, atomic_write
+from utils.io.atomic import FileWriteError, atomic_write
 from utils.config import ConfigError
 
 __all__ = ["RunFolder", "is_running", "read_status", "RUN_FILES", "LOCK_NAME", "STATUS_NAME"]
