@@ -451,7 +451,7 @@ def _sig(x: float, digits: int = 4) -> float:
 
 def append_csv(path: str, row: Dict[str, Any]):
     """Append ``row``; a file written with an older column set is rewritten (atomically) with the current one."""
-    from utils.atomic_file import atomic_write
+    from utils.io.atomic import atomic_write
 
     if not path:
         return
@@ -501,7 +501,7 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     _check_used(parser, args)
     if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
         from utils.errors import ConfigError
-        from utils.output_files import check_outputs
+        from utils.io.outputs import check_outputs
 
         try:
             check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)

@@ -21,11 +21,11 @@ import signal
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from utils.atomic_file import FileWriteError
 from utils.config import (Config, ConfigError, all_options, build_arg_parser, check_run_paths, input_errors,
                           parse_config, report_input_error, without_options)
-from utils.config.cli import describe_os_error
 from utils.errors import INPUT_ERRORS
+from utils.io.atomic import FileWriteError
+from utils.io.paths import describe_os_error
 from utils.training.distributed import cleanup, is_main
 from utils.training.epochs import rank0_writes, run_epochs
 from utils.training.run_folder import RunFolder

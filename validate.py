@@ -36,7 +36,7 @@ EVAL_KEYS = ("model", "model_kwargs", "num_classes", "T", "pretrained", "device"
              "deterministic", "amp", "eval_amp", "channels_last", "fastpath", "compile", "neuron_impl", "batch_size",
              "val_batch_size", "max_eval_batches", "progress", "dataset", "data_path", "download", "verify_data",
              "img_size", "mean", "std", "crop_pct", "interpolation", "synthetic_size", "workers", "pin_memory",
-             *VALIDATE_OPTIONS)
+             "overwrite", *VALIDATE_OPTIONS)
 
 
 def build_parser():
@@ -81,7 +81,7 @@ def check_input(cfg, model, eval_set) -> None:
 def prepare_results_file(path: str, cfg=None) -> str:
     """Create the folder of ``--results-file`` and check it is writable and replaces neither an input (the
     checkpoint, the config) nor a file validate.py did not write (``--overwrite``), before any evaluation."""
-    from utils.output_files import check_outputs
+    from utils.io.outputs import check_outputs
 
     path = os.path.abspath(path)
     if os.path.isdir(path):
@@ -100,7 +100,7 @@ def prepare_results_file(path: str, cfg=None) -> str:
 
 def check_paths(cfg) -> None:
     """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
-    from utils.config.cli import readable_file_problem, writable_folder_problem
+    from utils.io.paths import readable_file_problem, writable_folder_problem
 
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
@@ -118,16 +118,23 @@ def check_paths(cfg) -> None:
         if problem:
             raise ConfigError(problem)
         from utils.analysis.energy import report_paths
-        from utils.output_files import check_outputs
+        from utils.io.outputs import check_outputs
 
-        check_outputs(report_paths(out, f"{cfg.model}_T{cfg.T}"), cfg.overwrite, inputs=(cfg.checkpoint,))
+        check_outputs(report_paths(out, energy_stem(cfg)), cfg.overwrite, inputs=(cfg.checkpoint,))
+
+
+def energy_stem(cfg) -> str:
+    """The file-name stem of the ``--energy`` report: the model, T and its model kwargs."""
+    from utils.analysis.energy import settings_tag
+
+    return f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
-    from utils.atomic_file import FileWriteError, atomic_write
+    from utils.io.atomic import FileWriteError, atomic_write
 
-    from utils.output_files import record_outputs
+    from utils.io.outputs import record_outputs
 
     text = json.dumps(out, indent=2)
     try:
@@ -229,7 +236,7 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.analysis.energy import measure_energy, settings_tag, write_report
+    from utils.analysis.energy import measure_energy, write_report
 
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
@@ -237,8 +244,7 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
         print(report.format_table(per_layer=False))
         folder = os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint else os.getcwd()
         out_dir = cfg.energy_out or os.path.join(folder, "energy")
-        stem = f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
-        write_report(report, out_dir, stem, title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
+        write_report(report, out_dir, energy_stem(cfg), title=f"{cfg.model} T={cfg.T} on {cfg.dataset}",
                      overwrite=cfg.overwrite)
     return {"mj_per_image": report.energy_mj, "sops_per_image": report.sops, "mac_flops_per_image": report.mac_flops}
 
@@ -255,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except input_errors() as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
-        from utils.config.cli import describe_os_error
+        from utils.io.paths import describe_os_error
 
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ writes (last.pth.tar, status.json, best.pth.tar, summary.csv) is reported as wha
 cut or deleted are restored from the checkpoint; a batch size changed mid-epoch trains each sample once.
 
 Faults are injected in-process at ``os.replace`` (every run-folder file is written through
-utils.atomic_file.atomic_write, which renames a finished temp file over the target).
+utils.io.atomic.atomic_write, which renames a finished temp file over the target).
 """
 import errno
 import os
@@ -162,7 +162,7 @@ def test_a_full_disk_inside_torch_save_is_named_as_such(tmp_path, monkeypatch):
 
     import torch
 
-    from utils.atomic_file import FileWriteError
+    from utils.io.atomic import FileWriteError
     from utils.training.checkpoint import save_checkpoint
 
     path = tmp_path / "last.pth.tar"
@@ -184,7 +184,7 @@ def test_a_full_disk_inside_torch_save_is_named_as_such(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr("utils.atomic_file.open", lambda *a, **kw: FullDisk(builtins.open(*a, **kw)), raising=False)
+    monkeypatch.setattr("utils.io.atomic.open", lambda *a, **kw: FullDisk(builtins.open(*a, **kw)), raising=False)
     with pytest.raises(FileWriteError, match=f"could not write {path}: no space left on the device"):
         save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()

@@ -66,7 +66,7 @@ FULL_DISK_ON_RANK0 = """import errno, os, sys
 
 import tiny_models  # noqa: F401
 import utils.training.checkpoint
-from utils.atomic_file import FileWriteError
+from utils.io.atomic import FileWriteError
 
 if os.environ["RANK"] == "0":
     def full_disk(state, path, *a, **kw):

@@ -13,8 +13,7 @@ SKIP_TOP = {"data", "runs", "output", "build", "dist"}  # top-level folders of d
 # Packages bottom first: a package imports only from layers below its own (never from a package beside it).
 LAYERS = [
     ("utils.errors",),  # the project's error types
-    ("utils", "utils.atomic_file", "utils.options", "utils.output_files"),  # atomic writes, outputs never
-    # overwriting inputs; the option declaration
+    ("utils", "utils.io", "utils.options"),  # file I/O (atomic writes, outputs, paths); the option declaration
     ("mixer_hub",),  # token mixers (their neurons are passed in)
     ("models", "utils.data"),  # architectures; datasets (neither knows the other)
     ("utils.config",),  # YAML + command line -> a checked Config
@@ -176,6 +175,16 @@ def test_models_import_nothing_from_utils():
                  for d in deps if d.split(".")[0] == "utils")
     assert not bad, "models/ must stand alone (move what it needs into models/ or pass it in):\n  " + "\n  ".join(bad)
 
+
+def test_bottom_layer_imports_only_errors():
+    """``utils.errors``, ``utils.options`` and ``utils.io`` sit at the bottom: every command may use them, they use
+    nothing of the project above ``utils.errors``."""
+    graph = import_graph()
+    bottom = {m for m in graph if m in ("utils.errors", "utils.options") or m.startswith("utils.io")}
+    assert {"utils.io.atomic", "utils.io.outputs", "utils.io.paths"} <= bottom
+    bad = sorted(f"{m} -> {d}" for m in bottom for d in graph[m]
+                 if d not in ("utils.errors", "utils") and not d.startswith("utils.io"))
+    assert not bad, "the bottom layer imports only utils.errors:\n  " + "\n  ".join(bad)
 
 def test_the_graph_sees_function_level_imports_and_circles(tmp_path):
     """The checker itself: a lazy import inside a function closes a circle, relative imports resolve."""

@@ -1,6 +1,6 @@
 """No command writes over an input or over a file it did not write: results files, converted checkpoints, hub
 export folders and analysis outputs are refused by name, with --overwrite (or another path) as the way out;
-a command's own earlier outputs are replaced (utils.output_files)."""
+a command's own earlier outputs are replaced (utils.io.outputs)."""
 import json
 import os
 
@@ -12,7 +12,7 @@ from models import create_model
 from tests.test_validate import TINY
 from utils.analysis import frequency, tables
 from utils.errors import ConfigError
-from utils.output_files import OUTPUTS_MANIFEST, check_outputs, record_outputs
+from utils.io.outputs import OUTPUTS_MANIFEST, check_outputs, record_outputs
 from utils.training import checkpoint as ckpt_cli
 
 

@@ -361,8 +361,8 @@ def test_run_main_turns_os_errors_into_one_line(capsys):
 
     assert cli.run_main(bad_input) == 2 and "error: config key 'x' is bad" in capsys.readouterr().err
 
-    def refused_write(argv):  # a file written through utils.atomic_file (sweep.json, a benchmark CSV)
-        from utils.atomic_file import FileWriteError
+    def refused_write(argv):  # a file written through utils.io.atomic (sweep.json, a benchmark CSV)
+        from utils.io.atomic import FileWriteError
 
         raise FileWriteError("/data/out/sweep.json", OSError(errno.EROFS, "Read-only file system"))
 

@@ -450,7 +450,7 @@ def main(argv=None) -> int:
                                                                                          kind=args.input)
         calibrate_bn(model, cal)
         desc += f", BN calibrated on {n_cal} {'data' if args.config else 'synthetic'} batches"
-    from utils.output_files import check_outputs
+    from utils.io.outputs import check_outputs
 
     try:  # before the measurement
         check_outputs(report_paths(args.output, f"{args.model}_T{T}"), args.overwrite, inputs=(args.checkpoint,))
@@ -488,8 +488,8 @@ def report_paths(out_dir: str, stem: str) -> Dict[str, str]:
 
 def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> str:
     """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``
-    (files there that an earlier report did not write are refused unless ``overwrite``, :mod:`utils.output_files`)."""
-    from utils.output_files import check_outputs, record_outputs
+    (files there that an earlier report did not write are refused unless ``overwrite``, :mod:`utils.io.outputs`)."""
+    from utils.io.outputs import check_outputs, record_outputs
 
     paths = report_paths(out_dir, stem)
     check_outputs(paths, overwrite)

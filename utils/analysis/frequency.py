@@ -491,7 +491,7 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-    from utils.output_files import record_outputs
+    from utils.io.outputs import record_outputs
 
     record_outputs(png, csv_path)
     print(f"wrote {png} and {csv_path}")
@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args) -> None:
     """The subcommand's ``<stem>.png`` / ``.csv`` replace no input and no file it did not write (``--overwrite``)."""
-    from utils.output_files import check_outputs
+    from utils.io.outputs import check_outputs
 
     stem = {"transfer": "transfer", "toy": "toy", "spectra": getattr(args, "name", "")}.get(args.cmd)
     if stem is None:  # gradcam_<model name>

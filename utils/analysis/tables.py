@@ -417,8 +417,8 @@ def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
 
 def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> List[str]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths. Files there that
-    an earlier call did not write are refused (:mod:`utils.output_files`) unless ``overwrite``."""
-    from utils.output_files import check_outputs, record_outputs
+    an earlier call did not write are refused (:mod:`utils.io.outputs`) unless ``overwrite``."""
+    from utils.io.outputs import check_outputs, record_outputs
 
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "csv", "png")]
@@ -509,7 +509,7 @@ def _runs(a) -> int:
 
 
 def _compare_log(a) -> int:
-    from utils.output_files import check_outputs, record_outputs
+    from utils.io.outputs import check_outputs, record_outputs
 
     out = a.figure or os.path.join(os.path.dirname(os.path.abspath(a.run)),
                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
@@ -525,7 +525,7 @@ def _compare_log(a) -> int:
 
 def _params(a) -> int:
     from utils.errors import ConfigError
-    from utils.output_files import check_outputs, record_outputs
+    from utils.io.outputs import check_outputs, record_outputs
 
     if a.csv:
         check_outputs({"--csv": a.csv}, a.overwrite, inputs=[w.split("=", 1)[-1] for w in a.weights])

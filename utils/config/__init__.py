@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import yaml
 
-from utils.config.cli import (INT32_MAX, BoolFlag, Parser, inside_problem, readable_file_problem,  # noqa: F401
-                              report_input_error, without_options, writable_folder_problem)
+from utils.config.cli import INT32_MAX, BoolFlag, Parser, report_input_error, without_options  # noqa: F401
 from utils.errors import INPUT_ERRORS
+from utils.io.paths import inside_problem, readable_file_problem, writable_folder_problem
 from utils.options import ConfigError, Option
 
 __all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "RELATIONS", "parse_config", "load_yaml",

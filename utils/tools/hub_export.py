@@ -101,7 +101,7 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
     from timm.models import save_for_hf
 
     from models import build_model
-    from utils.output_files import check_outputs
+    from utils.io.outputs import check_outputs
 
     previous = _previous_export(out_dir)
     check_outputs({f"OUTDIR's {n}": os.path.join(out_dir, n) for n in EXPORT_FILES}, overwrite, inputs=(file,),

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from utils.config.cli import writable_folder_problem
+    from utils.io.paths import writable_folder_problem
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -115,7 +115,7 @@ def load_manifest(output: str) -> dict:
 
 def save_manifest(output: str, manifest: dict) -> None:
     """Write ``DIR/sweep.json`` atomically."""
-    from utils.atomic_file import atomic_write
+    from utils.io.atomic import atomic_write
 
     manifest["updated"] = _now()
     atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))

@@ -146,12 +146,12 @@ __all__ += ["save_checkpoint", "copy_checkpoint", "checkpoint_position", "captur
 
 
 def save_checkpoint(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> str:
-    """Write ``state`` with ``torch.save`` atomically (:func:`utils.atomic_file.atomic_write`).
+    """Write ``state`` with ``torch.save`` atomically (:func:`utils.io.atomic.atomic_write`).
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a torn one; a
-    full or read-only disk raises :class:`utils.atomic_file.FileWriteError` and leaves the previous one.
+    full or read-only disk raises :class:`utils.io.atomic.FileWriteError` and leaves the previous one.
     """
-    from utils.atomic_file import atomic_write
+    from utils.io.atomic import atomic_write
 
     return atomic_write(path, lambda f: torch.save(dict(state), f))
 
@@ -160,7 +160,7 @@ def copy_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) 
     """Atomically copy a checkpoint file (used for ``best.pth.tar``)."""
     import shutil
 
-    from utils.atomic_file import atomic_write
+    from utils.io.atomic import atomic_write
 
     def copy(f):
         with open(src, "rb") as s:
@@ -347,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from models.factory import ModelError, parse_model_kwargs
     from utils.errors import ConfigError
-    from utils.output_files import check_outputs, record_outputs
+    from utils.io.outputs import check_outputs, record_outputs
 
     try:
         check_outputs({"OUT": args.dst}, args.overwrite, inputs=(args.src,))

@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from utils import data as data_lib
-from utils.atomic_file import FileWriteError
 from utils.config import Config
+from utils.io.atomic import FileWriteError
 from utils.training.checkpoint import copy_checkpoint, save_checkpoint
 from utils.training.distributed import all_reduce_sum, broadcast_object
 from utils.training.engine import EpochStart, evaluate, start_epoch_schedule, train_one_epoch, training_state

@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Sequence
 
-from utils.atomic_file import atomic_write
+from utils.io.atomic import atomic_write
 
 __all__ = ["RunLogger", "SUMMARY_COLUMNS", "read_summary", "setup_console_logging"]
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -18,13 +19,12 @@ import os
 import re
 import shutil
 import socket
-import dataclasses
 from typing import Any, Dict, Optional
 
 import yaml
 
-from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import ConfigError
+from utils.io.atomic import FileWriteError, atomic_write
 from utils.training.logger import read_summary
 
 __all__ = ["RunFolder", "RunState", "run_state", "read_top1", "is_running", "read_status", "RUN_FILES", "LOCK_NAME",

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 import models
 from utils import data as data_lib
-from utils.atomic_file import FileWriteError, atomic_write
 from utils.config import Config, ConfigError, dump_yaml
 from utils.data.fingerprint import dataset_fingerprint, describe_data_change
+from utils.io.atomic import FileWriteError, atomic_write
 from utils.training.checkpoint import (auto_resume_path, checkpoint_position, copy_checkpoint, load_checkpoint,
                                        read_training_state, restore_rng_state)
 from utils.training.determinism import apply_determinism, resolve_deterministic
