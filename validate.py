@@ -165,6 +165,31 @@ def weights_source(cfg) -> str:
     return os.path.abspath(cfg.checkpoint) if cfg.checkpoint else f"pretrained:{cfg.model}"
 
 
+def adopt_checkpoint_settings(cfg, log=None) -> None:
+    """A checkpoint train.py wrote records the model it was built as: evaluate that model. Its ``model_kwargs`` and
+    ``num_classes`` replace the config's (each difference is said); ``T`` stays the evaluation's own choice."""
+    from models.weights import stored_model_kwargs
+    from utils.training.checkpoint import read_checkpoint
+
+    stored = stored_model_kwargs(read_checkpoint(cfg.checkpoint, trust_pickle=cfg.trust_checkpoint,
+                                                 trust_flag="--trust-checkpoint"), cfg.model)
+    if not stored:
+        return
+    stored.pop("T", None)
+    num_classes = stored.pop("num_classes", cfg.num_classes)
+    given = dict(cfg.model_kwargs or {})
+    kept = {k: v for k, v in given.items() if k == "neuron_impl"}  # how to run, not what was trained
+    changes = [f"{k}={v!r} (config: {given[k]!r})" if k in given else f"{k}={v!r}"
+               for k, v in stored.items() if given.get(k, object()) != v]
+    changes += [f"{k} dropped (config: {v!r}; the run used the default)" for k, v in given.items()
+                if k not in stored and k not in kept]
+    if cfg.num_classes is not None and num_classes != cfg.num_classes:
+        changes.append(f"num_classes={num_classes} (config: {cfg.num_classes})")
+    cfg.model_kwargs, cfg.num_classes = {**stored, **kept}, num_classes
+    if changes and log:
+        log(f"model settings from {cfg.checkpoint}: " + ", ".join(changes))
+
+
 def build_eval(cfg):
     """Model (with weights), eval loader and dist info for ``cfg``; reusable by analysis tools."""
     from torch.utils.data import DataLoader
@@ -188,6 +213,8 @@ def build_eval(cfg):
     if cfg.workers is None:
         cfg.workers = loader_workers(dist_info.device.type, dist_info.world_size)
     seed_everything(cfg.seed)
+    if cfg.checkpoint:
+        adopt_checkpoint_settings(cfg, log=print if dist_info.is_main else None)
     _, eval_set = data_lib.create_datasets(cfg, include_train=False)
     num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]
     if cfg.pretrained:

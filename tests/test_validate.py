@@ -108,3 +108,22 @@ def test_test_sh_picks_the_config_of_a_released_file(ckpt, config):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["validate.py", "-c", os.path.join(ROOT, "imagenet", f"{config}.yaml"),
                                 "--checkpoint", f"/w/{ckpt}.pth.tar"]
+
+
+def test_a_runs_checkpoint_is_evaluated_as_the_model_it_recorded(tmp_path, capsys):
+    """A checkpoint train.py wrote holds its model settings: validate.py builds that model, whatever the config says,
+    and names each difference; a bare state dict still has to fit the config's model."""
+    torch.manual_seed(0)
+    model = create_model("maxformer_cifar", embed_dims=24, num_heads=1, num_classes=10, T=1)
+    path = tmp_path / "last.pth.tar"
+    config = {"model": "maxformer_cifar", "model_kwargs": {"embed_dims": 24, "num_heads": 1}, "T": 1,
+              "num_classes": None}
+    torch.save({"state_dict": model.state_dict(), "epoch": 0, "config": config}, path)
+    out = tmp_path / "r.json"
+    assert validate.main(TINY + ["--checkpoint", str(path), "--results-file", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"model settings from {path}: embed_dims=24 (config: 16)" in printed, printed
+    assert json.load(open(out))["top1"] >= 0
+    bare = tmp_path / "bare.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "epoch": 0}, bare)
+    assert validate.main(TINY + ["--checkpoint", str(bare)]) == 2
