@@ -161,8 +161,12 @@ def _farm(tmp: Path) -> Path:
     work = tmp / "repo"
     work.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name not in {"output", ".git", ".pytest_cache"}:
+        if entry.name not in {"output", ".git", ".pytest_cache", ".venv"}:
             (work / entry.name).symlink_to(entry)
+    venv = work / ".venv" / "bin"  # the docs' .venv is this interpreter, wherever the suite runs from
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(python)
+    (venv / "activate").write_text(f"export PATH={shlex.quote(str(tmp / 'bin'))}:$PATH\n")
     return work
 
 
