@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Dict, Optional, Sequence
 
 from utils.config import ConfigError, Option, parse_config
@@ -165,16 +166,17 @@ def weights_source(cfg) -> str:
     return os.path.abspath(cfg.checkpoint) if cfg.checkpoint else f"pretrained:{cfg.model}"
 
 
-def adopt_checkpoint_settings(cfg, log=None) -> None:
+def adopt_checkpoint_settings(cfg, log=None):
     """A checkpoint train.py wrote records the model it was built as: evaluate that model. Its ``model_kwargs`` and
-    ``num_classes`` replace the config's (each difference is said); ``T`` stays the evaluation's own choice."""
+    ``num_classes`` replace the config's (each difference is said); ``T`` stays the evaluation's own choice.
+    Returns the checkpoint as read, so it is loaded without reading the file again."""
     from models.weights import stored_model_kwargs
     from utils.training.checkpoint import read_checkpoint
 
-    stored = stored_model_kwargs(read_checkpoint(cfg.checkpoint, trust_pickle=cfg.trust_checkpoint,
-                                                 trust_flag="--trust-checkpoint"), cfg.model)
+    checkpoint = read_checkpoint(cfg.checkpoint, trust_pickle=cfg.trust_checkpoint, trust_flag="--trust-checkpoint")
+    stored = stored_model_kwargs(checkpoint, cfg.model)
     if not stored:
-        return
+        return checkpoint
     stored.pop("T", None)
     num_classes = stored.pop("num_classes", cfg.num_classes)
     given = dict(cfg.model_kwargs or {})
@@ -188,6 +190,7 @@ def adopt_checkpoint_settings(cfg, log=None) -> None:
     cfg.model_kwargs, cfg.num_classes = {**stored, **kept}, num_classes
     if changes and log:
         log(f"model settings from {cfg.checkpoint}: " + ", ".join(changes))
+    return checkpoint
 
 
 def build_eval(cfg):
@@ -213,8 +216,7 @@ def build_eval(cfg):
     if cfg.workers is None:
         cfg.workers = loader_workers(dist_info.device.type, dist_info.world_size)
     seed_everything(cfg.seed)
-    if cfg.checkpoint:
-        adopt_checkpoint_settings(cfg, log=print if dist_info.is_main else None)
+    checkpoint = adopt_checkpoint_settings(cfg, log=print if dist_info.is_main else None) if cfg.checkpoint else None
     _, eval_set = data_lib.create_datasets(cfg, include_train=False)
     num_classes = cfg.num_classes or data_lib.dataset_info(cfg.dataset)["num_classes"]
     if cfg.pretrained:
@@ -223,8 +225,10 @@ def build_eval(cfg):
     check_input(cfg, model, eval_set)
     if cfg.checkpoint:
         key = "state_dict_ema" if cfg.use_ema else None
-        load_checkpoint(model, cfg.checkpoint, strict=True, key=key, trust_pickle=cfg.trust_checkpoint,
-                        trust_flag="--trust-checkpoint", log=print if dist_info.is_main else None)
+        read = isinstance(checkpoint, Mapping)  # else (a pickled object) load_checkpoint reads and names it
+        load_checkpoint(model, checkpoint if read else cfg.checkpoint, strict=True, key=key,
+                        trust_pickle=cfg.trust_checkpoint, trust_flag="--trust-checkpoint",
+                        log=print if dist_info.is_main else None, source=cfg.checkpoint)
     model = place_model(model, dist_info.device, cfg.channels_last)
     loader = DataLoader(eval_set, batch_size=cfg.val_batch_size or cfg.batch_size,
                         sampler=ShardSampler(len(eval_set), dist_info.rank, dist_info.world_size),

@@ -64,6 +64,7 @@ def load_checkpoint(
     trust_pickle: bool = False,
     trust_flag: Optional[str] = None,
     log: Optional[Callable[[str], None]] = print,
+    source: Optional[str] = None,
 ) -> Dict[str, list]:
     """Load weights into ``model`` by parameter name.
 
@@ -74,10 +75,11 @@ def load_checkpoint(
     default, ``None`` for silence) gets one line per renamed module. With ``strict`` any missing,
     unexpected or mis-shaped key raises :class:`CheckpointError` listing them; otherwise matching
     tensors are loaded and the report ``{'missing', 'unexpected', 'mismatched'}`` is returned.
-    ``trust_pickle`` / ``trust_flag``: see :func:`read_checkpoint`.
+    ``trust_pickle`` / ``trust_flag``: see :func:`read_checkpoint`. ``source``: the file a mapping was read
+    from, named in the messages.
     """
     obj = path_or_state_dict
-    source = "checkpoint"
+    source = f"checkpoint {source!r}" if source else "checkpoint"
     if not isinstance(obj, Mapping):
         source = f"checkpoint {os.fspath(obj)!r}"
         obj = read_checkpoint(obj, trust_pickle=trust_pickle, trust_flag=trust_flag)
