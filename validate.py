@@ -281,7 +281,8 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.config import input_errors, report_input_error
+    from utils.config import report_input_error
+    from utils.errors import INPUT_ERRORS
     from utils.training.distributed import cleanup
 
     try:
@@ -289,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         refuse_training_flags(sys.argv[1:] if argv is None else argv, cfg)
         run(cfg)
         return 0
-    except input_errors() as err:
+    except INPUT_ERRORS as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
         from utils.io.paths import describe_os_error
