@@ -284,9 +284,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.config import report_input_error
     from utils.errors import INPUT_ERRORS
     from utils.training.distributed import cleanup
+    from utils.training.preflight import check_machine
 
     try:
-        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
+        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS,
+                           check=check_machine)
         refuse_training_flags(sys.argv[1:] if argv is None else argv, cfg)
         run(cfg)
         return 0

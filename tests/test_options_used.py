@@ -109,3 +109,12 @@ def test_validate_energy_settings_need_energy(tmp_path, capsys):
     rc = validate.main(["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--checkpoint", str(tmp_path / "x.pth.tar"),
                         "--energy-batches", "2"])
     assert rc == 2 and "--energy-batches: only with --energy" in capsys.readouterr().err
+
+
+def test_validate_refuses_sizes_this_machine_cannot_run(capsys):
+    import validate
+
+    rc = validate.main(["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--checkpoint", "x.pth.tar",
+                        "--threads", str(10 * (os.cpu_count() or 1))])
+    err = capsys.readouterr().err
+    assert rc == 2 and "config key 'threads'" in err and "this machine has" in err

@@ -36,8 +36,9 @@ from utils.training import cuda_env, memory_plan
 from utils.training.cuda_env import arch_supported, build_cuda_version, cuda_problem, driver_fix, sm_name, wants_cuda
 from utils.training.run_folder import RunFolder
 
-__all__ = ["Check", "parse_run_config", "check_run_config", "check_run_paths", "RELATIONS", "NEEDS", "start_checks",
-           "refuse_failed", "batch_problem", "run_folder_problem", "run_checks", "neuron_kernel", "host_memory"]
+__all__ = ["Check", "parse_run_config", "check_run_config", "check_machine", "check_run_paths", "RELATIONS", "NEEDS",
+           "start_checks", "refuse_failed", "batch_problem", "run_folder_problem", "run_checks", "neuron_kernel",
+           "host_memory"]
 
 
 @dataclasses.dataclass
@@ -127,8 +128,9 @@ RELATIONS: List[Callable[[Config], Optional[str]]] = [
         "config key 'eval_metric' is ema_top1 but model_ema is false: there is no EMA to select by. "
         "Pass --model-ema true, or --eval-metric top1"),
     *(lambda c, k=k: _ordered_pair(c, k) for k in ("scale", "ratio", "cutmix_minmax")),
-    lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
-    lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs"),
+    *(MACHINE := [
+        lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
+        lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs")]),
 ]
 
 
@@ -145,13 +147,19 @@ NEEDS: Dict[str, Tuple[Callable[[Config], bool], str]] = {
 }
 
 
-def check_run_config(cfg, given: Iterable[str] = ()) -> None:
-    """The rules a training run needs of its keys: the first broken :data:`RELATIONS` rule raises, and so does a
-    key ``given`` on the command line that this run would not read (:data:`NEEDS`)."""
-    for rule in RELATIONS:
+def check_machine(cfg, given: Iterable[str] = (), rules: Sequence[Callable[[Config], Optional[str]]] = MACHINE) -> None:
+    """The first broken rule of ``rules`` raises (default: the sizes this machine can run, for any command that
+    loads data; :func:`check_run_config` applies all :data:`RELATIONS`)."""
+    for rule in rules:
         problem = rule(cfg)
         if problem:
             raise ConfigError(problem)
+
+
+def check_run_config(cfg, given: Iterable[str] = ()) -> None:
+    """The rules a training run needs of its keys: the first broken :data:`RELATIONS` rule raises, and so does a
+    key ``given`` on the command line that this run would not read (:data:`NEEDS`)."""
+    check_machine(cfg, rules=RELATIONS)
     for key in given:
         on, setting = NEEDS.get(key, (None, ""))
         if on is not None and key in cfg and not on(cfg):
