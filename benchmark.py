@@ -487,7 +487,6 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"argument --model/--model-kwargs: {err}")
     _check_used(parser, args)
     if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
-
         try:
             check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)
         except ConfigError as err:

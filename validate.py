@@ -272,7 +272,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except INPUT_ERRORS as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
-
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     finally:
