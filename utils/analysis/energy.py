@@ -63,6 +63,7 @@ from utils.config.cli import (Parser, non_negative_float, non_negative_int, numb
                               positive_float, positive_int, readable_file, run_main, writable_folder)
 from utils.data import create_datasets
 from utils.errors import INPUT_ERRORS
+from utils.io.figures import pyplot
 from utils.io.outputs import check_outputs, record_outputs
 from utils.training.checkpoint import load_model
 
@@ -334,10 +335,7 @@ def write_firing_rates(rates: Dict[str, float], csv_path: str, png_path: Optiona
         w.writeheader()
         w.writerows(rows)
     if png_path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         colors = {"embed": "tab:blue", "mixer": "tab:orange", "mlp": "tab:green", "classifier": "tab:red"}
         fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(rows) + 2), 3.2), dpi=90)

@@ -37,6 +37,7 @@ from utils.analysis.energy import calibrate_bn, settings_tag
 from utils.analysis.gradcam import grad_cam, last_block
 from utils.config.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
 from utils.errors import INPUT_ERRORS
+from utils.io.figures import pyplot
 from utils.io.outputs import check_outputs, record_outputs
 from utils.training.checkpoint import load_model
 
@@ -46,15 +47,6 @@ __all__ = [
 ]
 
 HF_CUTOFF = 0.5  # normalised radius (1 = the corner frequency (pi, pi)) above which energy is "high"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ============================================================================ (a) transfer functions
@@ -143,7 +135,7 @@ def measure_spiking_gain(omegas: Sequence[float], kind: str = "lif", tau: float 
 
 
 def transfer_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     beta = 1 - 1 / args.tau
     omegas = np.linspace(args.w_min, 0.98, args.points) * np.pi
     rows = []
@@ -215,7 +207,7 @@ def band_fraction(y: np.ndarray, fs: float, above_hz: float) -> float:
 
 
 def toy_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     s = toy_signals(fs=args.fs, beta=args.beta, v_threshold=args.v_threshold)
     fs = float(s["fs"])
     fig, axes = plt.subplots(2, 3, figsize=(11, 5), dpi=80)
@@ -364,7 +356,7 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
                 raise FileNotFoundError(f"image {p!r} does not exist")
             arrays.append(np.asarray(Image.open(p).convert("RGB")))
     else:
-        from sklearn.datasets import load_sample_image
+        from sklearn.datasets import load_sample_image  # lazy: scikit-learn 0.7 s, only this source needs it
 
         arrays = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
     out = []
@@ -398,7 +390,7 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 
 
 def spectra_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     specs = [parse_model_spec(s) for s in args.model]
     ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
     unknown = sorted(set(ckpts) - {label for label, _, _ in specs})
@@ -441,7 +433,7 @@ def spectra_command(args) -> None:
 
 # ============================================================================ (d) Grad-CAM
 def gradcam_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     label, name, kwargs = parse_model_spec(args.model)
     model = _build(name, kwargs, args.checkpoint)
     raw = load_images(args.images, args.img_size or input_spec(model).img_size)
@@ -472,7 +464,7 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
     os.makedirs(out, exist_ok=True)
     png, csv_path = os.path.join(out, stem + ".png"), os.path.join(out, stem + ".csv")
     fig.savefig(png)
-    _plt().close(fig)
+    pyplot().close(fig)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         with open(csv_path, "w", newline="") as f:

@@ -33,6 +33,7 @@ from utils.analysis.energy import measure_energy, synthetic_batches
 from utils.config import load_yaml
 from utils.config.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
 from utils.errors import ConfigError
+from utils.io.figures import pyplot
 from utils.io.outputs import check_outputs, record_outputs
 from utils.training.checkpoint import load_model, read_checkpoint
 from utils.training.run_folder import run_state
@@ -216,10 +217,7 @@ def reference_path(name: str) -> str:
 
 def compare_logs(run: str, reference: str, out: str) -> dict:
     """Overlay ``run`` on the authors' ``reference`` curves; write ``out`` (PNG); return best/last numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ours, ref = read_curve(run), read_curve(reference_path(reference))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=90)
@@ -382,10 +380,7 @@ def results_markdown(rows: Sequence[dict]) -> str:
 
 def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
     """Ours (mean, error bar = std over seeds) beside the paper, one line per row; unfinished hollow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)), dpi=90)
     y = list(range(len(rows)))[::-1]
