@@ -21,13 +21,13 @@ import signal
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from utils.config import (Config, ConfigError, all_options, build_arg_parser, check_run_paths, input_errors,
-                          parse_config, report_input_error, without_options)
+from utils.config import Config, ConfigError, all_options, build_arg_parser, report_input_error, without_options
 from utils.errors import INPUT_ERRORS
 from utils.io.atomic import FileWriteError
 from utils.io.paths import describe_os_error
 from utils.training.distributed import cleanup, is_main
 from utils.training.epochs import rank0_writes, run_epochs
+from utils.training.preflight import check_run_paths, parse_run_config
 from utils.training.run_folder import RunFolder
 from utils.training.run_setup import claim_run_folder, complete_files, load_datasets, setup_process, setup_run
 from utils.training.stop import NonFiniteLossError, StopSignals, TrainingStopped
@@ -128,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, together = None, False  # together: every rank exits here (see utils.training.distributed.cleanup)
     try:
-        cfg = parse_config(argv, description=__doc__.split("\n\n")[0])
+        cfg = parse_run_config(argv, description=__doc__.split("\n\n")[0])
         with StopSignals() as stop:
             run(cfg, stop, command=" ".join(["train.py", *argv]))
         together = True
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}. The file that was there before is intact. {err.kept + ' ' if err.kept else ''}"
                   f"{err.remedy}, then continue with:\n  {resume_command(argv)}", file=sys.stderr)
         return 1
-    except input_errors() as err:
+    except INPUT_ERRORS as err:
         if getattr(err, "saved_position", None) and is_main():
             print(f"error: {err}\nThe run stopped in {err.saved_position}; its position is saved. Fix or remove "
                   f"the file, then continue with:\n  {resume_command(argv)}", file=sys.stderr)

@@ -281,15 +281,18 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.config import input_errors, report_input_error
+    from utils.config import report_input_error
+    from utils.errors import INPUT_ERRORS
     from utils.training.distributed import cleanup
+    from utils.training.preflight import check_machine
 
     try:
-        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS)
+        cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS,
+                           check=check_machine)
         refuse_training_flags(sys.argv[1:] if argv is None else argv, cfg)
         run(cfg)
         return 0
-    except input_errors() as err:
+    except INPUT_ERRORS as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
         from utils.io.paths import describe_os_error

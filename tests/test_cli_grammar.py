@@ -6,7 +6,18 @@ import importlib
 
 import pytest
 
-from utils.config.cli import BoolFlag, Parser, hidden_flags
+from utils.config.cli import BoolFlag, Parser
+
+
+def hidden_flags(parser: argparse.ArgumentParser) -> dict:
+    """The old spellings of ``parser`` (and its subcommands) -> the flag each is an alias of."""
+    out = dict(getattr(parser, "aliases", {}))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.update(hidden_flags(sub))
+    return out
+
 
 ENTRY_POINTS = {
     "train.py": "train", "validate.py": "validate", "benchmark.py": "benchmark",

@@ -7,8 +7,10 @@ import sys
 import pytest
 import torch
 
-from utils.config import ConfigError, parse_config, schedule_note
+from utils.config import ConfigError
 from utils.training.engine import build_optimizer, build_scheduler, resolve_lr
+from utils.training.preflight import parse_run_config
+from utils.training.run_setup import describe_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,22 +24,22 @@ def _yaml(tmp_path, text, name="c.yaml"):
 def test_yaml_then_cli_override_and_number_coercion(tmp_path):
     path = _yaml(tmp_path, "lr: 1.5e-3\nweight_decay: 6e-2\nmin_lr: 1e-5\nbatch_size: 16\n"
                            "model_kwargs: {embed_dims: 64}\n")
-    cfg = parse_config(["-c", path, "--batch-size", "8", "--weight_decay", "0.1", "--model-kwargs", "tau=2.5"])
+    cfg = parse_run_config(["-c", path, "--batch-size", "8", "--weight_decay", "0.1", "--model-kwargs", "tau=2.5"])
     assert cfg.lr == 1.5e-3 and cfg.min_lr == 1e-5 and isinstance(cfg.min_lr, float)
     assert cfg.weight_decay == 0.1 and cfg.batch_size == 8
     assert cfg.model_kwargs == {"embed_dims": 64, "tau": 2.5}
     assert cfg.experiment == "c"  # defaults to the config file name
-    cfg = parse_config(["-c", path])
+    cfg = parse_run_config(["-c", path])
     assert cfg.weight_decay == pytest.approx(0.06) and isinstance(cfg.weight_decay, float)
-    assert parse_config(["-c", path, "--model-kwargs", "none", "depths=2"]).model_kwargs == {"depths": 2}
+    assert parse_run_config(["-c", path, "--model-kwargs", "none", "depths=2"]).model_kwargs == {"depths": 2}
 
 
 def test_bool_list_and_choice_flags(tmp_path):
-    cfg = parse_config(["--channels-last", "--compile", "false", "--opt-betas", "0.9", "0.99", "--amp", "bf16"])
+    cfg = parse_run_config(["--channels-last", "--compile", "false", "--opt-betas", "0.9", "0.99", "--amp", "bf16"])
     assert cfg.channels_last is True and cfg.compile is False
     assert cfg.opt_betas == [0.9, 0.99] and cfg.amp == "bf16"
     with pytest.raises(ConfigError, match="'amp'.*'fp32'"):
-        parse_config(["--amp", "fp32"])
+        parse_run_config(["--amp", "fp32"])
 
 
 @pytest.mark.parametrize("argv,pattern", [
@@ -48,24 +50,24 @@ def test_bool_list_and_choice_flags(tmp_path):
 ])
 def test_cli_errors_name_the_problem(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        parse_config(argv)
+        parse_run_config(argv)
 
 
 def test_yaml_errors_name_key_value_and_file(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'warmup:epochs'.*Did you mean: warmup_epochs"):
-        parse_config(["-c", _yaml(tmp_path, "warmup:epochs: 5\n")])  # the published ImageNet typo
+        parse_run_config(["-c", _yaml(tmp_path, "warmup:epochs: 5\n")])  # the published ImageNet typo
     with pytest.raises(ConfigError, match=r"'seed': expected an integer, got 'abc'"):
-        parse_config(["-c", _yaml(tmp_path, "seed: abc\n")])
+        parse_run_config(["-c", _yaml(tmp_path, "seed: abc\n")])
     with pytest.raises(ConfigError, match=r"'model_kwargs': expected a mapping"):
-        parse_config(["-c", _yaml(tmp_path, "model_kwargs: 3\n")])
+        parse_run_config(["-c", _yaml(tmp_path, "model_kwargs: 3\n")])
     with pytest.raises(ConfigError, match="config file not found"):
-        parse_config(["-c", str(tmp_path / "missing.yaml")])
+        parse_run_config(["-c", str(tmp_path / "missing.yaml")])
 
 
 def test_base_inheritance_merges_mappings(tmp_path):
     _yaml(tmp_path, "lr: 0.1\nepochs: 7\nmodel_kwargs: {embed_dims: 64, num_heads: 2}\n", "parent.yaml")
     child = _yaml(tmp_path, "base: parent.yaml\nepochs: 3\nmodel_kwargs: {mixers: [ssa, ssa, ssa]}\n")
-    cfg = parse_config(["-c", child])
+    cfg = parse_run_config(["-c", child])
     assert cfg.lr == 0.1 and cfg.epochs == 3
     assert cfg.model_kwargs == {"embed_dims": 64, "num_heads": 2, "mixers": ["ssa", "ssa", "ssa"]}
 
@@ -110,26 +112,26 @@ def test_every_key_is_typed_with_real_help():
 ])
 def test_data_and_run_keys_are_validated(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        parse_config(argv)
+        parse_run_config(argv)
 
 
 def test_data_keys_coerce_to_their_types(tmp_path):
-    cfg = parse_config(["--img-size", "64", "--mean", "0.5", "0.4", "0.3", "--hflip", "0", "--aa", "rand-m9-n1",
+    cfg = parse_run_config(["--img-size", "64", "--mean", "0.5", "0.4", "0.3", "--hflip", "0", "--aa", "rand-m9-n1",
                         "--download", "--synthetic-size", "8", "4", "--verify-data"])
     assert cfg.img_size == 64 and cfg.mean == [0.5, 0.4, 0.3] and cfg.hflip == 0.0 and isinstance(cfg.hflip, float)
     assert cfg.aa == "rand-m9-n1" and cfg.download is True and cfg.synthetic_size == [8, 4] and cfg.verify_data
-    cfg = parse_config(["-c", _yaml(tmp_path, "img_size: '48'\ncrop_pct: 0.9\naa: null\n")])
+    cfg = parse_run_config(["-c", _yaml(tmp_path, "img_size: '48'\ncrop_pct: 0.9\naa: null\n")])
     assert cfg.img_size == 48 and cfg.crop_pct == 0.9 and cfg.aa is None
 
 
 def test_empty_or_comment_only_yaml_is_refused(tmp_path):
     for text in ("", "# only a comment\n", "\n\n"):
         with pytest.raises(ConfigError, match=r"c.yaml is empty: a config needs at least one key.*leave out -c"):
-            parse_config(["-c", _yaml(tmp_path, text)])
+            parse_run_config(["-c", _yaml(tmp_path, text)])
     raw = tmp_path / "raw.yaml"
     raw.write_bytes(bytes(range(256)))
     with pytest.raises(ConfigError, match="raw.yaml is not a YAML config"):
-        parse_config(["-c", str(raw)])
+        parse_run_config(["-c", str(raw)])
 
 
 def test_relative_data_path_in_yaml_is_relative_to_the_yaml(tmp_path, monkeypatch):
@@ -139,27 +141,27 @@ def test_relative_data_path_in_yaml_is_relative_to_the_yaml(tmp_path, monkeypatc
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert parse_config(["-c", child]).data_path == str(tmp_path / "data" / "cifar")  # the base file's folder
+    assert parse_run_config(["-c", child]).data_path == str(tmp_path / "data" / "cifar")  # the base file's folder
     own = _yaml(tmp_path / "configs" / "ablations", "base: ../parent.yaml\ndata_path: local\n", "own.yaml")
-    assert parse_config(["-c", own]).data_path == str(tmp_path / "configs" / "ablations" / "local")
+    assert parse_run_config(["-c", own]).data_path == str(tmp_path / "configs" / "ablations" / "local")
     absolute = _yaml(tmp_path, f"data_path: {tmp_path / 'abs'}\n", "abs.yaml")
-    assert parse_config(["-c", absolute]).data_path == str(tmp_path / "abs")
-    assert parse_config(["-c", _yaml(tmp_path, "data_path: null\n", "n.yaml")]).data_path is None
+    assert parse_run_config(["-c", absolute]).data_path == str(tmp_path / "abs")
+    assert parse_run_config(["-c", _yaml(tmp_path, "data_path: null\n", "n.yaml")]).data_path is None
     # on the command line a relative path is relative to the current folder (stored absolute, e.g. in args.yaml)
-    assert parse_config(["-c", child, "--data-path", "mine"]).data_path == str(elsewhere / "mine")
+    assert parse_run_config(["-c", child, "--data-path", "mine"]).data_path == str(elsewhere / "mine")
 
 
 def test_warmup_longer_than_epochs_says_what_to_do():
     with pytest.raises(ConfigError) as e:
-        parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1"])
+        parse_run_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1"])
     msg = str(e.value)
     assert "warmup_epochs (20) is larger than epochs (1)" in msg
     assert "Lower --warmup-epochs (e.g. --warmup-epochs 0) or raise --epochs to at least 20" in msg
     assert "the 10 cooldown_epochs come on top of epochs" in msg
-    cfg = parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1",
+    cfg = parse_run_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml"), "--epochs", "1",
                         "--warmup-epochs", "0"])
-    assert schedule_note(cfg) == ("The run trains epochs + cooldown_epochs = 11 epochs (1 of schedule, then 10 at "
-                                  "min_lr on top).")
+    assert describe_schedule(cfg, cfg.epochs + cfg.cooldown_epochs) == (
+        "cosine over 1 epochs + 10 cooldown epochs at min_lr 1e-05 = 11 epochs in all (0..10), stepped per epoch")
 
 
 def _sched_lrs(cfg, updates_per_epoch=1, per_update=False):
@@ -176,7 +178,7 @@ def _sched_lrs(cfg, updates_per_epoch=1, per_update=False):
 
 
 def test_cifar10_schedule_matches_published_timm_0_6_cosine():
-    cfg = parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")])
+    cfg = parse_run_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")])
     lrs, total, _, _ = _sched_lrs(cfg)
     assert total == 410
     lr, wlr, mn = 1.5e-3, 8e-5, 1e-5
@@ -188,7 +190,7 @@ def test_cifar10_schedule_matches_published_timm_0_6_cosine():
 
 
 def test_imagenet_schedule_matches_published_per_iteration_rule():
-    cfg = parse_config(["-c", os.path.join(ROOT, "imagenet", "10_768_t4.yaml")])
+    cfg = parse_run_config(["-c", os.path.join(ROOT, "imagenet", "10_768_t4.yaml")])
     lr = resolve_lr(cfg, effective_batch=512)
     assert lr == pytest.approx(2.7e-3)  # blr 1.35e-3 x 512 / 256
     cfg.lr, cfg.blr = lr, None
@@ -206,7 +208,7 @@ def test_imagenet_schedule_matches_published_per_iteration_rule():
 def test_adamw_has_no_weight_decay_on_1d_params_and_biases():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 2))
-    cfg = parse_config(["--weight-decay", "0.06", "--opt", "adamw"])
+    cfg = parse_run_config(["--weight-decay", "0.06", "--opt", "adamw"])
     opt = build_optimizer(model, cfg, lr=1e-3)
     assert isinstance(opt, torch.optim.AdamW)
     by_id = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
@@ -215,13 +217,27 @@ def test_adamw_has_no_weight_decay_on_1d_params_and_biases():
 
 
 def test_none_on_the_command_line_switches_off_an_optional_key():
-    assert parse_config(["--aa", "none", "--clip-grad", "null"]).aa is None
-    assert parse_config(["--aa", "rand-m9-mstd0.5-inc1"]).aa == "rand-m9-mstd0.5-inc1"
+    assert parse_run_config(["--aa", "none", "--clip-grad", "null"]).aa is None
+    assert parse_run_config(["--aa", "rand-m9-mstd0.5-inc1"]).aa == "rand-m9-mstd0.5-inc1"
 
 
 def test_event_configs_evaluate_in_float32_as_published():
     for name in ("cifar10dvs", "dvsgesture"):  # the ablations inherit it
-        cfg = parse_config(["-c", os.path.join(ROOT, "event", f"{name}.yaml")])
+        cfg = parse_run_config(["-c", os.path.join(ROOT, "event", f"{name}.yaml")])
         assert (cfg.amp, cfg.eval_amp) == ("bf16", "none")
-    assert parse_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")]).eval_amp == "same"
-    assert parse_config(["--eval-amp", "float32"]).eval_amp == "none"
+    assert parse_run_config(["-c", os.path.join(ROOT, "cifar10-100", "cifar10.yaml")]).eval_amp == "same"
+    assert parse_run_config(["--eval-amp", "float32"]).eval_amp == "none"
+
+
+def test_neuron_key_is_short_for_the_model_kwarg(tmp_path):
+    config = tmp_path / "plif.yaml"
+    base = os.path.join(ROOT, "demo", "digits.yaml")
+    config.write_text(f"base: {base}\nneuron: plif\nmodel_kwargs: {{tau: 3.0}}\n")
+    cfg = parse_run_config(["-c", str(config)])
+    assert cfg.neuron == "plif" and cfg.model_kwargs["neuron"] == "plif" and cfg.model_kwargs["tau"] == 3.0
+    assert parse_run_config(["-c", str(config), "--neuron", "CUBALIFNode"]).model_kwargs["neuron"] == "CUBALIFNode"
+    assert "neuron" not in parse_run_config(["-c", base]).model_kwargs
+    with pytest.raises(ConfigError, match=r"keys 'neuron' \(plif\) and 'model_kwargs' \(neuron: if\) disagree"):
+        parse_run_config(["-c", str(config), "--model-kwargs", "neuron=if"])
+    with pytest.raises(ConfigError, match="config key 'neuron': .*unknown neuron 'pliff'.*Did you mean: plif"):
+        parse_run_config(["-c", str(config), "--neuron", "pliff"])

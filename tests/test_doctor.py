@@ -9,7 +9,6 @@ import train
 from utils.training import cuda_env
 from utils.tools import doctor
 from utils.training import preflight
-from utils.config import parse_config
 from utils.training.determinism import apply_determinism, resolve_deterministic
 from utils.training.distributed import resolve_device
 from utils.training.threads import loader_workers
@@ -93,7 +92,7 @@ def test_doctor_exit_codes_on_this_machine(monkeypatch, capsys, tmp_path):
 
 def test_doctor_memory_line_compares_the_plan_with_free_memory(monkeypatch):
 
-    cfg = parse_config(["-c", DIGITS])
+    cfg = preflight.parse_run_config(["-c", DIGITS])
     monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 20 * 2**30)
     _machine(monkeypatch, gpus=[(9, 0)])
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (16 * 2**30, 80 * 2**30))
@@ -104,7 +103,7 @@ def test_doctor_memory_line_compares_the_plan_with_free_memory(monkeypatch):
 
 
 def test_doctor_memory_on_cpu_is_the_plan_against_host_memory(monkeypatch):
-    cfg = parse_config(["-c", DIGITS, "--device", "cpu"])
+    cfg = preflight.parse_run_config(["-c", DIGITS, "--device", "cpu"])
     monkeypatch.setattr(preflight.memory_plan, "plan_memory", lambda c: 131 * 2**30)
     monkeypatch.setattr(preflight, "host_memory", lambda: (18 * 2**30, 23 * 2**30))
     check = preflight._check_memory(cfg, False, 0)
@@ -149,7 +148,7 @@ def test_doctor_is_not_ready_exactly_where_train_refuses_before_writing(monkeypa
 
 
 def test_compiler_is_required_on_cuda_and_optional_on_cpu(monkeypatch):
-    cfg = parse_config(["-c", DIGITS, "--fastpath", "false"])
+    cfg = preflight.parse_run_config(["-c", DIGITS, "--fastpath", "false"])
     monkeypatch.setattr(preflight, "_c_compiler", lambda: None)
     cuda = preflight._check_compiler(cfg, cuda=True)
     assert cuda.status == "FAIL" and "Triton" in cuda.detail and "gcc" in cuda.fix
@@ -175,8 +174,8 @@ def test_imagenet_run_stops_at_once_naming_cuda_before_writing(monkeypatch, tmp_
 
 
 def test_deterministic_is_the_reproducibility_switch():
-    assert parse_config(["-c", DIGITS]).deterministic is None  # auto
-    cfg = parse_config(["-c", IMAGENET])
+    assert preflight.parse_run_config(["-c", DIGITS]).deterministic is None  # auto
+    cfg = preflight.parse_run_config(["-c", IMAGENET])
     assert cfg.deterministic is False and cfg.device == "cuda" and cfg.workers is None
     assert resolve_deterministic(None, "cpu") is True and resolve_deterministic(None, "cuda:0") is False
     assert resolve_deterministic(True, "cuda") is True and resolve_deterministic(False, "cpu") is False
@@ -223,7 +222,7 @@ def test_ddp_wraps_before_compile(monkeypatch):
 
     monkeypatch.setattr(fastpath, "compile_model", compile_model)
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", ddp)
-    cfg = parse_config(["-c", DIGITS, "--model", "tiny_spiking_test", "--model-kwargs", "none", "width=8",
+    cfg = preflight.parse_run_config(["-c", DIGITS, "--model", "tiny_spiking_test", "--model-kwargs", "none", "width=8",
                         "--T", "1", "--amp", "bf16", "--fastpath", "true", "--compile", "true", "--sched", "none"])
     store = dist.HashStore()
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -259,7 +258,7 @@ def test_train_stops_before_writing_when_triton_cannot_build(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: types.SimpleNamespace(name="H200",
                                                                                                total_memory=2**37))
     monkeypatch.setattr(preflight, "_c_compiler", lambda: None)
-    cfg = parse_config(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
+    cfg = preflight.parse_run_config(["-c", IMAGENET, "--dataset", "synthetic", "--output", str(tmp_path)])
     lines = [c.line() for c in preflight.start_checks(cfg, torch.device("cuda", 0))]
     assert any(x.startswith("PASS  gpu       0: H200, sm_90, 128.0 GiB, supported") for x in lines), lines
     with pytest.raises(ConfigError, match="preflight: compiler: missing a C compiler.*fix: install gcc"):

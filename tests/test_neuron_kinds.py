@@ -136,9 +136,10 @@ def test_frequency_transfer_says_it_supports_lif_and_if():
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("neuron", ["plif", "CUBALIFNode"])
-def test_demo_learns_with_another_neuron(tmp_path, neuron):
-    rc = train.main(["-c", DIGITS, "--model-kwargs", f"neuron={neuron}", "--epochs", "2",
+@pytest.mark.parametrize("neuron,given", [("plif", ["--neuron", "plif"]),  # the config key
+                                          ("CUBALIFNode", ["--model-kwargs", "neuron=CUBALIFNode"])])
+def test_demo_learns_with_another_neuron(tmp_path, neuron, given):
+    rc = train.main(["-c", DIGITS, *given, "--epochs", "2",
                      "--warmup-epochs", "0", "--max-eval-batches", "1", "--output", str(tmp_path), "--experiment",
                      neuron, "--progress", "false", "--plot", "false", "--tensorboard", "false", "--fastpath", "false"])
     assert rc == 0

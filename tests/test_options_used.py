@@ -92,14 +92,15 @@ def test_prepare_data_refuses_options_a_dataset_does_not_read(args, message, tmp
     (["--mixup", "0", "--cutmix", "0", "--mixup-off-epoch", "3"], "--mixup-off-epoch acts only with --mixup or"),
 ])
 def test_train_flags_whose_switch_is_off_are_refused(argv, message):
-    from utils.config import ConfigError, parse_config
+    from utils.config import ConfigError
+    from utils.training.preflight import parse_run_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_config(argv)
+        parse_run_config(argv)
     switched_on = {"--model-ema-decay": ["--model-ema"], "--wandb-project": ["--log-wandb"],
                    "--clip-mode": ["--clip-grad", "1"]}.get(argv[0])
     if switched_on:
-        parse_config(argv + switched_on)
+        parse_run_config(argv + switched_on)
 
 
 def test_validate_energy_settings_need_energy(tmp_path, capsys):
@@ -108,3 +109,12 @@ def test_validate_energy_settings_need_energy(tmp_path, capsys):
     rc = validate.main(["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--checkpoint", str(tmp_path / "x.pth.tar"),
                         "--energy-batches", "2"])
     assert rc == 2 and "--energy-batches: only with --energy" in capsys.readouterr().err
+
+
+def test_validate_refuses_sizes_this_machine_cannot_run(capsys):
+    import validate
+
+    rc = validate.main(["-c", os.path.join(ROOT, "demo", "digits.yaml"), "--checkpoint", "x.pth.tar",
+                        "--threads", str(10 * (os.cpu_count() or 1))])
+    err = capsys.readouterr().err
+    assert rc == 2 and "config key 'threads'" in err and "this machine has" in err

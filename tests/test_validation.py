@@ -13,7 +13,8 @@ import torch
 
 from utils.config import cli
 from utils.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, read_training_state
-from utils.config import ConfigError, check_run_paths, parse_config
+from utils.config import ConfigError, parse_config
+from utils.training.preflight import check_run_paths, parse_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,7 @@ def _yaml(tmp_path, text, name="c.yaml"):
 
 def _error(argv) -> str:
     with pytest.raises(ConfigError) as err:
-        parse_config(argv)
+        parse_run_config(argv)
     return str(err.value)
 
 
@@ -70,16 +71,16 @@ def test_nan_in_a_yaml_file_is_refused(tmp_path):
 ])
 def test_relations_between_keys(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        parse_config(argv)
+        parse_run_config(argv)
 
 
 def test_a_warmup_lr_above_the_lr_is_fine_without_warmup(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("warmup_epochs: 0\nwarmup_lr: 0.1\n")
-    assert parse_config(["-c", str(config), "--lr", "1e-3"]).warmup_lr == 0.1
+    assert parse_run_config(["-c", str(config), "--lr", "1e-3"]).warmup_lr == 0.1
     # given on the command line without warm-up it would change nothing: refused (tests/test_options_used.py)
     with pytest.raises(ConfigError, match="--warmup-lr acts only with --warmup-epochs > 0"):
-        parse_config(["--lr", "1e-3", "--warmup-lr", "0.1", "--warmup-epochs", "0"])
+        parse_run_config(["--lr", "1e-3", "--warmup-lr", "0.1", "--warmup-epochs", "0"])
 
 
 @pytest.mark.parametrize("key", ["threads", "workers"])
@@ -174,7 +175,7 @@ def test_null_and_empty_mapping_in_a_child_config(tmp_path):
     _yaml(tmp_path, "model_kwargs: {embed_dims: 64, tau: 3.0}\nepochs: 7\nlr: 0.01\n", "base.yaml")
 
     def child(text):
-        return parse_config(["-c", _yaml(tmp_path, "base: base.yaml\n" + text, "child.yaml")])
+        return parse_run_config(["-c", _yaml(tmp_path, "base: base.yaml\n" + text, "child.yaml")])
 
     assert child("model_kwargs: {neuron: if}\n").model_kwargs == {"embed_dims": 64, "tau": 3.0, "neuron": "if"}
     assert child("model_kwargs: {}\n").model_kwargs == {}  # replaces
@@ -201,7 +202,7 @@ def test_training_doc_describes_null_and_empty_mapping():
 ])
 def test_model_kwargs_are_checked_against_the_model(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        parse_config(argv)
+        parse_run_config(argv)
 
 
 def test_a_quoted_width_in_yaml_is_named_as_a_string(tmp_path, monkeypatch):
@@ -211,7 +212,7 @@ def test_a_quoted_width_in_yaml_is_named_as_a_string(tmp_path, monkeypatch):
     monkeypatch.setattr(models.factory, "create_model", lambda *a, **k: built.append(a))
     msg = _error(["-c", _yaml(tmp_path, "model_kwargs: {embed_dims: '64'}\n")])
     assert "got the string '64'; write embed_dims: 64 without quotes" in msg and not built
-    ok = parse_config(["-c", _yaml(tmp_path, "model_kwargs: {embed_dims: [32, 64, 128], v_reset: soft}\n")])
+    ok = parse_run_config(["-c", _yaml(tmp_path, "model_kwargs: {embed_dims: [32, 64, 128], v_reset: soft}\n")])
     assert ok.model_kwargs["v_reset"] == "soft"
 
 
@@ -412,7 +413,7 @@ def test_config_files_that_are_links_or_not_utf8_say_so(tmp_path):
 def test_base_is_a_path_or_a_list_of_paths(tmp_path):
     _yaml(tmp_path, "epochs: 3\nlr: 0.5\nmodel_kwargs: {tau: 3.0}\n", "a.yaml")
     _yaml(tmp_path, "epochs: 5\nmodel_kwargs: {neuron: if}\n", "b.yaml")
-    cfg = parse_config(["-c", _yaml(tmp_path, "base: [a.yaml, b.yaml]\nlr: 0.2\n")])
+    cfg = parse_run_config(["-c", _yaml(tmp_path, "base: [a.yaml, b.yaml]\nlr: 0.2\n")])
     assert (cfg.epochs, cfg.lr, cfg.model_kwargs) == (5, 0.2, {"tau": 3.0, "neuron": "if"})
     assert "give a file path, or a list of paths" in _error(["-c", _yaml(tmp_path, "base: {a: 1}\n")])
     assert "'base: nope.yaml': base config not found" in _error(["-c", _yaml(tmp_path, "base: [a.yaml, nope.yaml]\n")])

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from models import ModelError, input_spec, parse_model_kwargs
-    from utils.config import input_errors
+    from utils.errors import INPUT_ERRORS
     from utils.training.checkpoint import load_model
 
     p = build_parser()
@@ -440,7 +440,7 @@ def main(argv=None) -> int:
             shape = input_spec(model).shape(args.batch_size, args.img_size)
             batches = synthetic_batches(shape, args.batches, kind=args.input)
             desc = f"synthetic {args.input} {list(shape)} x{args.batches}"
-    except input_errors() + (ModelError,) as err:
+    except INPUT_ERRORS + (ModelError,) as err:
         p.error(str(err))
     T = int(getattr(model, "T", 1))
     desc += ", checkpoint " + args.checkpoint if args.checkpoint else ", random init"
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
 
     try:  # before the measurement
         check_outputs(report_paths(args.output, f"{args.model}_T{T}"), args.overwrite, inputs=(args.checkpoint,))
-    except input_errors() as err:
+    except INPUT_ERRORS as err:
         p.error(str(err))
     config = EnergyConfig(args.e_mac, args.e_ac, args.integer_inputs_as_ac)
     report = measure_energy(model, batches, T=T, config=config, crosscheck=args.crosscheck, input_desc=desc,

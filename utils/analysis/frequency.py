@@ -579,14 +579,14 @@ def _check_outputs(args) -> None:
 
 def main(argv=None) -> int:
     from models import ModelError
-    from utils.config import input_errors
+    from utils.errors import INPUT_ERRORS
 
     p = build_parser()
     args = p.parse_args(argv)
     try:
         _check_outputs(args)
         args.func(args)
-    except input_errors() + (ModelError, LookupError, OSError) as err:  # bad names, files, kwargs: no traceback
+    except INPUT_ERRORS + (ModelError, LookupError, OSError) as err:  # bad names, files, kwargs: no traceback
         p.error(str(err))
     return 0
 

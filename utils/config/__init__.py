@@ -3,7 +3,7 @@
 ``parse_config(argv)`` is ``python train.py -c CONFIG [--key value ...]``. Every key of :data:`TRAIN_OPTIONS` and of
 ``utils.data.DATA_OPTIONS`` is a YAML key and a flag, declared once; the result is a :class:`Config` holding every
 key (read it as ``cfg.key``). Values are coerced to the key's type (``6e-2`` is a number) and checked against its
-range and choices, :data:`RELATIONS` (keys against each other) and the model's constructor, before anything is built
+range and choices, the command's rules between keys (``check``) and the model's constructor, before anything is built
 or written; a bad key, value or file raises :class:`ConfigError` naming the key, the value and the fix.
 """
 from __future__ import annotations
@@ -14,17 +14,16 @@ import difflib
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 import yaml
 
 from utils.config.cli import INT32_MAX, BoolFlag, Parser, report_input_error, without_options  # noqa: F401
-from utils.errors import INPUT_ERRORS
-from utils.io.paths import inside_problem, readable_file_problem, writable_folder_problem
+from utils.io.paths import readable_file_problem
 from utils.options import ConfigError, Option
 
-__all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "RELATIONS", "parse_config", "load_yaml",
-           "all_options", "build_arg_parser", "check_run_paths", "schedule_note", "dump_yaml"]
+__all__ = ["ConfigError", "Option", "Config", "TRAIN_OPTIONS", "parse_config", "load_yaml", "all_options",
+           "build_arg_parser", "check_model", "dump_yaml", "flag_name"]
 
 AMP = ("none", "bf16", "fp16")
 _o = Option
@@ -47,6 +46,8 @@ TRAIN_OPTIONS: Dict[str, Option] = {
                   "re-measured during the run (OMP_NUM_THREADS, when set, is kept)", low=0),
     # model
     "model": _o("maxformer_cifar", str, "registered model name (timm.create_model)"),
+    "neuron": _o(None, str, "spiking neuron: lif | if | plif | a spikingjelly multi-step neuron class by name (e.g. "
+                 "CUBALIFNode); short for model_kwargs {neuron: ...}, its settings go there (null = the model's: lif)"),
     "model_kwargs": _o({}, dict, "extra constructor kwargs, e.g. {embed_dims: 64, neuron: if}; CLI: k=v ... adds to "
                         "the YAML's; start with 'none' to replace them"),
     # schedule / optimisation
@@ -193,14 +194,15 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
     return out
 
 
-def _flag(key: str) -> str:
+def flag_name(key: str) -> str:
+    """The command-line flag of config key ``key`` (``--warmup-epochs``)."""
     return f"--{key.replace('_', '-')}"
 
 
 def _check_bounds(key: str, value, opt: Option) -> None:
     if opt.length is not None and len(value) != opt.length:
         raise ConfigError(f"config key '{key}' needs {opt.length} values, got {len(value)}: {value} "
-                          f"(e.g. {_flag(key)} {' '.join(map(str, opt.default or [0.5] * opt.length))})")
+                          f"(e.g. {flag_name(key)} {' '.join(map(str, opt.default or [0.5] * opt.length))})")
     for v in value if isinstance(value, list) else [value]:
         low, high = opt.low, opt.high if opt.high is not None or not isinstance(v, int) else INT32_MAX
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (low is None or low <= v) and v <= (high or v):
@@ -208,8 +210,9 @@ def _check_bounds(key: str, value, opt: Option) -> None:
         rng = (f"between {low:g} and {high:g}" if low is not None and opt.high is not None else f">= {low:g}"
                if low is not None and v < low else f"<= {high} (the largest count it can hold)" if opt.high is None
                else f"<= {high:g}")
-        raise ConfigError(f"config key '{key}' must be {rng}, got {v}; set {_flag(key)} (or '{key}:' in the config) "
-                          f"to a value {rng.split(' (')[0]}{' or null (the default)' if opt.default is None else ''}")
+        null = " or null (the default)" if opt.default is None else ""
+        raise ConfigError(f"config key '{key}' must be {rng}, got {v}; set {flag_name(key)} (or '{key}:' in the "
+                          f"config) to a value {rng.split(' (')[0]}{null}")
 
 
 def _unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
@@ -356,14 +359,16 @@ def build_arg_parser(options: Dict[str, Option], description: str = "",
         if key == "amp":  # timm's bare --amp: mixed precision on
             kw.update(nargs="?", const="bf16")
         shorts = [f for f in opt.flags if not f.startswith("--")]
-        p.add_argument(*dict.fromkeys([*shorts, _flag(key), *opt.flags]), **kw)
+        p.add_argument(*dict.fromkeys([*shorts, flag_name(key), *opt.flags]), **kw)
     return p
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str, Option]] = None,
-                 description: str = "", shown: Optional[Iterable[str]] = None) -> Config:
+                 description: str = "", shown: Optional[Iterable[str]] = None,
+                 check: Optional[Callable[[Config, Set[str]], None]] = None) -> Config:
     """Resolve ``-c CONFIG`` plus command-line overrides into a checked :class:`Config` (else a ConfigError).
-    ``extra``: the command's own keys; ``shown``: the keys ``-h`` lists (default: all)."""
+    ``extra``: the command's own keys; ``shown``: the keys ``-h`` lists (default: all); ``check(cfg, keys given
+    on the command line)``: the command's rules between keys (a training run's: ``utils.training.preflight``)."""
     from utils.data import check_data_config
 
     options = all_options(extra)
@@ -384,27 +389,19 @@ def parse_config(argv: Optional[Sequence[str]] = None, extra: Optional[Dict[str,
         values[k] = os.path.abspath(os.path.expanduser(new)) if k == "data_path" and new else new
     cfg = Config(**values, config=os.path.abspath(path) if path else "")
     cfg.experiment = cfg.experiment or (os.path.splitext(os.path.basename(path))[0] if path else "run")
-    check_relations(cfg)
-    check_given(cfg, vars(args))
+    if cfg.neuron is not None:  # short for model_kwargs: {neuron: ...}
+        if cfg.model_kwargs.get("neuron", cfg.neuron) != cfg.neuron:
+            raise ConfigError(f"config keys 'neuron' ({cfg.neuron}) and 'model_kwargs' (neuron: "
+                              f"{cfg.model_kwargs['neuron']}) disagree; set the neuron once")
+        cfg.model_kwargs = {**cfg.model_kwargs, "neuron": cfg.neuron}
+    if check is not None:
+        check(cfg, set(vars(args)))
     check_data_config(cfg)
     check_model(cfg)
     return cfg
 
 
-# ---------------------------------------------------------------------------------------------- checks
-def check_run_paths(cfg) -> None:
-    """Before a run writes anything: ``<output>/<experiment>`` stays inside the output root and can be written
-    (not a file, not read-only, not full), and the checkpoints it reads exist and are readable files."""
-    problem = (inside_problem(cfg.output, cfg.experiment)
-               or writable_folder_problem(os.path.join(cfg.output, cfg.experiment), "run folder"))
-    for key in ("resume", "initial_checkpoint"):
-        path = getattr(cfg, key)
-        if not problem and path and not (key == "resume" and path == "auto"):
-            problem = readable_file_problem(os.path.expanduser(path), f"{_flag(key)} checkpoint")
-    if problem:
-        raise ConfigError(problem)
-
-
+# ---------------------------------------------------------------------------------------------- the model
 def check_model(cfg) -> None:
     """``cfg.model`` is registered and ``cfg.model_kwargs`` fit its constructor (names and value types); the
     model is then built on the meta device (no memory, no weights), so the constructor's own checks (a width
@@ -417,7 +414,9 @@ def check_model(cfg) -> None:
     except ModelError as err:
         msg = str(err)
         if "top-level" not in msg:  # the top-level refusal names its key itself
-            msg = f"config key '{'model_kwargs' if kwargs and 'unknown model' not in msg else 'model'}': {msg}"
+            key = ("model" if not kwargs or "unknown model" in msg else
+                   "neuron" if cfg.neuron and "unknown neuron" in msg else "model_kwargs")
+            msg = f"config key '{key}': {msg}"
         raise ConfigError(msg) from None
     from utils.data import dataset_info
 
@@ -431,106 +430,7 @@ def check_model(cfg) -> None:
         pass
 
 
-def _effective_lr(cfg) -> float:
-    """The peak lr the run will use (``blr`` scaled by the effective batch when set; WORLD_SIZE processes)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return cfg.lr if cfg.blr is None else cfg.blr * cfg.batch_size * cfg.accum_steps * world / 256
-
-
-def _lr_floor(cfg, key: str) -> Optional[str]:
-    lr = _effective_lr(cfg)
-    if getattr(cfg, key) <= lr:
-        return None
-    what = f"the lr {lr:g} (= blr {cfg.blr:g} x effective batch / 256)" if cfg.blr is not None else f"lr {lr:g}"
-    return (f"config key '{key}' ({getattr(cfg, key):g}) is above {what}: the schedule would raise the lr where it "
-            f"should lower it. Set {_flag(key)} to at most {lr:g} (or raise the lr).")
-
-
-def _ordered_pair(cfg, key: str) -> Optional[str]:
-    v = getattr(cfg, key)
-    if v is None or v[0] <= v[1]:
-        return None
-    return (f"config key '{key}' is a [min, max] range but its minimum is above its maximum: {list(v)}; "
-            f"give {_flag(key)} {v[1]:g} {v[0]:g}")
-
-
-def _machine_size(cfg, key: str, per_cpu: int, floor: int, what: str) -> Optional[str]:
-    cpus = max(1, os.cpu_count() or 1)
-    value, limit = getattr(cfg, key), max(floor, per_cpu * cpus)
-    if value is None or value <= limit:
-        return None
-    return (f"config key '{key}' is {value} but this machine has {cpus} CPUs: {what}. "
-            f"Set {_flag(key)} to at most {limit}" + (" (0 = automatic)." if key == "threads" else "."))
-
-
-# Rules between keys: each returns None when it holds, else the message (the values and the fix).
-RELATIONS: List[Callable[[Config], Optional[str]]] = [
-    lambda c: None if c.warmup_epochs <= c.epochs else (
-        f"warmup_epochs ({c.warmup_epochs}) is larger than epochs ({c.epochs}): epochs counts the whole schedule, "
-        f"warm-up included. Lower --warmup-epochs (e.g. --warmup-epochs 0) or raise --epochs to at least "
-        f"{c.warmup_epochs}." + (f" Note: the {c.cooldown_epochs} cooldown_epochs come on top of epochs."
-                                 if c.cooldown_epochs else "")),
-    lambda c: _lr_floor(c, "min_lr"),
-    lambda c: _lr_floor(c, "warmup_lr") if c.warmup_epochs else None,
-    lambda c: None if c.opt_betas is None or max(c.opt_betas) < 1 else (
-        f"config key 'opt_betas' must be below 1 (a beta of 1 never forgets and divides by zero), got "
-        f"{list(c.opt_betas)}; e.g. --opt-betas 0.9 0.999"),
-    lambda c: None if c.opt_eps is None or c.opt_eps > 0 else (
-        f"config key 'opt_eps' must be > 0 (it keeps a division finite), got {c.opt_eps}; e.g. --opt-eps 1e-8"),
-    lambda c: None if c.clip_grad is None or c.clip_grad > 0 else (
-        f"config key 'clip_grad' must be > 0 (or null = no clipping), got {c.clip_grad}; e.g. --clip-grad 1.0"),
-    lambda c: None if c.eval_metric != "ema_top1" or c.model_ema else (
-        "config key 'eval_metric' is ema_top1 but model_ema is false: there is no EMA to select by. "
-        "Pass --model-ema true, or --eval-metric top1"),
-    *(lambda c, k=k: _ordered_pair(c, k) for k in ("scale", "ratio", "cutmix_minmax")),
-    lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
-    lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs"),
-]
-
-
-def check_relations(cfg) -> None:
-    """Apply :data:`RELATIONS` to ``cfg``: the first broken rule raises."""
-    for rule in RELATIONS:
-        problem = rule(cfg)
-        if problem:
-            raise ConfigError(problem)
-
-
-# Keys that act only while another setting is on: ``key: (is it on, the setting)``. On the command line without it they
-# would change nothing and are refused (a YAML config may keep them for when it is switched on).
-_mixing = (lambda c: bool(c.mixup or c.cutmix or c.cutmix_minmax), "--mixup or --cutmix > 0")
-NEEDS: Dict[str, Tuple[Callable[[Config], bool], str]] = {
-    **dict.fromkeys(("model_ema_decay", "model_ema_warmup"), (lambda c: c.model_ema, "--model-ema")),
-    **dict.fromkeys(("wandb_project", "wandb_entity"), (lambda c: c.log_wandb, "--log-wandb")),
-    "clip_mode": (lambda c: c.clip_grad is not None, "--clip-grad"),
-    **dict.fromkeys(("warmup_lr", "warmup_prefix"), (lambda c: c.warmup_epochs > 0, "--warmup-epochs > 0")),
-    **dict.fromkeys(("remode", "recount"), (lambda c: c.reprob > 0, "--reprob > 0")),
-    **dict.fromkeys(("mixup_prob", "mixup_switch_prob", "mixup_mode", "mixup_off_epoch"), _mixing),
-}
-
-
-def check_given(cfg, given: Iterable[str]) -> None:
-    """Refuse a key given on the command line that this run would not read (:data:`NEEDS`)."""
-    for key in given:
-        on, setting = NEEDS.get(key, (None, ""))
-        if on is not None and key in cfg and not on(cfg):
-            raise ConfigError(f"--{key.replace('_', '-')} acts only with {setting}, which this run does not set: "
-                              f"it would change nothing; leave it out or set {setting.split(' ')[0]}")
-
-
-def schedule_note(cfg) -> str:
-    """One sentence on how the epoch count adds up (warm-up inside ``epochs``, cooldown on top), for banners."""
-    epochs, warmup, cooldown = cfg.epochs, cfg.warmup_epochs, cfg.cooldown_epochs
-    text = f"The run trains epochs + cooldown_epochs = {epochs + cooldown} epochs"
-    text += f" ({warmup} of warm-up inside the {epochs}" if warmup else f" ({epochs} of schedule"
-    return text + (f", then {cooldown} at min_lr on top)." if cooldown else ", no cooldown).")
-
-
 def dump_yaml(data: Dict[str, Any]) -> str:
     """YAML text of a plain dict (tuples as lists), keys in insertion order."""
     return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, default_flow_style=None)
 
-
-def input_errors() -> tuple:
-    """Exception types that mean bad input (config, dataset, checkpoint): one line on stderr, exit code 2."""
-    return INPUT_ERRORS

@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from utils.errors import INPUT_ERRORS
 from utils.io.paths import (describe_os_error, existing_folder_problem, readable_file_problem,
@@ -193,16 +193,6 @@ class Parser(argparse.ArgumentParser):
             else:
                 out.append(flag if not eq or word in TRUE_WORDS else f"--no-{flag[2:]}")
         return out
-
-
-def hidden_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
-    """The old spellings of ``parser`` (and its subcommands) -> the flag each is an alias of."""
-    out = dict(getattr(parser, "aliases", {}))
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                out.update(hidden_flags(sub))
-    return out
 
 
 def without_options(argv: Sequence[str], valued: Sequence[str] = (), flags: Sequence[str] = ()) -> List[str]:

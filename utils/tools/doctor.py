@@ -12,7 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from utils.training.cuda_env import wants_cuda
-from utils.training.preflight import run_checks
+from utils.training.preflight import parse_run_config, run_checks
 
 __all__ = ["build_parser", "main"]
 
@@ -31,14 +31,14 @@ def build_parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.config import ConfigError, parse_config
+    from utils.config import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         build_parser().print_help()
         return 0
     try:
-        cfg = parse_config(argv)
+        cfg = parse_run_config(argv)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -64,10 +64,11 @@ class Run:
 
 def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
     """Epochs a run of ``config`` with ``overrides`` will train (schedule + cooldown); raises SweepError."""
-    from utils.config import ConfigError, parse_config
+    from utils.config import ConfigError
+    from utils.training.preflight import parse_run_config
 
     try:
-        cfg = parse_config(["-c", config, *overrides])
+        cfg = parse_run_config(["-c", config, *overrides])
     except ConfigError as err:  # named once: most config errors already name the file
         msg = str(err)
         raise SweepError(msg if config in msg or os.path.abspath(config) in msg else f"{config}: {msg}") from None

@@ -3,11 +3,13 @@
 One owner for every answer: ``train.py`` refuses on the same conditions, by the same functions, that
 ``python -m utils.tools.doctor`` reports as FAIL, so "ready" means ``train.py`` starts:
 
+* :func:`parse_run_config` — the config of a training run: :data:`RELATIONS` between its keys, and :data:`NEEDS`
+  (a flag that acts only with another setting);
 * :func:`start_checks` — torch, driver, GPUs, C compiler and mixed precision for the device: ``train.py``
   runs them right after choosing the device (:func:`refuse_failed`);
 * :func:`batch_problem` — a batch larger than a process's share of the training set (``train.py``'s dataset
   step); :func:`run_folder_problem` — a folder that holds a run, started over without ``--overwrite``;
-  ``utils.config.check_run_paths`` — the run folder and the checkpoints it reads;
+  :func:`check_run_paths` — the run folder and the checkpoints it reads;
 * :func:`run_checks` — all of them for the doctor, plus the advice ``train.py`` does not stop for: the memory
   plan against free device memory, or host memory on CPU (``train.py`` warns on CUDA only: planning costs
   seconds), and the neuron kernel that will run.
@@ -19,7 +21,7 @@ import importlib
 import os
 import shutil
 import sysconfig
-from typing import List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from spikingjelly.activation_based import functional as sj_functional
@@ -27,14 +29,16 @@ from spikingjelly.activation_based import functional as sj_functional
 from models import build_model
 from models.neurons import neuron_name, spiking_modules
 from utils import data as data_lib
-from utils.config import Config, ConfigError, check_run_paths
+from utils.config import Config, ConfigError, flag_name, parse_config
 from utils.data import dataset_info
+from utils.io.paths import inside_problem, readable_file_problem, writable_folder_problem
 from utils.training import cuda_env, memory_plan
 from utils.training.cuda_env import arch_supported, build_cuda_version, cuda_problem, driver_fix, sm_name, wants_cuda
 from utils.training.run_folder import RunFolder
 
-__all__ = ["Check", "start_checks", "refuse_failed", "batch_problem", "run_folder_problem", "run_checks",
-           "neuron_kernel", "host_memory"]
+__all__ = ["Check", "parse_run_config", "check_run_config", "check_machine", "check_run_paths", "RELATIONS", "NEEDS",
+           "start_checks", "refuse_failed", "batch_problem", "run_folder_problem", "run_checks", "neuron_kernel",
+           "host_memory"]
 
 
 @dataclasses.dataclass
@@ -56,6 +60,117 @@ def refuse_failed(checks: List[Check]) -> None:
     for check in checks:
         if check.status == "FAIL":
             raise ConfigError(f"preflight: {check.name}: {check.detail}; fix: {check.fix}")
+
+
+# ------------------------------------------------------------------------------------------- the run's keys
+def check_run_paths(cfg) -> None:
+    """Before a run writes anything: ``<output>/<experiment>`` stays inside the output root and can be written
+    (not a file, not read-only, not full), and the checkpoints it reads exist and are readable files."""
+    problem = (inside_problem(cfg.output, cfg.experiment)
+               or writable_folder_problem(os.path.join(cfg.output, cfg.experiment), "run folder"))
+    for key in ("resume", "initial_checkpoint"):
+        path = getattr(cfg, key)
+        if not problem and path and not (key == "resume" and path == "auto"):
+            problem = readable_file_problem(os.path.expanduser(path), f"{flag_name(key)} checkpoint")
+    if problem:
+        raise ConfigError(problem)
+
+
+def _effective_lr(cfg) -> float:
+    """The peak lr the run will use (``blr`` scaled by the effective batch when set; WORLD_SIZE processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return cfg.lr if cfg.blr is None else cfg.blr * cfg.batch_size * cfg.accum_steps * world / 256
+
+
+def _lr_floor(cfg, key: str) -> Optional[str]:
+    lr = _effective_lr(cfg)
+    if getattr(cfg, key) <= lr:
+        return None
+    what = f"the lr {lr:g} (= blr {cfg.blr:g} x effective batch / 256)" if cfg.blr is not None else f"lr {lr:g}"
+    return (f"config key '{key}' ({getattr(cfg, key):g}) is above {what}: the schedule would raise the lr where it "
+            f"should lower it. Set {flag_name(key)} to at most {lr:g} (or raise the lr).")
+
+
+def _ordered_pair(cfg, key: str) -> Optional[str]:
+    v = getattr(cfg, key)
+    if v is None or v[0] <= v[1]:
+        return None
+    return (f"config key '{key}' is a [min, max] range but its minimum is above its maximum: {list(v)}; "
+            f"give {flag_name(key)} {v[1]:g} {v[0]:g}")
+
+
+def _machine_size(cfg, key: str, per_cpu: int, floor: int, what: str) -> Optional[str]:
+    cpus = max(1, os.cpu_count() or 1)
+    value, limit = getattr(cfg, key), max(floor, per_cpu * cpus)
+    if value is None or value <= limit:
+        return None
+    return (f"config key '{key}' is {value} but this machine has {cpus} CPUs: {what}. "
+            f"Set {flag_name(key)} to at most {limit}" + (" (0 = automatic)." if key == "threads" else "."))
+
+
+# Rules between keys: each returns None when it holds, else the message (the values and the fix).
+RELATIONS: List[Callable[[Config], Optional[str]]] = [
+    lambda c: None if c.warmup_epochs <= c.epochs else (
+        f"warmup_epochs ({c.warmup_epochs}) is larger than epochs ({c.epochs}): epochs counts the whole schedule, "
+        f"warm-up included. Lower --warmup-epochs (e.g. --warmup-epochs 0) or raise --epochs to at least "
+        f"{c.warmup_epochs}." + (f" Note: the {c.cooldown_epochs} cooldown_epochs come on top of epochs."
+                                 if c.cooldown_epochs else "")),
+    lambda c: _lr_floor(c, "min_lr"),
+    lambda c: _lr_floor(c, "warmup_lr") if c.warmup_epochs else None,
+    lambda c: None if c.opt_betas is None or max(c.opt_betas) < 1 else (
+        f"config key 'opt_betas' must be below 1 (a beta of 1 never forgets and divides by zero), got "
+        f"{list(c.opt_betas)}; e.g. --opt-betas 0.9 0.999"),
+    lambda c: None if c.opt_eps is None or c.opt_eps > 0 else (
+        f"config key 'opt_eps' must be > 0 (it keeps a division finite), got {c.opt_eps}; e.g. --opt-eps 1e-8"),
+    lambda c: None if c.clip_grad is None or c.clip_grad > 0 else (
+        f"config key 'clip_grad' must be > 0 (or null = no clipping), got {c.clip_grad}; e.g. --clip-grad 1.0"),
+    lambda c: None if c.eval_metric != "ema_top1" or c.model_ema else (
+        "config key 'eval_metric' is ema_top1 but model_ema is false: there is no EMA to select by. "
+        "Pass --model-ema true, or --eval-metric top1"),
+    *(lambda c, k=k: _ordered_pair(c, k) for k in ("scale", "ratio", "cutmix_minmax")),
+    *(MACHINE := [
+        lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
+        lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs")]),
+]
+
+
+# Keys that act only while another setting is on: ``key: (is it on, the setting)``. On the command line without it they
+# would change nothing and are refused (a YAML config may keep them for when it is switched on).
+_mixing = (lambda c: bool(c.mixup or c.cutmix or c.cutmix_minmax), "--mixup or --cutmix > 0")
+NEEDS: Dict[str, Tuple[Callable[[Config], bool], str]] = {
+    **dict.fromkeys(("model_ema_decay", "model_ema_warmup"), (lambda c: c.model_ema, "--model-ema")),
+    **dict.fromkeys(("wandb_project", "wandb_entity"), (lambda c: c.log_wandb, "--log-wandb")),
+    "clip_mode": (lambda c: c.clip_grad is not None, "--clip-grad"),
+    **dict.fromkeys(("warmup_lr", "warmup_prefix"), (lambda c: c.warmup_epochs > 0, "--warmup-epochs > 0")),
+    **dict.fromkeys(("remode", "recount"), (lambda c: c.reprob > 0, "--reprob > 0")),
+    **dict.fromkeys(("mixup_prob", "mixup_switch_prob", "mixup_mode", "mixup_off_epoch"), _mixing),
+}
+
+
+def check_machine(cfg, given: Iterable[str] = (), rules: Sequence[Callable[[Config], Optional[str]]] = MACHINE) -> None:
+    """The first broken rule of ``rules`` raises (default: the sizes this machine can run, for any command that
+    loads data; :func:`check_run_config` applies all :data:`RELATIONS`)."""
+    for rule in rules:
+        problem = rule(cfg)
+        if problem:
+            raise ConfigError(problem)
+
+
+def check_run_config(cfg, given: Iterable[str] = ()) -> None:
+    """The rules a training run needs of its keys: the first broken :data:`RELATIONS` rule raises, and so does a
+    key ``given`` on the command line that this run would not read (:data:`NEEDS`)."""
+    check_machine(cfg, rules=RELATIONS)
+    for key in given:
+        on, setting = NEEDS.get(key, (None, ""))
+        if on is not None and key in cfg and not on(cfg):
+            raise ConfigError(f"--{key.replace('_', '-')} acts only with {setting}, which this run does not set: "
+                              f"it would change nothing; leave it out or set {setting.split(' ')[0]}")
+
+
+def parse_run_config(argv: Optional[Sequence[str]] = None, **kwargs) -> Config:
+    """``utils.config.parse_config`` for a training run (``train.py``, the doctor, the sweep): with
+    :func:`check_run_config`."""
+    return parse_config(argv, check=check_run_config, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- environment
