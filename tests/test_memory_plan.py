@@ -191,10 +191,9 @@ def constructions(monkeypatch):
 def test_a_cuda_training_start_builds_its_model_once_and_once_on_the_meta_device(constructions):
     """The config check, the memory plan (its T and every batch of an extrapolated plan) and the doctor share one
     meta-device build; the real build is the only other."""
-    from utils.config import parse_config
     from utils.training import engine, preflight
 
-    cfg = parse_config(["-c", os.path.join(os.path.dirname(__file__), "..", "demo", "digits.yaml"),
+    cfg = preflight.parse_run_config(["-c", os.path.join(os.path.dirname(__file__), "..", "demo", "digits.yaml"),
                         "--device", "cuda", "--batch-size", str(2 * mp.EXACT_WORK)])
     plan = mp._plan_for_config(cfg)
     assert plan.device == "cuda" and "batch" in plan.estimate  # planned from two smaller batches
