@@ -3,7 +3,8 @@
 * :func:`list_our_models` — the names this repository registers with timm (and no others);
 * :func:`create_model` — any of them from a name and kwargs, with errors that say the fix;
 * :func:`build_model` — the one builder every command uses: a name, ``T``, ``num_classes`` and the user's
-  ``model_kwargs`` (checked once here), optionally on the meta device (no memory: a check or a plan);
+  ``model_kwargs`` (checked once here), optionally on the meta device (no memory: a check or a plan; built once
+  per process and settings, each caller gets its own copy);
 * :func:`check_model_kwargs` — kwargs checked against the registered model's constructor (names with
   did-you-mean, value types) before anything is built;
 * :func:`parse_model_kwargs` — the one ``key=value`` grammar of every ``--model-kwargs`` flag;
@@ -11,7 +12,9 @@
 """
 from __future__ import annotations
 
+import collections
 import collections.abc
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -85,9 +88,13 @@ def build_model(name: str, *, T: Optional[int] = None, num_classes: Optional[int
     validation, the benchmark, the analyses, the memory planner and checkpoint loading.
 
     ``model_kwargs`` may not set ``T``/``num_classes`` (:data:`TOP_LEVEL_KWARGS`); ``neuron_impl`` (``'auto'``
-    or None: the model's choice) must agree with one given in ``model_kwargs``. ``meta``: build on the meta
-    device (shapes only, no memory, no weights), the cheap build of checks. ``builder_kwargs`` go to
+    or None: the model's choice) must agree with one given in ``model_kwargs``. ``builder_kwargs`` go to
     ``timm.create_model`` (``pretrained``, ``pretrained_cfg_overlay``, ...). Raises :class:`ModelError`.
+
+    ``meta``: build on the meta device (shapes only, no memory, no weights), the cheap build of the config check,
+    the memory planner (which gives it fake storage), the doctor and checkpoint conversion. Meta models are
+    built once per process for each name and settings (the last :data:`META_CACHE_SIZE` kept) and each call
+    returns a deep copy, which the caller may change freely.
     """
     kwargs = dict(model_kwargs or {})
     check_model_kwargs(name, kwargs, top_level=TOP_LEVEL_KWARGS)
@@ -99,9 +106,48 @@ def build_model(name: str, *, T: Optional[int] = None, num_classes: Optional[int
     kwargs.update(builder_kwargs)
     kwargs.update({k: v for k, v in (("T", T), ("num_classes", num_classes)) if v is not None})
     if meta:
-        with torch.device("meta"):
-            return create_model(name, **kwargs)
+        return copy.deepcopy(_meta_model(name, kwargs))
     return create_model(name, **kwargs)
+
+
+META_CACHE_SIZE = 8  # meta models kept per process (a training start uses one; a long step's memory plan two more)
+_META_MODELS: "collections.OrderedDict[Any, nn.Module]" = collections.OrderedDict()
+
+
+def _meta_model(name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    """The meta-device model of ``name`` and ``kwargs``, built on the first request (never changed: copy it)."""
+    key = _settings_key(name, kwargs)
+    model = _META_MODELS.get(key) if key is not None else None
+    if model is None:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+        if key is not None:
+            _META_MODELS[key] = model
+            while len(_META_MODELS) > META_CACHE_SIZE:
+                _META_MODELS.popitem(last=False)
+    else:
+        _META_MODELS.move_to_end(key)
+    return model
+
+
+def _settings_key(name: str, kwargs: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
+    """A hashable key for ``name`` and ``kwargs`` (None values dropped, as the builder drops them; types kept, so
+    ``1``, ``1.0`` and ``True`` differ); None when a value cannot be a key (that build is not kept): unhashable,
+    or an object hashed by identity that could change after the build (classes and functions are kept)."""
+    def frozen(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return ("map", tuple(sorted((str(k), frozen(x)) for k, x in v.items())))
+        if isinstance(v, (list, tuple)):
+            return (type(v).__name__, tuple(frozen(x) for x in v))
+        if type(v).__hash__ is object.__hash__ and not callable(v):
+            raise TypeError(f"{type(v).__name__} is hashed by identity")
+        hash(v)
+        return (type(v).__name__, v)
+
+    try:
+        return name, frozen({k: v for k, v in kwargs.items() if v is not None})
+    except TypeError:
+        return None
 
 
 # Keyword arguments that timm.create_model and our builder take besides the constructor's (no type checked).

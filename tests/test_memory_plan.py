@@ -160,3 +160,72 @@ def test_an_absurd_step_is_planned_from_four_small_ones(monkeypatch):
     plan = mp.plan_step("maxformer_cifar", T=1000, batch=4096, model_kwargs={"embed_dims": 32, "num_heads": 2})
     assert len(sizes) <= 4 and all(T <= mp.EXACT_T and T * b <= mp.EXACT_WORK for T, b in sizes)
     assert plan.T == 1000 and plan.batch == 4096 and plan.peak > 1000 * 4096 * 32 * 4  # a step of that size
+
+
+@pytest.fixture
+def constructions(monkeypatch):
+    """Counts of model constructions by where their weights live ('meta', 'fake' or 'real'), from a fresh meta
+    cache and no plans made yet."""
+    import collections
+
+    import timm
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from models import factory
+
+    counts = collections.Counter()
+    real = timm.create_model
+
+    def counted(*args, **kwargs):
+        model = real(*args, **kwargs)
+        p = next(model.parameters())
+        counts["fake" if isinstance(p, FakeTensor) else "meta" if p.is_meta else "real"] += 1
+        return model
+
+    monkeypatch.setattr(timm, "create_model", counted)
+    monkeypatch.setattr(factory, "_META_MODELS", collections.OrderedDict())
+    monkeypatch.setattr(mp, "_PLANS", {})
+    return counts
+
+
+def test_a_cuda_training_start_builds_its_model_once_and_once_on_the_meta_device(constructions):
+    """The config check, the memory plan (its T and every batch of an extrapolated plan) and the doctor share one
+    meta-device build; the real build is the only other."""
+    from utils.training import engine, preflight
+
+    cfg = preflight.parse_run_config(["-c", os.path.join(os.path.dirname(__file__), "..", "demo", "digits.yaml"),
+                        "--device", "cuda", "--batch-size", str(2 * mp.EXACT_WORK)])
+    plan = mp._plan_for_config(cfg)
+    assert plan.device == "cuda" and "batch" in plan.estimate  # planned from two smaller batches
+    assert preflight._check_memory(cfg, False, 0).status in ("PASS", "FAIL")
+    assert preflight._check_neurons(cfg, torch.device("cpu")).status == "PASS"
+    assert constructions == {"meta": 1}
+    model = engine.build_model(cfg, 10)
+    assert constructions == {"meta": 1, "real": 1} and not next(model.parameters()).is_meta
+
+
+def test_meta_builds_are_copies_of_one_build_per_setting(constructions):
+    from models import build_model, factory
+
+    a = build_model("maxformer_cifar", T=2, meta=True, model_kwargs={"embed_dims": 32, "num_heads": 1})
+    a.head = torch.nn.Identity()  # a caller's change stays in its copy
+    b = build_model("maxformer_cifar", meta=True, T=2, embed_dims=32, num_heads=1, drop_rate=None)
+    assert constructions == {"meta": 1} and a is not b and not isinstance(b.head, torch.nn.Identity)
+    build_model("maxformer_cifar", T=2, meta=True, model_kwargs={"embed_dims": 32, "num_heads": 1}, drop_rate=0)
+    build_model("maxformer_cifar", T=2, meta=True, model_kwargs={"embed_dims": 32, "num_heads": 1}, drop_rate=0.0)
+    assert constructions == {"meta": 3}  # another setting, and 0 and 0.0 are not taken for the same
+    for T in range(3, factory.META_CACHE_SIZE + 4):
+        build_model("maxformer_cifar", T=T, meta=True, model_kwargs={"embed_dims": 32, "num_heads": 1})
+    assert len(factory._META_MODELS) == factory.META_CACHE_SIZE
+
+
+def test_fake_storage_covers_parameters_buffers_and_plain_tensor_attributes():
+    with torch.device("meta"):
+        model = torch.nn.BatchNorm1d(3)
+        model.scale = torch.ones(3)  # a tensor that is neither a parameter nor a buffer
+    with mp._fake_mode():
+        mp._fake_storage(model)
+        out = model(torch.empty(4, 3)) * model.scale
+    tensors = [*model.parameters(), *model.buffers(), model.scale, out]
+    assert not any(t.is_meta for t in tensors) and all(t.device.type == "cpu" for t in tensors)
+    assert all(p.requires_grad for p in model.parameters())
