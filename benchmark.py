@@ -29,6 +29,7 @@ tensors (``utils.training.memory_plan``), and with ``--max-batch`` the largest b
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -42,6 +43,20 @@ import time
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import ModelError, build_model, check_model_kwargs, input_spec, parse_model_kwargs, reset_net
+from utils.config import without_options
+from utils.config.cli import Parser, any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
+from utils.errors import ConfigError
+from utils.io.atomic import atomic_write
+from utils.io.outputs import check_outputs
+from utils.training import memory_plan as mp
+from utils.training.engine import amp_context
+from utils.training.fastpath import EAGER, prepare_input, prepare_model, resolve_config
+from utils.training.threads import ThreadPolicy
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,8 +85,6 @@ def _legacy_argv(argv: List[str]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.config.cli import Parser, any_int, int_list, machine_count, non_negative_int, positive_int, writable_file
-
     p = Parser(description=__doc__.split("\n\n")[0], legacy=_legacy_argv)
     p.add_argument("--model", default="maxformer_cifar", help="registered model name (timm)")
     p.add_argument("--mode", default="train", choices=("train", "infer"))
@@ -187,9 +200,6 @@ def _peak_rss_mb() -> float:
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     """FLOPs of one eval-mode forward of ``x`` (``torch.utils.flop_counter``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from models import reset_net
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -202,8 +212,6 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def fastpath_config(args):
     """The fast-path settings of the command line (``utils.training.fastpath.resolve_config``)."""
-    from utils.training.fastpath import resolve_config
-
     switches = {f: getattr(args, f) for f in ("channels_last", "fold_bn", "neuron_impl",
                                               "grad_checkpointing", "fast_conv", "compact_spikes", "fast_pool")}
     switches["compile"] = compile_scope(args)
@@ -223,10 +231,6 @@ def compile_scope(args) -> Optional[str]:
 
 def measure(args) -> Dict[str, Any]:
     """One measurement in this process; returns the result row."""
-    from models import ModelError, build_model, input_spec, parse_model_kwargs
-    from utils.training.fastpath import EAGER, prepare_input, prepare_model
-    from utils.training.threads import ThreadPolicy
-
     ThreadPolicy.start(args.threads)  # as train.py: the cores other processes leave free, unless --threads
     device = torch.device(args.device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -266,7 +270,6 @@ def measure(args) -> Dict[str, Any]:
     y = y.to(device)
     baseline = None
     if args.compare_eager:  # the plain path, timed interleaved with this one (same load, same data)
-        import copy
         plain = argparse.Namespace(**{**vars(args), "amp": "none"})  # the plain path is float32
         baseline = _make_step(prepare_model(copy.deepcopy(model), args.mode, config=EAGER), x, y, plain, device)
     cfg = prepare_model(model, args.mode, config=cfg, example_input=x).fastpath_config  # what applied
@@ -329,7 +332,6 @@ def tensor_peak_mb(step, live_tensors) -> float:
     records during the call -- what ``torch.cuda.max_memory_allocated`` reports on CUDA. (The
     resident-set peak also counts what glibc keeps after frees.)
     """
-    from torch.profiler import ProfilerActivity, profile
     storages = {}
     for t in live_tensors():
         storage = t.untyped_storage()
@@ -348,9 +350,6 @@ def tensor_peak_mb(step, live_tensors) -> float:
 def plan(args) -> Dict[str, Any]:
     """``--plan-memory``: print the planned memory of the step (and with ``--max-batch`` what fits);
     returns the plan's row (``memory_plan.MemoryPlan.as_dict``, plus ``max_batch`` or ``fit_options``)."""
-    from models import ModelError, parse_model_kwargs
-    from utils.training import memory_plan as mp
-
     args.device = args.device or "cuda"
     try:
         kwargs = parse_model_kwargs(args.model_kwargs)
@@ -373,8 +372,6 @@ def plan(args) -> Dict[str, Any]:
 
 def _plan_max_batch(args, settings: Dict[str, Any], planned) -> Dict[str, Any]:
     """``--max-batch``: the largest batch that fits the device, else the options that make the batch fit."""
-    from utils.training import memory_plan as mp
-
     if args.device_memory:
         device_bytes = mp.parse_bytes(args.device_memory)
     elif torch.cuda.is_available():
@@ -405,10 +402,6 @@ def _plan_max_batch(args, settings: Dict[str, Any], planned) -> Dict[str, Any]:
 
 def _make_step(model, x, y, args, device):
     """One training step (AdamW) or one inference batch, followed by the neuron reset."""
-    import torch.nn.functional as F
-
-    from models import reset_net
-    from utils.training.engine import amp_context
     autocast = amp_context(args.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.mode == "train" else None
 
@@ -451,8 +444,6 @@ def _sig(x: float, digits: int = 4) -> float:
 
 def append_csv(path: str, row: Dict[str, Any]):
     """Append ``row``; a file written with an older column set is rewritten (atomically) with the current one."""
-    from utils.io.atomic import atomic_write
-
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -477,8 +468,6 @@ def append_csv(path: str, row: Dict[str, Any]):
 
 def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
     """``argv`` without the sweep options, for one (T, batch) point."""
-    from utils.config import without_options
-
     out = without_options(argv, valued=("--sweep-T", "--sweep-batch-sizes", "--T", "-T", "-b", "--batch-size", "--csv"),
                           flags=("--sweep", "--peak"))
     return out + ["--T", str(T), "--batch-size", str(b), "--csv", ""]
@@ -486,8 +475,6 @@ def _child_argv(argv: List[str], T: int, b: int) -> List[str]:
 
 def check_args(parser: argparse.ArgumentParser, args) -> None:
     """What argparse's types cannot see: the device string and the model kwargs (before any measurement)."""
-    from models import ModelError, check_model_kwargs, parse_model_kwargs
-
     try:
         device = torch.device(args.device or "cpu")
     except RuntimeError:
@@ -500,9 +487,6 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"argument --model/--model-kwargs: {err}")
     _check_used(parser, args)
     if args.csv:  # rows are appended to a benchmark CSV only: any other file is never rewritten
-        from utils.errors import ConfigError
-        from utils.io.outputs import check_outputs
-
         try:
             check_outputs({"--csv": args.csv}, flag="--csv with another path", ours=_benchmark_csv)
         except ConfigError as err:

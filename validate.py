@@ -18,7 +18,24 @@ import time
 from collections.abc import Mapping
 from typing import Any, Dict, Optional, Sequence
 
-from utils.config import ConfigError, Option, parse_config
+from timm.models import get_pretrained_cfg
+from torch.utils.data import DataLoader
+
+from models import input_spec
+from models.weights import stored_model_kwargs
+from utils import data as data_lib
+from utils.analysis.energy import measure_energy, report_paths, settings_tag, write_report
+from utils.config import ConfigError, Option, all_options, build_arg_parser, parse_config, report_input_error
+from utils.errors import INPUT_ERRORS
+from utils.io.atomic import FileWriteError, atomic_write
+from utils.io.outputs import check_outputs, record_outputs
+from utils.io.paths import describe_os_error, readable_file_problem, writable_folder_problem
+from utils.training.checkpoint import load_checkpoint, read_checkpoint
+from utils.training.distributed import ShardSampler, cleanup, init_distributed, is_main
+from utils.training.engine import build_model, eval_amp_context, evaluate, place_model
+from utils.training.preflight import check_machine
+from utils.training.seeding import seed_everything
+from utils.training.threads import loader_workers
 
 VALIDATE_OPTIONS = {
     "checkpoint": Option("", str, "checkpoint to evaluate (ours or the authors' .pth.tar)"),
@@ -42,8 +59,6 @@ EVAL_KEYS = ("model", "model_kwargs", "num_classes", "T", "pretrained", "device"
 
 def build_parser():
     """The command line of ``validate.py`` (``-h`` lists :data:`EVAL_KEYS`)."""
-    from utils.config import all_options, build_arg_parser
-
     return build_arg_parser(all_options(VALIDATE_OPTIONS), __doc__.split("\n\n")[0], shown=EVAL_KEYS)
 
 
@@ -66,8 +81,6 @@ def refuse_training_flags(argv: Sequence[str], cfg) -> None:
 
 def check_input(cfg, model, eval_set) -> None:
     """Stop before the evaluation if the eval samples do not have the shape the model takes (``input_spec``)."""
-    from models import input_spec
-
     spec = input_spec(model)
     sample = eval_set[0][0]
     shape = tuple(getattr(sample, "shape", ()))
@@ -82,8 +95,6 @@ def check_input(cfg, model, eval_set) -> None:
 def prepare_results_file(path: str, cfg=None) -> str:
     """Create the folder of ``--results-file`` and check it is writable and replaces neither an input (the
     checkpoint, the config) nor a file validate.py did not write (``--overwrite``), before any evaluation."""
-    from utils.io.outputs import check_outputs
-
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise ConfigError(f"--results-file {path} is a folder; give a file name such as {path}/results.json")
@@ -101,8 +112,6 @@ def prepare_results_file(path: str, cfg=None) -> str:
 
 def check_paths(cfg) -> None:
     """The checkpoint is a readable file and the energy folder (with ``--energy``) writable, before any work."""
-    from utils.io.paths import readable_file_problem, writable_folder_problem
-
     if not cfg.checkpoint:  # --pretrained (or neither: the caller names both ways)
         if cfg.energy and cfg.energy_out:
             problem = writable_folder_problem(cfg.energy_out, "--energy-output folder")
@@ -118,25 +127,17 @@ def check_paths(cfg) -> None:
         problem = writable_folder_problem(out, "--energy-output folder")
         if problem:
             raise ConfigError(problem)
-        from utils.analysis.energy import report_paths
-        from utils.io.outputs import check_outputs
 
         check_outputs(report_paths(out, energy_stem(cfg)), cfg.overwrite, inputs=(cfg.checkpoint,))
 
 
 def energy_stem(cfg) -> str:
     """The file-name stem of the ``--energy`` report: the model, T and its model kwargs."""
-    from utils.analysis.energy import settings_tag
-
     return f"{cfg.model}_T{cfg.T}" + (f"_{settings_tag(cfg.model_kwargs)}" if cfg.model_kwargs else "")
 
 
 def write_results(path: str, out: Dict[str, Any]) -> None:
     """Write the JSON atomically; if that still fails, print it so the result is not lost."""
-    from utils.io.atomic import FileWriteError, atomic_write
-
-    from utils.io.outputs import record_outputs
-
     text = json.dumps(out, indent=2)
     try:
         atomic_write(path, text + "\n")
@@ -149,8 +150,6 @@ def write_results(path: str, out: Dict[str, Any]) -> None:
 
 def _check_pretrained_classes(cfg, num_classes: int) -> None:
     """``--pretrained`` evaluates the released classifier: the number of classes must be the weights'."""
-    from timm.models import get_pretrained_cfg
-
     try:
         weights = get_pretrained_cfg(cfg.model).num_classes
     except RuntimeError:  # unknown tag: build_model says which tags exist
@@ -170,9 +169,6 @@ def adopt_checkpoint_settings(cfg, log=None):
     """A checkpoint train.py wrote records the model it was built as: evaluate that model. Its ``model_kwargs`` and
     ``num_classes`` replace the config's (each difference is said); ``T`` stays the evaluation's own choice.
     Returns the checkpoint as read, so it is loaded without reading the file again."""
-    from models.weights import stored_model_kwargs
-    from utils.training.checkpoint import read_checkpoint
-
     checkpoint = read_checkpoint(cfg.checkpoint, trust_pickle=cfg.trust_checkpoint, trust_flag="--trust-checkpoint")
     stored = stored_model_kwargs(checkpoint, cfg.model)
     if not stored:
@@ -195,15 +191,6 @@ def adopt_checkpoint_settings(cfg, log=None):
 
 def build_eval(cfg):
     """Model (with weights), eval loader and dist info for ``cfg``; reusable by analysis tools."""
-    from torch.utils.data import DataLoader
-
-    from utils import data as data_lib
-    from utils.training.checkpoint import load_checkpoint
-    from utils.training.distributed import ShardSampler, init_distributed
-    from utils.training.engine import build_model, place_model
-    from utils.training.seeding import seed_everything
-    from utils.training.threads import loader_workers
-
     if not cfg.checkpoint and not cfg.pretrained:
         raise ConfigError("no weights given: pass --checkpoint PATH, or --pretrained for the model's released "
                           "weights (e.g. --model maxformer_10_768.t4_in1k --pretrained)")
@@ -237,9 +224,6 @@ def build_eval(cfg):
 
 
 def run(cfg) -> Dict[str, Any]:
-    from utils.training.distributed import is_main
-    from utils.training.engine import eval_amp_context, evaluate
-
     results_file = prepare_results_file(cfg.results_file, cfg) if cfg.results_file and is_main() else None
     check_paths(cfg)
     model, loader, dist_info, num_classes = build_eval(cfg)
@@ -267,8 +251,6 @@ def run(cfg) -> Dict[str, Any]:
 
 def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
     """Firing rates, SOPs and energy of the loaded model on ``cfg.energy_batches`` eval batches."""
-    from utils.analysis.energy import measure_energy, write_report
-
     report = measure_energy(model, loader, T=cfg.T, max_batches=cfg.energy_batches, model_name=cfg.model,
                             input_desc=f"{cfg.dataset} eval, {cfg.energy_batches} batches, {weights_source(cfg)}")
     if dist_info.is_main:
@@ -281,11 +263,6 @@ def measure_eval_energy(cfg, model, loader, dist_info) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.config import report_input_error
-    from utils.errors import INPUT_ERRORS
-    from utils.training.distributed import cleanup
-    from utils.training.preflight import check_machine
-
     try:
         cfg = parse_config(argv, extra=VALIDATE_OPTIONS, description=__doc__.split("\n\n")[0], shown=EVAL_KEYS,
                            check=check_machine)
@@ -295,8 +272,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except INPUT_ERRORS as err:
         return report_input_error(err)
     except OSError as err:  # the last line of defence: paths are checked before the evaluation
-        from utils.io.paths import describe_os_error
-
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     finally:

@@ -26,15 +26,18 @@ import os
 import re
 from typing import Dict, List, Optional, Set, Union
 
+import timm
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, load_pretrained, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
 from .errors import WeightsError
+from .grad_checkpointing import disable_grad_checkpointing, enable_grad_checkpointing
+from .legacy_names import filter_pretrained_state_dict
 from .neurons import NEURON_SETTINGS, NEURONS, NeuronConfig, neuron_kwarg_types, reset_net
+from .pretrained import RELEASED, as_pretrained_cfg
 from .weights import read_weights, stored_model_kwargs
 
 __all__ = ["NEURON_KWARGS", "DATA_CFG", "SpikingModel", "build_spiking_model", "variant_cfg",
@@ -365,23 +368,15 @@ def _data_overlay(data: str, in_chans: int, num_classes: Optional[int]) -> Dict[
 
 
 def _released_names() -> str:
-    from .pretrained import RELEASED
-
     return ", ".join(w.name for w in RELEASED)
 
 
 def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optional[dict]):
     """The pretrained cfg the weights are read with (tag or cfg resolved, ``overlay`` applied), checked."""
-    from timm.models import resolve_pretrained_cfg
-
-    from .pretrained import as_pretrained_cfg
-
     try:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=as_pretrained_cfg(pretrained_cfg),
                                      pretrained_cfg_overlay=overlay)
     except RuntimeError as err:  # timm's "Invalid pretrained tag"
-        import timm
-
         tags = timm.list_pretrained(f"{variant}.*")
         raise ValueError(f"{variant}: {err} Tags: {', '.join(tags) or 'none (no released weights)'}") from None
     if pretrained and not cfg.has_weights:
@@ -398,10 +393,6 @@ def _source_cfg(variant: str, pretrained: bool, pretrained_cfg, overlay: Optiona
 def _load_pretrained(model: nn.Module, source, num_classes: int, in_chans: int, cache_dir) -> None:
     """timm's ``load_pretrained`` with our names converted; a file that does not fit, or weights that cannot be
     downloaded, raise :class:`WeightsError` naming the fix."""
-    from timm.models import load_pretrained
-
-    from .legacy_names import filter_pretrained_state_dict
-
     name = model.pretrained_cfg.get("architecture", type(model).__name__)
     try:
         # the released files also pickle an argparse.Namespace (their training args): allowed, nothing else
@@ -415,7 +406,6 @@ def _load_pretrained(model: nn.Module, source, num_classes: int, in_chans: int, 
         raise WeightsError(f"{where}: {str(err).splitlines()[0]}\n" + "\n".join(str(err).splitlines()[1:])) \
             from None
     except OSError as err:  # no network, or the file is not (or no longer) at the URL / on the hub
-        from .pretrained import RELEASED
 
         files = [w.file for w in RELEASED if source.url and w.url == source.url]
         got = f"bash imagenet/checkpoints/download.sh {files[0]}" if files else "imagenet/checkpoints/download.sh"

@@ -17,6 +17,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from mixer_hub import SSADWC
+
+from .embeddings import EmbedMax, EmbedOrigImageNet, EmbedOrigLater, PatchEmbeddingStage, PatchEmbedInit
+
 __all__ = ["RenameTable", "LEGACY_NAMES", "STATE_DICT_KEYS", "WRAPPER_PREFIXES", "find_state_dict", "top_module",
            "strip_wrapper_prefixes", "convert_state_dict", "filter_pretrained_state_dict"]
 
@@ -44,10 +48,6 @@ class RenameTable:
 
 
 def _legacy_tables() -> Tuple[RenameTable, ...]:
-    from mixer_hub import SSADWC
-
-    from .embeddings import EmbedMax, EmbedOrigImageNet, EmbedOrigLater, PatchEmbeddingStage, PatchEmbedInit
-
     qkformer_era = "QKFormer-era embedding names"
     maxformer_hub = "Max-Former embedding-hub names"
     earlier = "this repository's earlier names"

@@ -16,10 +16,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from .legacy_names import LEGACY_NAMES, RenameTable
 from .maxformer import (MAXFORMER_CIFAR, MAXFORMER_DVS, MAXFORMER_IMAGENET, MS_QKFORMER_CIFAR, MS_QKFORMER_DVS,
                         MS_QKFORMER_IMAGENET, SpikingTransformer)
-from .legacy_names import LEGACY_NAMES, RenameTable
 from .ms_resnet import max_resnet18
+from .neurons import reset_net
 from .pretrained import RELEASED
 from .spikformer import Spikformer
 
@@ -108,8 +109,6 @@ def _regenerated_reference_state(model: nn.Module, golden: dict):
     draws are the stored ``x``/``targets`` (same RNG use) and that every tensor hashes like the
     reference's (``state_dict_sha256``).
     """
-    from .neurons import reset_net
-
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:

@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import pickletools
 import re
+import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.models import get_pretrained_cfg
 
 from .errors import WeightsError
 
@@ -32,8 +37,6 @@ _CODE_MODULES = ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builti
 
 def _pickle_scan(data: bytes) -> Tuple[List[str], Optional[str]]:
     """Globals a pickle stream names and why it cannot be read to its end (None: it can), without running it."""
-    import pickletools
-
     found: List[str] = []
     strings: List[str] = []
     try:
@@ -73,8 +76,6 @@ def _unsafe_globals(path: str, err: BaseException) -> List[str]:
 
 def _damage(path: str, size: int, err: BaseException) -> Tuple[str, str]:
     """``(kind, detail)`` of a file ``torch.load`` cannot read: kind is truncated | damaged | not a checkpoint."""
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(min(size, 1 << 16))
     if head.startswith(_ZIP_MAGIC):
@@ -190,9 +191,6 @@ def _refusal(path: str, unsafe: List[str], trust_flag: Optional[str], resume: bo
 
 
 def _read_safetensors(path: str, size: int) -> Dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, ValueError, RuntimeError) as err:
@@ -207,7 +205,6 @@ def stored_model_kwargs(obj: Any, model: str) -> Dict[str, Any]:
     config = obj.get("config") if isinstance(obj, Mapping) else None
     if not isinstance(config, Mapping) or config.get("model") != model.split(".")[0]:
         return {}
-    from timm.models import get_pretrained_cfg
 
     try:
         classifier = getattr(get_pretrained_cfg(model), "classifier", None) or "head"

@@ -357,13 +357,11 @@ def test_prepare_data_converts_raw_events_with_spikingjelly(tmp_path, monkeypatc
 
 
 def test_prepare_data_failed_download_stops_naming_the_url_and_keeps_nothing(tmp_path, monkeypatch, capsys):
-    import torchvision.datasets.utils as tv_utils
-
     def offline(url, root, filename, md5):
         (tmp_path / 'a' / 'c10' / 'download' / filename).write_bytes(b'part')  # a partial file, then the failure
         raise OSError('<urlopen error [Errno -2] Name or service not known>')
 
-    monkeypatch.setattr(tv_utils, 'download_url', offline)
+    monkeypatch.setattr(prepare_data, 'download_url', offline)
     root = tmp_path / 'a' / 'c10'
     assert prepare_data.main(['--dataset', 'cifar10dvs', '--data-dir', str(root), '--download']) == 1
     out = capsys.readouterr().out

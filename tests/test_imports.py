@@ -5,6 +5,8 @@ Every import counts, also those inside functions (a lazy import hides a circle, 
 """
 import ast
 import os
+import subprocess
+import sys
 from typing import Dict, List, Set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,6 +187,17 @@ def test_bottom_layer_imports_only_errors():
     bad = sorted(f"{m} -> {d}" for m in bottom for d in graph[m]
                  if d not in ("utils.errors", "utils") and not d.startswith("utils.io"))
     assert not bad, "the bottom layer imports only utils.errors:\n  " + "\n  ".join(bad)
+
+def test_figures_load_matplotlib_on_first_use():
+    """``utils.io.figures`` is imported by commands whose other paths draw nothing: matplotlib (and its backend
+    choice) waits for :func:`pyplot`, which then writes files only (Agg)."""
+    code = ("import sys, utils.io.figures as f; assert 'matplotlib' not in sys.modules; "
+            "print(f.pyplot().get_backend().lower())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "MPLBACKEND": "svg"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "agg"
+
 
 def test_the_graph_sees_function_level_imports_and_circles(tmp_path):
     """The checker itself: a lazy import inside a function closes a circle, relative imports resolve."""

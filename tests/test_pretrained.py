@@ -288,7 +288,6 @@ def _recording(monkeypatch, module, name):
 @pytest.mark.usefixtures("one_thread")
 def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, monkeypatch, capsys):
     import train
-    import utils.training.engine
     import utils.training.run_setup
     import validate
 
@@ -299,7 +298,7 @@ def test_validate_and_train_with_pretrained(tmp_path, serve, digits_without_T, m
     # validate: the released classifier has 1000 classes, digits 10
     assert validate.main(common + ["--pretrained"]) == 2
     assert "its classifier has 1000 classes but digits is evaluated with 10" in capsys.readouterr().err
-    seen = _recording(monkeypatch, utils.training.engine, "evaluate")
+    seen = _recording(monkeypatch, validate, "evaluate")
     out = tmp_path / "r.json"
     assert validate.main(common + ["--pretrained", "--num-classes", "1000", "--results-file", str(out)]) == 0
     res = json.loads(out.read_text())

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -51,12 +52,20 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+from torch.utils.data import DataLoader
 
-from utils.config.cli import (non_negative_float, non_negative_int, number_type, positive_float,  # noqa: F401 (re-exported)
-                       positive_int, readable_file, run_main, writable_folder)
-
-from utils.analysis.op_counter import (DEFAULT_CONFIG, TABLE9_COLUMNS, EnergyConfig, FiringRateMonitor,
-                                       LayerOps, PaperOpCounter, table9_group)
+from models import ModelError, input_spec, parse_model_kwargs
+from models.neurons import reset_net
+from utils.analysis.op_counter import (DEFAULT_CONFIG, TABLE9_COLUMNS, EnergyConfig, FiringRateMonitor, LayerOps,
+                                       PaperOpCounter, table9_group)
+from utils.config import parse_config
+from utils.config.cli import (Parser, non_negative_float, non_negative_int, number_type,  # noqa: F401 (re-exported)
+                              positive_float, positive_int, readable_file, run_main, writable_folder)
+from utils.data import create_datasets
+from utils.errors import INPUT_ERRORS
+from utils.io.figures import pyplot
+from utils.io.outputs import check_outputs, record_outputs
+from utils.training.checkpoint import load_model
 
 __all__ = [
     "EnergyConfig",
@@ -207,8 +216,6 @@ def calibrate_bn(model: nn.Module, batches: Iterable) -> int:
     the unit-variance pre-activations a trained network has, so a random-weight energy estimate
     has plausible firing rates. Returns the number of batches used.
     """
-    from models.neurons import reset_net
-
     net = _unwrap(model)
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum) for m in bns]
@@ -259,8 +266,6 @@ def measure_energy(
     defaults to ``model.T`` (needed only to express FLOPs per time step). ``crosscheck`` also runs
     spikingjelly's ``MACCounter`` and ``SynOpCounter`` (BatchNorm ignored) in the same pass.
     """
-    from models.neurons import reset_net
-
     net = _unwrap(model)
     T = int(T if T is not None else getattr(net, "T", 1))
     names = {m: n for n, m in net.named_modules() if n}
@@ -330,10 +335,7 @@ def write_firing_rates(rates: Dict[str, float], csv_path: str, png_path: Optiona
         w.writeheader()
         w.writerows(rows)
     if png_path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         colors = {"embed": "tab:blue", "mixer": "tab:orange", "mlp": "tab:green", "classifier": "tab:red"}
         fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(rows) + 2), 3.2), dpi=90)
@@ -371,11 +373,6 @@ def synthetic_batches(shape: Sequence[int], n: int, seed: int = 0, kind: str = "
 def validation_batches(config_path: str, batch_size: int, img_size: Optional[int] = None):
     """Evaluation-set loader of a training YAML config (``utils.config`` / ``utils.data``) and a description;
     ``img_size`` overrides the config's ``img_size``."""
-    from torch.utils.data import DataLoader
-
-    from utils.config import parse_config
-    from utils.data import create_datasets
-
     cfg = parse_config(["-c", config_path] + (["--img-size", str(img_size)] if img_size else []))
     _, eval_set = create_datasets(cfg, include_train=False)
     loader = DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -384,8 +381,6 @@ def validation_batches(config_path: str, batch_size: int, img_size: Optional[int
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m utils.analysis.energy``."""
-    from utils.config.cli import Parser
-
     p = Parser(prog="python -m utils.analysis.energy", description="Firing rates, SOPs and energy (paper App. B) of a "
                "registered model on synthetic or real input.")
     p.add_argument("--model", required=True, help="registered model name, e.g. maxformer_10_768")
@@ -418,10 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from models import ModelError, input_spec, parse_model_kwargs
-    from utils.errors import INPUT_ERRORS
-    from utils.training.checkpoint import load_model
-
     p = build_parser()
     args = p.parse_args(argv)
 
@@ -450,7 +441,6 @@ def main(argv=None) -> int:
                                                                                          kind=args.input)
         calibrate_bn(model, cal)
         desc += f", BN calibrated on {n_cal} {'data' if args.config else 'synthetic'} batches"
-    from utils.io.outputs import check_outputs
 
     try:  # before the measurement
         check_outputs(report_paths(args.output, f"{args.model}_T{T}"), args.overwrite, inputs=(args.checkpoint,))
@@ -473,7 +463,6 @@ def settings_tag(kwargs: dict) -> str:
     text = re.sub(r"[^\w.+-]+", "", text)
     if len(text) <= 40:
         return text
-    import hashlib
 
     return "kw" + hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -489,8 +478,6 @@ def report_paths(out_dir: str, stem: str) -> Dict[str, str]:
 def write_report(report: EnergyReport, out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> str:
     """Write ``<stem>_energy.json``, ``_energy.csv``, ``_firing_rates.csv`` and ``_firing_rates.png`` in ``out_dir``
     (files there that an earlier report did not write are refused unless ``overwrite``, :mod:`utils.io.outputs`)."""
-    from utils.io.outputs import check_outputs, record_outputs
-
     paths = report_paths(out_dir, stem)
     check_outputs(paths, overwrite)
     os.makedirs(out_dir, exist_ok=True)

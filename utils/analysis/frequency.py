@@ -29,8 +29,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
+from models import ModelError, input_spec, parse_model_kwargs
+from models.neurons import NeuronConfig, reset_net
+from utils.analysis.energy import calibrate_bn, settings_tag
 from utils.analysis.gradcam import grad_cam, last_block
+from utils.config.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
+from utils.errors import INPUT_ERRORS
+from utils.io.figures import pyplot
+from utils.io.outputs import check_outputs, record_outputs
+from utils.training.checkpoint import load_model
 
 __all__ = [
     "lif_transfer", "if_transfer", "measure_membrane_gain", "measure_spiking_gain",
@@ -38,15 +47,6 @@ __all__ = [
 ]
 
 HF_CUTOFF = 0.5  # normalised radius (1 = the corner frequency (pi, pi)) above which energy is "high"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ============================================================================ (a) transfer functions
@@ -69,8 +69,6 @@ def _fit_amplitude(y: np.ndarray, omega: float, n: np.ndarray, poly: int) -> flo
 
 
 def _neuron(kind: str, tau: float, v_threshold: float, v_reset: Optional[float] = 0.0) -> nn.Module:
-    from models.neurons import NeuronConfig
-
     if kind not in ("lif", "if"):  # the transfer functions compared with are LIF's and IF's
         raise ValueError(f"this analysis supports LIF/IF (neuron 'lif' or 'if'), got {kind!r}")
     return NeuronConfig(kind=kind, tau=tau, v_threshold=v_threshold, v_reset=v_reset).make()
@@ -137,7 +135,7 @@ def measure_spiking_gain(omegas: Sequence[float], kind: str = "lif", tau: float 
 
 
 def transfer_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     beta = 1 - 1 / args.tau
     omegas = np.linspace(args.w_min, 0.98, args.points) * np.pi
     rows = []
@@ -209,7 +207,7 @@ def band_fraction(y: np.ndarray, fs: float, above_hz: float) -> float:
 
 
 def toy_command(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     s = toy_signals(fs=args.fs, beta=args.beta, v_threshold=args.v_threshold)
     fs = float(s["fs"])
     fig, axes = plt.subplots(2, 3, figsize=(11, 5), dpi=80)
@@ -309,8 +307,6 @@ def parse_model_spec(spec: str) -> Tuple[str, str, dict]:
     (a bad item raises :class:`~models.ModelError`). Example:
     ``avg=maxformer_cifar:mixers=[avg,avg,avg];embeds=[orig,orig,orig]``.
     """
-    from models import parse_model_kwargs
-
     label = None
     m = re.match(r"^([\w\-+ .]+)=(?=[\w]+(:|$))", spec)
     if m and ":" not in m.group(1):
@@ -324,8 +320,6 @@ def parse_model_spec(spec: str) -> Tuple[str, str, dict]:
 def feature_spectra(model: nn.Module, images: torch.Tensor, block_pattern: str = DEFAULT_BLOCKS,
                     bins: int = 16) -> List[dict]:
     """Per-block relative log amplitude and high-frequency ratio of ``model``'s outputs on ``images``."""
-    from models.neurons import reset_net
-
     pat = re.compile(block_pattern)
     outs: Dict[str, torch.Tensor] = {}
     handles = []
@@ -355,8 +349,6 @@ def feature_spectra(model: nn.Module, images: torch.Tensor, block_pattern: str =
 
 def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = None) -> torch.Tensor:
     """Images from ``paths`` (or scikit-learn's two bundled photos if empty) as a ``[B,3,size,size]`` batch."""
-    from PIL import Image
-
     arrays = []
     if paths:
         for p in paths:
@@ -364,7 +356,7 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
                 raise FileNotFoundError(f"image {p!r} does not exist")
             arrays.append(np.asarray(Image.open(p).convert("RGB")))
     else:
-        from sklearn.datasets import load_sample_image
+        from sklearn.datasets import load_sample_image  # lazy: scikit-learn 0.7 s, only this source needs it
 
         arrays = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
     out = []
@@ -382,9 +374,6 @@ def load_images(paths: Sequence[str], size: int, normalize: Optional[Tuple] = No
 
 def _build(name: str, kwargs: dict, checkpoint: Optional[str]) -> nn.Module:
     """The model (seed 0, optional weights), checked to take 3-channel images (the photos this module reads)."""
-    from models import ModelError, input_spec
-    from utils.training.checkpoint import load_model
-
     torch.manual_seed(0)
     model = load_model(name, checkpoint, **kwargs)
     spec = input_spec(model)
@@ -401,9 +390,7 @@ def _norm_of(model: nn.Module) -> Optional[Tuple]:
 
 
 def spectra_command(args) -> None:
-    from models import ModelError
-
-    plt = _plt()
+    plt = pyplot()
     specs = [parse_model_spec(s) for s in args.model]
     ckpts = dict(c.split("=", 1) if "=" in c else (specs[0][0], c) for c in (args.weights or []))
     unknown = sorted(set(ckpts) - {label for label, _, _ in specs})
@@ -416,8 +403,6 @@ def spectra_command(args) -> None:
         model = _build(name, kwargs, ckpts.get(label))
         x = load_images(args.images, args.img_size, _norm_of(model))
         if ckpts.get(label) is None:
-            from utils.analysis.energy import calibrate_bn
-
             calibrate_bn(model, [x])
         res = feature_spectra(model, x, args.blocks, args.bins)
         for r in res:
@@ -448,17 +433,13 @@ def spectra_command(args) -> None:
 
 # ============================================================================ (d) Grad-CAM
 def gradcam_command(args) -> None:
-    from models import input_spec
-
-    plt = _plt()
+    plt = pyplot()
     label, name, kwargs = parse_model_spec(args.model)
     model = _build(name, kwargs, args.checkpoint)
     raw = load_images(args.images, args.img_size or input_spec(model).img_size)
     norm = _norm_of(model)
     x = raw if norm is None else (raw - torch.tensor(norm[0])[:, None, None]) / torch.tensor(norm[1])[:, None, None]
     if args.checkpoint is None:
-        from utils.analysis.energy import calibrate_bn
-
         calibrate_bn(model, [x])
     layer = args.layer or last_block(model, DEFAULT_BLOCKS)
     cam = grad_cam(model, x, layer, args.target)
@@ -474,7 +455,6 @@ def gradcam_command(args) -> None:
     state = f"checkpoint {os.path.basename(args.checkpoint)}" if args.checkpoint else "random init (no checkpoint)"
     fig.suptitle(f"Grad-CAM {label} @ {layer} ({state})", fontsize=9)
     fig.tight_layout()
-    from utils.analysis.energy import settings_tag
 
     _save(fig, rows, args.output, "gradcam_" + name + (f"_{settings_tag(kwargs)}" if kwargs else ""))
 
@@ -484,14 +464,13 @@ def _save(fig, rows: List[dict], out: str, stem: str) -> None:
     os.makedirs(out, exist_ok=True)
     png, csv_path = os.path.join(out, stem + ".png"), os.path.join(out, stem + ".csv")
     fig.savefig(png)
-    _plt().close(fig)
+    pyplot().close(fig)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-    from utils.io.outputs import record_outputs
 
     record_outputs(png, csv_path)
     print(f"wrote {png} and {csv_path}")
@@ -510,8 +489,6 @@ def _regex(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.analysis.frequency {transfer,toy,spectra,gradcam}``."""
-    from utils.config.cli import Parser, non_negative_int, number_type, positive_float, positive_int, writable_folder
-
     tau_type = number_type(float, 1.0, strict=True, what="a time constant > 1 (beta = 1 - 1/tau)")
 
     p = Parser(prog="python -m utils.analysis.frequency", description=__doc__.split("\n\n")[0])
@@ -566,8 +543,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args) -> None:
     """The subcommand's ``<stem>.png`` / ``.csv`` replace no input and no file it did not write (``--overwrite``)."""
-    from utils.io.outputs import check_outputs
-
     stem = {"transfer": "transfer", "toy": "toy", "spectra": getattr(args, "name", "")}.get(args.cmd)
     if stem is None:  # gradcam_<model name>
         stem = "gradcam_" + parse_model_spec(args.model)[1]
@@ -578,9 +553,6 @@ def _check_outputs(args) -> None:
 
 
 def main(argv=None) -> int:
-    from models import ModelError
-    from utils.errors import INPUT_ERRORS
-
     p = build_parser()
     args = p.parse_args(argv)
     try:

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.neurons import reset_net
+
 __all__ = ["grad_cam", "last_block"]
 
 
@@ -17,8 +19,6 @@ def grad_cam(model: nn.Module, images: torch.Tensor, layer: str, target: Optiona
     Channel weights are the gradients of the target logit (default: the predicted class)
     averaged over space and time; the map is ``ReLU(sum_c w_c A_c)`` averaged over time steps.
     """
-    from models.neurons import reset_net
-
     mod = dict(model.named_modules()).get(layer)
     if mod is None:
         raise LookupError(f"model has no module {layer!r}")

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import BaseCounter
 
+from models.neurons import spiking_modules
+
 __all__ = ["EnergyConfig", "DEFAULT_CONFIG", "LayerOps", "PaperOpCounter", "FiringRateMonitor", "table9_group",
            "TABLE9_COLUMNS"]
 
@@ -169,8 +171,6 @@ class FiringRateMonitor:
     """
 
     def __init__(self, model: nn.Module):
-        from models.neurons import spiking_modules
-
         self.spikes: Dict[str, float] = OrderedDict()
         self.numel: Dict[str, float] = OrderedDict()
         self.kinds: Dict[str, str] = {}

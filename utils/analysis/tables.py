@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import re
@@ -23,6 +24,19 @@ import statistics
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+
+import yaml
+
+import models
+from models import ModelError, build_model, input_spec
+from utils.analysis.energy import measure_energy, synthetic_batches
+from utils.config import load_yaml
+from utils.config.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
+from utils.errors import ConfigError
+from utils.io.figures import pyplot
+from utils.io.outputs import check_outputs, record_outputs
+from utils.training.checkpoint import load_model, read_checkpoint
+from utils.training.run_folder import run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE_LOG_DIR = os.path.join(ROOT, "docs", "reference_logs")
@@ -85,8 +99,6 @@ PAPER_ROWS: List[PaperRow] = [
 
 def count_params(name: str, **kwargs) -> int:
     """Trainable parameters of ``models.build_model(name, **kwargs)`` (built on the meta device)."""
-    from models import ModelError, build_model
-
     try:
         model = build_model(name, meta=True, **kwargs)
     except ModelError:
@@ -121,7 +133,6 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
         if ck and r.energy_mj is not None:
             row["energy_mj"] = _energy(r.model, ck, r.T, img_size, batches)
         rows.append(row)
-    import models
 
     listed = {r.model for r in PAPER_ROWS}
     for name in models.list_our_models():
@@ -136,9 +147,6 @@ def params_table(checkpoints: Dict[str, str], img_size: Optional[int] = None, ba
 def check_weights_arg(key: str, path: str) -> str:
     """``path`` of ``--weights key=path`` once ``key`` names an energy row of Table 3 (``NAME`` or ``NAME@T4``)
     and the file reads as a checkpoint (``ConfigError`` / ``CheckpointError`` otherwise)."""
-    from utils.errors import ConfigError
-    from utils.training.checkpoint import read_checkpoint
-
     name, at, t = key.partition("@T")
     rows = [r for r in PAPER_ROWS if r.energy_mj is not None]
     Ts = sorted({r.T for r in rows if r.model == name})
@@ -153,10 +161,6 @@ def check_weights_arg(key: str, path: str) -> str:
 
 
 def _energy(name: str, checkpoint: str, T: int, img_size: Optional[int], batches: int) -> float:
-    from models import input_spec
-    from utils.analysis.energy import measure_energy, synthetic_batches
-    from utils.training.checkpoint import load_model
-
     model = load_model(name, checkpoint, T=T)
     shape = input_spec(model).shape(1, img_size, T)
     report = measure_energy(model, synthetic_batches(shape, batches), T=T, model_name=name)
@@ -213,10 +217,7 @@ def reference_path(name: str) -> str:
 
 def compare_logs(run: str, reference: str, out: str) -> dict:
     """Overlay ``run`` on the authors' ``reference`` curves; write ``out`` (PNG); return best/last numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ours, ref = read_curve(run), read_curve(reference_path(reference))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=90)
@@ -278,8 +279,6 @@ def config_claims(config: str) -> List[PaperClaim]:
 def paper_claims(args: dict) -> List[PaperClaim]:
     """Paper rows a run (its ``args.yaml``) reproduces: its config header's claims when the run kept the
     config's model, T and model_kwargs; otherwise the matching row of :data:`PAPER_ROWS` (Tables 2, 3, 5)."""
-    from utils.config import ConfigError, load_yaml
-
     config = args.get("config") or ""
     try:
         own = load_yaml(config) if config else {}
@@ -304,8 +303,6 @@ NOT_THE_RUN = ("output", "experiment", "config", "resume", "overwrite", "run_inf
 
 def run_identity(args: dict) -> str:
     """What makes two run folders the same run: the config (seed included) without :data:`NOT_THE_RUN`."""
-    import json
-
     return json.dumps({k: v for k, v in args.items() if k not in NOT_THE_RUN}, sort_keys=True, default=str)
 
 
@@ -313,10 +310,6 @@ def collect_runs(runs_dir: str, notes: Optional[List[str]] = None) -> Dict[str, 
     """Run folders under ``runs_dir`` (any depth), one per run (:func:`run_identity`), grouped by experiment name
     without its ``_s<seed>``. Folders holding the same run (copies) count once, the one furthest along; a
     line naming them is appended to ``notes``."""
-    import yaml
-
-    from utils.training.run_folder import run_state
-
     same: Dict[str, List[dict]] = {}
     for dirpath, dirnames, filenames in sorted(os.walk(runs_dir)):
         dirnames.sort()
@@ -387,10 +380,7 @@ def results_markdown(rows: Sequence[dict]) -> str:
 
 def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
     """Ours (mean, error bar = std over seeds) beside the paper, one line per row; unfinished hollow."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows)), dpi=90)
     y = list(range(len(rows)))[::-1]
@@ -418,8 +408,6 @@ def results_figure(rows: Sequence[dict], out: str, title: str = "") -> None:
 def write_results(rows: Sequence[dict], out_dir: str, stem: str, title: str = "", overwrite: bool = False) -> List[str]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir``; returns the paths. Files there that
     an earlier call did not write are refused (:mod:`utils.io.outputs`) unless ``overwrite``."""
-    from utils.io.outputs import check_outputs, record_outputs
-
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "csv", "png")]
     check_outputs({"table": paths[0], "CSV": paths[1], "figure": paths[2]}, overwrite)
@@ -448,8 +436,6 @@ def _legacy_argv(argv: List[str]) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.analysis.tables {params,runs,compare-log}`` (``params`` when no mode is given)."""
-    from utils.config.cli import Parser, existing_folder, positive_int, readable_file, writable_file, writable_folder
-
     p = Parser(prog="python -m utils.analysis.tables", legacy=_legacy_argv,
                description="Tables of the paper beside ours, in three modes (without one: params); "
                            "python -m utils.analysis.tables MODE -h lists a mode's options.")
@@ -509,8 +495,6 @@ def _runs(a) -> int:
 
 
 def _compare_log(a) -> int:
-    from utils.io.outputs import check_outputs, record_outputs
-
     out = a.figure or os.path.join(os.path.dirname(os.path.abspath(a.run)),
                                    f"compare_{os.path.basename(a.reference).split('.')[0]}.png")
     check_outputs({"--figure": out}, a.overwrite, inputs=(a.run, a.reference))
@@ -524,9 +508,6 @@ def _compare_log(a) -> int:
 
 
 def _params(a) -> int:
-    from utils.errors import ConfigError
-    from utils.io.outputs import check_outputs, record_outputs
-
     if a.csv:
         check_outputs({"--csv": a.csv}, a.overwrite, inputs=[w.split("=", 1)[-1] for w in a.weights])
     ckpts = {}

@@ -39,7 +39,7 @@ def _make_frames_class(class_name: str) -> type:
     intermediate ``events_np/`` folder is absent, even if the frames exist. Frame integration is done
     explicitly by ``python -m utils.tools.prepare_data``, so loading never starts a download or a conversion.
     """
-    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS  # lazy: see __getattr__
     from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
 
     base = {"CIFAR10DVSFrames": CIFAR10DVS, "DVS128GestureFrames": DVS128Gesture}[class_name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
+from utils.config import ConfigError, all_options, build_arg_parser
 from utils.training.cuda_env import wants_cuda
 from utils.training.preflight import parse_run_config, run_checks
 
@@ -21,8 +22,6 @@ PROG = "python -m utils.tools.doctor"
 
 def build_parser():
     """The command line of the doctor: train.py's (it checks a training config)."""
-    from utils.config import all_options, build_arg_parser
-
     p = build_arg_parser(all_options(), __doc__.split("\n\n")[1].replace("``", ""))
     p.prog = PROG
     p.usage = f"{PROG} [-h] [-c CONFIG] [--key value ...]"
@@ -31,8 +30,6 @@ def build_parser():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.config import ConfigError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         build_parser().print_help()

@@ -12,9 +12,13 @@ the folder (docs/checkpoints.md) ``timm.create_model('hf-hub:ORG/NAME.TAG', pret
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence
+
+from utils.config.cli import Parser
+from utils.io.outputs import check_outputs
 
 __all__ = ["CITATION", "export", "model_card"]
 
@@ -79,8 +83,6 @@ EXPORT_FILES = ("README.md", "config.json", "model.safetensors")
 
 def _previous_export(out_dir: str) -> bool:
     """True when ``out_dir`` holds an earlier export: its card and timm config are the ones :func:`export` writes."""
-    import json
-
     try:
         with open(os.path.join(out_dir, "README.md")) as f:
             card = f.read()
@@ -97,11 +99,10 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
     """Write ``out_dir`` (``README.md``, ``config.json``, ``model.safetensors``) for released weights ``name``
     read from ``file``; ``repo_id`` (``ORG/NAME.TAG``) appears in the card's usage example. Files of those names
     that an earlier export did not write are refused (:class:`~utils.errors.ConfigError`) unless ``overwrite``."""
-    import timm
+    import timm  # lazy: -h runs without torch, timm and models (2.5 s)
     from timm.models import save_for_hf
 
     from models import build_model
-    from utils.io.outputs import check_outputs
 
     previous = _previous_export(out_dir)
     check_outputs({f"OUTDIR's {n}": os.path.join(out_dir, n) for n in EXPORT_FILES}, overwrite, inputs=(file,),
@@ -119,8 +120,6 @@ def export(name: str, file: str, out_dir: str, model_kwargs: Optional[Dict[str, 
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.tools.hub_export NAME.TAG FILE OUTDIR``."""
-    from utils.config.cli import Parser
-
     parser = Parser(prog="python -m utils.tools.hub_export", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", metavar="NAME.TAG", help="released weights, e.g. maxformer_10_768.t4_in1k "
                                                          "(timm.list_pretrained('maxformer*'))")
@@ -135,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from models.pretrained import RELEASED
+    from models.pretrained import RELEASED  # lazy: see export
 
     released = [w.name for w in RELEASED]
     if args.name not in released:

@@ -18,8 +18,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity, download_url
+
+from utils.config.cli import Parser, positive_int
 from utils.data import (CIFAR10DVS_TRAIN_RATIO, CIFAR10DVS_URL, DATA_DEFAULTS, DATASETS, GESTURE_FILES, GESTURE_URL,
-                        DatasetError, canonical_name, create_datasets, dataset_info, expected_tree, frames_dir)
+                        CIFAR10Files, CIFAR100Files, DatasetError, canonical_name, create_datasets, dataset_info,
+                        expected_tree, frames_dir)
+from utils.io.paths import writable_folder_problem
 
 CIFAR10DVS_PER_CLASS = 1000
 GESTURE_COUNTS = {'train': 1176, 'test': 288}
@@ -33,7 +39,7 @@ def frame_counts(name: str, root: Path, T: int) -> dict:
     """Number of frame files per class folder (CIFAR10-DVS) or per split and class (Gesture)."""
     frames = frames_dir(root, T)
     if name == 'cifar10dvs':
-        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES  # lazy: spikingjelly.datasets 0.5 s
         return {c: _count_files(frames / c) for c in CIFAR10DVS_CLASS_NAMES}
     return {f'{split}/{c}': _count_files(frames / split / str(c)) for split in ('train', 'test') for c in range(11)}
 
@@ -63,7 +69,7 @@ def _raw_available(name: str, root: Path) -> bool:
     if (root / 'events_np').is_dir() or (root / 'extract').is_dir():
         return True
     if name == 'cifar10dvs':
-        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES  # lazy: spikingjelly.datasets 0.5 s
         return all((root / 'download' / f'{c}.zip').is_file() for c in CIFAR10DVS_CLASS_NAMES)
     return all((root / 'download' / f).is_file() for f in GESTURE_FILES)
 
@@ -74,8 +80,7 @@ def download_cifar10dvs(root: Path) -> str:
     Returns '' when all are there, else the reason (URL and error). A failed or interrupted file is deleted,
     and so are the folders this call created while they are still empty: nothing partial stays behind.
     """
-    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
-    from torchvision.datasets.utils import check_integrity, download_url
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS  # lazy: spikingjelly.datasets 0.5 s
 
     target = root / 'download'
     created = [p for p in (*reversed(target.parents), target) if not p.exists()]  # outermost first
@@ -125,7 +130,7 @@ def prepare_events(name: str, root: Path, T: int, download: bool, verify: bool =
                     print(f'Download {", ".join(missing)} from {GESTURE_URL} into {root / "download"} and rerun.')
                 return 1
         print(f'Converting {name} events into {T} frames per sample (split by number) under {frames} ...')
-        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS  # lazy: spikingjelly.datasets 0.5 s
         from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
         kw = dict(data_type='frame', frames_number=T, split_by='number')
         before = set(root.iterdir())
@@ -169,10 +174,6 @@ def _load_quietly(name: str, root: Path, verify: bool):
 
 
 def prepare_cifar(name: str, root: Path, download: bool, verify: bool) -> int:
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import check_integrity
-
-    from utils.data import CIFAR10Files, CIFAR100Files
     cls = {'cifar10': CIFAR10, 'cifar100': CIFAR100}[name]  # the official md5 sums
     if download:
         try:  # torchvision's download (archive md5 checked); the batches are then read without running code
@@ -227,8 +228,6 @@ DOWNLOADABLE = ('cifar10', 'cifar100', 'cifar10dvs')  # what --download fetches;
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m utils.tools.prepare_data``."""
-    from utils.config.cli import Parser, positive_int
-
     parser = Parser(prog='python -m utils.tools.prepare_data', description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', required=True,
                         choices=[name for name, spec in DATASETS.items() if spec.tree])
@@ -245,8 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from utils.io.paths import writable_folder_problem
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.root is None:

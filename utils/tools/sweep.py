@@ -40,6 +40,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
+import submitit
+
+from utils.config.cli import (Parser, any_int, existing_folder, machine_count, non_negative_int, positive_float,
+                              positive_int, writable_folder)
 from utils.tools.slurm import (HOPELESS_REASONS, SlurmRequestError, SlurmResources, check_request, job_states,
                                partition_nodes, rendezvous_endpoint, sbatch_preview)
 from utils.tools.sweep_runs import (MANIFEST, ROOT, TRAIN_PY, Run, RunState, SweepError, claim_runs,  # noqa: F401
@@ -123,8 +127,6 @@ class TrainJob:
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus)  # what the job was given
         threads = max(1, cpus // max(1, self.gpus_per_run))
         if self.nodes > 1:  # this task is one node of the run; the rendezvous is on the job's first node
-            import submitit
-
             env = submitit.JobEnvironment()
             cmd = self.run.command(self.gpus_per_run, self.python, self.nodes,
                                    rendezvous_endpoint(env.hostnames, env.raw_job_id), env.raw_job_id)
@@ -147,8 +149,6 @@ class TrainJob:
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on time-out/preemption: stop train.py (it saves on SIGTERM), requeue this run."""
-        import submitit
-
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -163,8 +163,6 @@ class TrainJob:
 def make_executor(folder: str, resources: SlurmResources, cluster: str = "slurm"):
     """A submitit executor writing its scripts and logs to ``folder``; ``cluster="local"`` runs the same
     jobs as local processes (tests)."""
-    import submitit
-
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     ex.update_parameters(**resources.executor_parameters())
     return ex
@@ -241,9 +239,6 @@ def format_status(rows: Sequence[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # command line
 def build_parser() -> argparse.ArgumentParser:
-    from utils.config.cli import (Parser, any_int, existing_folder, machine_count, non_negative_int, positive_float,
-                           positive_int, writable_folder)
-
     p = Parser(prog="python -m utils.tools.sweep", description=__doc__.split("\n\n")[0],
                epilog="Arguments after `--` go to every train.py call (e.g. -- --epochs 1).")
     p.add_argument("configs", nargs="*", help="training configs (YAML), one or more (also as -c)")

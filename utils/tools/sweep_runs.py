@@ -12,8 +12,10 @@ import socket
 import sys
 from typing import List, Optional, Sequence
 
-
+from utils.config import ConfigError
+from utils.io.atomic import atomic_write
 from utils.tools.slurm import node_command
+from utils.training.preflight import parse_run_config
 from utils.training.run_folder import RunState, read_top1, run_state  # noqa: F401 (re-exported)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,9 +66,6 @@ class Run:
 
 def planned_epochs(config: str, overrides: Sequence[str] = ()) -> int:
     """Epochs a run of ``config`` with ``overrides`` will train (schedule + cooldown); raises SweepError."""
-    from utils.config import ConfigError
-    from utils.training.preflight import parse_run_config
-
     try:
         cfg = parse_run_config(["-c", config, *overrides])
     except ConfigError as err:  # named once: most config errors already name the file
@@ -116,8 +115,6 @@ def load_manifest(output: str) -> dict:
 
 def save_manifest(output: str, manifest: dict) -> None:
     """Write ``DIR/sweep.json`` atomically."""
-    from utils.io.atomic import atomic_write
-
     manifest["updated"] = _now()
     atomic_write(os.path.join(output, MANIFEST), json.dumps(manifest, indent=2))
 

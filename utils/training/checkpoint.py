@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import shutil
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from models import ModelError, build_model, list_our_models, parse_model_kwargs
 from models.legacy_names import STATE_DICT_KEYS as _STATE_DICT_KEYS
 from models.legacy_names import convert_state_dict, top_module
 from models.legacy_names import strip_wrapper_prefixes as _strip_prefixes
 from models.weights import WeightsError, read_weights, stored_model_kwargs
-from utils.errors import CheckpointError
+from utils.config.cli import Parser, writable_file
+from utils.errors import CheckpointError, ConfigError
+from utils.io.atomic import atomic_write
+from utils.io.outputs import check_outputs, record_outputs
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "convert_state_dict", "load_checkpoint",
            "load_model"]
@@ -153,17 +160,11 @@ def save_checkpoint(state: Mapping[str, Any], path: Union[str, os.PathLike]) -> 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a torn one; a
     full or read-only disk raises :class:`utils.io.atomic.FileWriteError` and leaves the previous one.
     """
-    from utils.io.atomic import atomic_write
-
     return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def copy_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> str:
     """Atomically copy a checkpoint file (used for ``best.pth.tar``)."""
-    import shutil
-
-    from utils.io.atomic import atomic_write
-
     def copy(f):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
@@ -186,10 +187,6 @@ def checkpoint_position(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any
 
 def capture_rng_state() -> Dict[str, Any]:
     """RNG states of python, numpy and torch (CPU + CUDA) in a ``weights_only``-loadable form."""
-    import random
-
-    import numpy as np
-
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -204,10 +201,6 @@ def capture_rng_state() -> Dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
-    import random
-
-    import numpy as np
-
     if "python" in state:
         py = state["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
@@ -227,8 +220,6 @@ def load_model(name: str, checkpoint: Optional[str] = None, **kwargs) -> nn.Modu
     """:func:`models.build_model` ``(name, **kwargs)`` (:class:`~models.ModelError` on a bad name or kwargs; the
     kwargs a checkpoint of train.py records under the given ones), then the weights of ``checkpoint`` if given
     (:class:`CheckpointError` if they do not load)."""
-    from models import build_model
-
     if checkpoint:
         given = {k: v for k, v in kwargs.items() if v is not None}
         kwargs = {**stored_model_kwargs(read_checkpoint(checkpoint), name), **given}
@@ -277,8 +268,6 @@ def convert_file(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], mod
     Plain entries (``epoch``, ``arch``, ``args``, ``metric``...) are kept, optimizer
     and scaler state are dropped; the result loads with ``weights_only`` safety.
     """
-    from models.factory import ModelError, build_model, list_our_models
-
     flag = "--trust-checkpoint"
     obj = read_checkpoint(src, trust_pickle=trust_pickle, trust_flag=flag)
     name = model_name or _model_name_in(obj)
@@ -329,8 +318,6 @@ def _converted(model: nn.Module, obj: Any, key: Optional[str], src, log) -> Dict
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.training.checkpoint convert IN OUT``."""
-    from utils.config.cli import Parser, writable_file
-
     parser = Parser(prog="python -m utils.training.checkpoint", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a copy of a checkpoint with this repository's parameter names")
@@ -347,9 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from models.factory import ModelError, parse_model_kwargs
-    from utils.errors import ConfigError
-    from utils.io.outputs import check_outputs, record_outputs
 
     try:
         check_outputs({"OUT": args.dst}, args.overwrite, inputs=(args.src,))

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from utils.training.cuda_env import cuda_problem
+
 __all__ = ["DistInfo", "DistSetupError", "init_distributed", "elastic_restart", "resolve_device", "is_main",
            "barrier", "all_reduce_sum", "broadcast_object", "cleanup", "ShardSampler"]
 
@@ -57,8 +59,6 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's GPU if there is a usable one, else CPU (one warning line when torch has CUDA
     built in). ``cuda`` -> ``cuda:<local_rank>``; a RuntimeError says why CUDA is unusable (no driver, driver
     too old for this build, architecture not supported, torch without CUDA) and how to run on the CPU."""
-    from utils.training.cuda_env import cuda_problem
-
     name = (name or "auto").lower()
     if name == "auto":
         problem = cuda_problem(local_rank)

@@ -185,7 +185,7 @@ def build_training(cfg, model: nn.Module, device: torch.device, world_size: int,
         raise ConfigError("compact_spikes: true needs fastpath: true (it is part of utils.training.fastpath); "
                           "drop compact_spikes or set fastpath: true")
     if cfg.neuron_impl == "triton":
-        from utils.verify.triton_cpu import check_device
+        from utils.verify.triton_cpu import check_device  # lazy: importing it registers impl 'triton'
         try:
             check_device(device)
         except (ImportError, RuntimeError) as err:

@@ -30,9 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch._dynamo
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -105,8 +107,6 @@ def cpp_compiler() -> Optional[str]:
 
         return get_cpp_compiler()
     except Exception:  # InvalidCxxCompiler, or an inductor without this helper: fall back to PATH
-        import shutil
-
         return next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
 
 
@@ -425,7 +425,6 @@ def compile_model(model: nn.Module, scope) -> nn.Module:
 def _compile_neurons(model: nn.Module):
     """Compile only the neuron loops: bitwise the eager torch neuron (fused charge/fire/reset
     forward and surrogate backward), convolutions and BatchNorm stay in eager ATen."""
-    import torch._dynamo
     impl = getattr(getattr(model, "fastpath_config", None), "neuron_impl", None)
     # a neuron the configured impl does not cover keeps spikingjelly's forward, which is not compiled
     neurons = [m for _, m in spiking_modules(model) if impl is None or implementation_of(m) == impl]

@@ -8,9 +8,11 @@ import csv
 import io
 import logging
 import os
+import uuid
 from typing import Any, Dict, List, Mapping, Sequence
 
 from utils.io.atomic import atomic_write
+from utils.io.figures import pyplot
 
 __all__ = ["RunLogger", "SUMMARY_COLUMNS", "read_summary", "setup_console_logging"]
 
@@ -113,7 +115,6 @@ class RunLogger:
         path = os.path.join(self.run_dir, "wandb_id.txt")
         if os.path.isfile(path):
             return open(path).read().strip()
-        import uuid
 
         rid = uuid.uuid4().hex[:12]
         with open(path, "w") as f:
@@ -163,10 +164,7 @@ class RunLogger:
     def plot(self) -> None:
         """Loss and top-1 per epoch as ``learning_curve.png`` (written atomically)."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            plt = pyplot()
         except Exception as err:
             _log.warning(f"learning curve skipped ({err})")
             return

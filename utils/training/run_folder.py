@@ -25,6 +25,7 @@ import yaml
 
 from utils.config import ConfigError
 from utils.io.atomic import FileWriteError, atomic_write
+from utils.training.checkpoint import checkpoint_position, copy_checkpoint
 from utils.training.logger import read_summary
 
 __all__ = ["RunFolder", "RunState", "run_state", "read_top1", "is_running", "read_status", "RUN_FILES", "LOCK_NAME",
@@ -72,8 +73,6 @@ def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
     except OSError:
         newer = False
     if newer and status.get("state") != "finished":
-        from utils.training.checkpoint import checkpoint_position
-
         held = checkpoint_position(last)
         if held is not None and held["epoch"] != status.get("epoch"):
             status.update(epoch=held["epoch"], best_top1=held["best_metric"], best_epoch=held["best_epoch"])
@@ -180,8 +179,6 @@ class RunFolder:
         another folder when this one holds a run, and one that is behind this folder's ``last.pth.tar``, since
         resuming here replaces the later epochs. With ``overwrite`` this folder's run is deleted, or
         ``last.pth.tar`` becomes that checkpoint at once (so that a kill before the next epoch resumes there)."""
-        from utils.training.checkpoint import checkpoint_position, copy_checkpoint
-
         last = os.path.join(self.path, "last.pth.tar")
         found = self.existing_run_files()
         if found and os.path.dirname(os.path.abspath(resume)) != os.path.abspath(self.path):

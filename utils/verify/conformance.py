@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
@@ -37,8 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import published
-from models.neurons import reset_net
+from models.neurons import convert_neurons, reset_net
 from models.published import Prepared  # the result type of the table's prepare hooks
+from models.weights import WeightsError, read_weights
+from utils.config.cli import Parser, machine_count, readable_file
 
 __all__ = ["Prepared", "ConformanceResult", "NotGoldenError", "read_golden", "reference_ctors", "build_reference_model",
            "check_file",
@@ -91,7 +94,6 @@ def build_reference_model(ctor: str, kwargs: dict) -> Tuple[nn.Module, Optional[
     """Our model (and optional ``prepare`` hook) for a published constructor and its kwargs."""
     table = reference_ctors()
     if ctor not in table:
-        import difflib
         close = difflib.get_close_matches(ctor, list(table), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"no builder for reference constructor {ctor!r}.{hint} "
@@ -126,8 +128,6 @@ class NotGoldenError(ValueError):
 
 def read_golden(path: str) -> dict:
     """The golden dict in ``path``, or :class:`NotGoldenError` saying what the file is instead."""
-    from models.weights import WeightsError, read_weights
-
     try:
         golden = read_weights(path)
     except WeightsError as err:
@@ -180,7 +180,6 @@ def _check_file(path: str, verbose: bool, transform: Optional[Callable], neuron_
     torch.manual_seed(int(golden.get("seed", 0)))
     model, prepare = build_reference_model(golden["model_ctor"], golden.get("kwargs") or {})
     if neuron_impl is not None:
-        from models.neurons import convert_neurons
         if neuron_impl == "triton":
             from utils.verify import triton_cpu  # noqa: F401  (registers neuron impl 'triton')
         convert_neurons(model, neuron_impl)
@@ -278,8 +277,6 @@ def _compare_grads(model: nn.Module, golden: dict, res: ConformanceResult, verbo
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m utils.verify.conformance FILE ...``."""
-    from utils.config.cli import Parser, machine_count, readable_file
-
     parser = Parser(prog="python -m utils.verify.conformance", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE", type=readable_file, help="golden .pt files")
     parser.add_argument("--threads", type=machine_count(), default=None,

@@ -129,7 +129,7 @@ class _InterpreterLaunch:
         return self._launch
 
     def _launch(self, *args, **kwargs):
-        from spikingjelly._ops.triton_layout import _neuron_grid
+        from spikingjelly._ops.triton_layout import _neuron_grid  # lazy: imports triton
 
         bound = dict(zip(self.kernel.arg_names, args), **kwargs)
         layout = bound.get("LAYOUT")
@@ -232,7 +232,7 @@ class _TritonNeuronFunction(torch.autograd.Function):
 
 
 def _surrogate(node: sj_neuron.BaseNode) -> Tuple[int, float]:
-    from spikingjelly._ops.surrogate import _surrogate_spec
+    from spikingjelly._ops.surrogate import _surrogate_spec  # lazy: private API, only for impl triton
 
     spec = _surrogate_spec(node.surrogate_function)
     if spec is None:
