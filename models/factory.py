@@ -21,21 +21,22 @@ import inspect
 import typing
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
 import yaml
+from timm.models import model_entrypoint
 
+from .common import SpikingModel
 from .errors import ModelError
+from .neurons import NeuronConfig, neuron_kwarg_types
 
 __all__ = ["ModelError", "family_modules", "list_our_models", "create_model", "build_model", "check_model_kwargs",
            "TOP_LEVEL_KWARGS", "model_kwarg_types",
            "parse_model_kwargs", "parse_value", "InputSpec", "input_spec"]
 
 
-
 def _spiking_model_classes() -> List[type]:
-    from .common import SpikingModel
-
     found, todo = [], list(SpikingModel.__subclasses__())
     while todo:
         cls = todo.pop()
@@ -54,8 +55,6 @@ def family_modules() -> List[str]:
 
 def list_our_models(pattern: str = "*") -> List[str]:
     """Sorted names of the models this repository registers (optionally filtered by a glob ``pattern``)."""
-    import timm
-
     return sorted(timm.list_models(pattern, module=family_modules()))
 
 
@@ -65,8 +64,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
     Keyword arguments whose value is ``None`` are dropped (the model's default applies).
     """
-    import timm
-
     check_model_kwargs(name, kwargs)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
@@ -160,8 +157,6 @@ _ALSO_ACCEPTED = {"v_reset": ("soft",)}
 
 
 def _check_name(name: str) -> None:
-    import timm
-
     ours = list_our_models()
     if not isinstance(name, str) or (name not in ours and not timm.is_model(name)):
         close = difflib.get_close_matches(str(name), ours, n=3, cutoff=0.5)
@@ -171,8 +166,6 @@ def _check_name(name: str) -> None:
 
 def _model_class(name: str) -> Optional[type]:
     """The class a registered model of ours builds: the :class:`SpikingModel` defined in its entry point's module."""
-    from timm.models import model_entrypoint
-
     module = getattr(model_entrypoint(name), "__module__", None)
     found = [cls for cls in _spiking_model_classes() if cls.__module__ == module]
     return found[0] if len(found) == 1 else None
@@ -182,8 +175,6 @@ def model_kwarg_types(name: str, neuron: Any = None) -> Optional[Dict[str, Any]]
     """``{kwarg: annotation or None}`` that model ``name`` accepts, read from its class's constructor (plus the
     settings of ``neuron`` (default: the model's) its ``**kwargs`` takes and timm's builder kwargs); None for a
     model that is not ours."""
-    from .neurons import NeuronConfig, neuron_kwarg_types
-
     _check_name(name)
     cls = _model_class(name) if name in list_our_models() else None
     if cls is None:

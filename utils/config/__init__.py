@@ -118,7 +118,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1", "y", "t"), ("false", "no", "off", "0"
 
 def all_options(extra: Optional[Dict[str, Option]] = None) -> Dict[str, Option]:
     """Every valid key: the data keys, the training keys and the caller's ``extra`` keys."""
-    from utils.data import DATA_OPTIONS  # lazy: the data package loads torchvision
+    from utils.data import DATA_OPTIONS  # lazy here and below: utils.config.cli (hub_export -h) runs without torch
 
     return {**DATA_OPTIONS, **TRAIN_OPTIONS, **(extra or {})}
 

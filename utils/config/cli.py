@@ -95,7 +95,7 @@ def report_input_error(err: Exception) -> int:
 def run_main(main: Callable[..., object], argv=None) -> int:
     """Call ``main(argv)`` for ``if __name__ == '__main__'``: an ``OSError`` prints one ``error:`` line naming
     the path (exit 1), a bad-input error (config, dataset, checkpoint, model) its message (exit 2)."""
-    from models.factory import ModelError
+    from models.factory import ModelError  # lazy: hub_export -h runs without torch
     try:
         result = main(argv)
     except INPUT_ERRORS + (ModelError,) as err:

@@ -42,7 +42,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from timm.optim import create_optimizer_v2
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
+
+from models import ModelError, build_model, input_spec, reset_net
+from models.neurons import implementation_of, spiking_modules
+from utils import data as data_lib
+from utils.training.fastpath import EAGER, FastPathConfig, prepare_model, resolve_config
 
 __all__ = ["MemoryPlan", "MemoryPlanError", "plan_step", "plan_memory", "fastpath_settings", "max_batch", "fit_options",
            "fits", "parse_bytes", "format_bytes", "device_memory_warning", "CUDA_OVERHEAD", "CUDA_BLOCK"]
@@ -239,8 +246,6 @@ def _state_bytes(tracker: _StorageTracker, tensors) -> int:
 
 
 def _fake_mode():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
@@ -315,9 +320,6 @@ def _extrapolated(model_name: str, T: Optional[int], batch: int, settings: Dict[
 
 def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
           neuron_impl, compile, fast_conv, fast_pool, channels_last, optimizer, ema, ddp, dev) -> MemoryPlan:
-    from models import ModelError, build_model, input_spec
-    from models.neurons import implementation_of, spiking_modules
-    from utils.training.fastpath import FastPathConfig, prepare_model
 
     kwargs = dict(model_kwargs or {})
     if T is not None:
@@ -391,8 +393,6 @@ def _fake_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer(model: nn.Module, name: str, foreach: bool):
-    from timm.optim import create_optimizer_v2
-
     try:
         return create_optimizer_v2(model, opt=name, lr=1e-4, weight_decay=0.05, filter_bias_and_bn=True,
                                    **({"foreach": foreach} if name.lower() in ("adamw", "adam", "sgd") else {}))
@@ -407,8 +407,6 @@ def _run_step(model: nn.Module, x, y, opt, amp: str, tracker: _StorageTracker) -
     forward, as in ``benchmark.py``); its optimizer state, created by this first ``opt.step()``, would have
     been alive through forward and backward too, so it is added to their peak.
     """
-    from models import reset_net
-
     if opt is None:
         with torch.inference_mode(), _autocast(amp):
             model(x)
@@ -450,8 +448,6 @@ def fastpath_settings(fp) -> Dict[str, Any]:
 
 def _config_settings(cfg) -> Dict[str, Any]:
     """``plan_step`` keyword arguments for a resolved training config."""
-    from utils.training.fastpath import EAGER, resolve_config
-
     device = "cpu" if cfg.device == "cpu" else "cuda"
     if cfg.fastpath:
         fp, _ = resolve_config("train", cfg.amp, device=device, channels_last=cfg.channels_last or None,
@@ -463,7 +459,6 @@ def _config_settings(cfg) -> Dict[str, Any]:
     num_classes = cfg.num_classes
     if not num_classes:
         try:
-            from utils import data as data_lib
             num_classes = data_lib.dataset_info(cfg.dataset)["num_classes"]
         except Exception:  # an unknown dataset is reported by the data checks; the head hardly matters here
             num_classes = None
