@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 import yaml
 
-from utils.config.cli import INT32_MAX, BoolFlag, Parser, report_input_error, without_options  # noqa: F401
+from utils.config.cli import (FALSE_WORDS, INT32_MAX, NONE_WORDS, TRUE_WORDS, BoolFlag, Parser,  # noqa: F401
+                              report_input_error, without_options)
 from utils.io.paths import readable_file_problem
 from utils.options import ConfigError, Option
 
@@ -113,7 +114,7 @@ TRAIN_OPTIONS: Dict[str, Option] = {
 _SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "float32": "none"}  # timm's / PyTorch's values of amp
 _TIMM_KWARGS = {"--in-chans": "in_chans", "--gp": "global_pool", "--drop-path": "drop_path_rate"}  # timm: to the model
 _NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
-_TRUE, _FALSE = ("true", "yes", "on", "1", "y", "t"), ("false", "no", "off", "0", "n", "f")
+_TRUE, _FALSE = TRUE_WORDS + ("y", "t"), FALSE_WORDS + ("n", "f")  # a YAML value may also be y/n, t/f
 
 
 def all_options(extra: Optional[Dict[str, Option]] = None) -> Dict[str, Option]:
@@ -166,7 +167,7 @@ def _yaml_value(text: str):
 def coerce(key: str, value, opt: Option, from_cli: bool = False):
     """``value`` (from YAML; argparse's strings with ``from_cli``) as ``opt``'s type, in its range and choices."""
     where = f"config key '{key}'"
-    if from_cli and opt.default is None and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+    if from_cli and opt.default is None and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
         value = None  # '--aa none' switches off an option that is off by default
     if value is None and (opt.default is None or opt.kind is str):
         return None if opt.default is None else ""
@@ -174,7 +175,7 @@ def coerce(key: str, value, opt: Option, from_cli: bool = False):
         out = {}
         for item in value:
             k, eq, v = item.partition("=")
-            if not eq and item.strip().lower() not in ("none", "null", "{}"):
+            if not eq and item.strip().lower() not in (*NONE_WORDS, "{}"):
                 raise ConfigError(f"{where}: expected key=value pairs, got {item!r}")
             out.update({k.strip().replace("-", "_"): _yaml_value(v)} if eq else {"__reset__": True})
         return out

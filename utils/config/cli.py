@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from utils.errors import INPUT_ERRORS
 from utils.io.paths import (describe_os_error, existing_folder_problem, readable_file_problem,
@@ -61,10 +61,15 @@ def int_list(minimum: int = 1, what: str = "positive integers") -> Callable[[str
     return parse
 
 
-def machine_count(per_cpu: int = 1, floor: int = 1, what: str = "threads") -> Callable[[str], int]:
-    """argparse ``type=``: a positive integer of ``what`` this machine can run (<= ``per_cpu`` x its CPUs)."""
+def machine_limit(per_cpu: int = 1, floor: int = 1) -> Tuple[int, int]:
+    """(this machine's CPUs, the most of something it can run: ``per_cpu`` per CPU, at least ``floor``)."""
     cpus = max(1, os.cpu_count() or 1)
-    limit = max(floor, per_cpu * cpus)
+    return cpus, max(floor, per_cpu * cpus)
+
+
+def machine_count(per_cpu: int = 1, floor: int = 1, what: str = "threads") -> Callable[[str], int]:
+    """argparse ``type=``: a positive integer of ``what`` this machine can run (:func:`machine_limit`)."""
+    cpus, limit = machine_limit(per_cpu, floor)
     return number_type(int, 1, maximum=limit, what=f"a number of {what} from 1 to {limit} (this machine has {cpus} "
                                                    "CPUs)")
 

@@ -320,7 +320,6 @@ def _extrapolated(model_name: str, T: Optional[int], batch: int, settings: Dict[
 
 def _plan(model_name, T, batch, img_size, amp, grad_checkpointing, compact_spikes, mode, model_kwargs, num_classes,
           neuron_impl, compile, fast_conv, fast_pool, channels_last, optimizer, ema, ddp, dev) -> MemoryPlan:
-
     kwargs = dict(model_kwargs or {})
     if T is not None:
         kwargs["T"] = T

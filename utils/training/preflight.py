@@ -30,15 +30,16 @@ from models import build_model
 from models.neurons import neuron_name, spiking_modules
 from utils import data as data_lib
 from utils.config import Config, ConfigError, flag_name, parse_config
+from utils.config.cli import machine_limit
 from utils.data import dataset_info
 from utils.io.paths import inside_problem, readable_file_problem, writable_folder_problem
 from utils.training import cuda_env, memory_plan
 from utils.training.cuda_env import arch_supported, build_cuda_version, cuda_problem, driver_fix, sm_name, wants_cuda
 from utils.training.run_folder import RunFolder
 
-__all__ = ["Check", "parse_run_config", "check_run_config", "check_machine", "check_run_paths", "RELATIONS", "NEEDS",
-           "start_checks", "refuse_failed", "batch_problem", "run_folder_problem", "run_checks", "neuron_kernel",
-           "host_memory"]
+__all__ = ["Check", "parse_run_config", "check_run_config", "check_machine", "check_run_paths", "MACHINE", "RELATIONS",
+           "NEEDS", "start_checks", "refuse_failed", "batch_problem", "run_folder_problem", "run_checks",
+           "neuron_kernel", "host_memory"]
 
 
 @dataclasses.dataclass
@@ -100,15 +101,19 @@ def _ordered_pair(cfg, key: str) -> Optional[str]:
 
 
 def _machine_size(cfg, key: str, per_cpu: int, floor: int, what: str) -> Optional[str]:
-    cpus = max(1, os.cpu_count() or 1)
-    value, limit = getattr(cfg, key), max(floor, per_cpu * cpus)
+    (cpus, limit), value = machine_limit(per_cpu, floor), getattr(cfg, key)
     if value is None or value <= limit:
         return None
     return (f"config key '{key}' is {value} but this machine has {cpus} CPUs: {what}. "
             f"Set {flag_name(key)} to at most {limit}" + (" (0 = automatic)." if key == "threads" else "."))
 
 
-# Rules between keys: each returns None when it holds, else the message (the values and the fix).
+# Rules: each returns None when it holds, else the message (the values and the fix). MACHINE: the sizes this machine
+# can run (any command that loads data); RELATIONS: every rule of a training run.
+MACHINE: List[Callable[[Config], Optional[str]]] = [
+    lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
+    lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs"),
+]
 RELATIONS: List[Callable[[Config], Optional[str]]] = [
     lambda c: None if c.warmup_epochs <= c.epochs else (
         f"warmup_epochs ({c.warmup_epochs}) is larger than epochs ({c.epochs}): epochs counts the whole schedule, "
@@ -128,9 +133,7 @@ RELATIONS: List[Callable[[Config], Optional[str]]] = [
         "config key 'eval_metric' is ema_top1 but model_ema is false: there is no EMA to select by. "
         "Pass --model-ema true, or --eval-metric top1"),
     *(lambda c, k=k: _ordered_pair(c, k) for k in ("scale", "ratio", "cutmix_minmax")),
-    *(MACHINE := [
-        lambda c: _machine_size(c, "threads", 1, 1, "more threads than CPUs only wait for each other"),
-        lambda c: _machine_size(c, "workers", 8, 32, "more loader processes than that only compete for the CPUs")]),
+    *MACHINE,
 ]
 
 
@@ -147,23 +150,26 @@ NEEDS: Dict[str, Tuple[Callable[[Config], bool], str]] = {
 }
 
 
-def check_machine(cfg, given: Iterable[str] = (), rules: Sequence[Callable[[Config], Optional[str]]] = MACHINE) -> None:
-    """The first broken rule of ``rules`` raises (default: the sizes this machine can run, for any command that
-    loads data; :func:`check_run_config` applies all :data:`RELATIONS`)."""
+def _apply(rules: Sequence[Callable[[Config], Optional[str]]], cfg) -> None:
     for rule in rules:
         problem = rule(cfg)
         if problem:
             raise ConfigError(problem)
 
 
+def check_machine(cfg, given: Iterable[str] = ()) -> None:
+    """The first broken :data:`MACHINE` rule raises (``parse_config``'s ``check`` of a command that loads data)."""
+    _apply(MACHINE, cfg)
+
+
 def check_run_config(cfg, given: Iterable[str] = ()) -> None:
     """The rules a training run needs of its keys: the first broken :data:`RELATIONS` rule raises, and so does a
     key ``given`` on the command line that this run would not read (:data:`NEEDS`)."""
-    check_machine(cfg, rules=RELATIONS)
+    _apply(RELATIONS, cfg)
     for key in given:
         on, setting = NEEDS.get(key, (None, ""))
         if on is not None and key in cfg and not on(cfg):
-            raise ConfigError(f"--{key.replace('_', '-')} acts only with {setting}, which this run does not set: "
+            raise ConfigError(f"{flag_name(key)} acts only with {setting}, which this run does not set: "
                               f"it would change nothing; leave it out or set {setting.split(' ')[0]}")
 
 
